@@ -1,0 +1,92 @@
+// Program: the schedule IR. A Program is plain data — one instruction list per pipeline rank —
+// produced by the generators (schedule/generators.h), checked by verify(), costed by simulate()
+// and executed by engine::Executor with one switch over Instr::op. Nothing here touches a device.
+//
+// Vocabulary (one set of names everywhere):
+//   p       pipeline ranks                 m      microbatches per step
+//   v       model chunks per rank          S=v*p  pipeline stages
+//   chunk   local chunk index on a rank (0..v-1); stage = global stage index (0..S-1)
+//   mb      microbatch index (0..m-1)
+// The loss is computed by the last stage, S-1. Stage s's forward consumes stage s-1's output;
+// stage s's backward consumes stage s+1's input gradient.
+//
+// Thread-safety: values; no shared state.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace stp::schedule {
+
+// What one part of an instruction computes for one (stage, mb).
+enum class Pass : std::uint8_t {
+  kF,   // forward
+  kB,   // activation gradient only; its weight gradient runs later as a kW part
+  kW,   // weight gradient deferred from an earlier kB of the same (stage, mb)
+  kBW,  // activation gradient with the weight gradient fused in
+};
+
+struct Part {
+  Pass pass = Pass::kF;
+  int chunk = 0;  // local chunk on the executing rank
+  int stage = 0;  // global pipeline stage
+  int mb = 0;     // microbatch
+  friend bool operator==(const Part&, const Part&) = default;
+};
+
+enum class Op : std::uint8_t {
+  // Compute. parts.size() is 1 for the standalone ops and 2 for the braided ones.
+  kF,    // {F}
+  kB,    // {B}            standalone activation gradient, W deferred
+  kW,    // {W}            one deferred weight gradient
+  kBW,   // {BW}           standalone backward with W fused
+  kFF,   // {F, F}         two forwards braided
+  kFB,   // {F, B | BW}    a forward braided with a backward (W deferred or fused)
+  kFW,   // {F, W}         a forward braided with one deferred W
+  // Point-to-point. `ref` names the (chunk, stage, mb) whose tensor moves; `peer` the other rank.
+  kSendF,  // send stage ref.stage's output activation of ref.mb to stage ref.stage+1 on peer
+  kRecvF,  // receive the input activation of (ref.stage, ref.mb) from stage ref.stage-1 on peer
+  kSendB,  // send the input gradient of (ref.stage, ref.mb) to stage ref.stage-1 on peer
+  kRecvB,  // receive the output gradient of (ref.stage, ref.mb) from stage ref.stage+1 on peer
+  // Host offload of the activation set (ref.chunk, ref.mb) saved by its forward.
+  kOffload,  // start D2H after the forward that produced it; device memory freed when done
+  kReload,   // start H2D (a prefetch); the backward of (ref.chunk, ref.mb) waits for it
+};
+
+struct Instr {
+  Op op = Op::kF;
+  std::vector<Part> parts;  // compute parts in braid order; empty for P2P and offload ops
+  Part ref;                 // P2P / offload: what moves (pass is unused there)
+  int peer = -1;            // P2P: the other rank
+
+  bool is_compute() const { return !parts.empty(); }
+  friend bool operator==(const Instr&, const Instr&) = default;
+};
+
+struct Program {
+  std::string kind;  // generator name: "1f1b", "1f1b-i", "zb-h1", "zb-v", "stp"
+  int p = 1;         // pipeline ranks
+  int m = 1;         // microbatches
+  int v = 1;         // chunks per rank
+  std::vector<int> stage_rank;   // (S) rank that holds stage s
+  std::vector<int> stage_chunk;  // (S) local chunk index of stage s on that rank
+  std::vector<std::vector<Instr>> ranks;  // (p) instruction list per rank, in execution order
+
+  int stages() const { return static_cast<int>(stage_rank.size()); }
+  friend bool operator==(const Program&, const Program&) = default;
+};
+
+const char* to_string(Pass pass);
+const char* to_string(Op op);
+
+// Compact text: "F0[3]", "FB1[4,2]+W", "SEND_F s2 mb3 ->1" ... (microbatches 0-based).
+std::string to_string(const Instr& instr);
+// One line per rank: "r0: F0[0] F0[1] ...". compute_only drops P2P and offload ops.
+std::string to_text(const Program& program, bool compute_only = false);
+// The fixed JSON contract of `stp schedule --format json` (see docs/schedule.md).
+std::string to_json(const Program& program);
+// Parses what to_json wrote; throws std::invalid_argument naming the first bad field.
+Program from_json(const std::string& json);
+
+}  // namespace stp::schedule
