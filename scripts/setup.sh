@@ -20,7 +20,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 PKGS=(cmake ninja-build ccache pkg-config g++
       libhwloc-dev libnuma-dev
       libgtest-dev libgmock-dev libbenchmark-dev
-      libcli11-dev nlohmann-json3-dev
+      libcli11-dev nlohmann-json3-dev libgloo-dev
       python3-venv)
 missing=()
 for p in "${PKGS[@]}"; do

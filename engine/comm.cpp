@@ -1,0 +1,255 @@
+#include "engine/comm.h"
+
+#include <torch/csrc/distributed/c10d/HashStore.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/distributed/c10d/Work.hpp>
+#ifdef STP_WITH_NCCL
+#ifndef USE_C10D_NCCL
+#define USE_C10D_NCCL
+#endif
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include <cstdlib>
+#include <sstream>
+
+#include "stp/check.h"
+
+namespace stp::engine {
+namespace {
+
+std::optional<std::string> env(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return std::nullopt;
+  return std::string(v);
+}
+
+int env_int(const char* name, int fallback, int lo, int hi) {
+  auto v = env(name);
+  if (!v) return fallback;
+  char* end = nullptr;
+  long x = std::strtol(v->c_str(), &end, 10);
+  STP_CHECK(end && *end == '\0' && x >= lo && x <= hi, "environment variable ", name, "='", *v,
+            "' must be an integer in [", lo, ", ", hi, "]");
+  return static_cast<int>(x);
+}
+
+std::string join(const std::vector<int>& xs) {
+  std::ostringstream os;
+  for (std::size_t i = 0; i < xs.size(); ++i) os << (i ? "," : "") << xs[i];
+  return os.str();
+}
+
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1";
+}
+
+}  // namespace
+
+LaunchEnv launch_env_from_environment() {
+  LaunchEnv e;
+  bool ompi = !env("RANK") && env("OMPI_COMM_WORLD_RANK");
+  const int kMaxRanks = 1 << 20;
+  e.world_size = env_int(ompi ? "OMPI_COMM_WORLD_SIZE" : "WORLD_SIZE", 1, 1, kMaxRanks);
+  e.rank = env_int(ompi ? "OMPI_COMM_WORLD_RANK" : "RANK", 0, 0, e.world_size - 1);
+  e.local_rank = env_int(ompi ? "OMPI_COMM_WORLD_LOCAL_RANK" : "LOCAL_RANK", 0, 0, kMaxRanks);
+  e.master_addr = env("MASTER_ADDR").value_or("127.0.0.1");
+  e.master_port = env_int("MASTER_PORT", 29500, 1, 65535);
+  auto agent = env("TORCHELASTIC_USE_AGENT_STORE");
+  e.agent_store = agent && (*agent == "True" || *agent == "true" || *agent == "1");
+  return e;
+}
+
+void check_layout(int world_size, int tp, int pp) {
+  STP_CHECK(tp >= 1 && pp >= 1, "tp=", tp, " and pp=", pp, " must be >= 1");
+  STP_CHECK(world_size % (tp * pp) == 0, "world size ", world_size, " is not a multiple of tp*pp=",
+            tp, "*", pp, "=", tp * pp, "; world = dp * pp * tp");
+}
+
+// ---- CommHandle ---------------------------------------------------------------------------
+
+CommHandle::CommHandle(c10::intrusive_ptr<c10d::Work> work, std::string what,
+                       std::chrono::milliseconds timeout)
+    : work_(std::move(work)), what_(std::move(what)), timeout_(timeout) {}
+CommHandle::~CommHandle() = default;
+CommHandle::CommHandle(CommHandle&&) noexcept = default;
+CommHandle& CommHandle::operator=(CommHandle&&) noexcept = default;
+
+bool CommHandle::pending() const { return static_cast<bool>(work_); }
+
+bool CommHandle::done() const { return !work_ || work_->isCompleted(); }
+
+void CommHandle::wait() {
+  if (!work_) return;
+  auto work = std::move(work_);
+  work_.reset();
+  try {
+    work->wait(timeout_);
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    if (auto nl = msg.find('\n'); nl != std::string::npos) msg.resize(nl);
+    throw std::runtime_error(str_cat(what_, " failed or timed out after ", timeout_.count(),
+                                     " ms: ", msg));
+  }
+}
+
+// ---- Group ----------------------------------------------------------------------------------
+
+Group::Group(std::string name, std::vector<int> ranks, int my_index,
+             c10::intrusive_ptr<c10d::Backend> backend, std::chrono::milliseconds timeout)
+    : name_(std::move(name)),
+      ranks_(std::move(ranks)),
+      my_index_(my_index),
+      backend_(std::move(backend)),
+      timeout_(timeout) {}
+
+Group::~Group() = default;
+
+std::string Group::describe(const char* op, int peer) const {
+  std::string s = str_cat(op, " on group ", name_, " (global ranks ", join(ranks_), ", this is ",
+                          ranks_[my_index_], ")");
+  if (peer >= 0) s += str_cat(" with peer global rank ", ranks_[peer]);
+  return s;
+}
+
+CommHandle Group::all_reduce_async(at::Tensor& t) {
+  if (size() == 1) return {};
+  std::vector<at::Tensor> ts{t};
+  return {backend_->allreduce(ts), describe("all_reduce"), timeout_};
+}
+
+CommHandle Group::send_async(at::Tensor& t, int peer, int tag) {
+  STP_ASSERT(peer >= 0 && peer < size() && peer != my_index_, "peer ", peer);
+  std::vector<at::Tensor> ts{t};
+  return {backend_->send(ts, peer, tag), describe("send", peer), timeout_};
+}
+
+CommHandle Group::recv_async(at::Tensor& t, int peer, int tag) {
+  STP_ASSERT(peer >= 0 && peer < size() && peer != my_index_, "peer ", peer);
+  std::vector<at::Tensor> ts{t};
+  return {backend_->recv(ts, peer, tag), describe("recv", peer), timeout_};
+}
+
+CommHandle Group::broadcast_async(at::Tensor& t, int root) {
+  if (size() == 1) return {};
+  std::vector<at::Tensor> ts{t};
+  c10d::BroadcastOptions opts;
+  opts.rootRank = root;
+  return {backend_->broadcast(ts, opts), describe("broadcast", root == my_index_ ? -1 : root),
+          timeout_};
+}
+
+void Group::barrier() {
+  if (size() == 1) return;
+  CommHandle h{backend_->barrier(), describe("barrier"), timeout_};
+  h.wait();
+}
+
+double Group::all_reduce_sum(double x) {
+  if (size() == 1) return x;
+  at::Tensor t = at::full({1}, x, at::TensorOptions().dtype(at::kDouble));
+  all_reduce_async(t).wait();
+  return t.item<double>();
+}
+
+// ---- World ------------------------------------------------------------------------------------
+
+World::World(c10::intrusive_ptr<c10d::Store> store, int rank, int world_size, CommOptions options)
+    : store_(std::move(store)), rank_(rank), world_size_(world_size), options_(options) {
+  check_layout(world_size, options.tp, options.pp);
+  STP_CHECK(options.timeout.count() >= 1, "comm timeout=", options.timeout.count(),
+            " ms must be >= 1 ms");
+  const int tp = options.tp, pp = options.pp, dp = world_size / (tp * pp);
+  const int tp_idx = rank % tp, dp_idx = (rank / tp) % dp, pp_idx = rank / (tp * dp);
+  auto global = [&](int t, int d, int p) { return (p * dp + d) * tp + t; };
+
+  std::vector<int> all(world_size), tp_ranks, pp_ranks, dp_ranks, model_ranks;
+  for (int r = 0; r < world_size; ++r) all[r] = r;
+  for (int t = 0; t < tp; ++t) tp_ranks.push_back(global(t, dp_idx, pp_idx));
+  for (int p = 0; p < pp; ++p) pp_ranks.push_back(global(tp_idx, dp_idx, p));
+  for (int d = 0; d < dp; ++d) dp_ranks.push_back(global(tp_idx, d, pp_idx));
+  for (int p = 0; p < pp; ++p)
+    for (int t = 0; t < tp; ++t) model_ranks.push_back(global(t, dp_idx, p));
+
+  world_group_ = make_group("world", all);
+  tp_group_ = make_group(str_cat("tp", pp_idx, ".", dp_idx), tp_ranks);
+  pp_group_ = make_group(str_cat("pp", dp_idx, ".", tp_idx), pp_ranks);
+  dp_group_ = make_group(str_cat("dp", pp_idx, ".", tp_idx), dp_ranks);
+  model_group_ = make_group(str_cat("model", dp_idx), model_ranks);
+}
+
+World::~World() = default;
+
+std::unique_ptr<Group> World::make_group(const std::string& name, const std::vector<int>& ranks) {
+  int my_index = -1;
+  for (std::size_t i = 0; i < ranks.size(); ++i)
+    if (ranks[i] == rank_) my_index = static_cast<int>(i);
+  STP_ASSERT(my_index >= 0, "rank ", rank_, " not in group ", name);
+  c10::intrusive_ptr<c10d::Backend> backend;
+  if (ranks.size() > 1) {
+    auto store = c10::make_intrusive<c10d::PrefixStore>("stp/" + name, store_);
+    const int n = static_cast<int>(ranks.size());
+    if (options_.backend == CommBackend::kGloo) {
+      auto opts = c10d::ProcessGroupGloo::Options::create(options_.timeout);
+      // Loopback unless the job spans hosts (then GLOO_SOCKET_IFNAME or the hostname).
+      auto ifname = env("GLOO_SOCKET_IFNAME");
+      auto addr = env("MASTER_ADDR").value_or("127.0.0.1");
+      if (ifname) {
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(*ifname));
+      } else if (is_loopback(addr)) {
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+      } else {
+        opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      }
+      opts->threads = 2;
+      backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, my_index, n, opts);
+    } else {
+#ifdef STP_WITH_NCCL
+      auto opts = c10d::ProcessGroupNCCL::Options::create();
+      opts->timeout = options_.timeout;
+      backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, my_index, n, opts);
+#else
+      STP_CHECK(false, "comm backend nccl requested but stp was built without NCCL "
+                       "(configure with the CUDA toolkit and a CUDA LibTorch)");
+#endif
+    }
+  }
+  return std::make_unique<Group>(name, ranks, my_index, std::move(backend), options_.timeout);
+}
+
+std::unique_ptr<World> World::in_process(c10::intrusive_ptr<c10d::Store> store, int rank,
+                                         int world_size, const CommOptions& options) {
+  STP_CHECK(world_size >= 1 && rank >= 0 && rank < world_size, "rank=", rank,
+            " must be in [0, world_size=", world_size, ")");
+  return std::unique_ptr<World>(new World(std::move(store), rank, world_size, options));
+}
+
+c10::intrusive_ptr<c10d::Store> World::make_in_memory_store() {
+  return c10::make_intrusive<c10d::HashStore>();
+}
+
+std::unique_ptr<World> World::connect(const LaunchEnv& env, const CommOptions& options) {
+  check_layout(env.world_size, options.tp, options.pp);
+  if (env.world_size == 1) return in_process(make_in_memory_store(), 0, 1, options);
+  c10d::TCPStoreOptions so;
+  so.port = static_cast<std::uint16_t>(env.master_port);
+  so.isServer = env.rank == 0 && !env.agent_store;
+  so.numWorkers = env.world_size;
+  so.waitWorkers = false;
+  so.timeout = options.timeout;
+  c10::intrusive_ptr<c10d::Store> store;
+  try {
+    store = c10::make_intrusive<c10d::TCPStore>(env.master_addr, so);
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    if (auto nl = msg.find('\n'); nl != std::string::npos) msg.resize(nl);
+    throw std::runtime_error(str_cat("rank ", env.rank, " could not reach the rendezvous store at ",
+                                     env.master_addr, ":", env.master_port,
+                                     " (MASTER_ADDR/MASTER_PORT): ", msg));
+  }
+  return std::unique_ptr<World>(new World(std::move(store), env.rank, env.world_size, options));
+}
+
+}  // namespace stp::engine

@@ -1,0 +1,188 @@
+#include "engine/comm.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <thread>
+
+#include "comm_test_util.h"
+
+namespace stp::engine {
+namespace {
+
+using stp::testing::run_ranks;
+
+CommOptions layout(int tp, int pp, int timeout_ms = 20000) {
+  CommOptions o;
+  o.tp = tp;
+  o.pp = pp;
+  o.timeout = std::chrono::milliseconds(timeout_ms);
+  return o;
+}
+
+TEST(Comm, GroupsFollowMegatronOrderTpFastest) {
+  // world 8 = dp 2 x pp 2 x tp 2: rank = (pp*dp + dp_idx)*tp + tp_idx.
+  run_ranks(8, layout(2, 2), [](World& w) {
+    int r = w.rank();
+    EXPECT_EQ(w.dp(), 2);
+    EXPECT_EQ(w.tp_rank(), r % 2);
+    EXPECT_EQ(w.dp_rank(), (r / 2) % 2);
+    EXPECT_EQ(w.pp_rank(), r / 4);
+    EXPECT_EQ(w.tp_group().ranks(), (std::vector<int>{r - r % 2, r - r % 2 + 1}));
+    EXPECT_EQ(w.pp_group().ranks(), (std::vector<int>{r % 4, r % 4 + 4}));
+    EXPECT_EQ(w.model_group().size(), 4);
+  });
+}
+
+TEST(Comm, AllReduceSumsOverEachGroup) {
+  run_ranks(4, layout(2, 2), [](World& w) {
+    at::Tensor t = at::full({5}, static_cast<double>(w.rank() + 1), at::kDouble);
+    w.tp_group().all_reduce_async(t).wait();
+    int base = w.rank() - w.tp_rank();
+    EXPECT_DOUBLE_EQ(t[0].item<double>(), (base + 1) + (base + 2));
+    EXPECT_DOUBLE_EQ(w.world_group().all_reduce_sum(1.5), 6.0);
+  });
+}
+
+TEST(Comm, AsyncAllReduceOverlapsWithLocalWork) {
+  run_ranks(2, layout(2, 1), [](World& w) {
+    at::Tensor a = at::ones({1 << 16}, at::kFloat);
+    at::Tensor b = at::full({1 << 16}, 2.0f);
+    CommHandle ha = w.tp_group().all_reduce_async(a);
+    CommHandle hb = w.tp_group().all_reduce_async(b);  // two in flight at once
+    at::Tensor local = at::mm(at::ones({64, 64}), at::ones({64, 64}));
+    hb.wait();
+    ha.wait();
+    EXPECT_FLOAT_EQ(a[17].item<float>(), 2.0f);
+    EXPECT_FLOAT_EQ(b[17].item<float>(), 4.0f);
+    EXPECT_FLOAT_EQ(local[0][0].item<float>(), 64.0f);
+  });
+}
+
+TEST(Comm, SendRecvMatchByTagInAnyOrder) {
+  run_ranks(2, layout(1, 2), [](World& w) {
+    Group& pp = w.pp_group();
+    if (pp.rank() == 0) {
+      at::Tensor x = at::arange(6, at::kFloat), y = at::arange(3, at::kFloat) * 10;
+      CommHandle h1 = pp.send_async(x, 1, 7);
+      CommHandle h2 = pp.send_async(y, 1, 9);
+      h1.wait();
+      h2.wait();
+    } else {
+      at::Tensor x = at::zeros({6}, at::kFloat), y = at::zeros({3}, at::kFloat);
+      CommHandle hy = pp.recv_async(y, 0, 9);  // posted in the other order
+      CommHandle hx = pp.recv_async(x, 0, 7);
+      hx.wait();
+      hy.wait();
+      EXPECT_FLOAT_EQ(x[5].item<float>(), 5.0f);
+      EXPECT_FLOAT_EQ(y[2].item<float>(), 20.0f);
+    }
+    pp.barrier();
+  });
+}
+
+TEST(Comm, RepeatedUnderLoadStaysCorrect) {
+  // Many small collectives and P2P with compute threads competing for the 2 cores.
+  run_ranks(4, layout(2, 2), [](World& w) {
+    for (int i = 0; i < 50; ++i) {
+      at::Tensor t = at::full({128}, static_cast<float>(i));
+      CommHandle h = w.tp_group().all_reduce_async(t);
+      at::Tensor busy = at::mm(at::rand({32, 32}), at::rand({32, 32}));
+      h.wait();
+      ASSERT_FLOAT_EQ(t[0].item<float>(), 2.0f * i);
+      at::Tensor msg = at::full({16}, static_cast<float>(i * 10 + w.pp_rank()));
+      Group& pp = w.pp_group();
+      int peer = 1 - pp.rank();
+      at::Tensor in = at::zeros({16});
+      CommHandle r = pp.recv_async(in, peer, i);
+      CommHandle s = pp.send_async(msg, peer, i);
+      s.wait();
+      r.wait();
+      ASSERT_FLOAT_EQ(in[3].item<float>(), static_cast<float>(i * 10 + peer));
+    }
+    w.world_group().barrier();
+  });
+}
+
+TEST(Comm, MissingRankTimesOutWithMessageNamingGroupAndPeers) {
+  auto start = std::chrono::steady_clock::now();
+  std::string message;
+  run_ranks(2, layout(2, 1, 1500), [&](World& w) {
+    if (w.rank() == 1) return;  // never arrives
+    at::Tensor t = at::ones({4});
+    try {
+      w.tp_group().all_reduce_async(t).wait();
+      ADD_FAILURE() << "all_reduce with a missing rank completed";
+    } catch (const std::runtime_error& e) {
+      message = e.what();
+    }
+  });
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(secs, 15.0);
+  EXPECT_NE(message.find("all_reduce on group tp"), std::string::npos) << message;
+  EXPECT_NE(message.find("global ranks 0,1"), std::string::npos) << message;
+  EXPECT_NE(message.find("timed out"), std::string::npos) << message;
+}
+
+TEST(Comm, BadLayoutsNameTheValues) {
+  try {
+    check_layout(6, 4, 1);
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(), "world size 6 is not a multiple of tp*pp=4*1=4; world = dp * pp * tp");
+  }
+  EXPECT_THROW(check_layout(4, 0, 1), std::invalid_argument);
+  EXPECT_NO_THROW(check_layout(8, 2, 2));
+}
+
+TEST(Comm, EnvironmentParsingRejectsGarbage) {
+  setenv("WORLD_SIZE", "4", 1);
+  setenv("RANK", "7", 1);
+  EXPECT_THROW(launch_env_from_environment(), std::invalid_argument);
+  setenv("RANK", "2", 1);
+  setenv("MASTER_PORT", "http", 1);
+  try {
+    launch_env_from_environment();
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(), "environment variable MASTER_PORT='http' must be an integer in [1, 65535]");
+  }
+  setenv("MASTER_PORT", "29511", 1);
+  LaunchEnv env = launch_env_from_environment();
+  EXPECT_EQ(env.rank, 2);
+  EXPECT_EQ(env.world_size, 4);
+  EXPECT_EQ(env.master_port, 29511);
+  for (const char* v : {"WORLD_SIZE", "RANK", "MASTER_PORT"}) unsetenv(v);
+}
+
+// Real processes through TCPStore: the parent spawns 3 copies of this binary.
+TEST(CommMultiProcess, Child) {
+  if (!stp::testing::is_spawned_child()) GTEST_SKIP() << "runs only inside CommMultiProcess.Spawn";
+  LaunchEnv env = launch_env_from_environment();
+  CommOptions o = layout(1, 1, 20000);
+  auto w = World::connect(env, o);
+  for (int i = 0; i < 20; ++i) {
+    at::Tensor t = at::full({1000}, static_cast<double>(w->rank()), at::kDouble);
+    w->world_group().all_reduce_async(t).wait();
+    ASSERT_DOUBLE_EQ(t[999].item<double>(), 0.0 + 1.0 + 2.0);
+  }
+  // Ring of sends.
+  int n = w->size(), next = (w->rank() + 1) % n, prev = (w->rank() + n - 1) % n;
+  at::Tensor out = at::full({8}, static_cast<float>(w->rank())), in = at::zeros({8});
+  CommHandle r = w->world_group().recv_async(in, prev, 3);
+  CommHandle s = w->world_group().send_async(out, next, 3);
+  s.wait();
+  r.wait();
+  ASSERT_FLOAT_EQ(in[0].item<float>(), static_cast<float>(prev));
+  w->world_group().barrier();
+}
+
+TEST(CommMultiProcess, Spawn) {
+  if (stp::testing::is_spawned_child()) GTEST_SKIP() << "parent only";
+  auto codes = stp::testing::spawn_ranks(3, "CommMultiProcess.Child");
+  for (std::size_t r = 0; r < codes.size(); ++r) EXPECT_EQ(codes[r], 0) << "rank " << r;
+}
+
+}  // namespace
+}  // namespace stp::engine
