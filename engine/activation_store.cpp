@@ -1,0 +1,83 @@
+#include "engine/activation_store.h"
+
+#include <algorithm>
+
+#include "engine/activation_offload.h"
+#include "stp/check.h"
+
+namespace stp::engine {
+
+ActivationStore::ActivationStore() = default;
+ActivationStore::~ActivationStore() = default;
+
+ActivationSet& ActivationStore::create(int chunk, int mb) {
+  auto [it, inserted] = sets_.try_emplace(Key{chunk, mb});
+  STP_ASSERT(inserted, "activation set for chunk ", chunk, " mb ", mb, " already exists");
+  it->second.set = ActivationSet(chunk, mb);
+  return it->second.set;
+}
+
+ActivationSet& ActivationStore::acquire(int chunk, int mb, double* waited) {
+  auto it = sets_.find(Key{chunk, mb});
+  STP_ASSERT(it != sets_.end(), "no activation set for chunk ", chunk, " mb ", mb);
+  Entry& e = it->second;
+  if (e.where == Where::kToHost || e.where == Where::kHost) {
+    STP_ASSERT(false, "activation set chunk ", chunk, " mb ", mb,
+               " is on host and no RELOAD was scheduled before its use");
+  }
+  if (e.where == Where::kToDevice) {
+    double w = offload_->wait_reload(e.set);
+    if (waited) *waited += w;
+    e.where = Where::kDevice;
+  }
+  return e.set;
+}
+
+void ActivationStore::release_if_empty(int chunk, int mb) {
+  auto it = sets_.find(Key{chunk, mb});
+  if (it != sets_.end() && it->second.set.empty() && it->second.where == Where::kDevice)
+    sets_.erase(it);
+}
+
+void ActivationStore::offload(int chunk, int mb) {
+  STP_CHECK(offload_ != nullptr, "the program offloads chunk ", chunk, " mb ", mb,
+            " but no offloader is attached (offload is off)");
+  auto it = sets_.find(Key{chunk, mb});
+  STP_ASSERT(it != sets_.end() && it->second.where == Where::kDevice, "OFFLOAD of chunk ", chunk,
+             " mb ", mb, " which is not resident");
+  offloaded_bytes_ += it->second.set.bytes();
+  offload_->start_offload(it->second.set);
+  it->second.where = Where::kHost;
+}
+
+void ActivationStore::reload(int chunk, int mb) {
+  STP_CHECK(offload_ != nullptr, "the program reloads chunk ", chunk, " mb ", mb,
+            " but no offloader is attached (offload is off)");
+  auto it = sets_.find(Key{chunk, mb});
+  STP_ASSERT(it != sets_.end() && it->second.where == Where::kHost, "RELOAD of chunk ", chunk,
+             " mb ", mb, " which is not on host");
+  offload_->start_reload(it->second.set);
+  it->second.where = Where::kToDevice;
+}
+
+void ActivationStore::account() {
+  std::int64_t bytes = 0;
+  int sets = 0;
+  for (const auto& [key, e] : sets_) {
+    if (e.where == Where::kHost) continue;
+    bytes += e.set.bytes();
+    if (!e.set.empty()) ++sets;
+  }
+  if (offload_) bytes += offload_->device_bytes_in_flight();
+  resident_bytes_ = bytes;
+  peak_bytes_ = std::max(peak_bytes_, bytes);
+  peak_sets_ = std::max(peak_sets_, sets);
+}
+
+void ActivationStore::reset_step() {
+  STP_ASSERT(sets_.empty(), sets_.size(), " activation sets are still alive at the step start");
+  resident_bytes_ = peak_bytes_ = offloaded_bytes_ = 0;
+  peak_sets_ = 0;
+}
+
+}  // namespace stp::engine

@@ -1,0 +1,71 @@
+// ActivationStore: the ActivationSets of one rank, by (chunk, microbatch), with exact accounting
+// of the bytes they hold on the device and, when an offloader is attached, their trips to host
+// memory and back (Note [Offload lifetime] in offload/offloader.h).
+//
+// A set is created by its forward, read by its backward and weight-gradient passes, and released
+// when it is empty. offload() starts moving a set's tensors to host; reload() starts bringing
+// them back into fresh device tensors; acquire() returns the set ready for compute, waiting only
+// for that set's own reload.
+//
+// Thread-safety: one rank's executor thread.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <utility>
+
+#include "engine/activation_set.h"
+
+namespace stp::engine {
+
+class ActivationOffload;  // engine/activation_offload.h: bridge to offload::Offloader
+
+class ActivationStore {
+ public:
+  ActivationStore();
+  ~ActivationStore();
+  ActivationStore(const ActivationStore&) = delete;
+  ActivationStore& operator=(const ActivationStore&) = delete;
+
+  // Moves sets to host through `offload` (nullptr: offload instructions are errors).
+  void attach_offload(ActivationOffload* offload) { offload_ = offload; }
+
+  // REQUIRES: no live set for (chunk, mb).
+  ActivationSet& create(int chunk, int mb);
+  // The set, resident and ready. Waits for its reload if one is in flight; adds the seconds
+  // blocked to *waited. REQUIRES: the set exists and is not on host without a reload.
+  ActivationSet& acquire(int chunk, int mb, double* waited = nullptr);
+  // Drops the set when its passes emptied it.
+  void release_if_empty(int chunk, int mb);
+
+  void offload(int chunk, int mb);
+  void reload(int chunk, int mb);
+
+  // Call after every compute: refreshes resident bytes from the sets and updates the peaks.
+  void account();
+  std::int64_t resident_bytes() const { return resident_bytes_; }
+  std::int64_t peak_bytes() const { return peak_bytes_; }
+  int peak_sets() const { return peak_sets_; }
+  std::int64_t offloaded_bytes() const { return offloaded_bytes_; }
+  int live_sets() const { return static_cast<int>(sets_.size()); }
+  // Starts a new step's peaks. REQUIRES: no live sets.
+  void reset_step();
+
+ private:
+  enum class Where { kDevice, kToHost, kHost, kToDevice };
+  struct Entry {
+    ActivationSet set;
+    Where where = Where::kDevice;
+  };
+  using Key = std::pair<int, int>;
+
+  std::map<Key, Entry> sets_;
+  ActivationOffload* offload_ = nullptr;
+  std::int64_t resident_bytes_ = 0;
+  std::int64_t peak_bytes_ = 0;
+  int peak_sets_ = 0;
+  std::int64_t offloaded_bytes_ = 0;
+};
+
+}  // namespace stp::engine

@@ -1,0 +1,89 @@
+// Executor: runs one rank's schedule::Program for one training step (DESIGN.md data flow).
+//
+// Note [Executor]
+// One switch over Instr::op (no default: the compiler flags a missing op).
+//  - Standalone F / B / BW / W run a chunk's pass unit by unit, waiting on each unit's TP
+//    collective before the next unit (a BW unit starts its collective, then runs its own W unit,
+//    so W covers the all-reduce as in Megatron).
+//  - Braided FF / FB / FW interleave the units of their two parts (DESIGN.md "Braiding"): unit k
+//    of part A starts its collective, unit k of part B runs while it is in flight, and A waits
+//    for it only before its unit k+1. FB with BW fuses W unit k after B unit k.
+//  - Deferred weight gradients go to a FIFO of (chunk, mb); W and FW pop its front and check it
+//    is the part the program names.
+//  - P2P is asynchronous and runs in program order (NCCL pairs send/recv in issue order): a
+//    RECV is posted as soon as every P2P instruction before it is posted — usually a whole
+//    compute instruction ahead — and waited on only by the compute that consumes it; a SEND
+//    starts as soon as its tensor exists and completes in the background (waited at step end).
+//  - OFFLOAD / RELOAD go to the offloader (offload/); a backward waits for its own reload only.
+// Every wait is timed: TP-collective waits are the exposed communication, P2P waits the
+// pipeline idle, reload waits the offload stall.
+//
+// Thread-safety: one Executor per rank, used by that rank's thread.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/activation_store.h"
+#include "engine/chunk.h"
+#include "engine/comm.h"
+#include "schedule/program.h"
+
+namespace stp::engine {
+
+// One instruction as executed: wall-clock times relative to the step start.
+struct ExecEvent {
+  std::string name;            // schedule::to_string(instr): "FB1[4,2]+W", "RECV_F s2 mb3 <-1"
+  schedule::Op op = schedule::Op::kF;
+  std::vector<schedule::Part> parts;
+  double start = 0, end = 0;   // seconds since the step started
+  double tp_wait = 0, p2p_wait = 0, reload_wait = 0;  // seconds blocked inside it
+};
+
+// What one step measured on this rank.
+struct StepStats {
+  double loss_sum = 0;             // sum of unscaled microbatch losses (last-stage rank only)
+  int losses = 0;                  // how many microbatch losses were summed here
+  double seconds = 0;              // wall time of the program
+  double tp_wait_seconds = 0;      // blocked on TP collectives: exposed communication
+  double p2p_wait_seconds = 0;     // blocked on pipeline receives: PP idle
+  double reload_wait_seconds = 0;  // blocked on activation reloads
+  std::int64_t peak_activation_bytes = 0;  // resident ActivationSet bytes, peak over the step
+  int peak_activation_sets = 0;            // resident (non-offloaded) sets, peak over the step
+  std::int64_t offloaded_bytes = 0;        // bytes moved to host this step
+  std::vector<ExecEvent> events;  // what this rank did, in order, for traces
+};
+
+class Executor {
+ public:
+  // chunks[c] is local chunk c of this rank (Program::stage_chunk); pp is the pipeline group
+  // whose index is the Program's rank; tp the tensor-parallel group. `store` holds the
+  // activation sets and moves them to host when the program says so.
+  Executor(std::vector<Chunk*> chunks, Group& tp, Group& pp, ActivationStore& store);
+
+  // Runs `program.ranks[pp.rank()]` over the step's microbatches (size program.m).
+  // REQUIRES: schedule::verify(program) passed; chunks match the program's stages.
+  StepStats run(const schedule::Program& program, const std::vector<MicroBatch>& microbatches);
+
+  // When true (default), braided instructions interleave their parts; false runs the two parts
+  // back to back (for measuring what braiding hides).
+  void set_braiding(bool on) { braid_ = on; }
+
+ private:
+  struct Lane;
+  class StepRun;
+
+  std::vector<Chunk*> chunks_;
+  Group& tp_;
+  Group& pp_;
+  ActivationStore& store_;
+  bool braid_ = true;
+};
+
+}  // namespace stp::engine

@@ -1,0 +1,98 @@
+// TrainConfig: everything `stp train` reads, in one struct per section, with one table of
+// fields (name, unit, range, default, meaning) that drives parsing, validation, `--set`
+// overrides, the resolved-config printout and docs/config.md — so they cannot disagree.
+//
+// Sources, later ones win: built-in defaults (the embedded default run), the config file
+// (JSON, sections as objects), then `--set section.key=value` flags. Unknown sections or keys
+// and out-of-range values stop with one line naming them and the legal range.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace stp::engine {
+
+struct ModelSection {
+  std::int64_t vocab = 257;        // byte tokenizer: 256 bytes + <eos>
+  std::int64_t seq_len = 64;
+  std::int64_t d_model = 128;
+  std::int64_t n_heads = 4;
+  std::int64_t n_layers = 4;
+  std::int64_t mlp_hidden = 0;     // 0: 4*d_model
+  std::string dtype = "float32";
+  std::int64_t init_seed = 1234;
+};
+
+struct ParallelSection {
+  std::int64_t tp = 2;
+  std::int64_t pp = 2;
+  std::int64_t dp = 0;             // 0: world / (tp*pp)
+};
+
+struct ScheduleSection {
+  std::string kind = "stp";        // 1f1b, 1f1b-i, zb-h1, zb-v, stp
+  std::int64_t microbatches = 8;   // m per step
+  std::int64_t micro_batch_size = 4;  // sequences per microbatch
+  std::int64_t chunks = 2;         // 1f1b-i only: model chunks per rank
+  bool braid = true;               // interleave braided instructions' units
+};
+
+struct OffloadSection {
+  std::string budget = "60%";      // "off", bytes ("512MiB"), or % of the unconstrained peak
+  double host_gbps = 20.0;         // host link bandwidth the planner assumes, GB/s
+};
+
+struct OptimizerSection {
+  double lr = 3e-3;
+  double min_lr = 3e-4;            // cosine decay floor
+  std::int64_t warmup_steps = 20;
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double weight_decay = 0.1;
+  double clip = 1.0;               // global grad-norm clip; 0 disables
+};
+
+struct DataSection {
+  std::string path;                // text file or folder; empty: the generated corpus
+  std::int64_t corpus_bytes = 4 << 20;  // size of the generated corpus
+};
+
+struct RunSection {
+  std::int64_t steps = 150;
+  std::int64_t seed = 1234;        // data order
+  std::string log_dir = "runs/latest";
+  std::string checkpoint_dir;      // empty: <log_dir>/checkpoints
+  std::int64_t checkpoint_interval = 50;  // steps; 0 disables
+  std::int64_t keep_checkpoints = 2;
+  double comm_timeout_s = 120;
+  std::string device = "cpu";      // cpu or cuda
+  bool progress = true;            // progress bar on rank 0 (JSON lines are always written)
+};
+
+struct TrainConfig {
+  ModelSection model;
+  ParallelSection parallel;
+  ScheduleSection schedule;
+  OffloadSection offload;
+  OptimizerSection optimizer;
+  DataSection data;
+  RunSection run;
+
+  // Applies a JSON document (the config file). Throws std::invalid_argument naming the first
+  // unknown key, wrong type or out-of-range value.
+  void apply_json(const std::string& text, const std::string& source);
+  // Applies one `section.key=value` override.
+  void apply_override(const std::string& assignment);
+  // Cross-field checks (heads divisible by tp, ...). Throws std::invalid_argument.
+  void validate() const;
+  // The resolved configuration as pretty JSON (what rank 0 prints and the log dir keeps).
+  std::string to_json() const;
+  std::string checkpoint_path() const;
+};
+
+// docs/config.md's table, generated from the field table.
+std::string config_reference_markdown();
+
+}  // namespace stp::engine
