@@ -10,6 +10,24 @@
 // The loss is computed by the last stage, S-1. Stage s's forward consumes stage s-1's output;
 // stage s's backward consumes stage s+1's input gradient.
 //
+// Note [Schedule invariants] (checked by schedule::verify, see schedule/verify.h)
+//  - Every (stage, mb) has exactly one F part and either one BW part or one B part and one W
+//    part, all on the rank that holds the stage; F runs before B/BW, B before W.
+//  - Deferred weight gradients: on each rank the W parts appear in the order their B parts ran,
+//    across chunks (one FIFO per rank). The executor pops the front of its FIFO and asserts it is
+//    the part the W names.
+//  - P2P: a stage's input from a stage on another rank arrives through a RECV placed before the
+//    consuming compute and a SEND placed after the producing compute; a hand-off between two
+//    stages on the same rank (the turn of a V on the last rank) has none. On each directed
+//    channel (src rank -> dst rank) the k-th SEND matches the k-th RECV (NCCL pairs them in issue
+//    order). SEND_F ref=(s, mb) pairs with RECV_F ref=(s+1, mb); SEND_B ref=(s, mb) with
+//    RECV_B ref=(s-1, mb). A RECV blocks until its SEND was issued; SENDs never block.
+//  - OFFLOAD(c, mb) follows the forward that produced the set; RELOAD(c, mb) follows its OFFLOAD
+//    and precedes the backward (B or BW) of that set.
+//
+// Additions since the first version (nothing was renamed or removed): the invariants note
+// above, from_string for Pass/Op, to_string(Part), Program::stage_of().
+//
 // Thread-safety: values; no shared state.
 #pragma once
 
@@ -74,11 +92,24 @@ struct Program {
   std::vector<std::vector<Instr>> ranks;  // (p) instruction list per rank, in execution order
 
   int stages() const { return static_cast<int>(stage_rank.size()); }
+  // The stage that local chunk `chunk` of `rank` holds, or -1 when there is none.
+  int stage_of(int rank, int chunk) const {
+    for (int s = 0; s < stages(); ++s)
+      if (stage_rank[s] == rank && stage_chunk[s] == chunk) return s;
+    return -1;
+  }
   friend bool operator==(const Program&, const Program&) = default;
 };
 
-const char* to_string(Pass pass);
-const char* to_string(Op op);
+const char* to_string(Pass pass);  // "F", "B", "W", "BW"
+const char* to_string(Op op);      // "F" ... "FW", "SEND_F", "RECV_F", "SEND_B", "RECV_B",
+                                   // "OFFLOAD", "RELOAD" (the JSON names)
+// Inverse of to_string; throws std::invalid_argument naming the text and the legal names.
+Pass pass_from_string(const std::string& text);
+Op op_from_string(const std::string& text);
+
+// "F0[3]" (pass, chunk, mb) or "BW1[2]".
+std::string to_string(const Part& part);
 
 // Compact text: "F0[3]", "FB1[4,2]+W", "SEND_F s2 mb3 ->1" ... (microbatches 0-based).
 std::string to_string(const Instr& instr);

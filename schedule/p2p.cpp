@@ -1,0 +1,108 @@
+#include "schedule/p2p.h"
+
+#include <vector>
+
+#include "stp/check.h"
+
+namespace stp::schedule {
+
+namespace {
+
+bool is_p2p(Op op) {
+  return op == Op::kSendF || op == Op::kRecvF || op == Op::kSendB || op == Op::kRecvB;
+}
+
+// A message is identified by its sender part: (direction, sender stage, mb).
+struct Message {
+  bool backward = false;  // gradient (SEND_B/RECV_B) rather than activation (SEND_F/RECV_F)
+  int stage = 0;          // the sending stage
+  int mb = 0;
+};
+
+}  // namespace
+
+void insert_p2p(Program& prog) {
+  const int p = prog.p;
+  const int S = prog.stages();
+  const int m = prog.m;
+  auto key = [&](const Message& msg) { return (msg.stage * m + msg.mb) * 2 + (msg.backward ? 1 : 0); };
+  auto crosses = [&](int from_stage, int to_stage, int rank) {
+    return to_stage >= 0 && to_stage < S && prog.stage_rank[to_stage] != rank &&
+           prog.stage_rank[from_stage] == rank;
+  };
+
+  // Receiver side: RECV before each consumer; the consumption order defines each channel.
+  std::vector<std::vector<Message>> channel(static_cast<std::size_t>(p) * p);  // [src*p+dst]
+  std::vector<std::vector<Instr>> out(p);
+  for (int r = 0; r < p; ++r) {
+    for (const Instr& in : prog.ranks[r]) {
+      STP_CHECK(!is_p2p(in.op), "insert_p2p: rank ", r, " already has P2P (", to_string(in), ")");
+      for (const Part& part : in.parts) {
+        const bool fwd = part.pass == Pass::kF;
+        const bool bwd = part.pass == Pass::kB || part.pass == Pass::kBW;
+        if (!fwd && !bwd) continue;
+        const int from = fwd ? part.stage - 1 : part.stage + 1;  // the producing stage
+        if (from < 0 || from >= S || prog.stage_rank[from] == r) continue;
+        const int src = prog.stage_rank[from];
+        Instr recv;
+        recv.op = fwd ? Op::kRecvF : Op::kRecvB;
+        recv.ref = Part{Pass::kF, part.chunk, part.stage, part.mb};
+        recv.peer = src;
+        out[r].push_back(recv);
+        channel[src * p + r].push_back(Message{bwd, from, part.mb});
+      }
+      out[r].push_back(in);
+    }
+  }
+
+  // Sender side: SEND after production, in each channel's consumption order.
+  std::vector<char> produced(static_cast<std::size_t>(S) * m * 2, 0);
+  std::vector<std::size_t> next(static_cast<std::size_t>(p) * p, 0);
+  for (int r = 0; r < p; ++r) {
+    std::vector<Instr> list;
+    list.reserve(out[r].size() * 2);
+    auto flush = [&](int dst) {
+      auto& ch = channel[r * p + dst];
+      std::size_t& i = next[r * p + dst];
+      while (i < ch.size() && produced[key(ch[i])]) {
+        const Message& msg = ch[i++];
+        Instr send;
+        send.op = msg.backward ? Op::kSendB : Op::kSendF;
+        send.ref = Part{Pass::kF, prog.stage_chunk[msg.stage], msg.stage, msg.mb};
+        send.peer = dst;
+        list.push_back(send);
+      }
+    };
+    for (Instr& in : out[r]) {
+      list.push_back(in);
+      for (const Part& part : in.parts) {
+        const bool fwd = part.pass == Pass::kF;
+        const bool bwd = part.pass == Pass::kB || part.pass == Pass::kBW;
+        if (!fwd && !bwd) continue;
+        const int to = fwd ? part.stage + 1 : part.stage - 1;
+        if (!crosses(part.stage, to, r)) continue;
+        produced[key(Message{bwd, part.stage, part.mb})] = 1;
+        flush(prog.stage_rank[to]);
+      }
+    }
+    for (int dst = 0; dst < p; ++dst)
+      STP_CHECK(next[r * p + dst] == channel[r * p + dst].size(), "insert_p2p: rank ", dst,
+                " consumes ", channel[r * p + dst].size(), " messages from rank ", r,
+                " but only ", next[r * p + dst],
+                " can be sent in that order (a consumed tensor is never produced)");
+    prog.ranks[r] = std::move(list);
+  }
+}
+
+Program compute_only(const Program& program) {
+  Program out = program;
+  for (auto& list : out.ranks) {
+    std::vector<Instr> kept;
+    for (Instr& in : list)
+      if (in.is_compute()) kept.push_back(std::move(in));
+    list = std::move(kept);
+  }
+  return out;
+}
+
+}  // namespace stp::schedule

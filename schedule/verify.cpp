@@ -1,0 +1,349 @@
+#include "schedule/verify.h"
+
+#include <deque>
+#include <vector>
+
+#include "stp/check.h"
+
+namespace stp::schedule {
+
+namespace {
+
+struct Failure {
+  std::string what;
+};
+
+template <typename... Args>
+[[noreturn]] void fail(const Args&... args) {
+  throw Failure{str_cat(args...)};
+}
+
+bool is_p2p(Op op) {
+  return op == Op::kSendF || op == Op::kRecvF || op == Op::kSendB || op == Op::kRecvB;
+}
+
+// What the instruction's parts must be.
+void check_shape(const Instr& in, const std::string& where) {
+  auto want = [&](std::initializer_list<std::initializer_list<Pass>> slots) {
+    if (in.parts.size() != slots.size())
+      fail(where, ": ", to_string(in.op), " needs ", slots.size(), " part(s), has ",
+           in.parts.size());
+    std::size_t i = 0;
+    for (auto allowed : slots) {
+      bool ok = false;
+      for (Pass p : allowed) ok = ok || in.parts[i].pass == p;
+      if (!ok)
+        fail(where, ": part ", i, " of ", to_string(in.op), " cannot be ",
+             to_string(in.parts[i].pass));
+      ++i;
+    }
+  };
+  switch (in.op) {
+    case Op::kF: want({{Pass::kF}}); break;
+    case Op::kB: want({{Pass::kB}}); break;
+    case Op::kW: want({{Pass::kW}}); break;
+    case Op::kBW: want({{Pass::kBW}}); break;
+    case Op::kFF: want({{Pass::kF}, {Pass::kF}}); break;
+    case Op::kFB: want({{Pass::kF}, {Pass::kB, Pass::kBW}}); break;
+    case Op::kFW: want({{Pass::kF}, {Pass::kW}}); break;
+    case Op::kSendF:
+    case Op::kRecvF:
+    case Op::kSendB:
+    case Op::kRecvB:
+    case Op::kOffload:
+    case Op::kReload:
+      if (!in.parts.empty()) fail(where, ": ", to_string(in.op), " carries no compute parts");
+      break;
+  }
+}
+
+class Machine {
+ public:
+  explicit Machine(const Program& prog)
+      : prog_(prog), p_(prog.p), S_(prog.stages()), m_(prog.m) {}
+
+  void run() {
+    check_layout();
+    const std::size_t n = static_cast<std::size_t>(S_) * m_;
+    f_done_.assign(n, 0);
+    b_done_.assign(n, 0);
+    w_done_.assign(n, 0);
+    fused_.assign(n, 0);
+    f_in_.assign(n, 0);
+    b_in_.assign(n, 0);
+    offloaded_.assign(n, 0);
+    channel_.assign(static_cast<std::size_t>(p_) * p_, {});
+    waiting_on_.assign(p_, -1);
+    pc_.assign(p_, 0);
+    fifo_.assign(p_, {});
+
+    std::vector<int> work;
+    for (int r = p_ - 1; r >= 0; --r) work.push_back(r);
+    while (!work.empty()) {
+      const int r = work.back();
+      work.pop_back();
+      advance(r, work);
+    }
+    finish();
+  }
+
+ private:
+  struct Msg {
+    bool backward;
+    int stage;  // sending stage
+    int mb;
+  };
+
+  std::size_t at(int stage, int mb) const { return static_cast<std::size_t>(stage) * m_ + mb; }
+  std::string where(int r, std::size_t i) const {
+    return str_cat("rank ", r, " instr ", i, " (", to_string(prog_.ranks[r][i]), ")");
+  }
+  static std::string sm(int stage, int mb) { return str_cat("stage ", stage, " mb ", mb); }
+
+  void check_layout() {
+    if (p_ < 1) fail("p=", p_, " must be >= 1");
+    if (m_ < 1) fail("m=", m_, " must be >= 1");
+    if (static_cast<int>(prog_.ranks.size()) != p_)
+      fail("program has ", prog_.ranks.size(), " rank lists, p=", p_);
+    if (S_ < 1 || prog_.stage_chunk.size() != prog_.stage_rank.size())
+      fail("stage_rank has ", prog_.stage_rank.size(), " entries and stage_chunk ",
+           prog_.stage_chunk.size(), "; need the same number >= 1");
+    rank_chunk_stage_.assign(p_, {});
+    for (int s = 0; s < S_; ++s) {
+      const int r = prog_.stage_rank[s];
+      const int c = prog_.stage_chunk[s];
+      if (r < 0 || r >= p_) fail("stage ", s, " is on rank ", r, ", outside [0, ", p_, ")");
+      if (c < 0 || c >= std::max(prog_.v, 1))
+        fail("stage ", s, " is chunk ", c, ", outside [0, v=", prog_.v, ")");
+      auto& cs = rank_chunk_stage_[r];
+      if (static_cast<int>(cs.size()) <= c) cs.resize(c + 1, -1);
+      if (cs[c] >= 0) fail("stages ", cs[c], " and ", s, " are both chunk ", c, " of rank ", r);
+      cs[c] = s;
+    }
+  }
+
+  int stage_of(int r, int chunk) const {
+    const auto& cs = rank_chunk_stage_[r];
+    return chunk >= 0 && chunk < static_cast<int>(cs.size()) ? cs[chunk] : -1;
+  }
+
+  // The ref of a P2P / offload instruction names a stage (and chunk) of this rank.
+  void check_ref(int r, std::size_t i, const Part& ref) const {
+    if (ref.mb < 0 || ref.mb >= m_) fail(where(r, i), ": mb ", ref.mb, " outside [0, m=", m_, ")");
+    if (ref.stage < 0 || ref.stage >= S_)
+      fail(where(r, i), ": stage ", ref.stage, " outside [0, ", S_, ")");
+    if (prog_.stage_rank[ref.stage] != r || prog_.stage_chunk[ref.stage] != ref.chunk)
+      fail(where(r, i), ": stage ", ref.stage, " is chunk ", prog_.stage_chunk[ref.stage],
+           " of rank ", prog_.stage_rank[ref.stage], ", not chunk ", ref.chunk, " of rank ", r);
+  }
+
+  void check_part(int r, std::size_t i, const Part& part) const {
+    if (part.stage < 0 || part.stage >= S_)
+      fail(where(r, i), ": stage ", part.stage, " outside [0, ", S_, ")");
+    if (part.mb < 0 || part.mb >= m_) fail(where(r, i), ": mb ", part.mb, " outside [0, m=", m_, ")");
+    if (prog_.stage_rank[part.stage] != r)
+      fail(where(r, i), ": stage ", part.stage, " lives on rank ", prog_.stage_rank[part.stage]);
+    if (prog_.stage_chunk[part.stage] != part.chunk)
+      fail(where(r, i), ": stage ", part.stage, " is chunk ", prog_.stage_chunk[part.stage],
+           ", the part says chunk ", part.chunk);
+  }
+
+  // Checks one compute part against the state before its instruction.
+  void check_compute(int r, std::size_t i, const Part& part) {
+    const int s = part.stage;
+    const std::size_t k = at(s, part.mb);
+    switch (part.pass) {
+      case Pass::kF:
+        if (f_done_[k]) fail(where(r, i), ": second F of ", sm(s, part.mb));
+        if (s > 0) {
+          if (prog_.stage_rank[s - 1] == r) {
+            if (!f_done_[at(s - 1, part.mb)])
+              fail(where(r, i), ": F of ", sm(s, part.mb), " runs before F of stage ", s - 1,
+                   " on the same rank");
+          } else if (!f_in_[k]) {
+            fail(where(r, i), ": F of ", sm(s, part.mb), " has no RECV_F of its input before it");
+          }
+        }
+        break;
+      case Pass::kB:
+      case Pass::kBW:
+        if (b_done_[k]) fail(where(r, i), ": second backward of ", sm(s, part.mb));
+        if (!f_done_[k]) fail(where(r, i), ": backward of ", sm(s, part.mb), " before its F");
+        if (s < S_ - 1) {
+          if (prog_.stage_rank[s + 1] == r) {
+            if (!b_done_[at(s + 1, part.mb)])
+              fail(where(r, i), ": backward of ", sm(s, part.mb), " runs before the backward of stage ",
+                   s + 1, " on the same rank");
+          } else if (!b_in_[k]) {
+            fail(where(r, i), ": backward of ", sm(s, part.mb),
+                 " has no RECV_B of its output gradient before it");
+          }
+        }
+        if (offloaded_[k] == 1)
+          fail(where(r, i), ": backward of ", sm(s, part.mb),
+               " while its activations are offloaded (no RELOAD before it)");
+        break;
+      case Pass::kW: {
+        if (!b_done_[k]) fail(where(r, i), ": W of ", sm(s, part.mb), " before its B");
+        if (fused_[k]) fail(where(r, i), ": W of ", sm(s, part.mb), " whose backward fused W");
+        if (w_done_[k]) fail(where(r, i), ": second W of ", sm(s, part.mb));
+        auto& fifo = fifo_[r];
+        if (fifo.empty() || fifo.front() != k) {
+          const std::size_t front = fifo.empty() ? 0 : fifo.front();
+          fail(where(r, i), ": W of ", sm(s, part.mb), " but the oldest deferred weight gradient is ",
+               sm(static_cast<int>(front / m_), static_cast<int>(front % m_)),
+               " (W parts must follow the order of their B parts)");
+        }
+        break;
+      }
+    }
+  }
+
+  void commit(int r, const Part& part) {
+    const std::size_t k = at(part.stage, part.mb);
+    switch (part.pass) {
+      case Pass::kF: f_done_[k] = 1; break;
+      case Pass::kB:
+        b_done_[k] = 1;
+        fifo_[r].push_back(k);
+        break;
+      case Pass::kBW:
+        b_done_[k] = 1;
+        fused_[k] = 1;
+        break;
+      case Pass::kW:
+        w_done_[k] = 1;
+        fifo_[r].pop_front();
+        break;
+    }
+  }
+
+  // Runs rank r until it blocks on a RECV or ends.
+  void advance(int r, std::vector<int>& work) {
+    const auto& list = prog_.ranks[r];
+    while (pc_[r] < list.size()) {
+      const std::size_t i = pc_[r];
+      const Instr& in = list[i];
+      check_shape(in, where(r, i));
+      if (in.is_compute()) {
+        for (const Part& part : in.parts) check_part(r, i, part);
+        if (in.parts.size() == 2 && in.parts[0].stage == in.parts[1].stage &&
+            in.parts[0].mb == in.parts[1].mb)
+          fail(where(r, i), ": both parts are ", sm(in.parts[0].stage, in.parts[0].mb));
+        for (const Part& part : in.parts) check_compute(r, i, part);
+        for (const Part& part : in.parts) commit(r, part);
+      } else if (is_p2p(in.op)) {
+        check_ref(r, i, in.ref);
+        const bool fwd = in.op == Op::kSendF || in.op == Op::kRecvF;
+        const bool send = in.op == Op::kSendF || in.op == Op::kSendB;
+        const int s = in.ref.stage;
+        const int other = send ? (fwd ? s + 1 : s - 1) : (fwd ? s - 1 : s + 1);
+        if (other < 0 || other >= S_)
+          fail(where(r, i), ": stage ", s, " has no ", fwd ? (send ? "next" : "previous") : (send ? "previous" : "next"),
+               " stage to talk to");
+        if (prog_.stage_rank[other] != in.peer)
+          fail(where(r, i), ": stage ", other, " lives on rank ", prog_.stage_rank[other],
+               ", not on peer ", in.peer);
+        if (in.peer == r) fail(where(r, i), ": P2P to its own rank");
+        if (send) {
+          const std::size_t k = at(s, in.ref.mb);
+          if (fwd ? !f_done_[k] : !b_done_[k])
+            fail(where(r, i), ": sends the ", fwd ? "output of F" : "input gradient of the backward", " of ",
+                 sm(s, in.ref.mb), " before computing it");
+          const int dst = in.peer;
+          channel_[r * p_ + dst].push_back(Msg{!fwd, s, in.ref.mb});
+          if (waiting_on_[dst] == r) {
+            waiting_on_[dst] = -1;
+            work.push_back(dst);
+          }
+        } else {
+          auto& ch = channel_[in.peer * p_ + r];
+          if (ch.empty()) {
+            waiting_on_[r] = in.peer;
+            return;  // blocked until peer sends
+          }
+          const Msg msg = ch.front();
+          if (msg.backward == fwd || msg.stage != other || msg.mb != in.ref.mb)
+            fail(where(r, i), ": mismatched send order on channel ", in.peer, "->", r,
+                 ": the next message sent there is ", msg.backward ? "SEND_B" : "SEND_F", " s",
+                 msg.stage, " mb", msg.mb);
+          ch.pop_front();
+          (fwd ? f_in_ : b_in_)[at(s, in.ref.mb)] = 1;
+        }
+      } else {  // OFFLOAD / RELOAD
+        const int s = stage_of(r, in.ref.chunk);
+        if (s < 0) fail(where(r, i), ": rank ", r, " has no chunk ", in.ref.chunk);
+        if (in.ref.mb < 0 || in.ref.mb >= m_)
+          fail(where(r, i), ": mb ", in.ref.mb, " outside [0, m=", m_, ")");
+        const std::size_t k = at(s, in.ref.mb);
+        if (in.op == Op::kOffload) {
+          if (!f_done_[k]) fail(where(r, i), ": offloads ", sm(s, in.ref.mb), " before its F");
+          if (b_done_[k]) fail(where(r, i), ": offloads ", sm(s, in.ref.mb), " after its backward");
+          if (offloaded_[k] == 1) fail(where(r, i), ": ", sm(s, in.ref.mb), " is already offloaded");
+          offloaded_[k] = 1;
+        } else {
+          if (offloaded_[k] != 1)
+            fail(where(r, i), ": reloads ", sm(s, in.ref.mb), " which is not offloaded");
+          offloaded_[k] = 2;
+        }
+      }
+      ++pc_[r];
+    }
+  }
+
+  void finish() {
+    std::string stuck;
+    for (int r = 0; r < p_; ++r) {
+      if (pc_[r] < prog_.ranks[r].size())
+        stuck += str_cat(stuck.empty() ? "" : "; ", where(r, pc_[r]), " waits for rank ",
+                         waiting_on_[r]);
+    }
+    if (!stuck.empty()) fail("deadlock: ", stuck);
+    for (int src = 0; src < p_; ++src)
+      for (int dst = 0; dst < p_; ++dst)
+        if (!channel_[src * p_ + dst].empty()) {
+          const Msg& msg = channel_[src * p_ + dst].front();
+          fail("rank ", src, " sends ", msg.backward ? "SEND_B" : "SEND_F", " s", msg.stage, " mb",
+               msg.mb, " to rank ", dst, ", which never receives it");
+        }
+    for (int s = 0; s < S_; ++s) {
+      for (int mb = 0; mb < m_; ++mb) {
+        const std::size_t k = at(s, mb);
+        const int r = prog_.stage_rank[s];
+        if (!f_done_[k]) fail("rank ", r, " never runs F of ", sm(s, mb));
+        if (!b_done_[k]) fail("rank ", r, " never runs the backward (B or BW) of ", sm(s, mb));
+        if (!fused_[k] && !w_done_[k]) fail("rank ", r, " never runs W of ", sm(s, mb), " (missing W)");
+      }
+    }
+  }
+
+  const Program& prog_;
+  const int p_, S_, m_;
+  std::vector<std::vector<int>> rank_chunk_stage_;  // [rank][chunk] -> stage
+  std::vector<char> f_done_, b_done_, w_done_, fused_;  // (S*m) per (stage, mb)
+  std::vector<char> f_in_, b_in_;    // (S*m) input activation / output gradient received
+  std::vector<char> offloaded_;      // (S*m) 0 resident, 1 offloaded, 2 reloaded
+  std::vector<std::deque<Msg>> channel_;  // (p*p) [src*p+dst] sent, not yet received
+  std::vector<int> waiting_on_;      // (p) rank a blocked RECV waits for, or -1
+  std::vector<std::size_t> pc_;      // (p) next instruction
+  std::vector<std::deque<std::size_t>> fifo_;  // (p) deferred B parts (stage*m+mb), oldest first
+};
+
+}  // namespace
+
+std::string find_error(const Program& program) {
+  try {
+    Machine(program).run();
+  } catch (const Failure& f) {
+    return f.what;
+  }
+  return {};
+}
+
+void verify(const Program& program) {
+  std::string error = find_error(program);
+  STP_CHECK(error.empty(), "invalid ", program.kind.empty() ? "" : program.kind + " ", "program: ",
+            error);
+}
+
+}  // namespace stp::schedule
