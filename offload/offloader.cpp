@@ -1,0 +1,207 @@
+#include "offload/offloader.h"
+
+#include <chrono>
+#include <exception>
+#include <set>
+
+#include "stp/check.h"
+
+namespace stp::offload {
+
+const char* to_string(SetState state) {
+  switch (state) {
+    case SetState::kAbsent: return "absent";
+    case SetState::kToHost: return "to-host";
+    case SetState::kOnHost: return "on-host";
+    case SetState::kToDevice: return "to-device";
+  }
+  return "?";
+}
+
+namespace {
+
+std::string name_of(ActivationKey key) {
+  return str_cat("activation set (chunk ", key.chunk, ", mb ", key.mb, ")");
+}
+
+}  // namespace
+
+Offloader::Offloader(allocator::PinnedHostPool& pool, CopyEngine& copies)
+    : pool_(pool), copies_(copies) {}
+
+Offloader::~Offloader() {
+  try {
+    synchronize();
+    for (auto& [key, set] : sets_)
+      if (set.state == SetState::kOnHost) free_host_blocks(set, {});
+  } catch (const std::exception& e) {
+    log_error(str_cat("offloader teardown: ", e.what()));
+  }
+}
+
+Offloader::Set& Offloader::find(ActivationKey key, const char* what) {
+  auto it = sets_.find(key);
+  STP_CHECK(it != sets_.end(), what, " of ", name_of(key),
+            ": the set was never offloaded (or was already waited for); the schedule needs an "
+            "OFFLOAD before its RELOAD and a RELOAD before its backward");
+  return it->second;
+}
+
+void Offloader::offload(ActivationKey key, std::vector<SavedBuffer> buffers, CopyEvent ready) {
+  poll();
+  auto existing = sets_.find(key);
+  STP_CHECK(existing == sets_.end(), "offload of ", name_of(key), ": already offloaded (state ",
+            to_string(existing == sets_.end() ? SetState::kAbsent : existing->second.state), ")");
+  STP_CHECK(!buffers.empty(), "offload of ", name_of(key), ": no buffers");
+  std::set<std::string> names;
+  for (const SavedBuffer& b : buffers) {
+    STP_CHECK(b.bytes > 0 && b.device_ptr != nullptr, "offload of ", name_of(key), ": buffer '",
+              b.name, "' has bytes=", b.bytes, " at ", b.device_ptr,
+              "; needs bytes > 0 and a device pointer");
+    STP_CHECK(names.insert(b.name).second, "offload of ", name_of(key), ": buffer name '", b.name,
+              "' appears twice");
+  }
+
+  Set set;
+  set.buffers.reserve(buffers.size());
+  try {
+    for (SavedBuffer& b : buffers) {
+      allocator::HostBlock block = pool_.allocate(b.bytes);
+      set.bytes += static_cast<std::int64_t>(b.bytes);
+      set.buffers.push_back(Buffer{std::move(b), block});
+    }
+  } catch (...) {
+    free_host_blocks(set, {});  // nothing was copied into them
+    throw;
+  }
+  std::vector<CopyRegion> regions;
+  regions.reserve(set.buffers.size());
+  for (const Buffer& b : set.buffers) regions.push_back({b.host.ptr, b.saved.device_ptr, b.saved.bytes});
+  // The D2H starts after `ready`: the forward that wrote the buffers has finished with them.
+  set.d2h = copies_.copy(Direction::kD2H, regions, std::span<const CopyEvent>(&ready, 1));
+  set.state = SetState::kToHost;
+  device_.add(set.bytes);  // the offloader now decides when this device memory goes
+  host_bytes_ += set.bytes;
+  ++stats_.offloads;
+  sets_.emplace(key, std::move(set));
+}
+
+void Offloader::poll() {
+  std::exception_ptr first_error;
+  for (auto& [key, set] : sets_) {
+    if (set.state != SetState::kToHost || !set.d2h.query()) continue;
+    set.state = SetState::kOnHost;
+    for (Buffer& b : set.buffers) {
+      if (b.saved.release) {
+        try {
+          b.saved.release();  // the engine drops its device buffer (Note [Offload lifetime])
+        } catch (...) {
+          if (!first_error) first_error = std::current_exception();
+        }
+      }
+      b.saved.release = nullptr;
+      b.saved.device_ptr = nullptr;
+    }
+    device_.sub(set.bytes);
+    stats_.offloaded_bytes += set.bytes;
+  }
+  if (first_error) std::rethrow_exception(first_error);
+}
+
+void Offloader::reload(ActivationKey key, const AllocateFn& allocate, StreamHandle alloc_stream) {
+  poll();
+  Set& set = find(key, "reload");
+  STP_CHECK(set.state == SetState::kToHost || set.state == SetState::kOnHost, "reload of ",
+            name_of(key), ": already reloading (state ", to_string(set.state), ")");
+  if (set.state == SetState::kToHost) {
+    // The D2H is still running, so the device buffers were never released: keep them and
+    // drop the host copy once the D2H is done with the blocks (Note [Offload lifetime]).
+    free_host_blocks(set, {set.d2h});
+    host_bytes_ -= set.bytes;
+    set.cancelled = true;
+    set.state = SetState::kToDevice;
+    ++stats_.cancelled;
+    return;
+  }
+  STP_CHECK(static_cast<bool>(allocate), "reload of ", name_of(key), ": no allocate function");
+  std::int64_t allocated = 0;
+  try {
+    for (Buffer& b : set.buffers) {
+      void* p = allocate(b.saved.name, b.saved.bytes);
+      STP_CHECK(p != nullptr, "reload of ", name_of(key), ": allocate('", b.saved.name, "', ",
+                b.saved.bytes, ") returned null");
+      b.saved.device_ptr = p;
+      device_.add(static_cast<std::int64_t>(b.saved.bytes));
+      allocated += static_cast<std::int64_t>(b.saved.bytes);
+    }
+  } catch (...) {
+    // The set stays on host; buffers allocated so far belong to the engine.
+    device_.sub(allocated);
+    for (Buffer& b : set.buffers) b.saved.device_ptr = nullptr;
+    throw;
+  }
+  std::vector<CopyEvent> after;
+  // CUDA: the new memory is the alloc stream's; the H2D must not overwrite it before the work
+  // already queued there (which may still use the memory's previous owner) has run.
+  if (copies_.backend() == Backend::kCuda) after.push_back(CopyEvent::record(alloc_stream));
+  std::vector<CopyRegion> regions;
+  regions.reserve(set.buffers.size());
+  for (const Buffer& b : set.buffers) regions.push_back({b.saved.device_ptr, b.host.ptr, b.saved.bytes});
+  set.h2d = copies_.copy(Direction::kH2D, regions, after);
+  // The pool reuses the blocks only after both copies completed (Note [Pinned pool design]).
+  free_host_blocks(set, {set.d2h, set.h2d});
+  host_bytes_ -= set.bytes;
+  set.state = SetState::kToDevice;
+  ++stats_.reloads;
+  stats_.reloaded_bytes += set.bytes;
+}
+
+double Offloader::wait_impl(ActivationKey key, StreamHandle stream, bool host_wait) {
+  poll();
+  Set& set = find(key, "wait");
+  STP_CHECK(set.state == SetState::kToDevice, "wait for ", name_of(key), " in state ",
+            to_string(set.state), ": reload() it first");
+  auto t0 = std::chrono::steady_clock::now();
+  if (host_wait || copies_.backend() != Backend::kCuda)
+    set.h2d.synchronize();
+  else
+    set.h2d.block_stream(stream);  // the consumer's stream waits for the H2D; no host wait
+  double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  device_.sub(set.bytes);  // the engine holds these buffers from here on
+  sets_.erase(key);
+  return waited;
+}
+
+double Offloader::wait(ActivationKey key) { return wait_impl(key, nullptr, /*host_wait=*/true); }
+
+void Offloader::wait(ActivationKey key, StreamHandle stream) {
+  wait_impl(key, stream, /*host_wait=*/false);
+}
+
+void Offloader::synchronize() {
+  copies_.synchronize();
+  poll();
+}
+
+void Offloader::free_host_blocks(Set& set, std::vector<CopyEvent> uses) {
+  for (Buffer& b : set.buffers) {
+    if (!b.host) continue;
+    pool_.free(b.host, uses);
+    b.host = {};
+  }
+}
+
+SetState Offloader::state(ActivationKey key) const {
+  auto it = sets_.find(key);
+  return it == sets_.end() ? SetState::kAbsent : it->second.state;
+}
+
+OffloaderStats Offloader::stats() const {
+  OffloaderStats s = stats_;
+  s.device_bytes = device_.resident();
+  s.peak_device_bytes = device_.peak();
+  s.host_bytes = host_bytes_;
+  return s;
+}
+
+}  // namespace stp::offload
