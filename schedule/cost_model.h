@@ -1,0 +1,66 @@
+// CostModel: what simulate() charges for each instruction of a Program (docs/schedule.md
+// "Cost model"). Times are seconds (or any unit, consistently); bytes are bytes.
+//
+// Compute: a part of stage s costs its pass time times stage_scale[s] (unbalanced stages, e.g.
+// a last stage with fewer layers). TP all-reduce: each F and each B/BW of a chunk carries one
+// all-reduce of t_ar (scaled the same way); it is exposed unless compute covers it:
+//   F                      c_F + a_F                  (nothing to cover it: exposed)
+//   B  (W deferred)        c_B + a_B                  (exposed)
+//   BW                     c_B + c_W + max(0, a_B - c_W)         (W covers it, as Megatron)
+//   W                      c_W                        (no collective)
+//   FF / FB / FW braided   slowdown * (sum of compute) + for each pass max(0, a - cover),
+//                          cover = the other pass's compute (+ its own W when fused)
+// and with braid_units = u > 0 the block's last collective (FF, FB with B) stays exposed for
+// at least a/u: the table's figures assume u = 0 (every braided collective hidden).
+//
+// Thread-safety: values; no shared state.
+#pragma once
+
+#include <vector>
+
+#include "schedule/program.h"
+
+namespace stp::schedule {
+
+struct CostModel {
+  // Per-chunk times at stage scale 1 (stp-notes §2.6 symbols).
+  double t_f = 1;   // forward compute, >= 0
+  double t_b = 1;   // activation-gradient compute, >= 0
+  double t_w = 1;   // weight-gradient compute, >= 0
+  double t_ar = 0;  // TP all-reduce time of one pass (F or B) of one chunk, >= 0
+  std::vector<double> stage_scale;  // (S) > 0, multiplies all four times of a stage; empty = 1
+
+  int braid_units = 0;        // units per pass (>= 0); > 0 exposes a braid's last collective/u
+  double braid_slowdown = 1;  // >= 1 typically: braided compute runs this much slower
+
+  // P2P between pipeline ranks: a message of p2p_bytes arrives latency + bytes/bandwidth after
+  // it leaves; each directed link sends one message at a time.
+  double p2p_latency = 0;    // seconds per message, >= 0
+  double p2p_bandwidth = 0;  // bytes/s per directed link, >= 0; 0 = unlimited
+  double p2p_bytes = 0;      // bytes of one activation or gradient message, >= 0
+
+  // Activation memory: the bytes one (stage, mb) set holds (M_a at stage scale 1).
+  double act_bytes = 0;                 // >= 0; used when stage_act_bytes is empty
+  std::vector<double> stage_act_bytes;  // (S) >= 0 per stage, overrides act_bytes
+
+  // Host offload: one D2H and one H2D channel per rank, each copying one set at a time.
+  double offload_fraction = 1;  // share of a set's bytes an OFFLOAD moves, in [0, 1]
+  double host_bandwidth = 0;    // bytes/s of each channel, >= 0; 0 = unlimited
+  double host_latency = 0;      // seconds per copy, >= 0
+};
+
+// Throws std::invalid_argument naming the first bad field, its value and the legal range.
+void validate(const CostModel& costs, int stages);
+
+// What one compute instruction costs.
+struct InstrCost {
+  double duration = 0;    // seconds the rank spends on it (busy + exposed_tp)
+  double busy = 0;        // compute seconds
+  double exposed_tp = 0;  // TP collective seconds not covered by compute
+};
+// REQUIRES: instr.is_compute(), validate(costs, S) passed, parts' stages < S.
+InstrCost instr_cost(const Instr& instr, const CostModel& costs);
+
+double set_bytes(const CostModel& costs, int stage);  // bytes of one activation set of `stage`
+
+}  // namespace stp::schedule
