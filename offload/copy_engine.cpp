@@ -20,6 +20,7 @@ std::unique_ptr<CopyEngine> make_cuda_copy_engine(const CopyEngineOptions& optio
 namespace {
 
 constexpr std::size_t kPieceAlign = 4096;  // bytes; pieces start on page multiples of a region
+constexpr std::size_t kPiecesPerWorker = 4;  // load balance between workers
 
 // Worker threads copy pieces of batches; see copy_engine.h.
 class HostCopyEngine final : public CopyEngine {
@@ -76,13 +77,14 @@ class HostCopyEngine final : public CopyEngine {
     std::vector<CopyRegion> parts;  // consecutive sub-ranges of the batch's regions
   };
 
-  // Packs the regions into at most `threads` pieces of >= min_piece_bytes (the last may be
-  // smaller), splitting large regions. Always at least one piece, so `after` is honoured.
+  // Packs the regions into at most threads * kPiecesPerWorker pieces of >= min_piece_bytes (the
+  // last may be smaller), splitting large regions. Always at least one piece, so `after` is honoured.
   std::vector<Piece> split(std::span<const CopyRegion> regions, const std::shared_ptr<Batch>& batch) {
     std::size_t total = 0;
     for (const CopyRegion& r : regions) total += r.bytes;
-    std::size_t per_worker = (total + options_.threads - 1) / options_.threads;
-    std::size_t target = std::max(options_.min_piece_bytes, per_worker);
+    // kPiecesPerWorker pieces per worker: a worker the OS delays takes fewer of them.
+    std::size_t most = static_cast<std::size_t>(options_.threads) * kPiecesPerWorker;
+    std::size_t target = std::max(options_.min_piece_bytes, (total + most - 1) / most);
     target = (target + kPieceAlign - 1) / kPieceAlign * kPieceAlign;
     std::vector<Piece> pieces(1, Piece{batch, {}});
     std::size_t room = target;

@@ -11,8 +11,9 @@
 //   Host memory must come from the pinned pool for the copies to be asynchronous.
 //
 //   Host backend: `threads` worker threads bound to the pool's NUMA node play the DMA engines.
-//   A batch is cut into pieces of at least min_piece_bytes, spread over the workers (one queue,
-//   FIFO); a worker waits for the batch's `after` events before its piece. Every copy test runs
+//   A batch is cut into up to 4 pieces per worker, each >= min_piece_bytes, taken by the workers
+//   from one FIFO queue (a worker the OS delays takes fewer); a worker waits for the batch's
+//   `after` events before its piece. Every copy test runs
 //   on this backend in CI.
 //
 // Ownership: the engine never owns the memory it copies. REQUIRES of every copy: the regions
