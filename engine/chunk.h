@@ -12,9 +12,18 @@
 // k computes the weight gradients of the parameters B unit k propagated through. A backward
 // with W fused runs "B unit k, start its collective, W unit k" (DESIGN.md); a deferred W runs
 // all W units later, from the fields B left in the ActivationSet. W units need no collective.
+// The weight-gradient pass's finish() computes the weight gradients of what the backward pass's
+// finish() propagated through (e.g. a LayerNorm that needed the last all-reduced gradient, the
+// embeddings), so it REQUIRES that backward's finish() ran first: a fused backward runs its
+// units, then finish() of B, then finish() of W.
 //
 // Gradients accumulate into Param::grad (summed over microbatches; the loss of each microbatch
 // is scaled by 1/m so the step's gradient is that of the mean loss).
+//
+// The tensor a unit returns is owned by the pass until the next unit runs; the executor only
+// sums it in place. The pass may keep references to the forward input and backward grad_output
+// in the ActivationSet: the caller must not modify those in place while the set lives.
+// loss(set) is readable between the forward's finish() and the backward (which drops it).
 //
 // Thread-safety: a Chunk and its passes are used by one thread (the rank's executor).
 #pragma once
@@ -33,7 +42,7 @@ namespace stp::engine {
 struct Param {
   std::string name;   // unique within the model, the same on every rank ("layers.3.attn.qkv.w")
   at::Tensor value;   // local shard, compute dtype
-  at::Tensor grad;    // same shape, accumulates over microbatches
+  at::Tensor grad;    // same shape, accumulates over microbatches; float32 for bfloat16 values
   int shard_dim = -1; // dimension split over TP ranks, -1 when replicated on every TP rank
   bool decay = true;  // AdamW weight decay applies
 };

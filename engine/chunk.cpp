@@ -1,0 +1,17 @@
+#include "engine/chunk.h"
+
+#include <ATen/ATen.h>
+
+namespace stp::engine {
+
+void Chunk::zero_grad() {
+  for (Param& p : params()) {
+    if (p.grad.defined()) {
+      p.grad.zero_();
+    } else {
+      p.grad = at::zeros_like(p.value);
+    }
+  }
+}
+
+}  // namespace stp::engine
