@@ -11,6 +11,14 @@
 
 #include "engine/activation_set.h"
 
+namespace stp::offload {
+class Offloader;
+class CopyEngine;
+}  // namespace stp::offload
+namespace stp::allocator {
+class PinnedHostPool;
+}  // namespace stp::allocator
+
 namespace stp::engine {
 
 class ActivationOffload {
@@ -24,8 +32,35 @@ class ActivationOffload {
   // Blocks (CPU) or orders the compute stream (CUDA) until `set`'s reload completed, and
   // restores its fields. Returns the seconds the calling thread was blocked.
   virtual double wait_reload(ActivationSet& set) = 0;
-  // Device bytes still held by offloads whose copy has not completed.
-  virtual std::int64_t device_bytes_in_flight() const = 0;
+  // Releases the device memory of offloads whose copy completed (their fields become undefined
+  // tensors). Cheap; the store calls it between instructions.
+  virtual void poll() = 0;
+};
+
+// The offload library's implementation: a PinnedHostPool of `host_capacity_bytes`, a CopyEngine
+// (CUDA streams when tensors live on a GPU, worker threads otherwise) and an Offloader.
+//
+// A field is moved whole: its bytes go to a pool block and come back into a new contiguous
+// tensor of the same shape, dtype and device. While a set is away its fields keep their names:
+// a field holds its original tensor until the D2H completed, an undefined tensor while on host,
+// and the reload's new tensor from start_reload() on (read only after wait_reload()). So
+// ActivationSet::bytes() is always exactly the device memory the set holds.
+class PooledActivationOffload final : public ActivationOffload {
+ public:
+  // REQUIRES: host_capacity_bytes >= 1. `cuda`: tensors are on the current CUDA device.
+  PooledActivationOffload(std::int64_t host_capacity_bytes, bool cuda);
+  ~PooledActivationOffload() override;
+
+  void start_offload(ActivationSet& set) override;
+  void start_reload(ActivationSet& set) override;
+  double wait_reload(ActivationSet& set) override;
+  void poll() override;
+
+  std::int64_t host_bytes() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace stp::engine

@@ -21,10 +21,8 @@ ActivationSet& ActivationStore::acquire(int chunk, int mb, double* waited) {
   auto it = sets_.find(Key{chunk, mb});
   STP_ASSERT(it != sets_.end(), "no activation set for chunk ", chunk, " mb ", mb);
   Entry& e = it->second;
-  if (e.where == Where::kToHost || e.where == Where::kHost) {
-    STP_ASSERT(false, "activation set chunk ", chunk, " mb ", mb,
-               " is on host and no RELOAD was scheduled before its use");
-  }
+  STP_ASSERT(e.where != Where::kHost, "activation set chunk ", chunk, " mb ", mb,
+             " is on host and no RELOAD was scheduled before its use");
   if (e.where == Where::kToDevice) {
     double w = offload_->wait_reload(e.set);
     if (waited) *waited += w;
@@ -60,15 +58,17 @@ void ActivationStore::reload(int chunk, int mb) {
   it->second.where = Where::kToDevice;
 }
 
+// Exact because a set's fields are its device memory at every moment of an offload round trip
+// (engine/activation_offload.h). A set counts as resident while it holds any device bytes.
 void ActivationStore::account() {
+  if (offload_) offload_->poll();
   std::int64_t bytes = 0;
   int sets = 0;
   for (const auto& [key, e] : sets_) {
-    if (e.where == Where::kHost) continue;
-    bytes += e.set.bytes();
-    if (!e.set.empty()) ++sets;
+    std::int64_t b = e.set.bytes();
+    bytes += b;
+    if (b > 0) ++sets;
   }
-  if (offload_) bytes += offload_->device_bytes_in_flight();
   resident_bytes_ = bytes;
   peak_bytes_ = std::max(peak_bytes_, bytes);
   peak_sets_ = std::max(peak_sets_, sets);

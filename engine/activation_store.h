@@ -53,7 +53,7 @@ class ActivationStore {
   void reset_step();
 
  private:
-  enum class Where { kDevice, kToHost, kHost, kToDevice };
+  enum class Where { kDevice, kHost, kToDevice };  // kHost: offload started
   struct Entry {
     ActivationSet set;
     Where where = Where::kDevice;

@@ -1,0 +1,39 @@
+// Offload planning for the trainer: turns the budget a user writes ("off", "512MiB", "60%")
+// and the probed activation bytes per stage into a Program with OFFLOAD/RELOAD instructions,
+// through offload/'s planner and schedule/'s simulator.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "schedule/program.h"
+
+namespace stp::engine {
+
+struct OffloadBudget {
+  enum class Kind { kOff, kBytes, kPercent } kind = Kind::kOff;
+  std::int64_t bytes = 0;  // kBytes
+  double percent = 0;      // kPercent, (0, 100]
+};
+
+// "off" | "<size>" (4096, 512MiB, 2GiB, 1.5GB) | "<p>%" with 0 < p <= 100. Throws
+// std::invalid_argument naming the text and the accepted forms.
+OffloadBudget parse_offload_budget(const std::string& text);
+
+struct OffloadPlan {
+  schedule::Program program;          // with OFFLOAD/RELOAD when offloads is true
+  bool offloads = false;
+  std::int64_t budget_bytes = 0;      // the device budget planned for (0: off)
+  std::int64_t peak_bytes_before = 0; // simulated peak activation bytes, max over ranks
+  std::int64_t peak_bytes_after = 0;
+  std::int64_t host_bytes_per_rank = 0;  // pinned pool capacity a rank needs
+  double slowdown = 0;                // simulated step-time increase, fraction
+};
+
+// stage_bytes[s]: activation bytes of one microbatch's set on stage s.
+OffloadPlan plan_activation_offload(const schedule::Program& program,
+                                    const std::vector<std::int64_t>& stage_bytes,
+                                    const std::string& budget, double host_gbps);
+
+}  // namespace stp::engine

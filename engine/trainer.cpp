@@ -1,0 +1,184 @@
+#include "engine/trainer.h"
+
+#include <ATen/ATen.h>
+
+#include <chrono>
+
+#include "engine/activation_offload.h"
+#include "engine/gpt.h"
+#include "engine/offload_plan.h"
+#include "schedule/generators.h"
+#include "schedule/verify.h"
+#include "stp/check.h"
+
+namespace stp::engine {
+namespace {
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+void TrainerOptions::validate() const {
+  schedule::kind_from_string(schedule);  // names the legal kinds
+  STP_CHECK(tp >= 1 && tp <= 1024, "tp=", tp, " must be in [1, 1024]");
+  STP_CHECK(pp >= 1 && pp <= 1024, "pp=", pp, " must be in [1, 1024]");
+  STP_CHECK(microbatches >= 1, "microbatches=", microbatches, " must be >= 1");
+  STP_CHECK(chunks >= 0, "chunks=", chunks, " must be >= 0 (0: the schedule's default)");
+  STP_CHECK(host_gbps > 0, "host_gbps=", host_gbps, " must be > 0");
+  STP_CHECK(comm_timeout.count() >= 1, "comm_timeout=", comm_timeout.count(), " ms must be >= 1");
+  optimizer.validate();
+  parse_offload_budget(offload_budget);  // validates the text
+}
+
+ModelFactory gpt_model(const GptConfig& config, at::Device device) {
+  config.validate();
+  return [config, device](int stage, int stages, int tp_rank, int tp_size) {
+    return std::make_unique<GptChunk>(config, stage, stages, tp_rank, tp_size, device);
+  };
+}
+
+Trainer::Trainer(ModelFactory model, TrainerOptions options) : options_(std::move(options)) {
+  options_.validate();
+  CommOptions co;
+  co.backend = options_.backend;
+  co.timeout = options_.comm_timeout;
+  co.tp = options_.tp;
+  co.pp = options_.pp;
+  world_ = World::connect(launch_env_from_environment(), co);
+  init(std::move(model));
+}
+
+Trainer::Trainer(ModelFactory model, TrainerOptions options, std::unique_ptr<World> world)
+    : options_(std::move(options)), world_(std::move(world)) {
+  options_.validate();
+  STP_CHECK(world_->tp() == options_.tp && world_->pp() == options_.pp, "the world has tp=",
+            world_->tp(), " pp=", world_->pp(), " but the options ask for tp=", options_.tp,
+            " pp=", options_.pp);
+  init(std::move(model));
+}
+
+Trainer::~Trainer() = default;
+
+void Trainer::init(ModelFactory model) {
+  program_ = schedule::make(options_.schedule, options_.pp, options_.microbatches, options_.chunks);
+  schedule::verify(program_);
+  const int r = world_->pp_rank();
+  chunks_.resize(program_.v);
+  for (int s = 0; s < program_.stages(); ++s) {
+    if (program_.stage_rank[s] != r) continue;
+    chunks_[program_.stage_chunk[s]] =
+        model(s, program_.stages(), world_->tp_rank(), world_->tp());
+    STP_CHECK(chunks_[program_.stage_chunk[s]] != nullptr, "the model factory returned no chunk for stage ", s);
+  }
+  optimizer_ = std::make_unique<AdamW>(params_of(chunks()), options_.optimizer, world_->tp_rank());
+  executor_ = std::make_unique<Executor>(chunks(), world_->tp_group(), world_->pp_group(), store_);
+  executor_->set_braiding(options_.braid);
+}
+
+std::vector<Chunk*> Trainer::chunks() {
+  std::vector<Chunk*> out;
+  for (auto& c : chunks_) out.push_back(c.get());
+  return out;
+}
+
+std::vector<MicroBatch> Trainer::split(const MicroBatch& batch) const {
+  const std::int64_t n = batch.tokens.size(0), m = options_.microbatches;
+  STP_CHECK(batch.tokens.dim() == 2 && batch.targets.sizes() == batch.tokens.sizes(),
+            "a batch holds tokens and targets of shape (m*b, T); got tokens ",
+            batch.tokens.sizes(), " and targets ", batch.targets.sizes());
+  STP_CHECK(n % m == 0 && n >= m, "the batch has ", n, " sequences, not a positive multiple of ",
+            "microbatches=", m);
+  std::vector<MicroBatch> out;
+  auto tokens = batch.tokens.chunk(m, 0), targets = batch.targets.chunk(m, 0);
+  for (std::int64_t i = 0; i < m; ++i) out.push_back({tokens[i], targets[i]});
+  return out;
+}
+
+double Trainer::step(const MicroBatch& batch) { return step(split(batch)); }
+
+double Trainer::step(const std::vector<MicroBatch>& given) {
+  const double t0 = now();
+  STP_CHECK(static_cast<int>(given.size()) == options_.microbatches, "step() got ", given.size(),
+            " microbatches; the trainer was built for microbatches=", options_.microbatches);
+  // Microbatches live where the model does.
+  const at::Device device = chunks_.front()->params().front().value.device();
+  std::vector<MicroBatch> mbs;
+  for (const auto& mb : given) mbs.push_back({mb.tokens.to(device), mb.targets.to(device)});
+  if (!planned_) {
+    probe_activation_bytes(mbs);
+    plan_offload();
+    planned_ = true;
+  }
+  for (auto* c : chunks()) c->zero_grad();
+  TrainStepStats st;
+  st.exec = executor_->run(program_, mbs);
+  reduce_gradients();
+  auto model_group = &world_->model_group();
+  StepResult res = optimizer_->step([model_group](double x) { return model_group->all_reduce_sum(x); });
+  st.grad_norm = res.grad_norm;
+  st.skipped = res.skipped;
+  // Every rank returns the mean loss: the last stage's TP rank 0 of each replica contributes.
+  const double mine = world_->tp_rank() == 0 ? st.exec.loss_sum : 0.0;
+  st.loss = world_->world_group().all_reduce_sum(mine) / (options_.microbatches * world_->dp());
+  st.seconds = now() - t0;
+  last_ = std::move(st);
+  return last_.loss;
+}
+
+// Gradients hold the sum over microbatches of each microbatch's mean-loss gradient; the step's
+// gradient is that of the mean over all m * dp microbatches of the job.
+void Trainer::reduce_gradients() {
+  const double scale = 1.0 / (static_cast<double>(options_.microbatches) * world_->dp());
+  std::vector<CommHandle> pending;
+  for (auto* c : chunks()) {
+    for (auto& p : c->params()) {
+      if (world_->dp() > 1) pending.push_back(world_->dp_group().all_reduce_async(p.grad));
+    }
+  }
+  for (auto& h : pending) h.wait();
+  for (auto* c : chunks())
+    for (auto& p : c->params()) p.grad.mul_(scale);
+}
+
+// Exact activation bytes per stage, from one forward of microbatch 0 per local chunk (outputs
+// discarded; collectives are skipped since only sizes matter), shared with every rank so each
+// can plan the whole pipeline.
+void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
+  const int S = program_.stages();
+  at::Tensor bytes = at::zeros({S}, at::kDouble);
+  const bool contributor = world_->tp_rank() == 0 && world_->dp_rank() == 0;
+  for (int s = 0; s < S; ++s) {
+    if (program_.stage_rank[s] != world_->pp_rank()) continue;
+    Chunk& c = *chunks_[program_.stage_chunk[s]];
+    ActivationSet set(program_.stage_chunk[s], 0);
+    at::Tensor input;
+    if (!c.is_first_stage())
+      input = at::zeros(c.input_shape(mbs[0].tokens.size(0)), c.params().front().value.options());
+    auto pass = c.forward(set, mbs[0], input);
+    for (int k = 0; k < pass->size(); ++k) pass->run(k);
+    pass->finish();
+    if (contributor) bytes[s] = static_cast<double>(set.bytes());
+  }
+  auto& wg = world_->world_group();
+  if (wg.size() > 1) {
+    CommHandle h = wg.all_reduce_async(bytes);
+    h.wait();
+  }
+  stage_bytes_.assign(S, 0);
+  for (int s = 0; s < S; ++s) stage_bytes_[s] = static_cast<std::int64_t>(bytes[s].item<double>());
+}
+
+void Trainer::plan_offload() {
+  OffloadPlan plan = plan_activation_offload(program_, stage_bytes_, options_.offload_budget,
+                                             options_.host_gbps);
+  budget_bytes_ = plan.budget_bytes;
+  if (!plan.offloads) return;
+  program_ = std::move(plan.program);
+  const bool cuda = chunks_.front()->params().front().value.is_cuda();
+  offload_ = std::make_unique<PooledActivationOffload>(plan.host_bytes_per_rank, cuda);
+  store_.attach_offload(offload_.get());
+}
+
+}  // namespace stp::engine

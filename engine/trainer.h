@@ -1,0 +1,112 @@
+// Trainer: the library entry point (the paper's `Trainer(model, ...)` / `trainer.step()`).
+//
+//   stp::Trainer trainer(stp::gpt_model(cfg), options);   // joins the job from the environment
+//   double loss = trainer.step(batch);                    // the same value on every rank
+//
+// A model is any factory of Chunks (engine/chunk.h): given a pipeline stage and a TP rank it
+// builds that piece, exposing its passes as units; the executor braids them, so any model
+// written against Chunk gets STP's overlap for free. The trainer builds the schedule for the
+// options, verifies it, plans activation offload against the budget, runs one Program per step
+// on every rank, averages gradients over data-parallel replicas, clips and applies AdamW.
+//
+// Thread-safety: one Trainer per rank, used by one thread.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/activation_store.h"
+#include "engine/chunk.h"
+#include "engine/comm.h"
+#include "engine/executor.h"
+#include "engine/gpt_config.h"
+#include "engine/optimizer.h"
+#include "schedule/program.h"
+
+namespace stp::engine {
+
+struct TrainerOptions {
+  std::string schedule = "stp";      // 1f1b, 1f1b-i, zb-h1, zb-v, stp
+  int microbatches = 8;              // m per step; stp needs >= 2*pp
+  int chunks = 0;                    // 1f1b-i: chunks per rank (0: 2); others fixed
+  int tp = 1;                        // tensor-parallel size
+  int pp = 1;                        // pipeline-parallel size; dp = world / (tp*pp)
+  std::string offload_budget = "off";  // "off", bytes ("512MiB"), or "60%" of the plan-free peak
+  double host_gbps = 20.0;           // host-link bandwidth the offload planner assumes (GB/s)
+  bool braid = true;                 // interleave braided instructions (false: back to back)
+  AdamWOptions optimizer;
+  std::chrono::milliseconds comm_timeout{120000};
+  CommBackend backend = CommBackend::kGloo;
+
+  // Throws std::invalid_argument naming the first bad field and its legal range.
+  void validate() const;
+};
+
+// Builds the model piece for (stage of stages, tp_rank of tp_size).
+using ModelFactory =
+    std::function<std::unique_ptr<Chunk>(int stage, int stages, int tp_rank, int tp_size)>;
+
+// The built-in GPT (engine/gpt.h) on `device`.
+ModelFactory gpt_model(const GptConfig& config, at::Device device = at::kCPU);
+
+// What step() measured, on this rank.
+struct TrainStepStats {
+  StepStats exec;            // the executor's measurements (times, waits, memory, events)
+  double loss = 0;           // mean microbatch loss over the step (every rank)
+  double grad_norm = 0;      // global, before clipping
+  double seconds = 0;        // whole step: program, gradient reduction, optimizer
+  bool skipped = false;      // non-finite gradients: the update was skipped
+};
+
+class Trainer {
+ public:
+  // Joins the job described by the environment (RANK, WORLD_SIZE, MASTER_ADDR, ...).
+  Trainer(ModelFactory model, TrainerOptions options);
+  // Uses an existing world (threads-as-ranks tests, programs that manage their own).
+  Trainer(ModelFactory model, TrainerOptions options, std::unique_ptr<World> world);
+  ~Trainer();
+
+  // One optimizer step. `batch` holds m * b sequences (tokens and targets (m*b, T)) and is
+  // split into m microbatches of b; or pass the microbatches. Every rank passes the same data
+  // for its DP replica. Returns the mean loss (the same on every rank).
+  double step(const MicroBatch& batch);
+  double step(const std::vector<MicroBatch>& microbatches);
+
+  const TrainStepStats& last_stats() const { return last_; }
+  const schedule::Program& program() const { return program_; }
+  const TrainerOptions& options() const { return options_; }
+  World& world() { return *world_; }
+  std::vector<Chunk*> chunks();
+  AdamW& optimizer() { return *optimizer_; }
+  // Activation bytes the planner assumed per stage (probed from one forward) and the device
+  // budget it planned for (0: offload off).
+  const std::vector<std::int64_t>& stage_activation_bytes() const { return stage_bytes_; }
+  std::int64_t offload_budget_bytes() const { return budget_bytes_; }
+
+ private:
+  void init(ModelFactory model);
+  void probe_activation_bytes(const std::vector<MicroBatch>& microbatches);
+  void plan_offload();
+  std::vector<MicroBatch> split(const MicroBatch& batch) const;
+  void reduce_gradients();
+
+  TrainerOptions options_;
+  std::unique_ptr<World> world_;
+  schedule::Program program_;
+  std::vector<std::unique_ptr<Chunk>> chunks_;  // local chunk c
+  std::unique_ptr<AdamW> optimizer_;
+  ActivationStore store_;
+  std::unique_ptr<class ActivationOffload> offload_;
+  std::unique_ptr<Executor> executor_;
+  std::vector<std::int64_t> stage_bytes_;
+  std::int64_t budget_bytes_ = 0;
+  bool planned_ = false;
+  TrainStepStats last_;
+};
+
+}  // namespace stp::engine
