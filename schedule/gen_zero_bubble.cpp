@@ -11,14 +11,15 @@ namespace stp::schedule {
 
 // ZB-H1: 1F1B's warm-up, then rank r keeps r weight gradients deferred so that they fill the
 // cool-down (the handcrafted schedule of the paper; the order of its DeepSpeed implementation
-// with exact semantics). Rank 0 has nothing to defer and fuses W.
+// with exact semantics). Every rank splits B and W, as the paper's schedule does; DeepSpeed's
+// rank 0 fuses them instead, which with TP would hide rank 0's all-reduce but not the others'
+// and leave rank 0 waiting T_AR per microbatch.
 Program make_zb_h1(int p, int m) {
   STP_CHECK(p >= 1, "pp=", p, " must be >= 1");
   STP_CHECK(m >= 1, "microbatches=", m, " must be >= 1 for the zb-h1 schedule");
   Program prog = empty_program("zb-h1", p, m, 1, Placement::kLoop);
   for (int r = 0; r < p; ++r) {
     RankBuilder b(prog, r, m);
-    const bool fuse = r == 0;
     const int n_warmup = std::min(p - r - 1, m);       // forwards before the first backward
     const int n_deferred = std::min(r, m - n_warmup);  // backwards whose W waits for the end
 
@@ -32,21 +33,13 @@ Program make_zb_h1(int p, int m) {
     // Phase n(F B W): steady state; each W takes the oldest deferred one.
     while (b.forwards(0) < m) {
       b.f(0);
-      if (fuse) {
-        b.b(0, kFuseW);
-      } else {
-        b.b(0, kDeferW);
-        b.w();
-      }
+      b.b(0, kDeferW);
+      b.w();
     }
     // Phase n(B W): cool-down.
     while (b.backwards(0) < m) {
-      if (fuse) {
-        b.b(0, kFuseW);
-      } else {
-        b.b(0, kDeferW);
-        b.w();
-      }
+      b.b(0, kDeferW);
+      b.w();
     }
     // Phase nW: the deferred W's fill the tail.
     while (b.deferred() > 0) b.w();
