@@ -249,8 +249,8 @@ TEST(Run, NoPrefixPassesOutputThrough) {
 }
 
 TEST(Run, OutputAppearsWhileTheRankRuns) {
-  Background launcher("run -n 1 -- sh -c 'echo early; sleep 3; echo late'");
-  EXPECT_TRUE(launcher.read_until("[r0] early\n", 1, 2.0)) << launcher.output();
+  Background launcher("run -n 1 -- sh -c 'echo early; sleep 1; echo late'");
+  EXPECT_TRUE(launcher.read_until("[r0] early\n", 1, 5.0)) << launcher.output();
   EXPECT_EQ(launcher.output().find("late"), std::string::npos) << "output came only at exit";
   EXPECT_EQ(launcher.wait(10), 0) << launcher.output();
 }
@@ -380,30 +380,42 @@ TEST(Run, BareStpIsThisBinaryEvenOffPath) {
   EXPECT_NE(r.output.find("[r1] usage: stp <command>"), std::string::npos) << r.output;
 }
 
-TEST(Run, BadArgumentsAreOneLineWithExitTwo) {
-  char file[] = "/tmp/stp_run_not_executableXXXXXX";
-  int fd = mkstemp(file);
-  ASSERT_GE(fd, 0);
-  close(fd);
-  struct Case { std::string args, must_contain; };
-  std::vector<Case> cases = {
-      {"run -n 0 -- true", "-n=0 must be in [1, 1024]"},
-      {"run -n 5000 -- true", "-n=5000 must be in [1, 1024]"},
-      {"run -n 2", "missing PROGRAM"},
-      {"run -- true", "--nproc-per-node is required"},
-      {"run -n 2 -- no_such_program_stp_test", "'no_such_program_stp_test' is not an executable on PATH"},
-      {"run -n 2 -- " + std::string(file), "' is not an executable file"},
-      {"run -n 2 -- /no/such/dir/prog", "'/no/such/dir/prog' does not exist"},
-      {"run -n 2 --bogus true", "unknown option '--bogus'"},
-      {"run -n 2 --master-port 70000 -- true", "--master-port=70000 must be in [0, 65535]"},
-      {"run -n 2 --grace-seconds -1 -- true", "--grace-seconds=-1 must be in [0, 3600]"},
-  };
+struct BadCase {
+  std::string args;
+  std::string must_contain;
+};
+
+void expect_one_line_exit_two(const std::vector<BadCase>& cases) {
   for (const auto& c : cases) {
     CliResult r = run_cli(c.args);
     EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.output;
     EXPECT_EQ(lines_of(r.output).size(), 1u) << c.args << "\n" << r.output;
     EXPECT_NE(r.output.find(c.must_contain), std::string::npos) << c.args << "\n" << r.output;
   }
+}
+
+TEST(Run, BadOptionsAreOneLineWithExitTwo) {
+  expect_one_line_exit_two({
+      {"run -n 0 -- true", "-n=0 must be in [1, 1024]"},
+      {"run -n 5000 -- true", "-n=5000 must be in [1, 1024]"},
+      {"run -- true", "--nproc-per-node is required"},
+      {"run -n 2 --bogus true", "unknown option '--bogus'"},
+      {"run -n 2 --master-port 70000 -- true", "--master-port=70000 must be in [0, 65535]"},
+      {"run -n 2 --grace-seconds -1 -- true", "--grace-seconds=-1 must be in [0, 3600]"},
+  });
+}
+
+TEST(Run, AMissingOrBadProgramIsOneLineWithExitTwo) {
+  char file[] = "/tmp/stp_run_not_executableXXXXXX";
+  int fd = mkstemp(file);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  expect_one_line_exit_two({
+      {"run -n 2", "missing PROGRAM"},
+      {"run -n 2 -- no_such_program_stp_test", "'no_such_program_stp_test' is not an executable on PATH"},
+      {"run -n 2 -- " + std::string(file), "' is not an executable file"},
+      {"run -n 2 -- /no/such/dir/prog", "'/no/such/dir/prog' does not exist"},
+  });
   std::remove(file);
 }
 
