@@ -5,7 +5,6 @@
 #include "schedule/generators.h"
 #include "schedule/p2p.h"
 #include "schedule/rank_builder.h"
-#include "schedule/simulate.h"
 #include "stp/check.h"
 
 namespace stp::schedule {
@@ -73,102 +72,73 @@ void stp_rank(Program& prog, int r, int m) {
   b.finish();
 }
 
-// One rank of the DualPipeV order (DeepSeek's DualPipe "cut in half", as PyTorch's
-// ScheduleDualPipeV emits it): the same V and braided blocks, but F0 braided with B1 and F1 with
-// B0, and a warm-up 2p-1-r forwards deep, so every phase count is >= 0 for m >= 2p. Its bubble
-// at T_F = T_B = T_W is 2(p-1).
-void dualpipe_v_rank(Program& prog, int r, int m) {
-  const int p = prog.p;
-  RankBuilder b(prog, r, m);
-  const int n_f0 = 2 * (p - r - 1);       // step 1: chunk-0 warm-up
-  const int n_f0f1 = r + 1;               // step 2: (F0, F1) up to the turn
-  const int n_b1wf1 = p - r - 1;          // step 3: (B1, W, F1)
-  const int n_main = m - 2 * p + r + 1;   // step 4: (F0&B1, F1&B0), W fused
-  const int n_b1_f1b0 = p - r - 1;        // step 5: (B1, F1&B0)
-  const int n_b1b0 = r + 1;               // step 6: (B1, B0); the second half defer W
-  const int n_w_b0 = p - r - 1;           // step 7: (W, B0)
-  const int n_tail_w = r + 1;             // step 8: W
-  STP_ASSERT(n_main >= 1, "dualpipe-v phases need m >= 2p, got m=", m, " p=", p);
-
-  for (int i = 0; i < n_f0; ++i) b.f(0);
-  for (int i = 0; i < n_f0f1; ++i) {
-    b.f(0);
-    b.f(1);
-  }
-  for (int i = 0; i < n_b1wf1; ++i) {
-    b.b(1, kDeferW);
-    b.w();
-    b.f(1);
-  }
-  for (int i = 0; i < n_main; ++i) {
-    if (i == 0 && r == p - 1) {  // the turn of the V: not braided, to start the backward early
-      b.f(0);
-      b.b(1, kFuseW);
-    } else {
-      b.fb(0, 1, kFuseW);
-    }
-    b.fb(1, 0, kFuseW);
-  }
-  for (int i = 0; i < n_b1_f1b0; ++i) {
-    b.b(1, kFuseW);
-    b.fb(1, 0, kFuseW);
-  }
-  bool defer = false;
-  for (int i = 0; i < n_b1b0; ++i) {
-    if (i == n_b1b0 / 2 && r % 2 == 1) defer = true;
-    b.b(1, !defer);
-    if (i == n_b1b0 / 2 && r % 2 == 0) defer = true;
-    b.b(0, !defer);
-  }
-  for (int i = 0; i < n_w_b0; ++i) {
-    if (b.deferred() > 0) b.w();
-    b.b(0, !defer);
-  }
-  for (int i = 0; i < n_tail_w; ++i)
-    if (b.deferred() > 0) b.w();
-  while (b.deferred() > 0) b.w();
-  b.finish();
-}
-
-// Moves deferred W's into the idle gaps of a program (with P2P), simulated at unit costs:
-// wherever a rank waits at least T_W before a compute instruction and the oldest deferred W
-// (the first W part after that point) is a standalone W whose B ran before it, that W moves
-// into the gap. The FIFO order of W's is kept, and no instruction starts later than before (a
-// moved W ends before the instruction it precedes could start). Repeats until nothing moves.
+// Moves deferred W's into the idle gaps of a compute-only program, timed at unit costs
+// (T_F = T_B = T_W = 1, free P2P) in one dataflow pass: whenever a rank would wait at least
+// T_W before an instruction and the oldest deferred W (the first W part after it) is a
+// standalone W whose B already ran, that W moves in front of the instruction. The FIFO order of
+// W's is kept, and no instruction starts later than before: a moved W ends before the
+// instruction it now precedes could have started.
 void fill_gaps_with_w(Program& prog) {
-  const CostModel unit;  // T_F = T_B = T_W = 1, T_AR = 0
-  SimOptions options;
-  options.record_timeline = true;
-  for (int sweep = 0; sweep < 64 * prog.m; ++sweep) {
-    const SimResult sim = simulate(prog, unit, options);
-    bool moved = false;
-    std::vector<std::vector<std::size_t>> gaps(prog.p);  // instructions a rank waits before
-    for (const TimelineEvent& ev : sim.timeline.events)
-      if (ev.category == kCategoryCompute && ev.p2p_wait >= unit.t_w)
-        gaps[ev.rank].push_back(static_cast<std::size_t>(ev.index));
-    for (int r = 0; r < prog.p; ++r) {
+  const int p = prog.p, S = prog.stages(), m = prog.m;
+  constexpr double kUnknown = -1;
+  auto at = [m](int stage, int mb) { return static_cast<std::size_t>(stage) * m + mb; };
+  std::vector<double> f_end(static_cast<std::size_t>(S) * m, kUnknown);
+  std::vector<double> b_end(static_cast<std::size_t>(S) * m, kUnknown);
+  std::vector<char> b_run(static_cast<std::size_t>(S) * m, 0);  // B ran (its W may move up)
+  std::vector<std::size_t> pc(p, 0);
+  std::vector<double> clock(p, 0);
+
+  // When the instruction's inputs from other instructions are ready; kUnknown if not yet known.
+  auto ready = [&](const Instr& in) {
+    double t = 0;
+    for (const Part& part : in.parts) {
+      double dep = 0;
+      if (part.pass == Pass::kF && part.stage > 0) dep = f_end[at(part.stage - 1, part.mb)];
+      if ((part.pass == Pass::kB || part.pass == Pass::kBW) && part.stage < S - 1)
+        dep = b_end[at(part.stage + 1, part.mb)];
+      if (dep == kUnknown) return kUnknown;
+      t = std::max(t, dep);
+    }
+    return t;
+  };
+  bool progress = true;
+  while (progress) {
+    progress = false;
+    for (int r = 0; r < p; ++r) {
       auto& list = prog.ranks[r];
-      for (std::size_t gap : gaps[r]) {  // the first gap the oldest deferred W can fill
-        std::size_t w = gap;
-        while (w < list.size() && !(list[w].is_compute() && list[w].parts.back().pass == Pass::kW))
-          ++w;
-        if (w == list.size() || list[w].op != Op::kW) break;  // none left, or braided in an FW
-        const Part& wp = list[w].parts[0];
-        bool b_before = false;
-        for (std::size_t i = 0; i < gap && !b_before; ++i)
-          for (const Part& part : list[i].parts)
-            b_before = b_before ||
-                       (part.pass == Pass::kB && part.stage == wp.stage && part.mb == wp.mb);
-        if (!b_before) continue;
-        Instr moving = list[w];
-        list.erase(list.begin() + static_cast<std::ptrdiff_t>(w));
-        list.insert(list.begin() + static_cast<std::ptrdiff_t>(gap), std::move(moving));
-        moved = true;
-        break;  // timings changed: simulate again
+      while (pc[r] < list.size()) {
+        const double t_ready = ready(list[pc[r]]);
+        if (t_ready == kUnknown) break;  // an input is computed later on another rank
+        if (t_ready >= clock[r] + 1) {   // a gap of at least T_W: try the oldest deferred W
+          std::size_t w = pc[r];
+          while (w < list.size() && list[w].parts.back().pass != Pass::kW) ++w;
+          if (w < list.size() && list[w].op == Op::kW &&
+              b_run[at(list[w].parts[0].stage, list[w].parts[0].mb)]) {
+            Instr moving = std::move(list[w]);
+            list.erase(list.begin() + static_cast<std::ptrdiff_t>(w));
+            list.insert(list.begin() + static_cast<std::ptrdiff_t>(pc[r]), std::move(moving));
+            clock[r] += 1;
+            ++pc[r];
+            progress = true;
+            continue;
+          }
+        }
+        const Instr& in = list[pc[r]];
+        const double end = std::max(clock[r], t_ready) + static_cast<double>(in.parts.size()) +
+                           (in.parts.back().pass == Pass::kBW ? 1 : 0);
+        for (const Part& part : in.parts) {
+          if (part.pass == Pass::kF) f_end[at(part.stage, part.mb)] = end;
+          if (part.pass == Pass::kB || part.pass == Pass::kBW) b_end[at(part.stage, part.mb)] = end;
+          if (part.pass == Pass::kB) b_run[at(part.stage, part.mb)] = 1;
+        }
+        clock[r] = end;
+        ++pc[r];
+        progress = true;
       }
     }
-    if (!moved) return;
   }
+  for (int r = 0; r < p; ++r)
+    STP_ASSERT(pc[r] == prog.ranks[r].size(), "fill_gaps_with_w: rank ", r, " stuck at ", pc[r]);
 }
 
 }  // namespace
@@ -183,28 +153,19 @@ Program make_stp(int p, int m) {
     insert_p2p(prog);
     return prog;
   }
-  // 2p <= m < 3p-1: the reference phases need m >= 3p-1 (stp-notes §2.4). Two valid programs,
-  // each with its idle gaps filled by deferred W's; keep the one with less bubble at
-  // T_F = T_B = T_W (docs/schedule.md "STP for m < 3p-1").
-  //  (a) the m' = 3p-1 reference program without microbatches m..m'-1: removing whole
-  //      microbatches keeps every remaining dependency and order;
-  //  (b) the DualPipeV order.
+  // 2p <= m < 3p-1: the reference phases need m >= 3p-1 (stp-notes §2.4). Build the smallest
+  // program they support and keep microbatches 0..m-1: removing whole microbatches keeps every
+  // remaining dependency and order, so the program stays valid and deadlock-free. The removed
+  // work leaves holes (mostly where the cool-down's deferred W's sat between B0's); move the
+  // deferred W's into them. At T_F = T_B = T_W the bubble is then (p-1) + (3p-1-m): 2(p-1) at
+  // m = 2p, falling by one per microbatch to the reference's p-1 (docs/schedule.md).
   const int m_full = 3 * p - 1;
-  Program truncated = empty_program("stp", p, m_full, 2, Placement::kV);
-  for (int r = 0; r < p; ++r) stp_rank(truncated, r, m_full);
-  drop_microbatches(truncated, m);
-  insert_p2p(truncated);
-  fill_gaps_with_w(truncated);
-
-  Program dualpipe = empty_program("stp", p, m, 2, Placement::kV);
-  for (int r = 0; r < p; ++r) dualpipe_v_rank(dualpipe, r, m);
-  insert_p2p(dualpipe);
-  fill_gaps_with_w(dualpipe);
-
-  const CostModel unit;
-  const double idle_truncated = simulate(truncated, unit).max_idle();
-  const double idle_dualpipe = simulate(dualpipe, unit).max_idle();
-  return idle_dualpipe < idle_truncated ? dualpipe : truncated;
+  Program prog = empty_program("stp", p, m_full, 2, Placement::kV);
+  for (int r = 0; r < p; ++r) stp_rank(prog, r, m_full);
+  drop_microbatches(prog, m);
+  fill_gaps_with_w(prog);
+  insert_p2p(prog);
+  return prog;
 }
 
 }  // namespace stp::schedule

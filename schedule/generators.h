@@ -47,10 +47,9 @@ Program make_1f1b_interleaved(int p, int m, int v);
 Program make_zb_h1(int p, int m);
 Program make_zb_v(int p, int m);
 // STP. For m >= 3p-1 the compute order is exactly the reference generator's (its nine phases,
-// stp-notes §2.3). For 2p <= m < 3p-1, where the reference breaks, it is the one with less
-// bubble at T_F = T_B = T_W of two valid programs, each with deferred W's moved into its idle
-// gaps: the m' = 3p-1 program without microbatches m..m'-1, and the DualPipeV order
-// (docs/schedule.md "STP for m < 3p-1"); its bubble is at most 2(p-1) there.
+// stp-notes §2.3). For 2p <= m < 3p-1, where the reference breaks, it is the m' = 3p-1 program
+// without microbatches m..m'-1, with deferred W's moved into the idle gaps that leaves; its
+// bubble at T_F = T_B = T_W is (p-1) + (3p-1-m) (docs/schedule.md "STP for m < 3p-1").
 Program make_stp(int p, int m);
 
 }  // namespace stp::schedule

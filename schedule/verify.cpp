@@ -22,18 +22,19 @@ bool is_p2p(Op op) {
   return op == Op::kSendF || op == Op::kRecvF || op == Op::kSendB || op == Op::kRecvB;
 }
 
-// What the instruction's parts must be.
-void check_shape(const Instr& in, const std::string& where) {
+// What the instruction's parts must be. `where` names the instruction (built only on failure).
+template <typename Where>
+void check_shape(const Instr& in, const Where& where) {
   auto want = [&](std::initializer_list<std::initializer_list<Pass>> slots) {
     if (in.parts.size() != slots.size())
-      fail(where, ": ", to_string(in.op), " needs ", slots.size(), " part(s), has ",
+      fail(where(), ": ", to_string(in.op), " needs ", slots.size(), " part(s), has ",
            in.parts.size());
     std::size_t i = 0;
     for (auto allowed : slots) {
       bool ok = false;
       for (Pass p : allowed) ok = ok || in.parts[i].pass == p;
       if (!ok)
-        fail(where, ": part ", i, " of ", to_string(in.op), " cannot be ",
+        fail(where(), ": part ", i, " of ", to_string(in.op), " cannot be ",
              to_string(in.parts[i].pass));
       ++i;
     }
@@ -52,7 +53,7 @@ void check_shape(const Instr& in, const std::string& where) {
     case Op::kRecvB:
     case Op::kOffload:
     case Op::kReload:
-      if (!in.parts.empty()) fail(where, ": ", to_string(in.op), " carries no compute parts");
+      if (!in.parts.empty()) fail(where(), ": ", to_string(in.op), " carries no compute parts");
       break;
   }
 }
@@ -224,7 +225,7 @@ class Machine {
     while (pc_[r] < list.size()) {
       const std::size_t i = pc_[r];
       const Instr& in = list[i];
-      check_shape(in, where(r, i));
+      check_shape(in, [&] { return where(r, i); });
       if (in.is_compute()) {
         for (const Part& part : in.parts) check_part(r, i, part);
         if (in.parts.size() == 2 && in.parts[0].stage == in.parts[1].stage &&
