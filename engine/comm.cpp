@@ -147,12 +147,19 @@ void Group::barrier() {
   h.wait();
 }
 
-double Group::all_reduce_sum(double x) {
+double Group::all_reduce_scalar(double x, c10d::ReduceOp op) {
   if (size() == 1) return x;
   at::Tensor t = at::full({1}, x, at::TensorOptions().dtype(at::kDouble));
-  all_reduce_async(t).wait();
+  std::vector<at::Tensor> ts{t};
+  c10d::AllreduceOptions opts;
+  opts.reduceOp = op;
+  CommHandle h{backend_->allreduce(ts, opts), describe("all_reduce"), timeout_};
+  h.wait();
   return t.item<double>();
 }
+
+double Group::all_reduce_sum(double x) { return all_reduce_scalar(x, c10d::ReduceOp::SUM); }
+double Group::all_reduce_max(double x) { return all_reduce_scalar(x, c10d::ReduceOp::MAX); }
 
 // ---- World ------------------------------------------------------------------------------------
 

@@ -94,11 +94,13 @@ class Group {
   CommHandle broadcast_async(at::Tensor& t, int root);
   void barrier();
 
-  // Convenience: blocking sum of one double (grad norms, loss).
+  // Convenience: blocking sum / max of one double (grad norms, losses, error bounds).
   double all_reduce_sum(double x);
+  double all_reduce_max(double x);
 
  private:
   std::string describe(const char* op, int peer = -1) const;
+  double all_reduce_scalar(double x, c10d::ReduceOp op);
 
   std::string name_;
   std::vector<int> ranks_;
