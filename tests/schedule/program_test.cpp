@@ -1,0 +1,178 @@
+// The Program IR: names, text forms, and the JSON contract (round trip and errors).
+#include "schedule/program.h"
+
+#include <gtest/gtest.h>
+
+#include "schedule/generators.h"
+#include "schedule/json.h"
+#include "schedule/p2p.h"
+#include "schedule/verify.h"
+
+namespace stp::schedule {
+namespace {
+
+Instr compute(Op op, std::vector<Part> parts) {
+  Instr in;
+  in.op = op;
+  in.parts = std::move(parts);
+  return in;
+}
+
+Instr comm(Op op, Part ref, int peer = -1) {
+  Instr in;
+  in.op = op;
+  in.ref = ref;
+  in.peer = peer;
+  return in;
+}
+
+TEST(ProgramText, InstructionsPrintCompactly) {
+  EXPECT_EQ(to_string(compute(Op::kF, {{Pass::kF, 0, 0, 3}})), "F0[3]");
+  EXPECT_EQ(to_string(compute(Op::kBW, {{Pass::kBW, 1, 5, 2}})), "BW1[2]");
+  EXPECT_EQ(to_string(compute(Op::kB, {{Pass::kB, 1, 5, 2}})), "B1[2]");
+  EXPECT_EQ(to_string(compute(Op::kW, {{Pass::kW, 0, 0, 7}})), "W0[7]");
+  EXPECT_EQ(to_string(compute(Op::kFB, {{Pass::kF, 1, 5, 4}, {Pass::kBW, 1, 5, 2}})), "FB1[4,2]+W");
+  EXPECT_EQ(to_string(compute(Op::kFB, {{Pass::kF, 1, 5, 4}, {Pass::kB, 1, 5, 2}})), "FB1[4,2]");
+  EXPECT_EQ(to_string(compute(Op::kFB, {{Pass::kF, 0, 0, 4}, {Pass::kB, 1, 5, 2}})),
+            "FB(F0[4],B1[2])");
+  EXPECT_EQ(to_string(compute(Op::kFF, {{Pass::kF, 0, 1, 2}, {Pass::kF, 0, 1, 3}})), "FF0[2,3]");
+  EXPECT_EQ(to_string(compute(Op::kFW, {{Pass::kF, 0, 0, 8}, {Pass::kW, 1, 7, 0}})), "FW0[8]/W1[0]");
+  EXPECT_EQ(to_string(comm(Op::kSendF, {Pass::kF, 0, 2, 3}, 1)), "SEND_F s2 mb3 ->1");
+  EXPECT_EQ(to_string(comm(Op::kRecvB, {Pass::kF, 1, 4, 3}, 2)), "RECV_B s4 mb3 <-2");
+  EXPECT_EQ(to_string(comm(Op::kOffload, {Pass::kF, 0, 0, 5})), "OFFLOAD c0 mb5");
+  EXPECT_EQ(to_string(comm(Op::kReload, {Pass::kF, 0, 0, 5})), "RELOAD c0 mb5");
+}
+
+TEST(ProgramText, NamesRoundTripAndUnknownNamesAreRejected) {
+  for (Pass p : {Pass::kF, Pass::kB, Pass::kW, Pass::kBW}) EXPECT_EQ(pass_from_string(to_string(p)), p);
+  for (Op o : {Op::kF, Op::kB, Op::kW, Op::kBW, Op::kFF, Op::kFB, Op::kFW, Op::kSendF, Op::kRecvF,
+               Op::kSendB, Op::kRecvB, Op::kOffload, Op::kReload})
+    EXPECT_EQ(op_from_string(to_string(o)), o);
+  EXPECT_THROW(pass_from_string("X"), std::invalid_argument);
+  try {
+    op_from_string("FBW");
+    FAIL() << "op_from_string accepted FBW";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("'FBW' is not one of F, B"), std::string::npos) << e.what();
+  }
+}
+
+TEST(ProgramText, ToTextListsEveryRankAndCanDropCommunication) {
+  Program prog = make_1f1b(2, 2);
+  EXPECT_EQ(to_text(prog, /*compute_only=*/true),
+            "r0: F0[0] F0[1] BW0[0] BW0[1]\n"
+            "r1: F0[0] BW0[0] F0[1] BW0[1]\n");
+  EXPECT_EQ(to_text(prog),
+            "r0: F0[0] SEND_F s0 mb0 ->1 F0[1] SEND_F s0 mb1 ->1 RECV_B s0 mb0 <-1 BW0[0] "
+            "RECV_B s0 mb1 <-1 BW0[1]\n"
+            "r1: RECV_F s1 mb0 <-0 F0[0] BW0[0] SEND_B s1 mb0 ->0 RECV_F s1 mb1 <-0 F0[1] BW0[1] "
+            "SEND_B s1 mb1 ->0\n");
+}
+
+TEST(ProgramJson, EveryGeneratorRoundTripsExactly) {
+  for (Kind k : all_kinds()) {
+    for (int p : {1, 2, 3}) {
+      const int m = k == Kind::k1F1BInterleaved ? 2 * p : 2 * p + 1;
+      Program prog = make(k, p, m);
+      Program back = from_json(to_json(prog));
+      EXPECT_EQ(back, prog) << to_string(k) << " p=" << p;
+      EXPECT_EQ(to_json(back), to_json(prog));
+    }
+  }
+}
+
+TEST(ProgramJson, OffloadInstructionsRoundTrip) {
+  Program prog = compute_only(make_1f1b(1, 2));
+  prog.ranks[0].insert(prog.ranks[0].begin() + 1, comm(Op::kOffload, {Pass::kF, 0, 0, 0}));
+  prog.ranks[0].insert(prog.ranks[0].begin() + 2, comm(Op::kReload, {Pass::kF, 0, 0, 0}));
+  ASSERT_EQ(find_error(prog), "");
+  EXPECT_EQ(from_json(to_json(prog)), prog);
+}
+
+TEST(ProgramJson, FollowsTheFixedContract) {
+  Program prog = make_stp(2, 5);
+  json::Value doc = json::parse(to_json(prog));
+  ASSERT_EQ(doc.type, json::Value::Type::kObject);
+  EXPECT_EQ(doc.find("kind")->string, "stp");
+  EXPECT_EQ(doc.find("p")->number, 2);
+  EXPECT_EQ(doc.find("m")->number, 5);
+  EXPECT_EQ(doc.find("stages")->number, 4);
+  const json::Value& ranks = *doc.find("ranks");
+  ASSERT_EQ(ranks.array.size(), 2u);
+  bool saw_comm = false, saw_braid = false;
+  for (const json::Value& list : ranks.array) {
+    for (const json::Value& in : list.array) {
+      const json::Value& op = *in.find("op");
+      const json::Value& parts = *in.find("parts");
+      ASSERT_EQ(parts.type, json::Value::Type::kArray);
+      if (op.string == "SEND_F" || op.string == "RECV_B") {
+        saw_comm = true;
+        EXPECT_TRUE(parts.array.empty()) << "instructions without compute have \"parts\": []";
+        EXPECT_TRUE(in.find("peer") && in.find("peer")->is_int());
+        EXPECT_TRUE(in.find("ref") && in.find("ref")->find("stage"));
+      }
+      if (op.string == "FB") {
+        saw_braid = true;
+        ASSERT_EQ(parts.array.size(), 2u);
+        for (const char* key : {"pass", "chunk", "stage", "mb"})
+          EXPECT_TRUE(parts.array[0].find(key)) << key;
+        EXPECT_EQ(parts.array[0].find("pass")->string, "F");
+      }
+    }
+  }
+  EXPECT_TRUE(saw_comm);
+  EXPECT_TRUE(saw_braid);
+}
+
+TEST(ProgramJson, LayoutIsDerivedFromPartsWhenAbsent) {
+  Program prog = make_zb_v(2, 3);
+  json::Value doc = json::parse(to_json(prog));
+  // Rewrite without v, stage_rank and stage_chunk: the contract's minimal form.
+  std::string minimal = "{\"kind\": \"zb-v\", \"p\": 2, \"m\": 3, \"stages\": 4, \"ranks\": ";
+  std::string full = to_json(prog);
+  minimal += full.substr(full.find("\"ranks\": ") + 9);
+  Program back = from_json(minimal);
+  EXPECT_EQ(back, prog);
+}
+
+void expect_json_error(const std::string& text, const std::string& needle) {
+  try {
+    from_json(text);
+    FAIL() << "accepted: " << text;
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(ProgramJson, ErrorsNameTheFirstBadField) {
+  const std::string head = R"({"kind": "x", "p": 1, "m": 1, "stages": 1, )";
+  expect_json_error("{\"kind\": 1}", "program.kind must be a string, got a number");
+  expect_json_error(R"({"kind": "x", "p": 1, "m": 1, "ranks": [[]]})", "has no \"stages\"");
+  expect_json_error(head + R"("ranks": [[], []]})", "ranks has 2 lists but p=1");
+  expect_json_error(head + R"("ranks": [[{"op": "FX", "parts": []}]]})",
+                    "ranks[0][0].op: op 'FX' is not one of");
+  expect_json_error(head + R"("ranks": [[{"op": "F", "parts": [{"pass": "Q", "chunk": 0, "stage": 0, "mb": 0}]}]]})",
+                    "ranks[0][0].parts[0].pass: pass 'Q'");
+  expect_json_error(head + R"("ranks": [[{"op": "F", "parts": [{"pass": "F", "chunk": 0, "stage": 0, "mb": 0.5}]}]]})",
+                    "ranks[0][0].parts[0].mb must be an integer");
+  expect_json_error(head + R"("ranks": [[{"op": "SEND_F", "parts": []}]]})", "has no \"ref\"");
+  expect_json_error(head + R"("ranks": [[]]})", "stage 0 appears in no part");
+  expect_json_error(R"({"kind": "x", "p": 0, "m": 1, "stages": 1, "ranks": []})", "p=0 must be >= 1");
+  expect_json_error("{\"kind\": \"x\",", "JSON: ");
+  expect_json_error("[1, 2] x", "trailing characters");
+}
+
+TEST(Json, ParsesEscapesNumbersAndNesting) {
+  json::Value v = json::parse(R"({"a": [1, -2.5e2, true, false, null], "s": "q\"\\\n\u00e9"})");
+  ASSERT_EQ(v.find("a")->array.size(), 5u);
+  EXPECT_EQ(v.find("a")->array[1].number, -250);
+  EXPECT_TRUE(v.find("a")->array[2].boolean);
+  EXPECT_EQ(v.find("a")->array[4].type, json::Value::Type::kNull);
+  EXPECT_EQ(v.find("s")->string, "q\"\\\n\xc3\xa9");
+  EXPECT_EQ(json::parse(json::quote("tab\there \"q\"")).string, "tab\there \"q\"");
+  EXPECT_THROW(json::parse("{\"a\" 1}"), std::invalid_argument);
+  EXPECT_THROW(json::parse("01x"), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace stp::schedule
