@@ -134,15 +134,10 @@ int run_simulate(const std::vector<std::string>& args) {
   const std::vector<sch::Kind> kinds = kinds_from(kind);
   sch::validate(cost.costs, 1);  // negative times fail here, before any schedule is built
 
-  std::printf("p=%d m=%d  T_F=%g T_B=%g T_W=%g T_AR=%g  (times in the cost model's unit; "
-              "max over ranks)\n",
-              pp, microbatches, cost.costs.t_f, cost.costs.t_b, cost.costs.t_w, cost.costs.t_ar);
-  std::printf("%-7s %9s  %-29s  %-19s  %-18s\n", "", "", "PP bubble", "TP bubble (exposed)",
-              "peak activations (M_a)");
-  std::printf("%-7s %9s  %9s %9s %9s  %9s %9s  %4s %5s %7s  %s\n", "kind", "span", "sim",
-              "formula", "step-idle", "sim", "formula", "sim", "form.", "W-held", "formula from");
+  // Build (and check) every program and the cost model before printing anything, so a bad
+  // argument is the only line of output.
   std::vector<std::string> skipped;
-  std::vector<sch::Timeline> timelines;
+  std::vector<sch::Program> programs;
   for (sch::Kind k : kinds) {
     const int v = k == sch::Kind::k1F1BInterleaved ? chunks : 0;
     if (kinds.size() > 1 && !sch::accepts_microbatches(k, pp, microbatches)) {
@@ -153,8 +148,21 @@ int run_simulate(const std::vector<std::string>& args) {
       }
       continue;
     }
-    const sch::Program program = sch::make(k, pp, microbatches, v);
-    sch::verify(program);
+    programs.push_back(sch::make(k, pp, microbatches, v));
+    sch::verify(programs.back());
+  }
+  for (const sch::Program& program : programs) cost.resolve(program.stages());
+
+  std::printf("p=%d m=%d  T_F=%g T_B=%g T_W=%g T_AR=%g  (times in the cost model's unit; "
+              "max over ranks)\n",
+              pp, microbatches, cost.costs.t_f, cost.costs.t_b, cost.costs.t_w, cost.costs.t_ar);
+  std::printf("%-7s %9s  %-29s  %-19s  %-18s\n", "", "", "PP bubble", "TP bubble (exposed)",
+              "peak activations (M_a)");
+  std::printf("%-7s %9s  %9s %9s %9s  %9s %9s  %4s %5s %7s  %s\n", "kind", "span", "sim",
+              "formula", "step-idle", "sim", "formula", "sim", "form.", "W-held", "formula from");
+  std::vector<sch::Timeline> timelines;
+  for (const sch::Program& program : programs) {
+    const sch::Kind k = sch::kind_from_string(program.kind);
     sch::SimOptions options;
     options.record_timeline = !svg.empty() || !trace.empty();
     const sch::CostModel costs = cost.resolve(program.stages());
