@@ -1,6 +1,9 @@
 // `stp run -n N [--] PROGRAM ARGS...`: the local launcher. Hosts the rendezvous store (a
 // c10d::TCPStore server on 127.0.0.1) and starts N ranks with the torchrun environment; the
 // process management is apps/launcher.h. docs/launch.md shows torchrun/mpirun/srun equivalents.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <unistd.h>
 
@@ -34,22 +37,46 @@ std::string first_line(const std::exception& e) {
   return msg;
 }
 
+// A socket bound to 127.0.0.1:port (0: a free port the OS picks), so the store listens on the
+// loopback interface only: a local job's rendezvous is not reachable from the network.
+int bind_loopback(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  STP_ASSERT(fd >= 0, "socket: ", std::strerror(errno));
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // a port in TIME_WAIT is fine
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || listen(fd, SOMAXCONN) != 0) {
+    int err = errno;
+    close(fd);
+    STP_CHECK(port == 0, "--master-port=", port, " cannot be used: 127.0.0.1:", port, ": ",
+              std::strerror(err), "; choose a free port in [1, 65535] or 0 (the default) for any");
+    throw std::runtime_error(str_cat("no free port on 127.0.0.1 for the rendezvous store: ",
+                                     std::strerror(err)));
+  }
+  return fd;
+}
+
 // The rendezvous store every rank connects to as a client (TORCHELASTIC_USE_AGENT_STORE=True).
 std::unique_ptr<c10d::TCPStore> host_store(const LaunchOptions& options, int requested_port) {
+  int fd = bind_loopback(requested_port);
+  sockaddr_in addr{};
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
   c10d::TCPStoreOptions so;
-  so.port = static_cast<std::uint16_t>(requested_port);  // 0: the OS picks a free one
+  so.port = ntohs(addr.sin_port);
   so.isServer = true;
   so.numWorkers = options.nproc;
   so.waitWorkers = false;
   so.timeout = kStoreTimeout;
+  so.masterListenFd = fd;  // the store owns it from here
   try {
     return std::make_unique<c10d::TCPStore>(options.master_addr, so);
   } catch (const std::exception& e) {
-    STP_CHECK(requested_port == 0, "--master-port=", requested_port,
-              " cannot be used: ", first_line(e),
-              "; choose a free port in [1, 65535] or 0 (the default) for any free port");
     throw std::runtime_error(str_cat("could not start the rendezvous store on ",
-                                     options.master_addr, ": ", first_line(e)));
+                                     options.master_addr, ":", so.port, ": ", first_line(e)));
   }
 }
 
@@ -70,7 +97,7 @@ int run_main(const std::vector<std::string>& args) {
                                                     std::to_string(kMaxLocalRanks))
       ->required();
   app.add_option("--master-port", master_port,
-                 "port of the rendezvous store on 127.0.0.1; 0 = any free port")
+                 "port of the rendezvous store (listening on 127.0.0.1 only); 0 = any free port")
       ->capture_default_str();
   app.add_flag("--no-prefix", no_prefix,
                "do not prefix output lines with [rN]; ranks write to stdout/stderr directly");

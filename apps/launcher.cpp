@@ -388,7 +388,12 @@ int Launcher::run() {
       timeout_ms = static_cast<int>(std::clamp<long long>(left.count() + 1, 0, kBackstopPollMs));
     }
     int n = poll(fds.data(), fds.size(), timeout_ms);
-    if (n < 0 && errno != EINTR) break;
+    if (n < 0 && errno != EINTR) {  // cannot happen with valid fds; never leave ranks behind
+      if (message_.empty()) message_ = str_cat("stp run: poll failed: ", std::strerror(errno));
+      if (exit_code_ == 0) exit_code_ = 1;
+      if (!killed_) begin_stop(SIGKILL);
+      usleep(10000);
+    }
     if (n > 0 && (fds[0].revents & POLLIN)) {
       unsigned char sigs[64];
       ssize_t got;
