@@ -2,12 +2,20 @@
 // (offload/planner.h), print the plan, optionally sweep budgets and draw the timeline.
 // `stp bench copy` / `stp bench pool`: the offload micro-benchmarks, one JSON line each
 // (offload/copy_bench.h, allocator/pool_bench.h). docs/offload.md shows real output.
+#include <cmath>
 #include <cstdio>
+#include <limits>
+#include <sstream>
 
 #include "allocator/pool_bench.h"
 #include "cli.h"
 #include "command.h"
 #include "offload/copy_bench.h"
+#include "offload/plan_sweep.h"
+#include "offload/planner.h"
+#include "schedule/generators.h"
+#include "schedule/simulate.h"
+#include "schedule/trace.h"
 #include "stp/check.h"
 
 namespace stp::apps {
@@ -18,6 +26,145 @@ allocator::Backend backend_from(const std::string& name) {
   if (name == "cuda") return allocator::Backend::kCuda;
   STP_CHECK(name == "auto", "--backend=", name, " must be host, cuda or auto");
   return allocator::Backend::kAuto;
+}
+
+// ---- stp plan ------------------------------------------------------------------------------
+
+// "1GiB" or "1GiB,2GiB,..." (one per stage).
+std::vector<double> parse_act_bytes(const std::string& text) {
+  std::vector<double> out;
+  std::stringstream ss(text);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    out.push_back(static_cast<double>(parse_bytes(item, "--act-bytes")));
+  STP_CHECK(!out.empty(), "--act-bytes='", text, "' is empty; give a size (1GiB) or one per stage");
+  return out;
+}
+
+std::string json_number(double v) {
+  if (std::isinf(v)) return "null";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+std::string plan_json(const offload::Plan& p) {
+  std::string sets;
+  for (const offload::PlannedSet& s : p.sets)
+    sets += str_cat(sets.empty() ? "" : ",", "{\"rank\":", s.rank, ",\"chunk\":", s.chunk,
+                    ",\"stage\":", s.stage, ",\"mb\":", s.mb, ",\"lead\":", s.lead, "}");
+  return str_cat("{\"budget_bytes\":", json_number(p.budget_bytes),
+                 ",\"peak_bytes_before\":", json_number(p.peak_bytes_before),
+                 ",\"peak_bytes_after\":", json_number(p.peak_bytes_after),
+                 ",\"step_before\":", json_number(p.step_before),
+                 ",\"step_after\":", json_number(p.step_after),
+                 ",\"slowdown\":", json_number(p.slowdown()),
+                 ",\"host_bytes\":", json_number(p.host_bytes), ",\"candidates\":", p.candidates,
+                 ",\"sets\":[", sets, "]}");
+}
+
+int plan_main(const std::vector<std::string>& args) {
+  CLI::App app{"Plan activation offload: choose the sets to park in host memory and place each\n"
+               "OFFLOAD/RELOAD so that the simulated peak activation bytes per rank fit --budget with\n"
+               "the least simulated slowdown (offload/planner.h, docs/offload.md).",
+               "stp plan"};
+  std::string kind = "stp", act_bytes = "1GiB", budget = "unlimited", format = "text";
+  std::string svg, sweep_svg;
+  int pp = 4, microbatches = 0, chunks = 0, sweep = 0;
+  schedule::CostModel costs;
+  costs.t_f = 0.040;
+  costs.t_b = 0.040;
+  costs.t_w = 0.030;
+  costs.t_ar = 0.008;
+  double pcie_gbps = 25;
+  app.add_option("--kind", kind, "schedule: 1f1b, 1f1b-i, zb-h1, zb-v, stp")->capture_default_str();
+  app.add_option("--pp", pp, "pipeline ranks p (>= 1)")->capture_default_str();
+  app.add_option("--microbatches,-m", microbatches, "microbatches m (0: the kind's minimum, 3p-1 for stp)")
+      ->capture_default_str();
+  app.add_option("--chunks", chunks, "chunks per rank v (0: the kind's default)")->capture_default_str();
+  app.add_option("--act-bytes", act_bytes,
+                 "bytes of one activation set (one chunk, one microbatch), or one per stage "
+                 "separated by commas")
+      ->capture_default_str();
+  app.add_option("--budget", budget, "device bytes for activations per rank, or unlimited")
+      ->capture_default_str();
+  app.add_option("--pcie-gbps", pcie_gbps, "host link bandwidth per direction, GB/s (> 0)")
+      ->capture_default_str();
+  app.add_option("--host-latency", costs.host_latency, "seconds per host copy (>= 0)")->capture_default_str();
+  app.add_option("--offload-fraction", costs.offload_fraction, "share of a set's bytes that moves, [0, 1]")
+      ->capture_default_str();
+  app.add_option("--t-f", costs.t_f, "forward seconds of one chunk (>= 0)")->capture_default_str();
+  app.add_option("--t-b", costs.t_b, "activation-gradient seconds of one chunk (>= 0)")->capture_default_str();
+  app.add_option("--t-w", costs.t_w, "weight-gradient seconds of one chunk (>= 0)")->capture_default_str();
+  app.add_option("--t-ar", costs.t_ar, "TP all-reduce seconds of one pass of one chunk (>= 0)")
+      ->capture_default_str();
+  app.add_option("--svg", svg, "write the planned timeline (transfer rows under each rank) here");
+  app.add_option("--sweep", sweep, "plan N budgets from the peak down past the minimum (N >= 2)");
+  app.add_option("--sweep-svg", sweep_svg, "with --sweep: write step time vs budget as SVG here");
+  app.add_option("--format", format, "text or json")->capture_default_str();
+  if (int rc = parse(app, args); rc >= 0) return rc;
+
+  STP_CHECK(format == "text" || format == "json", "--format=", format, " must be text or json");
+  STP_CHECK(pp >= 1 && pp <= 1024, "--pp=", pp, " must be in [1, 1024]");
+  STP_CHECK(std::isfinite(pcie_gbps) && pcie_gbps > 0, "--pcie-gbps=", pcie_gbps, " must be > 0");
+  STP_CHECK(sweep == 0 || sweep >= 2, "--sweep=", sweep, " must be >= 2 (or 0: no sweep)");
+  STP_CHECK(sweep_svg.empty() || sweep > 0, "--sweep-svg needs --sweep N");
+  const schedule::Kind k = schedule::kind_from_string(kind);
+  if (microbatches == 0)
+    microbatches = k == schedule::Kind::kSTP ? 3 * pp - 1 : schedule::min_microbatches(k, pp, chunks);
+  const schedule::Program program = schedule::make(k, pp, microbatches, chunks);
+  costs.host_bandwidth = pcie_gbps * 1e9;
+  std::vector<double> act = parse_act_bytes(act_bytes);
+  if (act.size() == 1) {
+    costs.act_bytes = act[0];
+  } else {
+    STP_CHECK(static_cast<int>(act.size()) == program.stages(), "--act-bytes has ", act.size(),
+              " sizes; ", kind, " with p=", pp, " has ", program.stages(),
+              " stages: give one size or one per stage");
+    costs.stage_act_bytes = act;
+  }
+  double budget_bytes = offload::kUnlimitedBudget;
+  if (budget != "unlimited") {
+    budget_bytes = static_cast<double>(parse_bytes(budget, "--budget"));
+    STP_CHECK(budget_bytes > 0, "--budget=", budget, " must be > 0 (or unlimited)");
+  }
+
+  if (sweep > 0) {
+    offload::Sweep sw = offload::sweep_budgets(program, costs, sweep);
+    std::printf("stp plan --sweep: %s p=%d m=%d, activation set %s, host link %.1f GB/s\n"
+                "peak without offload %s, smallest feasible budget %s, step %.4f s\n\n%s",
+                kind.c_str(), pp, microbatches, format_bytes(act[0]).c_str(), pcie_gbps,
+                format_bytes(sw.peak_bytes).c_str(), format_bytes(sw.min_budget).c_str(), sw.step,
+                offload::to_table(sw).c_str());
+    if (!sweep_svg.empty()) {
+      schedule::write_file(sweep_svg,
+                           offload::to_svg(sw, str_cat("stp plan: ", kind, " p=", pp, " m=", microbatches,
+                                                       ", set ", format_bytes(act[0]), ", host link ",
+                                                       pcie_gbps, " GB/s")));
+      std::printf("wrote %s\n", sweep_svg.c_str());
+    }
+    return 0;
+  }
+
+  offload::Plan plan = offload::plan_offload(program, costs, budget_bytes);
+  if (format == "json") {
+    std::printf("%s\n", plan_json(plan).c_str());
+  } else {
+    std::printf("stp plan: %s p=%d m=%d, activation set %s, host link %.1f GB/s, "
+                "t_f=%g t_b=%g t_w=%g t_ar=%g s\n%s",
+                kind.c_str(), pp, microbatches, format_bytes(act[0]).c_str(), pcie_gbps, costs.t_f,
+                costs.t_b, costs.t_w, costs.t_ar, offload::to_text(plan).c_str());
+  }
+  if (!svg.empty()) {
+    schedule::SimOptions so;
+    so.record_timeline = true;
+    schedule::SimResult sim = schedule::simulate(plan.program, costs, so);
+    sim.timeline.title = str_cat(kind, " p=", pp, " m=", microbatches, ", budget ",
+                                 std::isinf(budget_bytes) ? std::string("unlimited") : format_bytes(budget_bytes));
+    schedule::write_file(svg, schedule::to_svg(sim.timeline));
+    if (format == "text") std::printf("wrote %s\n", svg.c_str());
+  }
+  return 0;
 }
 
 // ---- stp bench copy -------------------------------------------------------------------------
@@ -63,6 +210,8 @@ int bench_pool_main(const std::vector<std::string>& args) {
   return 0;
 }
 
+STP_REGISTER_COMMAND("plan", "fit a schedule into a device memory budget with activation offload",
+                     plan_main);
 STP_REGISTER_COMMAND("bench copy", "copy-engine bandwidth vs memcpy / cudaMemcpyAsync (JSON line)",
                      bench_copy_main);
 STP_REGISTER_COMMAND("bench pool", "pinned pool allocate+free vs malloc+mlock / cudaHostAlloc (JSON line)",

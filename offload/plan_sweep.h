@@ -1,0 +1,42 @@
+// Budget sweep: the offload planner over budgets from a schedule's own peak down past the
+// smallest feasible budget — predicted step time against device memory, as a table and an SVG
+// line chart (`stp plan --sweep N --sweep-svg FILE`).
+//
+// Thread-safety: pure functions.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "offload/planner.h"
+
+namespace stp::offload {
+
+struct SweepPoint {
+  double budget_bytes = 0;
+  bool feasible = false;
+  double peak_bytes = 0;  // planned peak, max over ranks (feasible points)
+  double step = 0;        // planned step time, seconds (feasible points)
+  double slowdown = 0;    // step / plan-free step - 1
+  int sets = 0;           // offloaded sets
+  double host_bytes = 0;  // pinned host bytes per rank
+};
+
+struct Sweep {
+  double peak_bytes = 0;     // the schedule's peak without offload
+  double min_budget = 0;     // minimum_budget()
+  double step = 0;           // step time without offload
+  std::vector<SweepPoint> points;  // descending budgets; the last one is infeasible
+};
+
+// `points` >= 2 budgets evenly from the plan-free peak down to minimum_budget(), then one 3 %
+// below the minimum (infeasible). REQUIRES: as plan_offload.
+Sweep sweep_budgets(const schedule::Program& program, const schedule::CostModel& costs,
+                    int points, const PlanOptions& options = {});
+
+// Fixed-width table, one row per point.
+std::string to_table(const Sweep& sweep);
+// An SVG chart of step time against budget; infeasible budgets shaded.
+std::string to_svg(const Sweep& sweep, const std::string& title);
+
+}  // namespace stp::offload

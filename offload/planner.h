@@ -1,0 +1,86 @@
+// Offload planner: which activation sets to park in host memory, and where to put each OFFLOAD
+// and RELOAD, so that a schedule fits a device memory budget with the least slowdown — judged by
+// schedule::simulate, the same model `stp simulate` uses.
+//
+// Note [Offload planning]
+// ~~~~~~~~~~~~~~~~~~~~~~~
+// Input: a Program without offload instructions, a CostModel whose act_bytes / stage_act_bytes
+// give the bytes of one activation set and whose host_bandwidth / host_latency describe the
+// host link, and a budget: the activation bytes one rank may hold on its device.
+//
+//  * Candidates: a set (stage, mb) whose backward is at least two compute instructions after
+//    its forward on the rank (with nothing in between an offload only costs time).
+//  * Placement policy: OFFLOAD right after the instruction holding the forward, so the D2H
+//    overlaps the very next compute; RELOAD `lead` compute instructions before the backward
+//    (lead 0: right after the compute instruction just before it). The first lead tried is the
+//    smallest whose span, in the simulated timeline, covers the H2D transfer.
+//  * Which sets: simulate; on every rank above the budget, find the first moment it is over
+//    and offload the set resident then that sits idle longest (forward end to backward start):
+//    in the STP V schedule these are the chunk-0 sets, as in the reference. Repeat until every
+//    rank fits; then drop any chosen set the budget does not need (shortest idle first), then
+//    move reloads whose backward still waits on them one instruction earlier while the budget
+//    holds and the step gets shorter ("as far ahead as memory allows").
+//  * Infeasible: the smallest budget the planner can reach is the peak with every candidate
+//    offloaded and reloaded right before its backward (minimum_budget()); a lower budget is an
+//    input error naming that minimum. If the greedy search gets stuck above the budget but
+//    the minimum is within it, it starts from that all-offloaded plan and prunes.
+//  * Budget +infinity (or >= the schedule's own peak): the Program comes back unchanged.
+// Every Program returned passes schedule::verify.
+//
+// Thread-safety: pure functions.
+#pragma once
+
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "schedule/cost_model.h"
+#include "schedule/program.h"
+
+namespace stp::offload {
+
+inline constexpr double kUnlimitedBudget = std::numeric_limits<double>::infinity();
+
+struct PlannedSet {
+  int rank = 0;
+  int chunk = 0;
+  int stage = 0;
+  int mb = 0;
+  int lead = 0;     // compute instructions between its RELOAD and its backward
+  double idle = 0;  // seconds from its forward's end to its backward's start, without offload
+};
+
+struct Plan {
+  schedule::Program program;        // the input with OFFLOAD / RELOAD inserted
+  std::vector<PlannedSet> sets;     // offloaded sets, by rank, stage, mb
+  double budget_bytes = kUnlimitedBudget;
+  double peak_bytes_before = 0;     // simulated peak activation bytes, max over ranks
+  double peak_bytes_after = 0;
+  std::vector<double> rank_peak_before;  // (p)
+  std::vector<double> rank_peak_after;   // (p)
+  double step_before = 0;           // simulated step time (makespan), seconds
+  double step_after = 0;
+  double host_bytes = 0;            // most bytes one rank keeps on host at once: the pool size
+  int candidates = 0;               // sets that could be offloaded
+  int simulations = 0;              // simulate() calls the search made
+
+  double slowdown() const { return step_before > 0 ? step_after / step_before - 1 : 0; }
+};
+
+struct PlanOptions {
+  int max_simulations = 20000;  // search effort bound, >= 1; the best feasible plan so far wins
+};
+
+// REQUIRES (std::invalid_argument naming the value): program passes verify() and has no
+// OFFLOAD/RELOAD; validate(costs) passes; budget_bytes > 0. Throws std::invalid_argument
+// containing the smallest feasible budget when budget_bytes is below it.
+Plan plan_offload(const schedule::Program& program, const schedule::CostModel& costs,
+                  double budget_bytes, const PlanOptions& options = {});
+
+// The smallest per-rank peak the planner can reach (see Note).
+double minimum_budget(const schedule::Program& program, const schedule::CostModel& costs);
+
+// A human-readable summary: the plan's figures, a line per rank, the offloaded sets.
+std::string to_text(const Plan& plan);
+
+}  // namespace stp::offload
