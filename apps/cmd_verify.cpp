@@ -35,6 +35,8 @@ struct VerifyArgs {
 };
 
 struct Errors {
+  std::int64_t peak_bytes = 0;       // measured, max over ranks
+  std::int64_t offloaded_bytes = 0;  // measured, sum over ranks
   double loss_diff = 0;
   double max_rel = 0;
   std::string worst;
@@ -152,6 +154,11 @@ int verify(const std::vector<std::string>& args) {
     engine::Trainer t(engine::gpt_model(cfg), trainer_options(a));
     loss = t.step(mbs);
     compare_shards(t, ref, errors);
+    auto& wg = t.world().world_group();
+    errors.peak_bytes = static_cast<std::int64_t>(
+        wg.all_reduce_max(static_cast<double>(t.last_stats().exec.peak_activation_bytes)));
+    errors.offloaded_bytes = static_cast<std::int64_t>(
+        wg.all_reduce_sum(static_cast<double>(t.last_stats().exec.offloaded_bytes)));
     errors.max_rel = t.world().world_group().all_reduce_max(errors.max_rel);
     if (errors.max_rel > 0 && errors.worst.empty()) errors.worst = "(another rank's shard)";
     if (t.world().rank() != 0) return 0;
@@ -174,7 +181,12 @@ int verify(const std::vector<std::string>& args) {
           compare_shards(t, ref, mine);
           std::lock_guard<std::mutex> lock(mu);
           if (r == 0) loss = l;
-          if (!(mine.max_rel <= errors.max_rel)) errors = mine;
+          if (!(mine.max_rel <= errors.max_rel)) {
+            errors.max_rel = mine.max_rel;
+            errors.worst = mine.worst;
+          }
+          errors.peak_bytes = std::max(errors.peak_bytes, t.last_stats().exec.peak_activation_bytes);
+          errors.offloaded_bytes += t.last_stats().exec.offloaded_bytes;
         } catch (...) {
           std::lock_guard<std::mutex> lock(mu);
           if (!error) error = std::current_exception();
@@ -190,6 +202,9 @@ int verify(const std::vector<std::string>& args) {
   std::printf("stp verify: schedule=%s tp=%d pp=%d microbatches=%d offload=%s (float64, %lld layers)\n",
               a.schedule.c_str(), a.tp, a.pp, a.m, a.budget.c_str(),
               static_cast<long long>(cfg.n_layers));
+  std::printf("  activation peak %s per rank (measured), %s offloaded and reloaded\n",
+              format_bytes(static_cast<double>(errors.peak_bytes)).c_str(),
+              format_bytes(static_cast<double>(errors.offloaded_bytes)).c_str());
   std::printf("  loss %.15f   reference %.15f   |diff| %.3e\n", loss, ref.loss, errors.loss_diff);
   std::printf("  max relative gradient error %.3e%s%s\n", errors.max_rel,
               errors.worst.empty() ? "" : " at ", errors.worst.c_str());

@@ -1,7 +1,10 @@
 #include "engine/offload_plan.h"
 
+#include <algorithm>
 #include <cmath>
 
+#include "offload/planner.h"
+#include "schedule/simulate.h"
 #include "stp/check.h"
 
 namespace stp::engine {
@@ -54,12 +57,41 @@ OffloadBudget parse_offload_budget(const std::string& text) {
 
 OffloadPlan plan_activation_offload(const schedule::Program& program,
                                     const std::vector<std::int64_t>& stage_bytes,
+                                    const std::vector<double>& stage_forward_seconds,
                                     const std::string& budget, double host_gbps) {
-  OffloadPlan plan;
-  plan.program = program;
-  OffloadBudget b = parse_offload_budget(budget);
-  if (b.kind == OffloadBudget::Kind::kOff) return plan;
-  STP_CHECK(false, "offload planning is not wired yet");
+  OffloadPlan out;
+  out.program = program;
+  const OffloadBudget b = parse_offload_budget(budget);
+  if (b.kind == OffloadBudget::Kind::kOff) return out;
+  const int S = program.stages();
+  STP_ASSERT(static_cast<int>(stage_bytes.size()) == S &&
+                 static_cast<int>(stage_forward_seconds.size()) == S,
+             "per-stage inputs for ", S, " stages");
+  schedule::CostModel costs;
+  double mean_t = 0;
+  for (double t : stage_forward_seconds) mean_t += t / S;
+  mean_t = std::max(mean_t, 1e-9);
+  costs.t_f = costs.t_b = costs.t_w = mean_t;
+  for (int s = 0; s < S; ++s) {
+    costs.stage_scale.push_back(std::max(stage_forward_seconds[s], 1e-12) / mean_t);
+    costs.stage_act_bytes.push_back(static_cast<double>(stage_bytes[s]));
+  }
+  costs.host_bandwidth = host_gbps * 1e9;
+  const double peak = schedule::simulate(program, costs).max_peak_bytes();
+  double budget_bytes = b.kind == OffloadBudget::Kind::kBytes ? static_cast<double>(b.bytes)
+                                                              : peak * b.percent / 100.0;
+  out.budget_bytes = static_cast<std::int64_t>(budget_bytes);
+  out.peak_bytes_before = out.peak_bytes_after = static_cast<std::int64_t>(peak);
+  if (budget_bytes >= peak) return out;
+  offload::Plan plan = offload::plan_offload(program, costs, budget_bytes);
+  out.program = std::move(plan.program);
+  out.offloads = !plan.sets.empty();
+  out.peak_bytes_after = static_cast<std::int64_t>(plan.peak_bytes_after);
+  // The pool holds the most bytes a rank parks at once, plus the size classes' bounded waste
+  // (<= 12.5 %, Note [Pinned pool design]) and a slab's rounding.
+  out.host_bytes_per_rank = static_cast<std::int64_t>(plan.host_bytes * 1.15) + (4 << 20);
+  out.slowdown = plan.slowdown();
+  return out;
 }
 
 }  // namespace stp::engine

@@ -147,7 +147,7 @@ void Trainer::reduce_gradients() {
 // can plan the whole pipeline.
 void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
   const int S = program_.stages();
-  at::Tensor bytes = at::zeros({S}, at::kDouble);
+  at::Tensor bytes = at::zeros({2 * S}, at::kDouble);  // bytes, then forward seconds
   const bool contributor = world_->tp_rank() == 0 && world_->dp_rank() == 0;
   for (int s = 0; s < S; ++s) {
     if (program_.stage_rank[s] != world_->pp_rank()) continue;
@@ -156,10 +156,14 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
     at::Tensor input;
     if (!c.is_first_stage())
       input = at::zeros(c.input_shape(mbs[0].tokens.size(0)), c.params().front().value.options());
+    const double t0 = now();
     auto pass = c.forward(set, mbs[0], input);
     for (int k = 0; k < pass->size(); ++k) pass->run(k);
     pass->finish();
-    if (contributor) bytes[s] = static_cast<double>(set.bytes());
+    if (contributor) {
+      bytes[s] = static_cast<double>(set.bytes());
+      bytes[S + s] = now() - t0;
+    }
   }
   auto& wg = world_->world_group();
   if (wg.size() > 1) {
@@ -167,17 +171,22 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
     h.wait();
   }
   stage_bytes_.assign(S, 0);
-  for (int s = 0; s < S; ++s) stage_bytes_[s] = static_cast<std::int64_t>(bytes[s].item<double>());
+  stage_seconds_.assign(S, 0);
+  for (int s = 0; s < S; ++s) {
+    stage_bytes_[s] = static_cast<std::int64_t>(bytes[s].item<double>());
+    stage_seconds_[s] = bytes[S + s].item<double>();
+  }
 }
 
 void Trainer::plan_offload() {
-  OffloadPlan plan = plan_activation_offload(program_, stage_bytes_, options_.offload_budget,
-                                             options_.host_gbps);
-  budget_bytes_ = plan.budget_bytes;
-  if (!plan.offloads) return;
-  program_ = std::move(plan.program);
+  plan_ = plan_activation_offload(program_, stage_bytes_, stage_seconds_, options_.offload_budget,
+                                  options_.host_gbps);
+  budget_bytes_ = plan_.budget_bytes;
+  if (!plan_.offloads) return;
+  program_ = std::move(plan_.program);
+  plan_.program = schedule::Program();
   const bool cuda = chunks_.front()->params().front().value.is_cuda();
-  offload_ = std::make_unique<PooledActivationOffload>(plan.host_bytes_per_rank, cuda);
+  offload_ = std::make_unique<PooledActivationOffload>(plan_.host_bytes_per_rank, cuda);
   store_.attach_offload(offload_.get());
 }
 

@@ -25,6 +25,7 @@
 #include "engine/comm.h"
 #include "engine/executor.h"
 #include "engine/gpt_config.h"
+#include "engine/offload_plan.h"
 #include "engine/optimizer.h"
 #include "schedule/program.h"
 
@@ -87,6 +88,8 @@ class Trainer {
   // budget it planned for (0: offload off).
   const std::vector<std::int64_t>& stage_activation_bytes() const { return stage_bytes_; }
   std::int64_t offload_budget_bytes() const { return budget_bytes_; }
+  // The offload plan's figures (simulated; its program is program()), set by the first step.
+  const OffloadPlan& offload_plan() const { return plan_; }
 
  private:
   void init(ModelFactory model);
@@ -104,7 +107,9 @@ class Trainer {
   std::unique_ptr<class ActivationOffload> offload_;
   std::unique_ptr<Executor> executor_;
   std::vector<std::int64_t> stage_bytes_;
+  std::vector<double> stage_seconds_;  // probed forward time per stage
   std::int64_t budget_bytes_ = 0;
+  OffloadPlan plan_;
   bool planned_ = false;
   TrainStepStats last_;
 };
