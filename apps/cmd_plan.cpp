@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <limits>
 #include <sstream>
+#include <utility>
 
 #include "allocator/pool_bench.h"
 #include "cli.h"
@@ -109,6 +110,11 @@ int plan_main(const std::vector<std::string>& args) {
   STP_CHECK(std::isfinite(pcie_gbps) && pcie_gbps > 0, "--pcie-gbps=", pcie_gbps, " must be > 0");
   STP_CHECK(sweep == 0 || sweep >= 2, "--sweep=", sweep, " must be >= 2 (or 0: no sweep)");
   STP_CHECK(sweep_svg.empty() || sweep > 0, "--sweep-svg needs --sweep N");
+  for (auto [flag, value] : {std::pair{"--t-f", costs.t_f}, {"--t-b", costs.t_b}, {"--t-w", costs.t_w},
+                             {"--t-ar", costs.t_ar}, {"--host-latency", costs.host_latency}})
+    STP_CHECK(std::isfinite(value) && value >= 0, flag, "=", value, " must be a number of seconds >= 0");
+  STP_CHECK(costs.offload_fraction >= 0 && costs.offload_fraction <= 1, "--offload-fraction=",
+            costs.offload_fraction, " must be in [0, 1]");
   const schedule::Kind k = schedule::kind_from_string(kind);
   if (microbatches == 0)
     microbatches = k == schedule::Kind::kSTP ? 3 * pp - 1 : schedule::min_microbatches(k, pp, chunks);
