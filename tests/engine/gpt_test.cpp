@@ -175,6 +175,7 @@ struct Shape {
   const char* name;
   std::int64_t vocab, seq, d, heads, layers, hidden, batch;
 };
+void PrintTo(const Shape& s, std::ostream* os) { *os << s.name; }
 
 class GptVsReference : public ::testing::TestWithParam<Shape> {};
 
@@ -238,6 +239,9 @@ struct TpCase {
   int tp;
   std::int64_t vocab, d, heads, hidden;
 };
+void PrintTo(const TpCase& t, std::ostream* os) {
+  *os << "tp=" << t.tp << " V=" << t.vocab << " C=" << t.d << " NH=" << t.heads << " H=" << t.hidden;
+}
 
 class GptTensorParallel : public ::testing::TestWithParam<TpCase> {};
 
