@@ -8,7 +8,7 @@ install(TARGETS ${_stp_targets} EXPORT stpTargets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
         INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-foreach(_dir schedule allocator offload engine)
+foreach(_dir common schedule allocator offload engine)
   install(DIRECTORY ${PROJECT_SOURCE_DIR}/${_dir}/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/stp/${_dir}
           FILES_MATCHING PATTERN "*.h")
 endforeach()

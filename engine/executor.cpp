@@ -55,8 +55,15 @@ class Executor::StepRun {
     for (std::size_t pc = 0; pc < instrs_.size(); ++pc) {
       advance_p2p(pc);
       const Instr& instr = instrs_[pc];
-      ExecEvent ev;
+      if (!instr.is_compute()) {
+        execute(instr, pc);
+        continue;
+      }
+      schedule::TimelineEvent ev;
+      ev.rank = rank_;
+      ev.index = static_cast<int>(pc);
       ev.name = schedule::to_string(instr);
+      ev.category = schedule::kCategoryCompute;
       ev.op = instr.op;
       ev.parts = instr.parts;
       ev.start = now() - t0;
@@ -345,7 +352,7 @@ class Executor::StepRun {
   std::deque<std::pair<int, int>> w_fifo_;  // deferred W: (chunk, mb), oldest first
   std::size_t p2p_cursor_ = 0;              // first instruction whose P2P is not posted
   StepStats stats_;
-  ExecEvent* cur_ = nullptr;
+  schedule::TimelineEvent* cur_ = nullptr;  // the compute event being measured
 };
 
 Executor::Executor(std::vector<Chunk*> chunks, Group& tp, Group& pp, ActivationStore& store)

@@ -34,17 +34,9 @@
 #include "engine/chunk.h"
 #include "engine/comm.h"
 #include "schedule/program.h"
+#include "schedule/timeline.h"
 
 namespace stp::engine {
-
-// One instruction as executed: wall-clock times relative to the step start.
-struct ExecEvent {
-  std::string name;            // schedule::to_string(instr): "FB1[4,2]+W", "RECV_F s2 mb3 <-1"
-  schedule::Op op = schedule::Op::kF;
-  std::vector<schedule::Part> parts;
-  double start = 0, end = 0;   // seconds since the step started
-  double tp_wait = 0, p2p_wait = 0, reload_wait = 0;  // seconds blocked inside it
-};
 
 // What one step measured on this rank.
 struct StepStats {
@@ -57,7 +49,9 @@ struct StepStats {
   std::int64_t peak_activation_bytes = 0;  // resident ActivationSet bytes, peak over the step
   int peak_activation_sets = 0;            // resident (non-offloaded) sets, peak over the step
   std::int64_t offloaded_bytes = 0;        // bytes moved to host this step
-  std::vector<ExecEvent> events;  // what this rank did, in order, for traces
+  // What this rank did: one compute event per compute instruction, seconds since the step
+  // began, waits measured (schedule/timeline.h) — the simulator's format.
+  std::vector<schedule::TimelineEvent> events;
 };
 
 class Executor {
