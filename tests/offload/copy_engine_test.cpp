@@ -167,24 +167,5 @@ TEST(CopyEngine, RejectsBadOptions) {
   }
 }
 
-TEST(CudaCopyEngine, RoundTripOnTheDevice) {
-  if (!allocator::cuda_device_available()) GTEST_SKIP() << "needs a CUDA device";
-  CopyEngineOptions o;
-  o.backend = Backend::kCuda;
-  o.chunk_bytes = 1 << 20;  // several chunks per copy
-  auto engine = make_copy_engine(o);
-  auto device = allocator::make_device_allocator(Backend::kCuda);
-  const std::size_t n = (5 << 20) + 3;
-  std::vector<unsigned char> src = pattern(n, 5), back(n, 0);
-  void* dev = device->allocate(n);
-  CopyEvent h2d = engine->copy(Direction::kH2D, dev, src.data(), n);
-  CopyEvent d2h = engine->copy(Direction::kD2H, back.data(), dev, n, {&h2d, 1});
-  EXPECT_TRUE(h2d.is_cuda());
-  d2h.synchronize();
-  EXPECT_EQ(back, src);
-  EXPECT_NE(engine->stream(Direction::kD2H), engine->stream(Direction::kH2D));
-  device->deallocate(dev);
-}
-
 }  // namespace
 }  // namespace stp::offload
