@@ -1,6 +1,7 @@
 #include "engine/chunk.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros_like.h>
 
 namespace stp::engine {
 

@@ -2,7 +2,8 @@
 // The numeric work of each unit is in gpt_layers.cpp.
 #include "engine/gpt.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
 
 #include <cmath>
 
@@ -184,7 +185,7 @@ class GptBackwardPass final : public Pass {
     ++next_;
     const std::int64_t l = last_layer() - k / 2;
     if (k == 0 && c_.is_last_stage()) dres_ = c_.head_backward(s_);
-    if (k > 0) dres_ = dres_ + c_.layernorm_backward(ln_returned_by(k - 1), pending_, s_);
+    if (k > 0) dres_ = dres_.add(c_.layernorm_backward(ln_returned_by(k - 1), pending_, s_));
     pending_ = (k % 2 == 0) ? c_.mlp_backward(l, dres_, s_) : c_.attn_backward(l, dres_, s_);
     return pending_;
   }
@@ -192,7 +193,7 @@ class GptBackwardPass final : public Pass {
     STP_ASSERT(next_ == size() && !finished_, "backward finish() after ", next_, " of ", size(),
                " units");
     finished_ = true;
-    dres_ = dres_ + c_.layernorm_backward(ln_returned_by(size() - 1), pending_, s_);
+    dres_ = dres_.add(c_.layernorm_backward(ln_returned_by(size() - 1), pending_, s_));
     pending_ = at::Tensor();
     if (c_.is_first_stage()) {
       s_.put("emb.dx", dres_);  // (B, T, C) for the embedding gradients in W's finish()

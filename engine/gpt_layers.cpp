@@ -1,7 +1,8 @@
 // The layer code of GptChunk: each forward unit as a flat list of ATen calls, its backward in
 // mirrored order, and the weight gradients, against the named fields of Note [GPT units]
 // (gpt.h). Dimensions: gpt_config.h.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/matmul.h>
 
 #include "engine/gpt.h"
 #include "engine/gpt_ops.h"

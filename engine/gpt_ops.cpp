@@ -1,6 +1,18 @@
 #include "engine/gpt_ops.h"
 
-#include <ATen/ATen.h>
+// Narrow per-operator headers instead of <ATen/ATen.h> (about 3x faster to compile); tensor
+// arithmetic is written with methods (x.mul(y)) since the operators need the full header.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/gelu_backward.h>
+#include <ATen/ops/linear.h>
+#include <ATen/ops/log_softmax.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/softmax.h>
+#include <ATen/ops/stack.h>
 
 #include <cmath>
 #include <limits>
@@ -15,28 +27,28 @@ LayerNormOut layernorm_forward(const at::Tensor& x, const at::Tensor& w, const a
                                double eps) {
   at::Tensor xa = x.to(acc_dtype(x.scalar_type()));          // (..., C)
   at::Tensor mean = xa.mean(-1, /*keepdim=*/true);           // (..., 1)
-  at::Tensor xc = xa - mean;                                 // (..., C)
-  at::Tensor var = (xc * xc).mean(-1, /*keepdim=*/true);     // (..., 1) biased, as LayerNorm
-  at::Tensor rstd = (var + eps).rsqrt();                     // (..., 1)
+  at::Tensor xc = xa.sub(mean);                              // (..., C)
+  at::Tensor var = xc.mul(xc).mean(-1, /*keepdim=*/true);    // (..., 1) biased, as LayerNorm
+  at::Tensor rstd = var.add(eps).rsqrt();                    // (..., 1)
   LayerNormOut out;
-  out.xhat = (xc * rstd).to(x.scalar_type());                // (..., C)
+  out.xhat = xc.mul(rstd).to(x.scalar_type());               // (..., C)
   out.rstd = rstd;
   out.y = layernorm_apply(out.xhat, w, b);                   // (..., C)
   return out;
 }
 
 at::Tensor layernorm_apply(const at::Tensor& xhat, const at::Tensor& w, const at::Tensor& b) {
-  return at::addcmul(b, xhat, w);
+  return b.addcmul(xhat, w);
 }
 
 at::Tensor layernorm_backward(const at::Tensor& dy, const at::Tensor& xhat, const at::Tensor& rstd,
                               const at::Tensor& w) {
   const at::ScalarType acc = rstd.scalar_type();
   at::Tensor xh = xhat.to(acc);                                             // (..., C)
-  at::Tensor dxhat = dy.to(acc) * w.to(acc);                                // (..., C)
+  at::Tensor dxhat = dy.to(acc).mul(w.to(acc));                             // (..., C)
   at::Tensor mean_dxhat = dxhat.mean(-1, /*keepdim=*/true);                 // (..., 1)
-  at::Tensor mean_dxhat_xhat = (dxhat * xh).mean(-1, /*keepdim=*/true);     // (..., 1)
-  at::Tensor dx = (dxhat - mean_dxhat - xh * mean_dxhat_xhat) * rstd;       // (..., C)
+  at::Tensor mean_dxhat_xhat = dxhat.mul(xh).mean(-1, /*keepdim=*/true);    // (..., 1)
+  at::Tensor dx = dxhat.sub(mean_dxhat).sub_(xh.mul(mean_dxhat_xhat)).mul_(rstd);  // (..., C)
   return dx.to(dy.scalar_type());
 }
 
@@ -45,7 +57,7 @@ void layernorm_weight_grad_(const at::Tensor& dy, const at::Tensor& xhat, const 
   const std::int64_t C = dy.size(-1);
   at::Tensor dy2 = dy.reshape({-1, C});    // (N, C)
   at::Tensor xh2 = xhat.reshape({-1, C});  // (N, C)
-  dw.add_((dy2 * xh2).sum(0, /*keepdim=*/false, dw.scalar_type()));
+  dw.add_(dy2.mul(xh2).sum(0, /*keepdim=*/false, dw.scalar_type()));
   db.add_(dy2.sum(0, /*keepdim=*/false, db.scalar_type()));
 }
 
@@ -105,8 +117,8 @@ at::Tensor attention_backward(const at::Tensor& d_o, const at::Tensor& qkv,
   at::Tensor dprobs = at::matmul(dout, v.transpose(-2, -1));      // (B, NHl, T, T)
   at::Tensor dv = at::matmul(probs.transpose(-2, -1), dout);      // (B, NHl, T, hd)
   // softmax backward: ds = p * (dp - sum_j dp_j p_j); masked entries have p = 0, so ds = 0.
-  at::Tensor pdp = probs * dprobs;                                // (B, NHl, T, T)
-  at::Tensor dscores = pdp - probs * pdp.sum(-1, /*keepdim=*/true);  // (B, NHl, T, T)
+  at::Tensor pdp = probs.mul(dprobs);                             // (B, NHl, T, T)
+  at::Tensor dscores = pdp.sub(probs.mul(pdp.sum(-1, /*keepdim=*/true)));  // (B, NHl, T, T)
   dscores.mul_(scale);
   at::Tensor dq = at::matmul(dscores, k);                         // (B, NHl, T, hd)
   at::Tensor dk = at::matmul(dscores.transpose(-2, -1), q);       // (B, NHl, T, hd)
@@ -127,7 +139,7 @@ at::Tensor gelu_backward(const at::Tensor& dy, const at::Tensor& x) {
 CrossEntropyOut cross_entropy_forward(const at::Tensor& logits, const at::Tensor& targets) {
   at::Tensor logp = at::log_softmax(logits, -1, acc_dtype(logits.scalar_type()));  // (B, T, V)
   CrossEntropyOut out;
-  out.loss = -logp.gather(-1, targets.unsqueeze(-1)).mean();      // ()
+  out.loss = logp.gather(-1, targets.unsqueeze(-1)).mean().neg();  // ()
   out.probs = logp.exp_();                                        // (B, T, V)
   return out;
 }

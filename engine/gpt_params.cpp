@@ -1,6 +1,9 @@
 #include "engine/gpt_params.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/normal.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>

@@ -1,6 +1,9 @@
 #include "engine/optimizer.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/zeros_like.h>
 
 #include <cmath>
 #include <set>
@@ -51,7 +54,7 @@ double AdamW::local_grad_sq_sum() const {
     if (!p.grad.defined()) continue;
     const at::ScalarType acc = p.grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     at::Tensor g = p.grad.to(acc);
-    parts.push_back((g * g).sum().to(at::kDouble));
+    parts.push_back(g.mul(g).sum().to(at::kDouble));
   }
   if (parts.empty()) return 0.0;
   return at::stack(parts).sum().item<double>();  // one host sync for all parameters
@@ -81,11 +84,11 @@ StepResult AdamW::step(const SumReducer& reduce_sum) {
     if (!p.grad.defined()) continue;
     const at::Tensor& w = weights(s);
     at::Tensor g = p.grad.to(w.scalar_type());
-    if (r.clip_coef != 1.0) g = g * r.clip_coef;
+    if (r.clip_coef != 1.0) g = g.mul(r.clip_coef);
     if (p.decay && opts_.weight_decay != 0) w.mul_(1 - lr * opts_.weight_decay);
     s.exp_avg.mul_(b1).add_(g, 1 - b1);
     s.exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2);
-    at::Tensor denom = (s.exp_avg_sq.sqrt() / bc2_sqrt).add_(opts_.eps);
+    at::Tensor denom = s.exp_avg_sq.sqrt().div_(bc2_sqrt).add_(opts_.eps);
     w.addcdiv_(s.exp_avg, denom, -step_size);
     if (s.master.defined()) p.value.copy_(s.master);
   }
