@@ -321,7 +321,9 @@ TEST(Offload, CopiesTakeHostBandwidthAndTheBackwardWaitsForItsReload) {
       EXPECT_DOUBLE_EQ(ev.start, 7.0);
       EXPECT_DOUBLE_EQ(ev.end, 8.0);
     }
-    if (ev.name == "BW0[0]") EXPECT_DOUBLE_EQ(ev.reload_wait, 1.0);
+    if (ev.name == "BW0[0]") {
+      EXPECT_DOUBLE_EQ(ev.reload_wait, 1.0);
+    }
   }
   EXPECT_EQ(copies, 2);
 
