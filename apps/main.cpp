@@ -2,6 +2,7 @@
 // apps/cmd_*.cpp; this file only dispatches and turns exceptions into one-line errors.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <sstream>
 #include <stdexcept>
@@ -34,6 +35,8 @@ void print_help() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Under `stp run` stdout is a pipe: keep it line-buffered so rank output shows as it happens.
+  if (std::getenv("STP_LAUNCHER")) std::setvbuf(stdout, nullptr, _IOLBF, 0);
   std::vector<std::string> words(argv + 1, argv + argc);
   if (words.empty() || words[0] == "--help" || words[0] == "-h" || words[0] == "help") {
     print_help();

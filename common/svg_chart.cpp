@@ -25,7 +25,7 @@ std::string escape(const std::string& s) {
 }
 
 std::string fmt(const char* f, double v) {
-  char buf[64];
+  char buf[256];
   std::snprintf(buf, sizeof buf, f, v);
   return buf;
 }

@@ -114,10 +114,12 @@ std::string Group::describe(const char* op, int peer) const {
   return s;
 }
 
-CommHandle Group::all_reduce_async(at::Tensor& t) {
+CommHandle Group::all_reduce_async(at::Tensor& t, c10d::ReduceOp op) {
   if (size() == 1) return {};
   std::vector<at::Tensor> ts{t};
-  return {backend_->allreduce(ts), describe("all_reduce"), timeout_};
+  c10d::AllreduceOptions opts;
+  opts.reduceOp = op;
+  return {backend_->allreduce(ts, opts), describe("all_reduce"), timeout_};
 }
 
 CommHandle Group::send_async(at::Tensor& t, int peer, int tag) {
@@ -150,11 +152,7 @@ void Group::barrier() {
 double Group::all_reduce_scalar(double x, c10d::ReduceOp op) {
   if (size() == 1) return x;
   at::Tensor t = at::full({1}, x, at::TensorOptions().dtype(at::kDouble));
-  std::vector<at::Tensor> ts{t};
-  c10d::AllreduceOptions opts;
-  opts.reduceOp = op;
-  CommHandle h{backend_->allreduce(ts, opts), describe("all_reduce"), timeout_};
-  h.wait();
+  all_reduce_async(t, op).wait();
   return t.item<double>();
 }
 

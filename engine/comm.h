@@ -86,8 +86,9 @@ class Group {
   int rank() const { return my_index_; }            // index of this process in the group
   const std::vector<int>& ranks() const { return ranks_; }  // global ranks, by group index
 
-  // In-place sum over the group. A group of size 1 returns a completed handle.
-  CommHandle all_reduce_async(at::Tensor& t);
+  // In-place reduction (sum by default) over the group. A group of size 1 returns a completed
+  // handle.
+  CommHandle all_reduce_async(at::Tensor& t, c10d::ReduceOp op = c10d::ReduceOp::SUM);
   // Point-to-point with a group index as peer. Messages between a pair match by tag.
   CommHandle send_async(at::Tensor& t, int peer, int tag);
   CommHandle recv_async(at::Tensor& t, int peer, int tag);

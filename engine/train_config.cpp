@@ -7,6 +7,7 @@
 #include <limits>
 #include <sstream>
 
+#include "engine/tokenizer.h"
 #include "stp/check.h"
 
 namespace stp::engine {
@@ -105,7 +106,7 @@ constexpr double kInfD = std::numeric_limits<double>::infinity();
 const std::vector<Field>& fields() {
   static const std::vector<Field> table = {
       int_field("model", "vocab", M(model.vocab), 1, 1 << 24, "tokens",
-                "vocabulary size; the byte tokenizer needs >= 257"),
+                "vocabulary size; the byte tokenizer needs >= 258"),
       int_field("model", "seq_len", M(model.seq_len), 1, 1 << 20, "tokens",
                 "sequence length of every sample"),
       int_field("model", "d_model", M(model.d_model), 1, 1 << 16, "-", "residual width C"),
@@ -253,8 +254,8 @@ void TrainConfig::validate() const {
             " pipeline stages (pp=", parallel.pp, " with schedule ", schedule.kind, ")");
   STP_CHECK(optimizer.min_lr <= optimizer.lr, "optimizer.min_lr=", optimizer.min_lr,
             " must be <= optimizer.lr=", optimizer.lr);
-  STP_CHECK(data.path.empty() ? model.vocab >= 257 : true, "model.vocab=", model.vocab,
-            " must be >= 257 for the byte tokenizer");
+  STP_CHECK(model.vocab >= ByteTokenizer::kVocabSize, "model.vocab=", model.vocab, " must be >= ",
+            ByteTokenizer::kVocabSize, " for the byte tokenizer");
 }
 
 std::string TrainConfig::to_json() const {

@@ -14,7 +14,7 @@
 namespace stp::engine {
 
 struct ModelSection {
-  std::int64_t vocab = 257;        // byte tokenizer: 256 bytes + <eos>
+  std::int64_t vocab = 258;        // the byte tokenizer's: 256 bytes + 2 specials
   std::int64_t seq_len = 64;
   std::int64_t d_model = 128;
   std::int64_t n_heads = 4;

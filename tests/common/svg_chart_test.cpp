@@ -27,6 +27,8 @@ TEST(SvgChart, DrawsEveryPanelSeriesAndEscapesText) {
   EXPECT_NE(svg.find("loss &lt;train&gt;"), std::string::npos);
   EXPECT_EQ(svg.find("loss <train>"), std::string::npos);
   EXPECT_NE(svg.find("stroke-dasharray"), std::string::npos);  // the predicted series
+  EXPECT_NE(svg.find("rotate(-90)\" text-anchor=\"middle\">tokens/s</text>"), std::string::npos)
+      << svg;
   EXPECT_EQ(svg.find("nan"), std::string::npos);               // non-finite points skipped
 }
 

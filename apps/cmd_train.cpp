@@ -1,0 +1,47 @@
+// `stp train [--config FILE] [--set section.key=value ...] [--resume]`: the main job. With no
+// config it trains the embedded default (a small GPT, TP 2 x PP 2, the STP schedule, an offload
+// budget that makes the planner offload) on a generated corpus:
+//   stp run -n 4 -- stp train
+#include <fstream>
+#include <sstream>
+
+#include "cli.h"
+#include "command.h"
+#include "engine/train_job.h"
+#include "stp/check.h"
+
+namespace stp::apps {
+namespace {
+
+int train(const std::vector<std::string>& args) {
+  std::string config_path;
+  std::vector<std::string> sets;
+  bool resume = false;
+  int stop_after = 0;
+  CLI::App app{"Train a GPT with the STP engine (run under `stp run -n N --`)", "stp train"};
+  app.add_option("--config", config_path, "JSON config file (docs/config.md)");
+  app.add_option("--set", sets, "override one field: section.key=value (repeatable)");
+  app.add_flag("--resume", resume, "continue from the newest complete checkpoint");
+  app.add_option("--stop-after", stop_after, "stop after N steps without a final checkpoint (tests)")
+      ->check(CLI::NonNegativeNumber);
+  if (int rc = parse(app, args); rc >= 0) return rc;
+  engine::TrainConfig cfg;
+  if (!config_path.empty()) {
+    std::ifstream in(config_path);
+    STP_CHECK(in.good(), "--config ", config_path, ": cannot read the file");
+    std::stringstream text;
+    text << in.rdbuf();
+    cfg.apply_json(text.str(), config_path);
+  }
+  for (const auto& s : sets) cfg.apply_override(s);
+  engine::TrainJobOptions opts;
+  opts.resume = resume;
+  opts.stop_after = stop_after;
+  engine::run_train_job(cfg, opts);
+  return 0;
+}
+
+STP_REGISTER_COMMAND("train", "train a GPT (the main job; run it under `stp run -n N --`)", train);
+
+}  // namespace
+}  // namespace stp::apps

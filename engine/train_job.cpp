@@ -1,0 +1,247 @@
+#include "engine/train_job.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include "engine/checkpoint.h"
+#include "engine/data.h"
+#include "engine/gpt.h"
+#include "engine/run_report.h"
+#include "engine/trainer.h"
+#include "schedule/trace.h"
+#include "stp/check.h"
+
+namespace stp::engine {
+namespace {
+
+using nlohmann::json;
+
+GptConfig gpt_config(const TrainConfig& c) {
+  GptConfig g;
+  g.vocab = c.model.vocab;
+  g.seq_len = c.model.seq_len;
+  g.d_model = c.model.d_model;
+  g.n_heads = c.model.n_heads;
+  g.n_layers = c.model.n_layers;
+  g.mlp_hidden = c.model.mlp_hidden;
+  g.dtype = parse_dtype(c.model.dtype);
+  g.seed = static_cast<std::uint64_t>(c.model.init_seed);
+  return g;
+}
+
+json model_json(const TrainConfig& c) { return json::parse(c.to_json()).at("model"); }
+
+// Linear warm-up, then cosine decay from lr to min_lr over the remaining steps.
+double lr_at(const OptimizerSection& o, std::int64_t step, std::int64_t total) {
+  if (o.warmup_steps > 0 && step < o.warmup_steps)
+    return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup_steps);
+  double span = std::max<std::int64_t>(1, total - o.warmup_steps);
+  double t = std::min(1.0, static_cast<double>(step - o.warmup_steps) / span);
+  return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + std::cos(M_PI * t));
+}
+
+TensorMap state_of(Trainer& t) {
+  TensorMap m;
+  for (Chunk* c : t.chunks())
+    for (const Param& p : c->params()) m["param/" + p.name] = p.value.detach().cpu().contiguous();
+  for (auto& [k, v] : t.optimizer().state_dict()) m["optim/" + k] = v.detach().cpu().contiguous();
+  return m;
+}
+
+void load_state(Trainer& t, const TensorMap& m) {
+  std::map<std::string, at::Tensor> optim;
+  for (const auto& [k, v] : m)
+    if (k.rfind("optim/", 0) == 0) optim[k.substr(6)] = v;
+  for (Chunk* c : t.chunks()) {
+    for (Param& p : c->params()) {
+      auto it = m.find("param/" + p.name);
+      STP_CHECK(it != m.end(), "checkpoint shard has no parameter ", p.name,
+                " (saved by a different model)");
+      STP_CHECK(it->second.sizes() == p.value.sizes(), "checkpoint parameter ", p.name, " has shape ",
+                it->second.sizes(), ", this run's is ", p.value.sizes());
+      p.value.copy_(it->second);
+    }
+  }
+  t.optimizer().load_state_dict(optim);
+}
+
+CheckpointLayout layout_of(const TrainConfig& c, const World& w) {
+  CheckpointLayout l;
+  l.dp = w.dp();
+  l.pp = w.pp();
+  l.tp = w.tp();
+  l.world = w.size();
+  l.schedule = c.schedule.kind;
+  l.microbatches = static_cast<int>(c.schedule.microbatches);
+  return l;
+}
+
+// One all-reduce (max) of this rank's step figures.
+StepMetrics gather_metrics(Trainer& t, std::int64_t step, double lr, std::int64_t tokens) {
+  const TrainStepStats& s = t.last_stats();
+  const double secs = std::max(s.seconds, 1e-9);
+  at::Tensor v = at::tensor({s.seconds, s.exec.tp_wait_seconds / secs, s.exec.p2p_wait_seconds / secs,
+                             s.exec.reload_wait_seconds / secs,
+                             static_cast<double>(s.exec.peak_activation_bytes),
+                             static_cast<double>(s.exec.offloaded_bytes)},
+                            at::kDouble);
+  t.world().world_group().all_reduce_async(v, c10d::ReduceOp::MAX).wait();
+  StepMetrics m;
+  m.step = step;
+  m.loss = s.loss;
+  m.lr = lr;
+  m.grad_norm = s.grad_norm;
+  m.seconds = v[0].item<double>();
+  m.tokens_per_s = static_cast<double>(tokens) / m.seconds;
+  m.exposed_comm = v[1].item<double>();
+  m.pp_idle = v[2].item<double>();
+  m.reload_wait = v[3].item<double>();
+  m.peak_activation_bytes = static_cast<std::int64_t>(v[4].item<double>());
+  m.offloaded_bytes = static_cast<std::int64_t>(v[5].item<double>());
+  return m;
+}
+
+}  // namespace
+
+TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts) {
+  cfg.validate();
+  const LaunchEnv env = launch_env_from_environment();
+  const int per_replica = static_cast<int>(cfg.parallel.tp * cfg.parallel.pp);
+  STP_CHECK(env.world_size % per_replica == 0 && env.world_size >= per_replica,
+            "tp=", cfg.parallel.tp, " x pp=", cfg.parallel.pp, " needs a multiple of ",
+            per_replica, " ranks but this job has ", env.world_size,
+            env.world_size == 1 ? str_cat("; launch it with `stp run -n ", per_replica,
+                                          " -- stp train ...`")
+                                : std::string());
+  STP_CHECK(cfg.parallel.dp == 0 || cfg.parallel.dp * per_replica == env.world_size,
+            "parallel.dp=", cfg.parallel.dp, " x tp x pp = ", cfg.parallel.dp * per_replica,
+            " ranks, but the job has ", env.world_size);
+  const bool cuda = cfg.run.device == "cuda";
+  const at::Device device = cuda ? at::Device(at::kCUDA, env.local_rank) : at::Device(at::kCPU);
+  if (!cuda) at::set_num_threads(1);
+
+  TrainerOptions to;
+  to.schedule = cfg.schedule.kind;
+  to.microbatches = static_cast<int>(cfg.schedule.microbatches);
+  to.chunks = cfg.schedule.kind == "1f1b-i" ? static_cast<int>(cfg.schedule.chunks) : 0;
+  to.tp = static_cast<int>(cfg.parallel.tp);
+  to.pp = static_cast<int>(cfg.parallel.pp);
+  to.offload_budget = cfg.offload.budget;
+  to.host_gbps = cfg.offload.host_gbps;
+  to.braid = cfg.schedule.braid;
+  to.optimizer.lr = cfg.optimizer.lr;
+  to.optimizer.beta1 = cfg.optimizer.beta1;
+  to.optimizer.beta2 = cfg.optimizer.beta2;
+  to.optimizer.eps = cfg.optimizer.eps;
+  to.optimizer.weight_decay = cfg.optimizer.weight_decay;
+  to.optimizer.max_grad_norm = cfg.optimizer.clip;
+  to.comm_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(cfg.run.comm_timeout_s * 1000));
+  to.backend = cuda ? CommBackend::kNccl : CommBackend::kGloo;
+  Trainer trainer(gpt_model(gpt_config(cfg), device), to);
+  World& world = trainer.world();
+  const bool lead = world.rank() == 0;
+  if (lead) std::printf("stp train: resolved configuration\n%s\n", cfg.to_json().c_str());
+
+  DataSource src;
+  src.path = cfg.data.path;
+  src.corpus_bytes = cfg.data.corpus_bytes;
+  LoaderOptions lo;
+  lo.seq_len = cfg.model.seq_len;
+  lo.seed = static_cast<std::uint64_t>(cfg.run.seed);
+  lo.dp_rank = world.dp_rank();
+  lo.dp_size = world.dp();
+  DataLoader loader(src, lo);
+  if (lead) {
+    std::printf("data: %s, %lld tokens, %lld windows of %lld\n",
+                loader.dataset().description.c_str(),
+                static_cast<long long>(loader.dataset().tokens.size()),
+                static_cast<long long>(loader.num_windows()), static_cast<long long>(lo.seq_len));
+    if (!loader.dataset().warning().empty())
+      std::printf("data: %s\n", loader.dataset().warning().c_str());
+  }
+
+  CheckpointOptions co;
+  co.dir = cfg.checkpoint_path();
+  co.keep_last = static_cast<int>(cfg.run.keep_checkpoints);
+  CheckpointWriter writer(co, world.rank(), world.size(), [&world] { world.world_group().barrier(); });
+  CheckpointInfo info;
+  info.layout = layout_of(cfg, world);
+  info.model = model_json(cfg);
+
+  TrainJobResult result;
+  std::int64_t step = 0;
+  if (opts.resume) {
+    if (auto latest = find_latest_complete(co.dir)) {
+      LoadedCheckpoint ck = load_checkpoint(*latest, world.rank(), info.layout, info.model);
+      load_state(trainer, ck.tensors);
+      loader.restore_position_json(ck.manifest.info.data);
+      step = ck.manifest.step;
+      if (lead) std::printf("resumed from %s (step %lld)\n", latest->c_str(), static_cast<long long>(step));
+    } else if (lead) {
+      std::printf("--resume: no complete checkpoint in %s; starting at step 0\n", co.dir.c_str());
+    }
+  }
+  result.first_step = step;
+  const std::int64_t total = cfg.run.steps;
+  const std::int64_t tokens_per_step =
+      cfg.schedule.microbatches * cfg.schedule.micro_batch_size * cfg.model.seq_len * world.dp();
+  RunReport report(cfg.run.log_dir, total, lead, lead && cfg.run.progress && isatty(STDOUT_FILENO));
+  if (lead) schedule::write_file(cfg.run.log_dir + "/config.json", cfg.to_json() + "\n");
+  auto save = [&](std::int64_t s) {
+    info.data = loader.position_json();
+    std::string dir = writer.save(s, state_of(trainer), info);
+    if (lead && cfg.run.progress) std::printf("checkpoint: %s\n", dir.c_str());
+  };
+  int ran = 0;
+  bool first = true;
+  while (step < total) {
+    const double lr = lr_at(cfg.optimizer, step, total);
+    trainer.optimizer().set_lr(lr);
+    auto mbs = loader.next_step(static_cast<int>(cfg.schedule.microbatches),
+                                cfg.schedule.micro_batch_size);
+    trainer.step(mbs);
+    ++step;
+    ++ran;
+    if (first && lead) {
+      const OffloadPlan& plan = trainer.offload_plan();
+      if (plan.budget_bytes > 0)
+        std::printf("offload: budget %lld bytes per rank; simulated peak %lld -> %lld bytes, "
+                    "%+.1f%% step time\n",
+                    static_cast<long long>(plan.budget_bytes),
+                    static_cast<long long>(plan.peak_bytes_before),
+                    static_cast<long long>(plan.peak_bytes_after), 100 * plan.slowdown);
+    }
+    first = false;
+    StepMetrics m = gather_metrics(trainer, step, lr, tokens_per_step);
+    if (result.first_loss == 0) result.first_loss = m.loss;
+    result.final_loss = m.loss;
+    result.last_step = step;
+    report.step(m);
+    if (opts.stop_after > 0 && ran >= opts.stop_after) return result;
+    if (cfg.run.checkpoint_interval > 0 &&
+        (step % cfg.run.checkpoint_interval == 0 || step == total))
+      save(step);
+  }
+  // The measured timeline of the last step, next to the simulator's prediction.
+  const std::string tl_dir = cfg.run.log_dir + "/timeline";
+  if (world.tp_rank() == 0 && world.dp_rank() == 0)
+    write_rank_events(tl_dir, world.pp_rank(), trainer.last_stats().exec.events);
+  world.world_group().barrier();
+  if (lead) {
+    std::string title = str_cat(cfg.schedule.kind, " p=", world.pp(), " m=", cfg.schedule.microbatches,
+                                " tp=", world.tp());
+    write_timelines(cfg.run.log_dir, trainer.program(), read_rank_events(tl_dir, world.pp()), title);
+    report.finish(str_cat("stp train: ", title));
+    std::printf("wrote %s/timeline.svg and timeline.json (measured step next to the simulated one)\n",
+                cfg.run.log_dir.c_str());
+  }
+  return result;
+}
+
+}  // namespace stp::engine
