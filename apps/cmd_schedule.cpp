@@ -89,6 +89,7 @@ int run_schedule(const std::vector<std::string>& args) {
   STP_CHECK(pp >= 1, "pp=", pp, " must be >= 1");
   const sch::Program program = sch::make(sch::kind_from_string(kind), pp, microbatches, chunks);
   sch::verify(program);
+  const sch::CostModel costs = cost.resolve(program.stages());  // checked for every format
   if (format == "text") {
     emit(out, sch::to_text(program, !with_comm));
   } else if (format == "json") {
@@ -96,7 +97,7 @@ int run_schedule(const std::vector<std::string>& args) {
   } else {
     sch::SimOptions options;
     options.record_timeline = true;
-    sch::SimResult sim = sch::simulate(program, cost.resolve(program.stages()), options);
+    sch::SimResult sim = sch::simulate(program, costs, options);
     emit(out, format == "svg" ? sch::to_svg(sim.timeline) : sch::to_chrome_trace(sim.timeline));
   }
   return 0;
