@@ -3,11 +3,14 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <nlohmann/json.hpp>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
+#include <optional>
 
 #include "engine/checkpoint.h"
 #include "engine/data.h"
@@ -71,12 +74,12 @@ void load_state(Trainer& t, const TensorMap& m) {
   t.optimizer().load_state_dict(optim);
 }
 
-CheckpointLayout layout_of(const TrainConfig& c, const World& w) {
+CheckpointLayout layout_of(const TrainConfig& c, int world_size) {
   CheckpointLayout l;
-  l.dp = w.dp();
-  l.pp = w.pp();
-  l.tp = w.tp();
-  l.world = w.size();
+  l.tp = static_cast<int>(c.parallel.tp);
+  l.pp = static_cast<int>(c.parallel.pp);
+  l.world = world_size;
+  l.dp = world_size / (l.tp * l.pp);
   l.schedule = c.schedule.kind;
   l.microbatches = static_cast<int>(c.schedule.microbatches);
   return l;
@@ -122,6 +125,18 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
   STP_CHECK(cfg.parallel.dp == 0 || cfg.parallel.dp * per_replica == env.world_size,
             "parallel.dp=", cfg.parallel.dp, " x tp x pp = ", cfg.parallel.dp * per_replica,
             " ranks, but the job has ", env.world_size);
+  // A checkpoint to resume from is found and verified (layout, model, this rank's checksum)
+  // before anything is built, so a bad one costs one line and nothing else.
+  CheckpointInfo info;
+  info.layout = layout_of(cfg, env.world_size);
+  info.model = model_json(cfg);
+  const std::string ckpt_dir = cfg.checkpoint_path();
+  std::optional<std::string> resume_from;
+  LoadedCheckpoint resumed;
+  if (opts.resume) {
+    resume_from = find_latest_complete(ckpt_dir);
+    if (resume_from) resumed = load_checkpoint(*resume_from, env.rank, info.layout, info.model);
+  }
   const bool cuda = cfg.run.device == "cuda";
   const at::Device device = cuda ? at::Device(at::kCUDA, env.local_rank) : at::Device(at::kCPU);
   if (!cuda) at::set_num_threads(1);
@@ -167,25 +182,20 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
   }
 
   CheckpointOptions co;
-  co.dir = cfg.checkpoint_path();
+  co.dir = ckpt_dir;
   co.keep_last = static_cast<int>(cfg.run.keep_checkpoints);
   CheckpointWriter writer(co, world.rank(), world.size(), [&world] { world.world_group().barrier(); });
-  CheckpointInfo info;
-  info.layout = layout_of(cfg, world);
-  info.model = model_json(cfg);
 
   TrainJobResult result;
   std::int64_t step = 0;
-  if (opts.resume) {
-    if (auto latest = find_latest_complete(co.dir)) {
-      LoadedCheckpoint ck = load_checkpoint(*latest, world.rank(), info.layout, info.model);
-      load_state(trainer, ck.tensors);
-      loader.restore_position_json(ck.manifest.info.data);
-      step = ck.manifest.step;
-      if (lead) std::printf("resumed from %s (step %lld)\n", latest->c_str(), static_cast<long long>(step));
-    } else if (lead) {
-      std::printf("--resume: no complete checkpoint in %s; starting at step 0\n", co.dir.c_str());
-    }
+  if (resume_from) {
+    load_state(trainer, resumed.tensors);
+    loader.restore_position_json(resumed.manifest.info.data);
+    step = resumed.manifest.step;
+    resumed.tensors.clear();
+    if (lead) std::printf("resumed from %s (step %lld)\n", resume_from->c_str(), static_cast<long long>(step));
+  } else if (opts.resume && lead) {
+    std::printf("--resume: no complete checkpoint in %s; starting at step 0\n", ckpt_dir.c_str());
   }
   result.first_step = step;
   const std::int64_t total = cfg.run.steps;
@@ -198,6 +208,12 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
     std::string dir = writer.save(s, state_of(trainer), info);
     if (lead && cfg.run.progress) std::printf("checkpoint: %s\n", dir.c_str());
   };
+  // Fault injection for the resume tests: STP_FAULT_KILL_AT_STEP=N and STP_FAULT_KILL_RANK=r make
+  // rank r SIGKILL itself in the middle of step N (after its forward work began), as a crash would.
+  const char* kill_step_env = std::getenv("STP_FAULT_KILL_AT_STEP");
+  const char* kill_rank_env = std::getenv("STP_FAULT_KILL_RANK");
+  const std::int64_t kill_step = kill_step_env ? std::atoll(kill_step_env) : -1;
+  const int kill_rank = kill_rank_env ? std::atoi(kill_rank_env) : 0;
   int ran = 0;
   bool first = true;
   while (step < total) {
@@ -205,6 +221,7 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
     trainer.optimizer().set_lr(lr);
     auto mbs = loader.next_step(static_cast<int>(cfg.schedule.microbatches),
                                 cfg.schedule.micro_batch_size);
+    if (step + 1 == kill_step && world.rank() == kill_rank) ::kill(::getpid(), SIGKILL);
     trainer.step(mbs);
     ++step;
     ++ran;
