@@ -125,7 +125,7 @@ void PinnedHostPool::free(const HostBlock& block, std::vector<CopyEvent> uses) {
   stats_.in_use_bytes -= b->size;
   stats_.requested_bytes -= b->requested;
   b->requested = 0;
-  ++b->epoch;
+  b->epoch = ++epochs_;
   if (b->uses.empty()) {
     b->state = Block::State::kCached;
     cached_[b->size].push_back(b);
@@ -138,8 +138,11 @@ void PinnedHostPool::free(const HostBlock& block, std::vector<CopyEvent> uses) {
 }
 
 std::size_t PinnedHostPool::process_completed() {
+  // A snapshot names a block by address and free epoch, never by Block*: while the lock is
+  // released another thread may complete the block, reuse it, or release it to the free ranges
+  // (destroying the Block).
   struct Pending {
-    Block* block;
+    void* ptr;
     std::uint64_t epoch;
     std::vector<CopyEvent> uses;
     bool done = false;
@@ -149,7 +152,7 @@ std::size_t PinnedHostPool::process_completed() {
     std::lock_guard<std::mutex> lock(mu_);
     if (in_flight_.empty()) return 0;
     pending.reserve(in_flight_.size());
-    for (Block* b : in_flight_) pending.push_back({b, b->epoch, b->uses});
+    for (Block* b : in_flight_) pending.push_back({address(*b), b->epoch, b->uses});
   }
   // Query with the lock released: cudaEventQuery is a CUDA call (Note [Pinned pool design]).
   bool any_done = false;
@@ -162,8 +165,11 @@ std::size_t PinnedHostPool::process_completed() {
   std::vector<CopyEvent> dropped;  // destroyed after unlocking: a CUDA event returns to its pool
   std::lock_guard<std::mutex> lock(mu_);
   for (const Pending& p : pending) {
-    Block* b = p.block;
-    if (!p.done || b->state != Block::State::kInFlight || b->epoch != p.epoch) continue;
+    if (!p.done) continue;
+    auto it = blocks_.find(p.ptr);
+    if (it == blocks_.end()) continue;
+    Block* b = it->second.get();
+    if (b->state != Block::State::kInFlight || b->epoch != p.epoch) continue;  // handled already
     in_flight_.erase(std::find(in_flight_.begin(), in_flight_.end(), b));
     for (CopyEvent& e : b->uses) dropped.push_back(std::move(e));
     b->uses.clear();

@@ -21,8 +21,9 @@
 //   A block is therefore never handed out while a copy that used it may still run.
 // * Locking. One mutex (mu_) guards the bookkeeping. No CUDA or system call runs under it:
 //   polling copies the in-flight (block, events) list out under the lock, queries the events
-//   with the lock released, and re-takes it to move the completed blocks (an epoch per block
-//   discards results for a block that was reused meanwhile). Slabs are mapped in the
+//   with the lock released, and re-takes it to move the completed blocks. The copy names each
+//   block by address and a pool-unique free epoch, so a result for a block that was completed,
+//   reused or released meanwhile is recognised and dropped. Slabs are mapped in the
 //   constructor and unmapped in the destructor, outside the lock.
 // * Out of memory is an exception, not a wait: PinnedPoolOutOfMemory names the request, the
 //   capacity, the free, in-flight and cached bytes and the setting to raise.
@@ -133,7 +134,7 @@ class PinnedHostPool {
     std::size_t requested = 0;  // while in use
     enum class State { kInUse, kInFlight, kCached } state = State::kInUse;
     std::vector<CopyEvent> uses;  // events of copies that used the block (in use / in flight)
-    std::uint64_t epoch = 0;      // bumped on every free(); guards stale poll results
+    std::uint64_t epoch = 0;      // pool-unique number of the last free(); guards stale polls
   };
   struct Range {  // a free range, ordered for best fit
     std::size_t size;
@@ -165,6 +166,7 @@ class PinnedHostPool {
   std::set<Range> free_by_size_;                                   // GUARDED_BY(mu_)
   std::vector<std::map<std::size_t, std::size_t>> free_by_offset_;  // GUARDED_BY(mu_) per slab
   PinnedPoolStats stats_;                                          // GUARDED_BY(mu_)
+  std::uint64_t epochs_ = 0;                                       // GUARDED_BY(mu_) frees so far
 };
 
 }  // namespace stp::allocator
