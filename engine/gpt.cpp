@@ -63,10 +63,9 @@ GptChunk::GptChunk(const GptConfig& cfg, int stage, int stages, int tp_rank, int
   };
   for (std::int64_t l = layers_.first; l < layers_.first + layers_.count; ++l) {
     const std::string p = "layers." + std::to_string(l) + ".";
-    layer_params_.push_back({at_name(p + "ln1.w"), at_name(p + "ln1.b"),
-                             at_name(p + "attn.qkv.w"), at_name(p + "attn.qkv.b"),
-                             at_name(p + "attn.proj.w"), at_name(p + "attn.proj.b"),
-                             at_name(p + "ln2.w"), at_name(p + "ln2.b"),
+    layer_params_.push_back({at_name(p + "ln1.w"), at_name(p + "ln1.b"), at_name(p + "attn.qkv.w"),
+                             at_name(p + "attn.qkv.b"), at_name(p + "attn.proj.w"),
+                             at_name(p + "attn.proj.b"), at_name(p + "ln2.w"), at_name(p + "ln2.b"),
                              at_name(p + "mlp.fc1.w"), at_name(p + "mlp.fc1.b"),
                              at_name(p + "mlp.fc2.w"), at_name(p + "mlp.fc2.b")});
   }
@@ -88,8 +87,8 @@ void GptChunk::set_loss_scale(double scale) {
 
 Param& GptChunk::param(const std::string& name) {
   auto it = index_.find(name);
-  STP_CHECK(it != index_.end(), "parameter '", name, "' is not held by stage ", stage_,
-            " (layers ", layers_.first, "..", layers_.first + layers_.count - 1, ")");
+  STP_CHECK(it != index_.end(), "parameter '", name, "' is not held by stage ", stage_, " (layers ",
+            layers_.first, "..", layers_.first + layers_.count - 1, ")");
   return params_[it->second];
 }
 
@@ -126,7 +125,10 @@ class GptForwardPass final : public Pass {
  public:
   GptForwardPass(GptChunk& c, ActivationSet& s, at::Tensor tokens, at::Tensor targets,
                  at::Tensor input)
-      : c_(c), s_(s), tokens_(std::move(tokens)), targets_(std::move(targets)),
+      : c_(c),
+        s_(s),
+        tokens_(std::move(tokens)),
+        targets_(std::move(targets)),
         x_(std::move(input)) {}
 
   int size() const override { return c_.units(); }
@@ -177,8 +179,9 @@ class GptBackwardPass final : public Pass {
       : c_(c), s_(s), dres_(std::move(grad_output)) {}
 
   int size() const override { return c_.units(); }
-  std::string unit_name(int k) const override { return layer_unit_name(
-      k % 2 == 0 ? "mlp" : "attn", "B", last_layer() - k / 2); }
+  std::string unit_name(int k) const override {
+    return layer_unit_name(k % 2 == 0 ? "mlp" : "attn", "B", last_layer() - k / 2);
+  }
   at::Tensor run(int k) override {
     STP_ASSERT(k == next_ && k < size(), "backward unit ", k, " run out of order (next ", next_,
                " of ", size(), ")");
@@ -282,21 +285,20 @@ std::unique_ptr<Pass> GptChunk::forward(ActivationSet& set, const MicroBatch& mb
     T = mb.tokens.size(1);
     tokens = mb.tokens.to(params_[wte_].value.device());
   } else {
-    STP_CHECK(input.defined() && input.dim() == 3 && input.size(2) == cfg_.d_model,
-              "stage ", stage_, " needs a (B, T, C=", cfg_.d_model, ") input activation");
+    STP_CHECK(input.defined() && input.dim() == 3 && input.size(2) == cfg_.d_model, "stage ",
+              stage_, " needs a (B, T, C=", cfg_.d_model, ") input activation");
     STP_CHECK(input.scalar_type() == cfg_.dtype, "input dtype=", c10::toString(input.scalar_type()),
               " must be the model dtype ", dtype_name(cfg_.dtype));
     B = input.size(0);
     T = input.size(1);
   }
   STP_CHECK(B >= 1, "microbatch size B=", B, " must be >= 1");
-  STP_CHECK(T >= 1 && T <= cfg_.seq_len, "sequence length T=", T, " is out of range [1, seq_len=",
-            cfg_.seq_len, "]");
+  STP_CHECK(T >= 1 && T <= cfg_.seq_len, "sequence length T=", T,
+            " is out of range [1, seq_len=", cfg_.seq_len, "]");
   if (is_last_stage()) {
     STP_CHECK(mb.targets.defined() && mb.targets.scalar_type() == at::kLong &&
                   mb.targets.dim() == 2 && mb.targets.size(0) == B && mb.targets.size(1) == T,
-              "microbatch targets must be a (B=", B, ", T=", T,
-              ") int64 tensor on the last stage");
+              "microbatch targets must be a (B=", B, ", T=", T, ") int64 tensor on the last stage");
     targets = mb.targets.to(params_[head_w_].value.device());
   }
   return std::make_unique<GptForwardPass>(*this, set, tokens, targets, input);

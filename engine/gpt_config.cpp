@@ -15,8 +15,8 @@ void GptConfig::validate() const {
   STP_CHECK(n_layers >= 1, "n_layers=", n_layers, " must be >= 1");
   STP_CHECK(mlp_hidden >= 0, "mlp_hidden=", mlp_hidden, " must be >= 1 (or 0 for 4*d_model)");
   STP_CHECK(d_model % n_heads == 0, "d_model=", d_model, " is not divisible by n_heads=", n_heads);
-  STP_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16, "dtype=",
-            c10::toString(dtype), " is not supported; use float32, float64 or bfloat16");
+  STP_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
+            "dtype=", c10::toString(dtype), " is not supported; use float32, float64 or bfloat16");
   STP_CHECK(std::isfinite(init_std) && init_std > 0, "init_std=", init_std, " must be > 0");
   STP_CHECK(std::isfinite(ln_eps) && ln_eps > 0, "ln_eps=", ln_eps, " must be > 0");
 }
@@ -41,10 +41,14 @@ at::ScalarType parse_dtype(const std::string& name) {
 
 std::string dtype_name(at::ScalarType dtype) {
   switch (dtype) {
-    case at::kFloat: return "float32";
-    case at::kDouble: return "float64";
-    case at::kBFloat16: return "bfloat16";
-    default: return c10::toString(dtype);
+    case at::kFloat:
+      return "float32";
+    case at::kDouble:
+      return "float64";
+    case at::kBFloat16:
+      return "bfloat16";
+    default:
+      return c10::toString(dtype);
   }
 }
 

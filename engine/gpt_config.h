@@ -17,16 +17,16 @@
 namespace stp::engine {
 
 struct GptConfig {
-  std::int64_t vocab = 50257;      // V, tokens in [0, V); >= 1
-  std::int64_t seq_len = 1024;     // T, maximum sequence length (position table size); >= 1
-  std::int64_t d_model = 768;      // C, residual width; >= 1, divisible by n_heads
-  std::int64_t n_heads = 12;       // NH, attention heads; >= 1
-  std::int64_t n_layers = 12;      // L, transformer blocks; >= 1
-  std::int64_t mlp_hidden = 0;     // H, MLP hidden size; 0 means the default 4*d_model
+  std::int64_t vocab = 50257;         // V, tokens in [0, V); >= 1
+  std::int64_t seq_len = 1024;        // T, maximum sequence length (position table size); >= 1
+  std::int64_t d_model = 768;         // C, residual width; >= 1, divisible by n_heads
+  std::int64_t n_heads = 12;          // NH, attention heads; >= 1
+  std::int64_t n_layers = 12;         // L, transformer blocks; >= 1
+  std::int64_t mlp_hidden = 0;        // H, MLP hidden size; 0 means the default 4*d_model
   at::ScalarType dtype = at::kFloat;  // compute and parameter dtype: float32, float64, bfloat16
-  std::uint64_t seed = 1234;       // weight init seed (each tensor from (seed, its name))
-  double init_std = 0.02;          // std of the normal init of weights and embeddings; > 0
-  double ln_eps = 1e-5;            // LayerNorm epsilon; > 0
+  std::uint64_t seed = 1234;          // weight init seed (each tensor from (seed, its name))
+  double init_std = 0.02;             // std of the normal init of weights and embeddings; > 0
+  double ln_eps = 1e-5;               // LayerNorm epsilon; > 0
 
   std::int64_t hidden() const { return mlp_hidden > 0 ? mlp_hidden : 4 * d_model; }
   std::int64_t head_dim() const { return d_model / n_heads; }

@@ -52,8 +52,8 @@ struct AttentionOut {
 };
 AttentionOut attention_forward(const at::Tensor& qkv, std::int64_t n_heads);
 // dqkv (B, T, 3*NHl*hd) from do (B, T, NHl*hd) and the saved qkv and probs.
-at::Tensor attention_backward(const at::Tensor& d_o, const at::Tensor& qkv,
-                              const at::Tensor& probs, std::int64_t n_heads);
+at::Tensor attention_backward(const at::Tensor& d_o, const at::Tensor& qkv, const at::Tensor& probs,
+                              std::int64_t n_heads);
 
 // ---- GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) -------------
 at::Tensor gelu_forward(const at::Tensor& x);

@@ -116,11 +116,11 @@ void AdamW::load_state_dict(const std::map<std::string, at::Tensor>& state) {
     auto it = state.find(key);
     STP_CHECK(it != state.end(), "optimizer state is missing '", key, "'");
     const at::Tensor& got = it->second;
-    STP_CHECK(got.defined() && got.sizes() == want.sizes() &&
-                  got.scalar_type() == want.scalar_type(),
-              "optimizer state '", key, "' has shape ", (got.defined() ? got.sizes() : at::IntArrayRef{}),
-              " ", (got.defined() ? c10::toString(got.scalar_type()) : "undefined"), "; expected ",
-              want.sizes(), " ", c10::toString(want.scalar_type()));
+    STP_CHECK(
+        got.defined() && got.sizes() == want.sizes() && got.scalar_type() == want.scalar_type(),
+        "optimizer state '", key, "' has shape ", (got.defined() ? got.sizes() : at::IntArrayRef{}),
+        " ", (got.defined() ? c10::toString(got.scalar_type()) : "undefined"), "; expected ",
+        want.sizes(), " ", c10::toString(want.scalar_type()));
   }
   step_ = state.at("step").item<std::int64_t>();
   STP_CHECK(step_ >= 0, "optimizer state step=", step_, " must be >= 0");

@@ -91,7 +91,9 @@ class AdamW {
     at::Tensor exp_avg;     // dtype of the updated weights (master or value)
     at::Tensor exp_avg_sq;  // same
   };
-  const at::Tensor& weights(const Slot& s) const { return s.master.defined() ? s.master : s.param->value; }
+  const at::Tensor& weights(const Slot& s) const {
+    return s.master.defined() ? s.master : s.param->value;
+  }
 
   AdamWOptions opts_;
   int tp_rank_;

@@ -121,9 +121,9 @@ TEST(GptParams, ChunksHoldTheirStagesParameters) {
   GptChunk first(c, 0, 3, 0, 1), mid(c, 1, 3, 0, 1), last(c, 2, 3, 0, 1);
   EXPECT_EQ(first.params().size(), 2u + 2 * 12);  // wte, wpe, layers 0-1
   EXPECT_EQ(first.params()[0].name, "wte");
-  EXPECT_EQ(mid.params().size(), 12u);            // layer 2
+  EXPECT_EQ(mid.params().size(), 12u);  // layer 2
   EXPECT_EQ(mid.params()[0].name, "layers.2.ln1.w");
-  EXPECT_EQ(last.params().size(), 12u + 3);       // layer 3, ln_f, lm_head
+  EXPECT_EQ(last.params().size(), 12u + 3);  // layer 3, ln_f, lm_head
   EXPECT_EQ(last.params().back().name, "lm_head.w");
   EXPECT_EQ(first.input_shape(5), (std::vector<std::int64_t>{5, 8, 12}));
   EXPECT_EQ(mid.param("layers.2.attn.qkv.w").shard_dim, 1);
@@ -193,15 +193,14 @@ TEST_P(GptVsReference, LossAndEveryGradientMatchAutograd) {
   expect_grads_near(m.full_grads(), ref.grads, kTol);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    AwkwardSizes, GptVsReference,
-    ::testing::Values(Shape{"plain", 11, 8, 12, 3, 2, 0, 2},
-                      Shape{"odd_width_9", 7, 5, 9, 3, 2, 0, 3},
-                      Shape{"odd_width_15", 13, 4, 15, 5, 1, 0, 1},
-                      Shape{"one_head", 5, 6, 6, 1, 2, 0, 2},
-                      Shape{"seq_len_1", 9, 1, 8, 2, 2, 0, 3},
-                      Shape{"odd_hidden", 6, 3, 6, 2, 3, 7, 1}),
-    [](const auto& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(AwkwardSizes, GptVsReference,
+                         ::testing::Values(Shape{"plain", 11, 8, 12, 3, 2, 0, 2},
+                                           Shape{"odd_width_9", 7, 5, 9, 3, 2, 0, 3},
+                                           Shape{"odd_width_15", 13, 4, 15, 5, 1, 0, 1},
+                                           Shape{"one_head", 5, 6, 6, 1, 2, 0, 2},
+                                           Shape{"seq_len_1", 9, 1, 8, 2, 2, 0, 3},
+                                           Shape{"odd_hidden", 6, 3, 6, 2, 3, 7, 1}),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 TEST(GptVsReference, ShorterSequenceThanSeqLen) {
   GptConfig c = make_config(9, 8, 8, 2, 2);
@@ -240,7 +239,8 @@ struct TpCase {
   std::int64_t vocab, d, heads, hidden;
 };
 void PrintTo(const TpCase& t, std::ostream* os) {
-  *os << "tp=" << t.tp << " V=" << t.vocab << " C=" << t.d << " NH=" << t.heads << " H=" << t.hidden;
+  *os << "tp=" << t.tp << " V=" << t.vocab << " C=" << t.d << " NH=" << t.heads
+      << " H=" << t.hidden;
 }
 
 class GptTensorParallel : public ::testing::TestWithParam<TpCase> {};
@@ -362,7 +362,9 @@ TEST(GptInputs, BadMicrobatchesAndActivationsStopWithAMessage) {
             "microbatch targets must be a (B=2, T=4) int64 tensor on the last stage");
   auto f = first.forward(set, mb, {});
   testing::run_lockstep({f.get()});
-  EXPECT_EQ(error_of([&] { first.backward(set, at::zeros({2, 3, 8}, at::kDouble)); }),
+  EXPECT_EQ(error_of([&] {
+              first.backward(set, at::zeros({2, 3, 8}, at::kDouble));
+            }),
             "stage 0 needs a grad_output of the shape and dtype of its output [2, 4, 8] float64");
   EXPECT_THROW(last.set_loss_scale(0), std::invalid_argument);
   EXPECT_THROW(last.set_loss_scale(std::nan("")), std::invalid_argument);

@@ -21,12 +21,14 @@ std::uint64_t name_hash(const std::string& s) {
 
 at::Tensor randn(std::vector<std::int64_t> shape, std::uint64_t seed, const std::string& name,
                  double std) {
-  at::Generator gen = at::detail::createCPUGenerator(seed * 0x9e3779b97f4a7c15ULL ^ name_hash(name));
+  at::Generator gen =
+      at::detail::createCPUGenerator(seed * 0x9e3779b97f4a7c15ULL ^ name_hash(name));
   return at::normal(0.0, std, shape, gen, at::TensorOptions().dtype(at::kDouble));
 }
 
 // The reference's LayerNorm, by formula (autograd differentiates it).
-at::Tensor ref_layernorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, double eps) {
+at::Tensor ref_layernorm(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                         double eps) {
   at::Tensor mean = x.mean(-1, true);
   at::Tensor var = (x - mean).pow(2).mean(-1, true);
   return (x - mean) / (var + eps).sqrt() * w + b;

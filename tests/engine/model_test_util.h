@@ -44,13 +44,13 @@ MicroBatch random_microbatch(const GptConfig& cfg, std::int64_t batch, std::int6
 
 // One forward + backward of the autograd reference over one microbatch.
 struct ReferenceRun {
-  at::Tensor loss;                          // () unscaled mean cross-entropy
-  ParamMap grads;                           // d(loss_scale * loss)/dparam, full, by name
-  std::vector<at::Tensor> residuals;        // 2L+1 of (B, T, C): embedding, after attn(0),
-                                            // after mlp(0), ..., after mlp(L-1)
-  std::vector<at::Tensor> residual_grads;   // the gradients of the residuals
-  ParamMap ln_out_grads;                    // "layers.l.ln1", "layers.l.ln2", "ln_f" -> (B,T,C)
-                                            // gradient at the LayerNorm's output
+  at::Tensor loss;                         // () unscaled mean cross-entropy
+  ParamMap grads;                          // d(loss_scale * loss)/dparam, full, by name
+  std::vector<at::Tensor> residuals;       // 2L+1 of (B, T, C): embedding, after attn(0),
+                                           // after mlp(0), ..., after mlp(L-1)
+  std::vector<at::Tensor> residual_grads;  // the gradients of the residuals
+  ParamMap ln_out_grads;                   // "layers.l.ln1", "layers.l.ln2", "ln_f" -> (B,T,C)
+                                           // gradient at the LayerNorm's output
 };
 // REQUIRES: `full` holds every parameter of gpt_param_specs(cfg).
 ReferenceRun run_reference(const GptConfig& cfg, const ParamMap& full, const MicroBatch& mb,

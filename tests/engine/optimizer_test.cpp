@@ -50,7 +50,9 @@ TEST(AdamWOptions, BadValuesNameTheValue) {
   EXPECT_EQ(with([](AdamWOptions&) {}), "<no error>");
   Param a = make_param("w", at::zeros({2}, at::kDouble), at::zeros({2}, at::kDouble));
   Param b = make_param("w", at::zeros({2}, at::kDouble), at::zeros({2}, at::kDouble));
-  EXPECT_EQ(error_of([&] { AdamW({&a, &b}, AdamWOptions{}, 0); }),
+  EXPECT_EQ(error_of([&] {
+              AdamW({&a, &b}, AdamWOptions{}, 0);
+            }),
             "parameter 'w' given twice to AdamW");
 }
 

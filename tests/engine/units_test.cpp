@@ -32,7 +32,9 @@ GptConfig small_config(std::int64_t layers = 2) {
   return c;
 }
 
-std::string L(std::int64_t l, const char* rest) { return "layers." + std::to_string(l) + "." + rest; }
+std::string L(std::int64_t l, const char* rest) {
+  return "layers." + std::to_string(l) + "." + rest;
+}
 
 // Per-rank passes of one stage.
 struct RankPasses {
@@ -84,7 +86,8 @@ TEST_P(UnitsVsReference, EveryForwardAndBackwardUnitMatchesAutograd) {
     // Unit k's all-reduced result is the gradient at the output of ln2 (mlp-B) or ln1 (attn-B).
     const std::int64_t l = 2 - k / 2;
     const std::string ln = L(l, k % 2 == 0 ? "ln2" : "ln1");
-    EXPECT_LE(rel_error(run_unit(b.ptrs, k), ref.ln_out_grads.at(ln)), kTol) << "backward unit " << k;
+    EXPECT_LE(rel_error(run_unit(b.ptrs, k), ref.ln_out_grads.at(ln)), kTol)
+        << "backward unit " << k;
   }
   for (Pass* p : b.ptrs) p->finish();
   EXPECT_FALSE(b.ptrs[0]->output().defined());
@@ -355,12 +358,12 @@ TEST(UnitsMemory, SetHoldsExactlyWhatTheRemainingPassesRead) {
   auto b = ch.backward(set, {});
   testing::run_lockstep({b.get()});
   EXPECT_THROW(ch.loss(set), std::logic_error);  // dropped by the backward
-  EXPECT_EQ(keys(set), (std::set<std::string>{
-                           "emb.dx", "emb.tokens", "head.dlogits", "layers.0.attn.dout",
-                           "layers.0.attn.dqkv", "layers.0.attn.o", "layers.0.ln1.dy",
-                           "layers.0.ln1.xhat", "layers.0.ln2.dy", "layers.0.ln2.xhat",
-                           "layers.0.mlp.dout", "layers.0.mlp.dpre", "layers.0.mlp.gelu",
-                           "ln_f.dy", "ln_f.xhat"}));
+  EXPECT_EQ(keys(set),
+            (std::set<std::string>{"emb.dx", "emb.tokens", "head.dlogits", "layers.0.attn.dout",
+                                   "layers.0.attn.dqkv", "layers.0.attn.o", "layers.0.ln1.dy",
+                                   "layers.0.ln1.xhat", "layers.0.ln2.dy", "layers.0.ln2.xhat",
+                                   "layers.0.mlp.dout", "layers.0.mlp.dpre", "layers.0.mlp.gelu",
+                                   "ln_f.dy", "ln_f.xhat"}));
   for (const std::string& k : keys(set)) {
     ActivationSet without = deep_copy(set);
     without.erase(k);
