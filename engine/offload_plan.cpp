@@ -58,7 +58,8 @@ OffloadBudget parse_offload_budget(const std::string& text) {
 OffloadPlan plan_activation_offload(const schedule::Program& program,
                                     const std::vector<std::int64_t>& stage_bytes,
                                     const std::vector<double>& stage_forward_seconds,
-                                    const std::string& budget, double host_gbps) {
+                                    double w_held_fraction, const std::string& budget,
+                                    double host_gbps) {
   OffloadPlan out;
   out.program = program;
   const OffloadBudget b = parse_offload_budget(budget);
@@ -77,6 +78,7 @@ OffloadPlan plan_activation_offload(const schedule::Program& program,
     costs.stage_act_bytes.push_back(static_cast<double>(stage_bytes[s]));
   }
   costs.host_bandwidth = host_gbps * 1e9;
+  costs.w_held_fraction = w_held_fraction;
   const double peak = schedule::simulate(program, costs).max_peak_bytes();
   double budget_bytes = b.kind == OffloadBudget::Kind::kBytes ? static_cast<double>(b.bytes)
                                                               : peak * b.percent / 100.0;

@@ -33,11 +33,14 @@ struct OffloadPlan {
 
 // stage_bytes[s]: activation bytes of one microbatch's set on stage s; stage_forward_seconds[s]:
 // its measured forward time (the backward and weight-gradient passes are costed as one forward
-// each, the usual transformer ratio). A percentage budget is of the simulated peak without
+// each, the usual transformer ratio); w_held_fraction: the share of a set a deferred W keeps after
+// its B (CostModel::w_held_fraction), so the plan budgets what the executor really holds. A
+// percentage budget is of the simulated peak without
 // offload. Throws std::invalid_argument for a budget below the smallest feasible one, naming it.
 OffloadPlan plan_activation_offload(const schedule::Program& program,
                                     const std::vector<std::int64_t>& stage_bytes,
                                     const std::vector<double>& stage_forward_seconds,
-                                    const std::string& budget, double host_gbps);
+                                    double w_held_fraction, const std::string& budget,
+                                    double host_gbps);
 
 }  // namespace stp::engine

@@ -142,12 +142,14 @@ void Trainer::reduce_gradients() {
     for (auto& p : c->params()) p.grad.mul_(scale);
 }
 
-// Exact activation bytes per stage, from one forward of microbatch 0 per local chunk (outputs
-// discarded; collectives are skipped since only sizes matter), shared with every rank so each
-// can plan the whole pipeline.
+// Exact activation bytes per stage, from one forward and one backward (W deferred) of
+// microbatch 0 per local chunk (outputs discarded; collectives are skipped since only sizes
+// matter; the gradients it leaves are zeroed by the step), shared with every rank so each can
+// plan the whole pipeline: the set's bytes after F, and the share a deferred W still holds.
 void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
   const int S = program_.stages();
-  at::Tensor bytes = at::zeros({2 * S}, at::kDouble);  // bytes, then forward seconds
+  // Per stage: set bytes after F, forward seconds, bytes a deferred W still holds after B.
+  at::Tensor bytes = at::zeros({3 * S}, at::kDouble);
   const bool contributor = world_->tp_rank() == 0 && world_->dp_rank() == 0;
   for (int s = 0; s < S; ++s) {
     if (program_.stage_rank[s] != world_->pp_rank()) continue;
@@ -160,9 +162,17 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
     auto pass = c.forward(set, mbs[0], input);
     for (int k = 0; k < pass->size(); ++k) pass->run(k);
     pass->finish();
+    const double forward_seconds = now() - t0;
+    const double full = static_cast<double>(set.bytes());
+    at::Tensor grad;
+    if (!c.is_last_stage()) grad = at::zeros_like(pass->output());
+    auto back = c.backward(set, grad);
+    for (int k = 0; k < back->size(); ++k) back->run(k);
+    back->finish();
     if (contributor) {
-      bytes[s] = static_cast<double>(set.bytes());
-      bytes[S + s] = now() - t0;
+      bytes[s] = full;
+      bytes[S + s] = forward_seconds;
+      bytes[2 * S + s] = static_cast<double>(set.bytes());
     }
   }
   auto& wg = world_->world_group();
@@ -172,15 +182,19 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
   }
   stage_bytes_.assign(S, 0);
   stage_seconds_.assign(S, 0);
+  w_held_fraction_ = 0;
   for (int s = 0; s < S; ++s) {
     stage_bytes_[s] = static_cast<std::int64_t>(bytes[s].item<double>());
     stage_seconds_[s] = bytes[S + s].item<double>();
+    if (stage_bytes_[s] > 0)
+      w_held_fraction_ = std::max(w_held_fraction_, bytes[2 * S + s].item<double>() / stage_bytes_[s]);
   }
+  w_held_fraction_ = std::min(w_held_fraction_, 1.0);
 }
 
 void Trainer::plan_offload() {
-  plan_ = plan_activation_offload(program_, stage_bytes_, stage_seconds_, options_.offload_budget,
-                                  options_.host_gbps);
+  plan_ = plan_activation_offload(program_, stage_bytes_, stage_seconds_, w_held_fraction_,
+                                  options_.offload_budget, options_.host_gbps);
   budget_bytes_ = plan_.budget_bytes;
   if (!plan_.offloads) return;
   program_ = std::move(plan_.program);

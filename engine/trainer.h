@@ -108,6 +108,7 @@ class Trainer {
   std::unique_ptr<Executor> executor_;
   std::vector<std::int64_t> stage_bytes_;
   std::vector<double> stage_seconds_;  // probed forward time per stage
+  double w_held_fraction_ = 0;         // probed: share of a set a deferred W holds after B
   std::int64_t budget_bytes_ = 0;
   OffloadPlan plan_;
   bool planned_ = false;

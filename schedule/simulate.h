@@ -17,7 +17,8 @@
 // leave). Events at the same instant release before they allocate, so a braided F&B block
 // swaps the backward's set for the forward's (the braid frees the backward's layers as the
 // forward allocates its own). This reproduces the seed table's 2p (ZB-V) and 3p (STP).
-// The variant peak_sets_until_w keeps a set whose W was deferred until that W ends.
+// The variant peak_sets_until_w keeps a set whose W was deferred until that W ends. Bytes follow
+// CostModel::w_held_fraction: that share of a deferred-W set stays resident until its W ends.
 //
 // Thread-safety: pure function.
 #pragma once

@@ -12,6 +12,7 @@
 #include "engine/trainer.h"
 #include "model_test_util.h"
 #include "schedule/generators.h"
+#include "schedule/simulate.h"
 
 namespace stp::engine {
 namespace {
@@ -178,6 +179,44 @@ INSTANTIATE_TEST_SUITE_P(
 
 TEST(Executor, StpWithLargeMIsExactToo) {
   expect_matches_reference(Job{"stp", 2, 2, 9});  // m >= 3p-1: the reference's own order
+}
+
+TEST(Executor, OffloadPlansGiveTheSameNumbers) {
+  expect_matches_reference(Job{"stp", 2, 2, 8, "75%"});
+  expect_matches_reference(Job{"zb-v", 1, 2, 4, "80%"});
+  expect_matches_reference(Job{"1f1b-i", 1, 2, 4, "70%"});
+}
+
+// The measured resident activation memory honours the planner's budget, and without offload
+// it equals the simulator's figure for the same program: sets held until their last pass
+// (peak_sets_until_w: the executor keeps what a deferred W needs) and bytes with the probed
+// share a deferred W holds.
+TEST(Executor, MeasuredActivationMemoryMatchesTheSimulatorAndTheBudget) {
+  for (const char* kind : {"stp", "zb-v", "1f1b"}) {
+    const int pp = 2, stages = pp * schedule::default_chunks(schedule::kind_from_string(kind));
+    GptConfig cfg = tiny_config(stages);
+    ParamMap full = testing::random_full_params(cfg, 5);
+    auto mbs = microbatches(cfg, 8, 9);
+    JobResult off = run_job(cfg, full, Job{kind, 1, pp, 8}, {mbs});
+    schedule::Program prog = schedule::make(kind, pp, 8);
+    schedule::SimResult sim = schedule::simulate(prog, schedule::CostModel{});
+    for (int r = 0; r < pp; ++r) {
+      EXPECT_EQ(off.stats[r].peak_activation_sets, sim.ranks[r].peak_sets_until_w)
+          << kind << " rank " << r << " (the seed-table convention gives "
+          << sim.ranks[r].peak_sets << ")";
+      EXPECT_EQ(off.stats[r].offloaded_bytes, 0);
+    }
+    if (std::string(kind) == "1f1b") continue;  // nothing to offload: its peak is its minimum
+    JobResult on = run_job(cfg, full, Job{kind, 1, pp, 8, "80%"}, {mbs});
+    ASSERT_GT(on.budget, 0) << kind;
+    std::int64_t offloaded = 0;
+    for (int r = 0; r < pp; ++r) {
+      EXPECT_LE(on.stats[r].peak_activation_bytes, on.budget) << kind << " rank " << r;
+      EXPECT_LT(on.stats[r].peak_activation_bytes, off.stats[r].peak_activation_bytes) << kind;
+      offloaded += on.stats[r].offloaded_bytes;
+    }
+    EXPECT_GT(offloaded, 0) << kind;
+  }
 }
 
 TEST(Executor, UnbraidedGivesTheSameNumbers) {

@@ -373,5 +373,29 @@ TEST(Simulate, PerStageActivationBytes) {
   EXPECT_DOUBLE_EQ(s.ranks[1].peak_bytes, 1 * 30.0);
 }
 
+// A deferred W keeps w_held_fraction of its set until it runs: F0 B0 F1 W0 BW1 on one rank,
+// sets of 10 bytes, unit times. Resident: 10 | 10-6=4 | 4+10=14 | 14-4=10 | 0.
+TEST(Simulate, DeferredWHoldsItsShareOfTheSetUntilW) {
+  Program prog;
+  prog.kind = "hand";
+  prog.p = 1;
+  prog.m = 2;
+  prog.v = 1;
+  prog.stage_rank = {0};
+  prog.stage_chunk = {0};
+  prog.ranks = {{compute(Op::kF, {{Pass::kF, 0, 0, 0}}), compute(Op::kB, {{Pass::kB, 0, 0, 0}}),
+                 compute(Op::kF, {{Pass::kF, 0, 0, 1}}), compute(Op::kW, {{Pass::kW, 0, 0, 0}}),
+                 compute(Op::kBW, {{Pass::kBW, 0, 0, 1}})}};
+  ASSERT_EQ(find_error(prog), "");
+  CostModel c;
+  c.act_bytes = 10;
+  EXPECT_DOUBLE_EQ(simulate(prog, c).ranks[0].peak_bytes, 10.0);  // the table's convention
+  c.w_held_fraction = 0.4;
+  EXPECT_DOUBLE_EQ(simulate(prog, c).ranks[0].peak_bytes, 14.0);
+  EXPECT_EQ(simulate(prog, c).ranks[0].peak_sets, 1);  // set counts keep the table's convention
+  c.w_held_fraction = 1.5;
+  EXPECT_THROW(simulate(prog, c), std::invalid_argument);
+}
+
 }  // namespace
 }  // namespace stp::schedule
