@@ -261,17 +261,18 @@ double first_above(const schedule::RankStats& rs, double level) {
 // peak it also drops when an offload shortens an excess without removing it, which is what a
 // congested host link needs: several offloads must land before the peak moves.
 double excess(const SimResult& sim, double budget) {
+  const double level = budget * (1 + 1e-12) + 1e-6;  // as fits()
   double area = 0;
   for (const schedule::RankStats& r : sim.ranks)
     for (std::size_t i = 0; i + 1 < r.memory.size(); ++i)
-      area += std::max(0.0, r.memory[i].bytes - budget) * (r.memory[i + 1].time - r.memory[i].time);
+      area += std::max(0.0, r.memory[i].bytes - level) * (r.memory[i + 1].time - r.memory[i].time);
   return area;
 }
 
-// Drops the offloads that do not reduce the excess over `budget` (a plan that fits has none),
-// shortest idle first; a dropped set is banned from being picked again. Returns how many it
-// dropped. Besides the final clean-up this frees a congested host link: an offload that does
-// not help still delays the copies queued behind it.
+// Drops offloads, shortest idle first, that a fitting plan does not need to keep fitting, or
+// that do not reduce the excess of a plan that does not fit yet; a dropped set is banned from
+// being picked again. Returns how many it dropped. Besides the final clean-up this frees a
+// congested host link: an offload that does not help still delays the copies queued behind it.
 int prune(Search& search, std::vector<int>& lead, double budget, const std::vector<double>& idle,
           std::vector<char>* banned = nullptr) {
   std::vector<std::size_t> order;
@@ -279,14 +280,18 @@ int prune(Search& search, std::vector<int>& lead, double budget, const std::vect
     if (lead[c] != kNotOffloaded) order.push_back(c);
   std::stable_sort(order.begin(), order.end(),
                    [&](std::size_t a, std::size_t b) { return idle[a] < idle[b]; });
-  double now = excess(search.simulate(lead), budget);
+  SimResult current = search.simulate(lead);
+  bool fit = fits_all(current, budget);
+  double now = excess(current, budget);
   int dropped = 0;
   for (std::size_t c : order) {
     if (!search.budget_left()) break;
     const int saved = lead[c];
     lead[c] = kNotOffloaded;
-    const double without = excess(search.simulate(lead), budget);
-    if (without <= now * (1 + 1e-9) + 1e-9) {
+    SimResult sim = search.simulate(lead);
+    const double without = excess(sim, budget);
+    if (fit ? fits_all(sim, budget) : without <= now * (1 + 1e-9) + 1e-9) {
+      fit = fits_all(sim, budget);
       now = without;
       ++dropped;
       if (banned) (*banned)[c] = 1;

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <map>
+#include <random>
 #include <set>
 
 #include "allocator/bytes.h"
@@ -205,6 +206,47 @@ TEST(Planner, PerStageBytesAndSearchBound) {
   Plan plan = plan_offload(prog, cm, (peak + floor) / 2, tight);
   EXPECT_LE(plan.peak_bytes_after, (peak + floor) / 2);
   EXPECT_EQ(schedule::find_error(plan.program), "");
+}
+
+// Random stage sizes, stage speeds, links and budgets: a plan either fits every rank in the
+// simulation or the planner refuses with a minimum above the budget.
+TEST(Planner, RandomProblemsEitherFitOrNameAMinimumAboveTheBudget) {
+  std::mt19937 rng(2024);
+  std::uniform_real_distribution<double> u(0, 1);
+  const char* kinds[] = {"stp", "zb-v", "1f1b", "zb-h1"};
+  int planned = 0, refused = 0;
+  for (int trial = 0; trial < 24; ++trial) {
+    const std::string kind = kinds[trial % 4];
+    const int p = 2 + static_cast<int>(rng() % 3);
+    const int m = kind == "stp" ? 3 * p - 1 + static_cast<int>(rng() % 3) : 2 * p;
+    schedule::Program prog = schedule::make(kind, p, m);
+    schedule::CostModel cm = costs(2 + 60 * u(rng));
+    cm.act_bytes = 0;
+    for (int s = 0; s < prog.stages(); ++s) {
+      cm.stage_act_bytes.push_back((0.25 + u(rng)) * kGiB);
+      cm.stage_scale.push_back(0.5 + u(rng));
+    }
+    const double peak = schedule::simulate(prog, cm).max_peak_bytes();
+    const double budget = peak * (0.3 + 0.7 * u(rng));
+    SCOPED_TRACE(kind + " p=" + std::to_string(p) + " m=" + std::to_string(m) + " budget " +
+                 allocator::format_bytes(budget));
+    try {
+      Plan plan = plan_offload(prog, cm, budget);
+      ++planned;
+      EXPECT_EQ(schedule::find_error(plan.program), "");
+      EXPECT_LE(schedule::simulate(plan.program, cm).max_peak_bytes(), budget * (1 + 1e-9));
+    } catch (const std::invalid_argument& e) {
+      ++refused;
+      const std::string msg = e.what();
+      ASSERT_THAT(msg, HasSubstr("smallest feasible budget"));
+      const auto at = msg.find(" bytes) for ");
+      const auto open = msg.rfind('(', at);
+      const double floor = std::stod(msg.substr(open + 1, at - open - 1));
+      EXPECT_GT(floor, budget);
+    }
+  }
+  EXPECT_GT(planned, 0);
+  EXPECT_GT(refused, 0);
 }
 
 TEST(PlanSweep, GoesFromThePeakToInfeasibleAndStepTimeNeverDrops) {
