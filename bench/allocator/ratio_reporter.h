@@ -1,5 +1,6 @@
-// A Google Benchmark console reporter that also prints, after the table, the ratio of each
-// benchmark's time to its baseline's (both measured in the same run): "ratio A / B = x".
+// A Google Benchmark console reporter that also prints, after the table, each benchmark's speed
+// relative to its baseline measured in the same run: "ratio A vs B: 1.23" (A does the same work
+// 1.23x as fast as B).
 // Shared by bench/allocator and bench/offload.
 #pragma once
 
@@ -32,8 +33,9 @@ class RatioReporter : public benchmark::ConsoleReporter {
     for (const auto& [what, base] : pairs_) {
       auto a = seconds_.find(what), b = seconds_.find(base);
       if (a == seconds_.end() || b == seconds_.end()) continue;
-      std::printf("ratio time(%s) / time(%s) = %.4f  (speedup %.1fx)\n", what.c_str(),
-                  base.c_str(), a->second / b->second, b->second / a->second);
+      // Same work per iteration on both sides: speed ratio = baseline time / measured time.
+      std::printf("ratio %s vs %s: %.3f (speed relative to the baseline; time ratio %.4g)\n",
+                  what.c_str(), base.c_str(), b->second / a->second, a->second / b->second);
     }
   }
 
