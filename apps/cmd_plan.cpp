@@ -129,6 +129,8 @@ int plan_main(const std::vector<std::string>& args) {
               " stages: give one size or one per stage");
     costs.stage_act_bytes = act;
   }
+  const std::string set_text =
+      act.size() == 1 ? format_bytes(act[0]) : str_cat(format_bytes(act[0]), " (stage 0 of ", act.size(), ")");
   double budget_bytes = offload::kUnlimitedBudget;
   if (budget != "unlimited") {
     budget_bytes = static_cast<double>(parse_bytes(budget, "--budget"));
@@ -139,13 +141,13 @@ int plan_main(const std::vector<std::string>& args) {
     offload::Sweep sw = offload::sweep_budgets(program, costs, sweep);
     std::printf("stp plan --sweep: %s p=%d m=%d, activation set %s, host link %.1f GB/s\n"
                 "peak without offload %s, smallest feasible budget %s, step %.4f s\n\n%s",
-                kind.c_str(), pp, microbatches, format_bytes(act[0]).c_str(), pcie_gbps,
+                kind.c_str(), pp, microbatches, set_text.c_str(), pcie_gbps,
                 format_bytes(sw.peak_bytes).c_str(), format_bytes(sw.min_budget).c_str(), sw.step,
                 offload::to_table(sw).c_str());
     if (!sweep_svg.empty()) {
       schedule::write_file(sweep_svg,
                            offload::to_svg(sw, str_cat("stp plan: ", kind, " p=", pp, " m=", microbatches,
-                                                       ", set ", format_bytes(act[0]), ", host link ",
+                                                       ", set ", set_text, ", host link ",
                                                        pcie_gbps, " GB/s")));
       std::printf("wrote %s\n", sweep_svg.c_str());
     }
@@ -158,7 +160,7 @@ int plan_main(const std::vector<std::string>& args) {
   } else {
     std::printf("stp plan: %s p=%d m=%d, activation set %s, host link %.1f GB/s, "
                 "t_f=%g t_b=%g t_w=%g t_ar=%g s\n%s",
-                kind.c_str(), pp, microbatches, format_bytes(act[0]).c_str(), pcie_gbps, costs.t_f,
+                kind.c_str(), pp, microbatches, set_text.c_str(), pcie_gbps, costs.t_f,
                 costs.t_b, costs.t_w, costs.t_ar, offload::to_text(plan).c_str());
   }
   if (!svg.empty()) {

@@ -10,6 +10,9 @@
 #include <random>
 #include <thread>
 
+#include "offload/planner.h"
+#include "schedule/generators.h"
+
 namespace stp::offload {
 namespace {
 
@@ -324,6 +327,67 @@ TEST_F(OffloaderTest, DestructionReleasesAndFreesEverything) {
   pool_->synchronize();
   EXPECT_EQ(pool_->stats().in_use_bytes, 0u);
   EXPECT_EQ(pool_->stats().in_flight_bytes, 0u);
+}
+
+// A planned STP program run through the offloader the way the executor runs it (one rank at a
+// time, instructions in order; copies completed before the next instruction): every backward
+// finds its set byte-exact, and the device bytes the sets hold never exceed the budget.
+TEST_F(OffloaderTest, PlannedProgramRunsWithinItsBudget) {
+  schedule::Program prog = schedule::make("stp", 2, 6);
+  schedule::CostModel cm;
+  cm.t_f = cm.t_b = cm.t_w = 0.01;
+  cm.act_bytes = 256 << 10;  // one set: two buffers, 64 KiB + 192 KiB
+  cm.host_bandwidth = 50e9;
+  const double budget = 3 * cm.act_bytes;  // the plan-free peak is 3p = 6 sets
+  Plan plan = plan_offload(prog, cm, budget);
+  ASSERT_FALSE(plan.sets.empty());
+  for (int r = 0; r < prog.p; ++r) {
+    allocator::MemoryAccount held;  // device bytes of this rank's sets
+    std::map<ActivationKey, std::vector<SavedBuffer>> saved;
+    for (const schedule::Instr& in : plan.program.ranks[r]) {
+      if (in.op == schedule::Op::kOffload) {
+        ActivationKey key{in.ref.chunk, in.ref.mb};
+        std::vector<SavedBuffer> buffers = saved.at(key);
+        for (SavedBuffer& b : buffers)
+          b.release = [&held, bytes = b.bytes, inner = b.release] {
+            held.sub(static_cast<std::int64_t>(bytes));
+            inner();
+          };
+        offloader_->offload(key, std::move(buffers));
+        offloader_->synchronize();
+      } else if (in.op == schedule::Op::kReload) {
+        ActivationKey key{in.ref.chunk, in.ref.mb};
+        AllocateFn inner = engine_.allocator_for(key);
+        offloader_->reload(key, [&held, inner](const std::string& name, std::size_t bytes) {
+          held.add(static_cast<std::int64_t>(bytes));
+          return inner(name, bytes);
+        });
+      }
+      // Backward parts first: a braided F&B block frees the backward's set as the forward
+      // fills its own (Note [Activation memory convention] in schedule/simulate.h).
+      for (const schedule::Part& part : in.parts) {
+        ActivationKey key{part.chunk, part.mb};
+        if (part.pass == schedule::Pass::kB || part.pass == schedule::Pass::kBW) {
+          if (offloader_->state(key) == SetState::kToDevice) offloader_->wait(key);
+          ASSERT_EQ(offloader_->state(key), SetState::kAbsent);
+          engine_.expect_intact(key, 2);
+          held.sub(256 << 10);  // the backward frees its set
+        }
+      }
+      for (const schedule::Part& part : in.parts) {
+        ActivationKey key{part.chunk, part.mb};
+        if (part.pass == schedule::Pass::kF) {
+          saved[key] = engine_.make_set(key, {64 << 10, 192 << 10});
+          held.add(256 << 10);
+        }
+      }
+      EXPECT_LE(held.resident(), budget) << "rank " << r << " at " << schedule::to_string(in);
+    }
+    EXPECT_EQ(held.resident(), 0);
+    EXPECT_LE(held.peak(), budget);
+  }
+  EXPECT_EQ(offloader_->device_bytes(), 0);
+  EXPECT_EQ(offloader_->stats().offloads, static_cast<int>(plan.sets.size()));
 }
 
 // Many sets and microbatches, reloads issued while other offloads still run, every set checked.
