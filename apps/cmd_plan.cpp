@@ -129,8 +129,9 @@ int plan_main(const std::vector<std::string>& args) {
               " stages: give one size or one per stage");
     costs.stage_act_bytes = act;
   }
-  const std::string set_text =
-      act.size() == 1 ? format_bytes(act[0]) : str_cat(format_bytes(act[0]), " (stage 0 of ", act.size(), ")");
+  std::string set_text;  // "1.00 GiB", or "1.00 GiB/2.00 GiB/... per stage"
+  for (double a : act) set_text += (set_text.empty() ? "" : "/") + format_bytes(a);
+  if (act.size() > 1) set_text += " per stage";
   double budget_bytes = offload::kUnlimitedBudget;
   if (budget != "unlimited") {
     budget_bytes = static_cast<double>(parse_bytes(budget, "--budget"));
