@@ -97,6 +97,12 @@ double PooledActivationOffload::wait_reload(ActivationSet& set) {
 
 void PooledActivationOffload::poll() { impl_->offloader->poll(); }
 
+double PooledActivationOffload::drain() {
+  const auto t0 = std::chrono::steady_clock::now();
+  impl_->offloader->synchronize();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
 std::int64_t PooledActivationOffload::host_bytes() const {
   return impl_->offloader->stats().host_bytes;
 }

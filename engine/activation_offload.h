@@ -35,6 +35,9 @@ class ActivationOffload {
   // Releases the device memory of offloads whose copy completed (their fields become undefined
   // tensors). Cheap; the store calls it between instructions.
   virtual void poll() = 0;
+  // Host wait until every copy in flight completed, then poll(): frees the device memory of
+  // every offload started so far. Returns the seconds blocked.
+  virtual double drain() = 0;
 };
 
 // The offload library's implementation: a PinnedHostPool of `host_capacity_bytes`, a CopyEngine
@@ -55,6 +58,7 @@ class PooledActivationOffload final : public ActivationOffload {
   void start_reload(ActivationSet& set) override;
   double wait_reload(ActivationSet& set) override;
   void poll() override;
+  double drain() override;
 
   std::int64_t host_bytes() const;
 

@@ -10,7 +10,20 @@ namespace stp::engine {
 ActivationStore::ActivationStore() = default;
 ActivationStore::~ActivationStore() = default;
 
-ActivationSet& ActivationStore::create(int chunk, int mb) {
+void ActivationStore::set_budget(std::int64_t budget_bytes, std::vector<std::int64_t> set_bytes) {
+  budget_bytes_ = budget_bytes;
+  set_bytes_ = std::move(set_bytes);
+}
+
+ActivationSet& ActivationStore::create(int chunk, int mb, double* waited) {
+  if (offload_ && budget_bytes_ > 0 && chunk < static_cast<int>(set_bytes_.size())) {
+    account();
+    if (resident_bytes_ + set_bytes_[chunk] > budget_bytes_) {
+      double w = offload_->drain();
+      if (waited) *waited += w;
+      account();
+    }
+  }
   auto [it, inserted] = sets_.try_emplace(Key{chunk, mb});
   STP_ASSERT(inserted, "activation set for chunk ", chunk, " mb ", mb, " already exists");
   it->second.set = ActivationSet(chunk, mb);

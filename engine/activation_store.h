@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "engine/activation_set.h"
 
@@ -31,8 +32,14 @@ class ActivationStore {
   // Moves sets to host through `offload` (nullptr: offload instructions are errors).
   void attach_offload(ActivationOffload* offload) { offload_ = offload; }
 
-  // REQUIRES: no live set for (chunk, mb).
-  ActivationSet& create(int chunk, int mb);
+  // Makes the device budget a hard limit: a set of local chunk c is expected to take
+  // set_bytes[c]; before one is created while offloads are still copying out and the budget
+  // would be exceeded, create() waits for those copies (the planner's timing was optimistic).
+  void set_budget(std::int64_t budget_bytes, std::vector<std::int64_t> set_bytes);
+
+  // REQUIRES: no live set for (chunk, mb). Adds the seconds it waited for the host link (see
+  // set_budget) to *waited.
+  ActivationSet& create(int chunk, int mb, double* waited = nullptr);
   // The set, resident and ready. Waits for its reload if one is in flight; adds the seconds
   // blocked to *waited. REQUIRES: the set exists and is not on host without a reload.
   ActivationSet& acquire(int chunk, int mb, double* waited = nullptr);
@@ -62,6 +69,8 @@ class ActivationStore {
 
   std::map<Key, Entry> sets_;
   ActivationOffload* offload_ = nullptr;
+  std::int64_t budget_bytes_ = 0;          // 0: no limit
+  std::vector<std::int64_t> set_bytes_;    // expected bytes of a new set, per local chunk
   std::int64_t resident_bytes_ = 0;
   std::int64_t peak_bytes_ = 0;
   int peak_sets_ = 0;

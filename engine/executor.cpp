@@ -225,7 +225,10 @@ class Executor::StepRun {
     switch (part.pass) {
       case PassKind::kF: {
         at::Tensor input = c.is_first_stage() ? at::Tensor() : take(fwd_input_, 0, s, mb);
-        ActivationSet& set = ex_.store_.create(part.chunk, mb);
+        double waited = 0;
+        ActivationSet& set = ex_.store_.create(part.chunk, mb, &waited);
+        stats_.reload_wait_seconds += waited;
+        if (cur_) cur_->reload_wait += waited;
         lane.pass = c.forward(set, mbs_.at(mb), input);
         lane.on_finish = [this, &c, &set, s, mb, lane_pass = lane.pass.get()] {
           if (c.is_last_stage()) {

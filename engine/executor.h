@@ -45,7 +45,8 @@ struct StepStats {
   double seconds = 0;              // wall time of the program
   double tp_wait_seconds = 0;      // blocked on TP collectives: exposed communication
   double p2p_wait_seconds = 0;     // blocked on pipeline receives: PP idle
-  double reload_wait_seconds = 0;  // blocked on activation reloads
+  double reload_wait_seconds = 0;  // blocked on the host link: reloads, and offloads a new set
+                                   // had to wait for to stay within the budget
   std::int64_t peak_activation_bytes = 0;  // resident ActivationSet bytes, peak over the step
   int peak_activation_sets = 0;            // resident (non-offloaded) sets, peak over the step
   std::int64_t offloaded_bytes = 0;        // bytes moved to host this step

@@ -202,6 +202,10 @@ void Trainer::plan_offload() {
   const bool cuda = chunks_.front()->params().front().value.is_cuda();
   offload_ = std::make_unique<PooledActivationOffload>(plan_.host_bytes_per_rank, cuda);
   store_.attach_offload(offload_.get());
+  std::vector<std::int64_t> local(program_.v, 0);
+  for (int s = 0; s < program_.stages(); ++s)
+    if (program_.stage_rank[s] == world_->pp_rank()) local[program_.stage_chunk[s]] = stage_bytes_[s];
+  store_.set_budget(budget_bytes_, std::move(local));
 }
 
 }  // namespace stp::engine

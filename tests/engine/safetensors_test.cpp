@@ -89,7 +89,7 @@ TensorMap numpy_compatible_tensors() {
   t["i16"] = at::arange(2, at::kShort);
   t["i8"] = at::arange(3, at::kChar) - 1;
   t["u8"] = at::arange(250, 256, at::kByte);
-  t["bool"] = at::tensor({1, 0, 1}, at::kByte).to(at::kBool);
+  t["bool"] = at::tensor(std::vector<std::int64_t>{1, 0, 1}).to(at::kBool);
   t["scalar"] = at::scalar_tensor(3.5, at::kFloat);  // 0-d
   t["empty"] = at::empty({0}, at::kFloat);
   t["empty2d"] = at::empty({3, 0}, at::kLong);
