@@ -94,10 +94,10 @@ int plan_main(const std::vector<std::string>& args) {
   app.add_option("--host-latency", costs.host_latency, "seconds per host copy (>= 0)")->capture_default_str();
   app.add_option("--offload-fraction", costs.offload_fraction, "share of a set's bytes that moves, [0, 1]")
       ->capture_default_str();
-  app.add_option("--t-f", costs.t_f, "forward seconds of one chunk (>= 0)")->capture_default_str();
-  app.add_option("--t-b", costs.t_b, "activation-gradient seconds of one chunk (>= 0)")->capture_default_str();
-  app.add_option("--t-w", costs.t_w, "weight-gradient seconds of one chunk (>= 0)")->capture_default_str();
-  app.add_option("--t-ar", costs.t_ar, "TP all-reduce seconds of one pass of one chunk (>= 0)")
+  app.add_option("--tf,--t-f", costs.t_f, "forward seconds of one chunk (>= 0)")->capture_default_str();
+  app.add_option("--tb,--t-b", costs.t_b, "activation-gradient seconds of one chunk (>= 0)")->capture_default_str();
+  app.add_option("--tw,--t-w", costs.t_w, "weight-gradient seconds of one chunk (>= 0)")->capture_default_str();
+  app.add_option("--tar,--t-ar", costs.t_ar, "TP all-reduce seconds of one pass of one chunk (>= 0)")
       ->capture_default_str();
   app.add_option("--svg", svg, "write the planned timeline (transfer rows under each rank) here");
   app.add_option("--sweep", sweep, "plan N budgets from the peak down past the minimum (N >= 2)");
@@ -110,8 +110,8 @@ int plan_main(const std::vector<std::string>& args) {
   STP_CHECK(std::isfinite(pcie_gbps) && pcie_gbps > 0, "--pcie-gbps=", pcie_gbps, " must be > 0");
   STP_CHECK(sweep == 0 || sweep >= 2, "--sweep=", sweep, " must be >= 2 (or 0: no sweep)");
   STP_CHECK(sweep_svg.empty() || sweep > 0, "--sweep-svg needs --sweep N");
-  for (auto [flag, value] : {std::pair{"--t-f", costs.t_f}, {"--t-b", costs.t_b}, {"--t-w", costs.t_w},
-                             {"--t-ar", costs.t_ar}, {"--host-latency", costs.host_latency}})
+  for (auto [flag, value] : {std::pair{"--tf", costs.t_f}, {"--tb", costs.t_b}, {"--tw", costs.t_w},
+                             {"--tar", costs.t_ar}, {"--host-latency", costs.host_latency}})
     STP_CHECK(std::isfinite(value) && value >= 0, flag, "=", value, " must be a number of seconds >= 0");
   STP_CHECK(costs.offload_fraction >= 0 && costs.offload_fraction <= 1, "--offload-fraction=",
             costs.offload_fraction, " must be in [0, 1]");

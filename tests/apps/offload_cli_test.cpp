@@ -77,7 +77,8 @@ TEST(PlanCli, BadArgumentsAreOneLineErrorsWithExitTwo) {
       {"plan --sweep-svg x.svg", "--sweep-svg needs --sweep N"},
       {"plan --format yaml", "--format=yaml must be text or json"},
       {"plan --kind stp --pp 4 -m 3", "stp"},
-      {"plan --t-f -1 --budget 8GiB", "--t-f=-1 must be a number of seconds >= 0"},
+      {"plan --tf -1 --budget 8GiB", "--tf=-1 must be a number of seconds >= 0"},
+      {"plan --t-ar -0.5", "--tar=-0.5 must be a number of seconds >= 0"},
       {"plan --offload-fraction 2", "--offload-fraction=2 must be in [0, 1]"},
       {"plan --frobnicate", "frobnicate"},
   };
