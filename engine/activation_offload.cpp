@@ -2,10 +2,13 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 
+#include "allocator/numa.h"
 #include "allocator/pinned_host_pool.h"
+#include "stp/cuda_check.h"
 #include "offload/copy_engine.h"
 #include "offload/offloader.h"
 #include "stp/check.h"
@@ -36,13 +39,20 @@ PooledActivationOffload::PooledActivationOffload(std::int64_t host_capacity_byte
     : impl_(std::make_unique<Impl>()) {
   STP_CHECK(host_capacity_bytes >= 1, "offload host capacity ", host_capacity_bytes,
             " bytes must be >= 1");
+  // Slabs and copy workers on the NUMA node nearest the GPU (CUDA), or unbound on CPU builds.
+  int device = -1;
+  if (cuda) STP_CUDA_CHECK(cudaGetDevice(&device));
+  const allocator::NumaPlacement placement = allocator::placement_for(allocator::kUnbound, device);
   allocator::PinnedPoolOptions po;
+  po.numa_node = placement.node;
   po.capacity_bytes = static_cast<std::size_t>(host_capacity_bytes);
   po.slab_bytes = std::min<std::size_t>(po.capacity_bytes, std::size_t{1} << 30);
   po.capacity_setting = "offload host capacity (derived from the plan)";
   impl_->pool = std::make_unique<allocator::PinnedHostPool>(po);
   offload::CopyEngineOptions co;
   co.backend = cuda ? allocator::Backend::kCuda : allocator::Backend::kHost;
+  co.placement = placement;
+  co.device = std::max(device, 0);
   impl_->copies = offload::make_copy_engine(co);
   impl_->offloader = std::make_unique<offload::Offloader>(*impl_->pool, *impl_->copies);
   impl_->cuda = cuda;

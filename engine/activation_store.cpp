@@ -15,15 +15,18 @@ void ActivationStore::set_budget(std::int64_t budget_bytes, std::vector<std::int
   set_bytes_ = std::move(set_bytes);
 }
 
+// Sets created during the current instruction are still empty (their forward fills them), so
+// they count at their expected size until the instruction ends (account()).
+double ActivationStore::make_room(int chunk) {
+  if (!offload_ || budget_bytes_ <= 0 || chunk >= static_cast<int>(set_bytes_.size())) return 0;
+  if (current_bytes() + pending_bytes_ + set_bytes_[chunk] <= budget_bytes_) return 0;
+  return offload_->drain();
+}
+
 ActivationSet& ActivationStore::create(int chunk, int mb, double* waited) {
-  if (offload_ && budget_bytes_ > 0 && chunk < static_cast<int>(set_bytes_.size())) {
-    account();
-    if (resident_bytes_ + set_bytes_[chunk] > budget_bytes_) {
-      double w = offload_->drain();
-      if (waited) *waited += w;
-      account();
-    }
-  }
+  const double w = make_room(chunk);
+  if (waited) *waited += w;
+  if (chunk < static_cast<int>(set_bytes_.size())) pending_bytes_ += set_bytes_[chunk];
   auto [it, inserted] = sets_.try_emplace(Key{chunk, mb});
   STP_ASSERT(inserted, "activation set for chunk ", chunk, " mb ", mb, " already exists");
   it->second.set = ActivationSet(chunk, mb);
@@ -36,6 +39,10 @@ ActivationSet& ActivationStore::acquire(int chunk, int mb, double* waited) {
   Entry& e = it->second;
   STP_ASSERT(e.where != Where::kHost, "activation set chunk ", chunk, " mb ", mb,
              " is on host and no RELOAD was scheduled before its use");
+  if (waited) {
+    *waited += host_link_wait_;
+    host_link_wait_ = 0;
+  }
   if (e.where == Where::kToDevice) {
     double w = offload_->wait_reload(e.set);
     if (waited) *waited += w;
@@ -67,29 +74,37 @@ void ActivationStore::reload(int chunk, int mb) {
   auto it = sets_.find(Key{chunk, mb});
   STP_ASSERT(it != sets_.end() && it->second.where == Where::kHost, "RELOAD of chunk ", chunk,
              " mb ", mb, " which is not on host");
+  host_link_wait_ += make_room(chunk);  // the reload allocates a whole set now
+  if (chunk < static_cast<int>(set_bytes_.size())) pending_bytes_ += set_bytes_[chunk];
   offload_->start_reload(it->second.set);
   it->second.where = Where::kToDevice;
 }
 
 // Exact because a set's fields are its device memory at every moment of an offload round trip
 // (engine/activation_offload.h). A set counts as resident while it holds any device bytes.
-void ActivationStore::account() {
+// Exact because a set's fields are its device memory at every moment of an offload round trip
+// (engine/activation_offload.h).
+std::int64_t ActivationStore::current_bytes() const {
   if (offload_) offload_->poll();
   std::int64_t bytes = 0;
+  for (const auto& [key, e] : sets_) bytes += e.set.bytes();
+  return bytes;
+}
+
+// A set counts as resident while it holds any device bytes.
+void ActivationStore::account() {
+  resident_bytes_ = current_bytes();
+  pending_bytes_ = 0;
   int sets = 0;
-  for (const auto& [key, e] : sets_) {
-    std::int64_t b = e.set.bytes();
-    bytes += b;
-    if (b > 0) ++sets;
-  }
-  resident_bytes_ = bytes;
-  peak_bytes_ = std::max(peak_bytes_, bytes);
+  for (const auto& [key, e] : sets_)
+    if (e.set.bytes() > 0) ++sets;
+  peak_bytes_ = std::max(peak_bytes_, resident_bytes_);
   peak_sets_ = std::max(peak_sets_, sets);
 }
 
 void ActivationStore::reset_step() {
   STP_ASSERT(sets_.empty(), sets_.size(), " activation sets are still alive at the step start");
-  resident_bytes_ = peak_bytes_ = offloaded_bytes_ = 0;
+  resident_bytes_ = peak_bytes_ = offloaded_bytes_ = pending_bytes_ = 0;
   peak_sets_ = 0;
 }
 

@@ -67,10 +67,16 @@ class ActivationStore {
   };
   using Key = std::pair<int, int>;
 
+  // Waits for in-flight copies when a new set of `chunk` would exceed the budget.
+  double make_room(int chunk);
+  std::int64_t current_bytes() const;  // device bytes the sets hold now (after a poll)
+
   std::map<Key, Entry> sets_;
   ActivationOffload* offload_ = nullptr;
   std::int64_t budget_bytes_ = 0;          // 0: no limit
   std::vector<std::int64_t> set_bytes_;    // expected bytes of a new set, per local chunk
+  double host_link_wait_ = 0;              // waited in reload(), reported by the next acquire()
+  std::int64_t pending_bytes_ = 0;         // expected bytes of sets created since account()
   std::int64_t resident_bytes_ = 0;
   std::int64_t peak_bytes_ = 0;
   int peak_sets_ = 0;

@@ -196,7 +196,9 @@ class Simulator {
       st.h2d_free = start + wire;
       end = start + wire + c_.host_latency;
       reload_end_[k] = end;
-      mem_[r].push_back({start, true, bytes, 1, 1});
+      // The destination is allocated when the RELOAD is issued (as the engine does), even if
+      // the H2D channel only starts the copy later.
+      mem_[r].push_back({st.clock, true, bytes, 1, 1});
     }
     if (opt_.record_timeline)
       result_.timeline.events.push_back(event(
