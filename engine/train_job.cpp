@@ -16,6 +16,7 @@
 #include "engine/data.h"
 #include "engine/gpt.h"
 #include "engine/run_report.h"
+#include "engine/train_setup.h"
 #include "engine/trainer.h"
 #include "schedule/trace.h"
 #include "stp/check.h"
@@ -24,19 +25,6 @@ namespace stp::engine {
 namespace {
 
 using nlohmann::json;
-
-GptConfig gpt_config(const TrainConfig& c) {
-  GptConfig g;
-  g.vocab = c.model.vocab;
-  g.seq_len = c.model.seq_len;
-  g.d_model = c.model.d_model;
-  g.n_heads = c.model.n_heads;
-  g.n_layers = c.model.n_layers;
-  g.mlp_hidden = c.model.mlp_hidden;
-  g.dtype = parse_dtype(c.model.dtype);
-  g.seed = static_cast<std::uint64_t>(c.model.init_seed);
-  return g;
-}
 
 json model_json(const TrainConfig& c) { return json::parse(c.to_json()).at("model"); }
 
@@ -137,41 +125,15 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
     resume_from = find_latest_complete(ckpt_dir);
     if (resume_from) resumed = load_checkpoint(*resume_from, env.rank, info.layout, info.model);
   }
-  const bool cuda = cfg.run.device == "cuda";
-  const at::Device device = cuda ? at::Device(at::kCUDA, env.local_rank) : at::Device(at::kCPU);
-  if (!cuda) at::set_num_threads(1);
-
-  TrainerOptions to;
-  to.schedule = cfg.schedule.kind;
-  to.microbatches = static_cast<int>(cfg.schedule.microbatches);
-  to.chunks = cfg.schedule.kind == "1f1b-i" ? static_cast<int>(cfg.schedule.chunks) : 0;
-  to.tp = static_cast<int>(cfg.parallel.tp);
-  to.pp = static_cast<int>(cfg.parallel.pp);
-  to.offload_budget = cfg.offload.budget;
-  to.host_gbps = cfg.offload.host_gbps;
-  to.braid = cfg.schedule.braid;
-  to.optimizer.lr = cfg.optimizer.lr;
-  to.optimizer.beta1 = cfg.optimizer.beta1;
-  to.optimizer.beta2 = cfg.optimizer.beta2;
-  to.optimizer.eps = cfg.optimizer.eps;
-  to.optimizer.weight_decay = cfg.optimizer.weight_decay;
-  to.optimizer.max_grad_norm = cfg.optimizer.clip;
-  to.comm_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(cfg.run.comm_timeout_s * 1000));
-  to.backend = cuda ? CommBackend::kNccl : CommBackend::kGloo;
-  Trainer trainer(gpt_model(gpt_config(cfg), device), to);
+  if (cfg.run.device != "cuda") at::set_num_threads(1);
+  Trainer trainer(gpt_model(gpt_config(cfg), train_device(cfg, env.local_rank)),
+                  trainer_options(cfg));
   World& world = trainer.world();
   const bool lead = world.rank() == 0;
   if (lead) std::printf("stp train: resolved configuration\n%s\n", cfg.to_json().c_str());
 
-  DataSource src;
-  src.path = cfg.data.path;
-  src.corpus_bytes = cfg.data.corpus_bytes;
-  LoaderOptions lo;
-  lo.seq_len = cfg.model.seq_len;
-  lo.seed = static_cast<std::uint64_t>(cfg.run.seed);
-  lo.dp_rank = world.dp_rank();
-  lo.dp_size = world.dp();
-  DataLoader loader(src, lo);
+  const LoaderOptions lo = loader_options(cfg, world.dp_rank(), world.dp());
+  DataLoader loader(data_source(cfg), lo);
   if (lead) {
     std::printf("data: %s, %lld tokens, %lld windows of %lld\n",
                 loader.dataset().description.c_str(),
@@ -199,8 +161,7 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
   }
   result.first_step = step;
   const std::int64_t total = cfg.run.steps;
-  const std::int64_t tokens_per_step =
-      cfg.schedule.microbatches * cfg.schedule.micro_batch_size * cfg.model.seq_len * world.dp();
+  const std::int64_t step_tokens = tokens_per_step(cfg, world.dp());
   RunReport report(cfg.run.log_dir, total, lead, lead && cfg.run.progress && isatty(STDOUT_FILENO));
   if (lead) schedule::write_file(cfg.run.log_dir + "/config.json", cfg.to_json() + "\n");
   auto save = [&](std::int64_t s) {
@@ -235,7 +196,7 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
                     static_cast<long long>(plan.peak_bytes_after), 100 * plan.slowdown);
     }
     first = false;
-    StepMetrics m = gather_metrics(trainer, step, lr, tokens_per_step);
+    StepMetrics m = gather_metrics(trainer, step, lr, step_tokens);
     if (result.first_loss == 0) result.first_loss = m.loss;
     result.final_loss = m.loss;
     result.last_step = step;

@@ -1,0 +1,64 @@
+#include "engine/train_setup.h"
+
+namespace stp::engine {
+
+GptConfig gpt_config(const TrainConfig& c) {
+  GptConfig g;
+  g.vocab = c.model.vocab;
+  g.seq_len = c.model.seq_len;
+  g.d_model = c.model.d_model;
+  g.n_heads = c.model.n_heads;
+  g.n_layers = c.model.n_layers;
+  g.mlp_hidden = c.model.mlp_hidden;
+  g.dtype = parse_dtype(c.model.dtype);
+  g.seed = static_cast<std::uint64_t>(c.model.init_seed);
+  return g;
+}
+
+TrainerOptions trainer_options(const TrainConfig& c) {
+  TrainerOptions to;
+  to.schedule = c.schedule.kind;
+  to.microbatches = static_cast<int>(c.schedule.microbatches);
+  to.chunks = c.schedule.kind == "1f1b-i" ? static_cast<int>(c.schedule.chunks) : 0;
+  to.tp = static_cast<int>(c.parallel.tp);
+  to.pp = static_cast<int>(c.parallel.pp);
+  to.offload_budget = c.offload.budget;
+  to.host_gbps = c.offload.host_gbps;
+  to.braid = c.schedule.braid;
+  to.optimizer.lr = c.optimizer.lr;
+  to.optimizer.beta1 = c.optimizer.beta1;
+  to.optimizer.beta2 = c.optimizer.beta2;
+  to.optimizer.eps = c.optimizer.eps;
+  to.optimizer.weight_decay = c.optimizer.weight_decay;
+  to.optimizer.max_grad_norm = c.optimizer.clip;
+  to.comm_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(c.run.comm_timeout_s * 1000));
+  to.backend = c.run.device == "cuda" ? CommBackend::kNccl : CommBackend::kGloo;
+  return to;
+}
+
+at::Device train_device(const TrainConfig& c, int local_rank) {
+  return c.run.device == "cuda" ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank))
+                                : at::Device(at::kCPU);
+}
+
+DataSource data_source(const TrainConfig& c) {
+  DataSource src;
+  src.path = c.data.path;
+  src.corpus_bytes = c.data.corpus_bytes;
+  return src;
+}
+
+LoaderOptions loader_options(const TrainConfig& c, int dp_rank, int dp_size) {
+  LoaderOptions lo;
+  lo.seq_len = c.model.seq_len;
+  lo.seed = static_cast<std::uint64_t>(c.run.seed);
+  lo.dp_rank = dp_rank;
+  lo.dp_size = dp_size;
+  return lo;
+}
+
+std::int64_t tokens_per_step(const TrainConfig& c, int dp) {
+  return c.schedule.microbatches * c.schedule.micro_batch_size * c.model.seq_len * dp;
+}
+
+}  // namespace stp::engine
