@@ -2,11 +2,13 @@
 // config it trains the embedded default (a small GPT, TP 2 x PP 2, the STP schedule, an offload
 // budget that makes the planner offload) on a generated corpus:
 //   stp run -n 4 -- stp train
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
 #include "cli.h"
 #include "command.h"
+#include "engine/train_config.h"
 #include "engine/train_job.h"
 #include "stp/check.h"
 
@@ -24,7 +26,13 @@ int train(const std::vector<std::string>& args) {
   app.add_flag("--resume", resume, "continue from the newest complete checkpoint");
   app.add_option("--stop-after", stop_after, "stop after N steps without a final checkpoint (tests)")
       ->check(CLI::NonNegativeNumber);
+  bool reference = false;
+  app.add_flag("--config-reference", reference, "print every config field as a markdown table");
   if (int rc = parse(app, args); rc >= 0) return rc;
+  if (reference) {
+    std::printf("%s", engine::config_reference_markdown().c_str());
+    return 0;
+  }
   engine::TrainConfig cfg;
   if (!config_path.empty()) {
     std::ifstream in(config_path);

@@ -269,6 +269,11 @@ std::string TrainConfig::checkpoint_path() const {
 }
 
 std::string config_reference_markdown() {
+  auto cell = [](std::string text) {  // a '|' inside a cell would split it
+    for (std::size_t p = text.find('|'); p != std::string::npos; p = text.find('|', p + 2))
+      text.replace(p, 1, "\\|");
+    return text;
+  };
   TrainConfig defaults;
   std::ostringstream os;
   std::string section;
@@ -278,8 +283,8 @@ std::string config_reference_markdown() {
       os << "\n### [" << section << "]\n\n| key | type | unit | range | default | meaning |\n"
          << "|---|---|---|---|---|---|\n";
     }
-    os << "| `" << f.key << "` | " << f.type << " | " << f.unit << " | " << f.range << " | `"
-       << f.get(defaults).dump() << "` | " << f.meaning << " |\n";
+    os << "| `" << f.key << "` | " << f.type << " | " << f.unit << " | " << cell(f.range)
+       << " | `" << f.get(defaults).dump() << "` | " << cell(f.meaning) << " |\n";
   }
   return os.str();
 }

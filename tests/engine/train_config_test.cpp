@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <iterator>
+
 namespace stp::engine {
 namespace {
 
@@ -74,6 +77,15 @@ TEST(TrainConfig, CrossFieldChecks) {
   d.apply_override("model.n_layers=3");
   EXPECT_EQ(error_of([&] { d.validate(); }),
             "model.n_layers=3 must be >= 4 pipeline stages (pp=2 with schedule stp)");
+}
+
+// docs/config.md carries the generated table verbatim: the docs cannot drift from the code.
+TEST(TrainConfig, DocsPageHoldsTheGeneratedTable) {
+  std::ifstream in(std::string(STP_SOURCE_DIR) + "/docs/config.md");
+  ASSERT_TRUE(in.good()) << "docs/config.md is missing";
+  std::string page((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(page.find(config_reference_markdown()), std::string::npos)
+      << "docs/config.md is out of date: regenerate its table with `stp train --config-reference`";
 }
 
 TEST(TrainConfig, ReferenceTableListsEveryField) {
