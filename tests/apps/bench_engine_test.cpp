@@ -1,0 +1,95 @@
+// `stp bench train` and `stp bench budget` through the built binary: a tiny run prints the table
+// and writes its files, as threads and under `stp run`; bad arguments get one line and exit 2.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "cli_test_util.h"
+
+namespace stp::testing {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string temp_dir(const std::string& name) {
+  fs::path p =
+      fs::temp_directory_path() / ("stp_bench_cli_" + name + "_" + std::to_string(getpid()));
+  fs::remove_all(p);
+  return p.string();
+}
+
+// A GPT small enough for a CPU test (a few milliseconds a step).
+const char* kTiny =
+    " --set model.d_model=32 --set model.n_heads=2 --set model.n_layers=4 --set model.seq_len=16"
+    " --set schedule.microbatches=4 --set schedule.micro_batch_size=2 --set data.corpus_bytes=65536"
+    " --warmup 0 --steps 1";
+
+int lines(const std::string& s) {
+  int n = 0;
+  for (char c : s) n += c == '\n';
+  return n;
+}
+
+TEST(BenchTrainCli, TinyRunPrintsTheTableAndWritesResults) {
+  const std::string dir = temp_dir("train");
+  CliResult r =
+      run_cli(std::string("bench train --kinds 1f1b-i --budget 70%") + kTiny + " --out " + dir);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("kind    offload     budget     tok/s  ratio"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("\n1f1b-i  off"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\n1f1b-i  70%"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("4 ranks as threads"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/results.json")) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/runs/1f1b-i-on/timeline.svg")) << r.output;
+  fs::remove_all(dir);
+}
+
+TEST(BenchTrainCli, RanksAsProcessesUnderStpRun) {
+  const std::string dir = temp_dir("launched");
+  CliResult r = run_cli(std::string("run -n 4 -- stp bench train --kinds zb-v --budget 90%") +
+                        kTiny + " --out " + dir);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("4 ranks as processes"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("[r0] zb-v    90%"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/results.json")) << r.output;
+  fs::remove_all(dir);
+}
+
+TEST(BenchBudgetCli, SweepEndsAtTheSmallestFeasibleBudget) {
+  const std::string dir = temp_dir("budget");
+  CliResult r = run_cli(std::string("bench budget --budgets 100% --set schedule.kind=1f1b-i") +
+                        kTiny + " --out " + dir);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\n100%"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("<- smallest feasible"), std::string::npos) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/budget.svg")) << r.output;
+  EXPECT_TRUE(fs::exists(dir + "/results.json")) << r.output;
+  fs::remove_all(dir);
+}
+
+TEST(BenchEngineCli, BadArgumentsAreOneLineAndExit2) {
+  CliResult r = run_cli("bench train --steps 0");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(lines(r.output), 1) << r.output;
+  EXPECT_NE(r.output.find("stp bench train: error: --steps"), std::string::npos) << r.output;
+
+  r = run_cli("bench train --kinds 1f1b-i,gpipe");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(lines(r.output), 1) << r.output;
+  EXPECT_NE(r.output.find("gpipe"), std::string::npos) << r.output;
+
+  r = run_cli("bench budget --budgets 80%,off");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(r.output,
+            "stp bench budget: error: budget 'off' must be a size or a percentage for a budget "
+            "sweep, not off\n");
+
+  r = run_cli("bench budget --set model.layers=3");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_EQ(lines(r.output), 1) << r.output;
+}
+
+}  // namespace
+}  // namespace stp::testing
