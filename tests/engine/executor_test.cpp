@@ -5,7 +5,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdio>
 #include <mutex>
+#include <thread>
 
 #include "comm_test_util.h"
 #include "engine/gpt.h"
@@ -240,6 +243,118 @@ TEST(Trainer, ThreeStepsKeepParametersInAgreement) {
   for (const auto& [name, p] : a.params)
     EXPECT_LE(testing::rel_error(b.params.at(name), p), 1e-9) << name;
   EXPECT_LT(a.losses[2], a.losses[0]);  // it trains
+}
+
+}  // namespace
+}  // namespace stp::engine
+
+namespace stp::engine {
+namespace {
+
+// One rank, one stage, TP = 2: F(0), FB(F 1, BW 0), BW(1). The FB instruction's exposed
+// collective wait with braiding against the same two parts run back to back.
+schedule::Program fb_program() {
+  schedule::Program p;
+  p.kind = "hand";
+  p.p = 1;
+  p.m = 2;
+  p.v = 1;
+  p.stage_rank = {0};
+  p.stage_chunk = {0};
+  auto instr = [](schedule::Op op, std::vector<schedule::Part> parts) {
+    schedule::Instr in;
+    in.op = op;
+    in.parts = std::move(parts);
+    return in;
+  };
+  using schedule::Op;
+  using PassKind = schedule::Pass;
+  p.ranks = {{instr(Op::kF, {{PassKind::kF, 0, 0, 0}}),
+              instr(Op::kFB, {{PassKind::kF, 0, 0, 1}, {PassKind::kBW, 0, 0, 0}}),
+              instr(Op::kBW, {{PassKind::kBW, 0, 0, 1}})}};
+  return p;
+}
+
+TEST(Executor, BraidedBlockExposesLessCollectiveWaitThanBackToBack) {
+  GptConfig cfg;
+  cfg.vocab = 64;
+  cfg.seq_len = 128;
+  cfg.d_model = 256;
+  cfg.n_heads = 4;
+  cfg.n_layers = 4;
+  const schedule::Program prog = fb_program();
+  std::vector<MicroBatch> mbs;
+  for (int i = 0; i < 2; ++i) mbs.push_back(testing::random_microbatch(cfg, 4, cfg.seq_len, 40 + i));
+  std::mutex mu;
+  std::vector<double> braided, serial;  // FB tp_wait per repetition, rank 0
+  CommOptions co;
+  co.tp = 2;
+  stp::testing::run_ranks(2, co, [&](World& w) {
+    GptChunk chunk(cfg, 0, 1, w.tp_rank(), 2);
+    ActivationStore store;
+    Executor ex({&chunk}, w.tp_group(), w.pp_group(), store);
+    for (int rep = 0; rep < 8; ++rep) {
+      const bool braid = rep % 2 == 0;
+      ex.set_braiding(braid);
+      w.world_group().barrier();
+      StepStats st = ex.run(prog, mbs);
+      ASSERT_EQ(st.events.size(), 3u);
+      if (w.rank() == 0 && rep >= 2) {  // the first two are warm-up
+        std::lock_guard<std::mutex> lock(mu);
+        (braid ? braided : serial).push_back(st.events[1].tp_wait);
+      }
+    }
+  });
+  std::sort(braided.begin(), braided.end());
+  std::sort(serial.begin(), serial.end());
+  const double b = braided[braided.size() / 2], s = serial[serial.size() / 2];
+  std::printf("FB exposed collective wait, median of %zu: braided %.3f ms, back to back %.3f ms\n",
+              braided.size(), 1e3 * b, 1e3 * s);
+  EXPECT_LT(b, s);
+}
+
+// A rank that fails before its step and then hangs: the others fail within the comm timeout
+// with a message naming the operation, the group and the peer, instead of hanging.
+TEST(Executor, ARankThatFailsMakesTheOthersFailWithinTheTimeout) {
+  GptConfig cfg = tiny_config(4);
+  auto mbs = microbatches(cfg, 4, 1);
+  CommOptions co;
+  co.tp = 2;
+  co.pp = 2;
+  co.timeout = std::chrono::milliseconds(1500);
+  auto store = World::make_in_memory_store();
+  std::mutex mu;
+  std::vector<std::string> errors;
+  std::vector<double> failed_after(4, 0);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 4; ++r) {
+    threads.emplace_back([&, r] {
+      TrainerOptions o;
+      o.schedule = "stp";
+      o.microbatches = 4;
+      o.tp = 2;
+      o.pp = 2;
+      o.comm_timeout = co.timeout;
+      Trainer t(gpt_model(cfg), o, World::in_process(store, r, 4, co));
+      const auto t0 = std::chrono::steady_clock::now();
+      try {
+        if (r == 3) throw std::runtime_error("rank 3 failed on purpose");
+        t.step(mbs);
+      } catch (const std::exception& e) {
+        std::lock_guard<std::mutex> lock(mu);
+        errors.push_back(e.what());
+        failed_after[r] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      }
+      if (r == 3) std::this_thread::sleep_for(std::chrono::milliseconds(4000));  // hung, silent
+    });
+  }
+  for (auto& th : threads) th.join();
+  ASSERT_EQ(errors.size(), 4u) << "a rank finished its step although rank 3 never took part";
+  int named = 0;
+  for (const auto& e : errors) named += e.find("with peer global rank") != std::string::npos ||
+                                        e.find("all_reduce on group") != std::string::npos;
+  EXPECT_GE(named, 1) << errors[0];
+  for (int r = 0; r < 3; ++r) EXPECT_LT(failed_after[r], 3.9) << "rank " << r << " outlived the timeout";
 }
 
 }  // namespace
