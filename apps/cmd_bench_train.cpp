@@ -82,7 +82,7 @@ int bench_budget(const std::vector<std::string>& args) {
   config.add_to(app);
   app.add_option(
       "--budgets", budgets,
-      "comma-separated budgets (100%,60%,3MiB); default: 100%, 90%, ... until infeasible; "
+      "comma-separated budgets (100%,60%,3MiB); default: 100%, 95%, 90%, ... until infeasible; "
       "the smallest feasible budget is always measured last");
   app.add_option("--steps", o.steps, "measured steps per budget")
       ->check(CLI::Range(1, 10000))
