@@ -31,7 +31,8 @@ TrainerOptions trainer_options(const TrainConfig& c) {
   to.optimizer.eps = c.optimizer.eps;
   to.optimizer.weight_decay = c.optimizer.weight_decay;
   to.optimizer.max_grad_norm = c.optimizer.clip;
-  to.comm_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(c.run.comm_timeout_s * 1000));
+  to.comm_timeout =
+      std::chrono::milliseconds(static_cast<std::int64_t>(c.run.comm_timeout_s * 1000));
   to.backend = c.run.device == "cuda" ? CommBackend::kNccl : CommBackend::kGloo;
   return to;
 }
