@@ -226,6 +226,11 @@ std::unique_ptr<Group> World::make_group(const std::string& name, const std::vec
 
 std::unique_ptr<World> World::in_process(c10::intrusive_ptr<c10d::Store> store, int rank,
                                          int world_size, const CommOptions& options) {
+  // c10d's FlightRecorder (a process-wide singleton, on by default) inserts each new process
+  // group into a std::map before taking its mutex (torch 2.11, FlightRecorderDetail.hpp), so
+  // threads as ranks creating groups at once corrupt it (SIGSEGV in _Rb_tree_insert_and_
+  // rebalance). Off unless the user set it; read when the process makes its first group.
+  setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
   STP_CHECK(world_size >= 1 && rank >= 0 && rank < world_size, "rank=", rank,
             " must be in [0, world_size=", world_size, ")");
   return std::unique_ptr<World>(new World(std::move(store), rank, world_size, options));

@@ -72,13 +72,7 @@ class BenchJob {
                 per_replica * std::max<std::int64_t>(1, cfg.parallel.dp), " -- stp bench ...`");
       world_size_ = per_replica * static_cast<int>(std::max<std::int64_t>(1, cfg.parallel.dp));
       threads_ = true;
-      store_ = World::make_in_memory_store();
-      // c10d's FlightRecorder (a process-wide singleton, on by default) inserts each new process
-      // group into a std::map before taking its mutex (torch 2.11, FlightRecorderDetail.hpp), so
-      // ranks-as-threads starting collectives on new groups at once corrupt it (a SIGSEGV in
-      // _Rb_tree_insert_and_rebalance). Every benchmark run makes new groups: turn the recorder
-      // off unless the user set it, before this process makes its first group.
-      ::setenv("TORCH_FR_BUFFER_SIZE", "0", 0);
+      store_ = World::make_in_memory_store();  // World::in_process turns c10d's recorder off
     }
     STP_CHECK(cfg.parallel.dp == 0 || cfg.parallel.dp * per_replica == world_size_,
               "parallel.dp=", cfg.parallel.dp, " x tp x pp = ", cfg.parallel.dp * per_replica,

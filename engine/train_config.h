@@ -39,7 +39,7 @@ struct ScheduleSection {
 };
 
 struct OffloadSection {
-  std::string budget = "60%";      // "off", bytes ("512MiB"), or % of the unconstrained peak
+  std::string budget = "80%";      // "off", bytes ("512MiB"), or % of the unconstrained peak
   double host_gbps = 20.0;         // host link bandwidth the planner assumes, GB/s
 };
 

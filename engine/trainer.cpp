@@ -189,7 +189,6 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
     if (stage_bytes_[s] > 0)
       w_held_fraction_ = std::max(w_held_fraction_, bytes[2 * S + s].item<double>() / stage_bytes_[s]);
   }
-  w_held_fraction_ = std::min(w_held_fraction_, 1.0);
 }
 
 void Trainer::plan_offload() {

@@ -42,10 +42,11 @@ struct CostModel {
   // Activation memory: the bytes one (stage, mb) set holds (M_a at stage scale 1).
   double act_bytes = 0;                 // >= 0; used when stage_act_bytes is empty
   std::vector<double> stage_act_bytes;  // (S) >= 0 per stage, overrides act_bytes
-  // Share of a set's bytes a backward with W deferred leaves for its W (what the weight
-  // gradient still reads), held from the B's end until the W's end, in [0, 1]. 0 is the seed
-  // table's convention (a set is freed at its B); the engine measures the real share so the
-  // offload planner budgets the memory an executor really holds.
+  // Bytes a set holds after a backward with W deferred, until its W ends, as a multiple of its
+  // forward's bytes, >= 0. 0 is the seed table's convention (a set is freed at its B); an
+  // explicit model keeps what W reads (inputs and output gradients of its layers), which can be
+  // more than the forward saved (> 1). The engine measures it so the offload planner budgets
+  // the memory an executor really holds.
   double w_held_fraction = 0;
 
   // Host offload: one D2H and one H2D channel per rank, each copying one set at a time.

@@ -107,9 +107,11 @@ class Simulator {
       const double bytes = set_bytes(c_, part.stage);
       switch (part.pass) {
         case Pass::kF: mem_[r].push_back({end, true, bytes, 1, 1}); break;
-        case Pass::kB:
-          mem_[r].push_back({end, false, -bytes * (1 - c_.w_held_fraction), -1, 0});
+        case Pass::kB: {  // keeps w_held_fraction of the set: may grow it (> 1)
+          const double change = bytes * (c_.w_held_fraction - 1);
+          mem_[r].push_back({end, change > 0, change, -1, 0});
           break;
+        }
         case Pass::kBW: mem_[r].push_back({end, false, -bytes, -1, -1}); break;
         case Pass::kW: mem_[r].push_back({end, false, -bytes * c_.w_held_fraction, 0, -1}); break;
       }

@@ -5,7 +5,7 @@
 //
 //   stp::GptConfig cfg;  cfg.n_layers = 8; ...
 //   stp::TrainerOptions opt;  opt.schedule = "stp"; opt.tp = 2; opt.pp = 2;
-//   opt.microbatches = 8; opt.offload_budget = "60%";
+//   opt.microbatches = 8; opt.offload_budget = "80%";
 //   stp::Trainer trainer(stp::gpt_model(cfg), opt);   // joins the job from RANK/WORLD_SIZE/...
 //   for (...) double loss = trainer.step(batch);      // tokens/targets (m*b, T) int64
 //

@@ -185,7 +185,7 @@ TEST(Executor, StpWithLargeMIsExactToo) {
 }
 
 TEST(Executor, OffloadPlansGiveTheSameNumbers) {
-  expect_matches_reference(Job{"stp", 2, 2, 8, "75%"});
+  expect_matches_reference(Job{"stp", 2, 2, 8, "85%"});
   expect_matches_reference(Job{"zb-v", 1, 2, 4, "80%"});
   expect_matches_reference(Job{"1f1b-i", 1, 2, 4, "70%"});
 }

@@ -374,7 +374,7 @@ TEST(Simulate, PerStageActivationBytes) {
 }
 
 // A deferred W keeps w_held_fraction of its set until it runs: F0 B0 F1 W0 BW1 on one rank,
-// sets of 10 bytes, unit times. Resident: 10 | 10-6=4 | 4+10=14 | 14-4=10 | 0.
+// sets of 10 bytes, unit times. At 0.4, resident: 10 | 4 | 14 | 10 | 0.
 TEST(Simulate, DeferredWHoldsItsShareOfTheSetUntilW) {
   Program prog;
   prog.kind = "hand";
@@ -393,7 +393,9 @@ TEST(Simulate, DeferredWHoldsItsShareOfTheSetUntilW) {
   c.w_held_fraction = 0.4;
   EXPECT_DOUBLE_EQ(simulate(prog, c).ranks[0].peak_bytes, 14.0);
   EXPECT_EQ(simulate(prog, c).ranks[0].peak_sets, 1);  // set counts keep the table's convention
-  c.w_held_fraction = 1.5;
+  c.w_held_fraction = 1.5;  // W reads more than F saved: 10 | 15 | 25 | 10 | 0
+  EXPECT_DOUBLE_EQ(simulate(prog, c).ranks[0].peak_bytes, 25.0);
+  c.w_held_fraction = -0.5;
   EXPECT_THROW(simulate(prog, c), std::invalid_argument);
 }
 
