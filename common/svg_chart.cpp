@@ -36,7 +36,7 @@ std::string tick_label(double v) {
   if (a >= 1e9) return fmt("%.3gG", v / 1e9);
   if (a >= 1e6) return fmt("%.3gM", v / 1e6);
   if (a >= 1e4) return fmt("%.3gk", v / 1e3);
-  return fmt("%.3g", v);
+  return fmt("%.4g", v);  // 8000, not 8e+03
 }
 
 // Ticks at a 1-2-5 step covering [lo, hi].

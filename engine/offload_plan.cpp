@@ -85,7 +85,15 @@ OffloadPlan plan_activation_offload(const schedule::Program& program,
   out.budget_bytes = static_cast<std::int64_t>(budget_bytes);
   out.peak_bytes_before = out.peak_bytes_after = static_cast<std::int64_t>(peak);
   if (budget_bytes >= peak) return out;
-  offload::Plan plan = offload::plan_offload(program, costs, budget_bytes);
+  offload::Plan plan;
+  try {
+    plan = offload::plan_offload(program, costs, budget_bytes);
+  } catch (const std::invalid_argument& e) {
+    const double minimum = offload::minimum_budget(program, costs);
+    if (budget_bytes < minimum)
+      throw OffloadBudgetTooSmall(e.what(), static_cast<std::int64_t>(std::ceil(minimum)));
+    throw;
+  }
   out.program = std::move(plan.program);
   out.offloads = !plan.sets.empty();
   out.peak_bytes_after = static_cast<std::int64_t>(plan.peak_bytes_after);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,13 @@ struct OffloadBudget {
 // std::invalid_argument naming the text and the accepted forms.
 OffloadBudget parse_offload_budget(const std::string& text);
 
+// The budget is below the smallest one the planner can reach; minimum_bytes is that one.
+struct OffloadBudgetTooSmall : std::invalid_argument {
+  OffloadBudgetTooSmall(const std::string& message, std::int64_t minimum)
+      : std::invalid_argument(message), minimum_bytes(minimum) {}
+  std::int64_t minimum_bytes;
+};
+
 struct OffloadPlan {
   schedule::Program program;          // with OFFLOAD/RELOAD when offloads is true
   bool offloads = false;
@@ -36,7 +44,7 @@ struct OffloadPlan {
 // each, the usual transformer ratio); w_held_fraction: the share of a set a deferred W keeps after
 // its B (CostModel::w_held_fraction), so the plan budgets what the executor really holds. A
 // percentage budget is of the simulated peak without
-// offload. Throws std::invalid_argument for a budget below the smallest feasible one, naming it.
+// offload. Throws OffloadBudgetTooSmall for a budget below the smallest feasible one, naming it.
 OffloadPlan plan_activation_offload(const schedule::Program& program,
                                     const std::vector<std::int64_t>& stage_bytes,
                                     const std::vector<double>& stage_forward_seconds,

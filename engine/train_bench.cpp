@@ -152,16 +152,6 @@ struct Outcome {
 };
 
 // The planner names the floor as "... below the smallest feasible budget 1.2 MiB (1234567 bytes)".
-bool parse_floor(const std::string& message, std::int64_t* floor) {
-  const std::string key = "smallest feasible budget ";
-  auto at = message.find(key);
-  if (at == std::string::npos) return false;
-  auto open = message.find(" (", at + key.size());
-  if (open == std::string::npos) return false;
-  *floor = std::atoll(message.c_str() + open + 2);
-  return *floor > 0;
-}
-
 void predict(const TrainConfig& cfg, Trainer& t, const std::vector<schedule::TimelineEvent>& pooled,
              BenchRun& run) {
   const schedule::Program& program = t.program();
@@ -228,10 +218,9 @@ Outcome measure(BenchJob& job, TrainConfig cfg, const std::string& budget, int w
         for (int k = 5; k < 8; ++k) sum[k] = std::max(sum[k], p[k]);
         pooled.insert(pooled.end(), s.exec.events.begin(), s.exec.events.end());
       }
-    } catch (const std::invalid_argument& e) {
+    } catch (const OffloadBudgetTooSmall& e) {
       // Planning (the first step) refused the budget; every rank plans the same and stops here.
-      std::int64_t floor = 0;
-      if (!parse_floor(e.what(), &floor)) throw;
+      const std::int64_t floor = e.minimum_bytes;
       std::lock_guard<std::mutex> lock(mu);
       out.infeasible = true;
       out.floor_bytes = floor;

@@ -60,11 +60,11 @@ struct DataSection {
 };
 
 struct RunSection {
-  std::int64_t steps = 150;
+  std::int64_t steps = 600;
   std::int64_t seed = 1234;        // data order
   std::string log_dir = "runs/latest";
   std::string checkpoint_dir;      // empty: <log_dir>/checkpoints
-  std::int64_t checkpoint_interval = 50;  // steps; 0 disables
+  std::int64_t checkpoint_interval = 100;  // steps; 0 disables
   std::int64_t keep_checkpoints = 2;
   double comm_timeout_s = 120;
   std::string device = "cpu";      // cpu or cuda

@@ -1,5 +1,8 @@
 #include "engine/train_setup.h"
 
+#include "stp/check.h"
+#include "stp/cuda_check.h"
+
 namespace stp::engine {
 
 GptConfig gpt_config(const TrainConfig& c) {
@@ -37,9 +40,20 @@ TrainerOptions trainer_options(const TrainConfig& c) {
   return to;
 }
 
+// On CUDA, rank r of a node uses GPU r (LOCAL_RANK) and binds its thread to it, so NCCL, the
+// offload streams and the pinned pool's NUMA placement all see the same current device.
 at::Device train_device(const TrainConfig& c, int local_rank) {
-  return c.run.device == "cuda" ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank))
-                                : at::Device(at::kCPU);
+  if (c.run.device != "cuda") return at::Device(at::kCPU);
+#ifdef STP_WITH_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+  STP_CHECK(local_rank < count, "run.device=cuda: local rank ", local_rank, " needs GPU ",
+            local_rank, " but this machine has ", count, " visible GPU(s)");
+  STP_CUDA_CHECK(cudaSetDevice(local_rank));
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
+#else
+  STP_CHECK(false, "run.device=cuda but stp was built without CUDA (STP_WITH_CUDA=OFF)");
+#endif
 }
 
 DataSource data_source(const TrainConfig& c) {
