@@ -94,6 +94,10 @@ int plan_main(const std::vector<std::string>& args) {
   app.add_option("--host-latency", costs.host_latency, "seconds per host copy (>= 0)")->capture_default_str();
   app.add_option("--offload-fraction", costs.offload_fraction, "share of a set's bytes that moves, [0, 1]")
       ->capture_default_str();
+  app.add_option("--w-held", costs.w_held_fraction,
+                 "bytes a deferred W holds after its B, as a multiple of the set, [0, 64] "
+                 "(0: freed at B, the seed table's convention; stp train measures it)")
+      ->capture_default_str();
   app.add_option("--tf,--t-f", costs.t_f, "forward seconds of one chunk (>= 0)")->capture_default_str();
   app.add_option("--tb,--t-b", costs.t_b, "activation-gradient seconds of one chunk (>= 0)")->capture_default_str();
   app.add_option("--tw,--t-w", costs.t_w, "weight-gradient seconds of one chunk (>= 0)")->capture_default_str();
@@ -115,6 +119,8 @@ int plan_main(const std::vector<std::string>& args) {
     STP_CHECK(std::isfinite(value) && value >= 0, flag, "=", value, " must be a number of seconds >= 0");
   STP_CHECK(costs.offload_fraction >= 0 && costs.offload_fraction <= 1, "--offload-fraction=",
             costs.offload_fraction, " must be in [0, 1]");
+  STP_CHECK(costs.w_held_fraction >= 0 && costs.w_held_fraction <= 64, "--w-held=",
+            costs.w_held_fraction, " must be in [0, 64]");
   const schedule::Kind k = schedule::kind_from_string(kind);
   if (microbatches == 0)
     microbatches = k == schedule::Kind::kSTP ? 3 * pp - 1 : schedule::min_microbatches(k, pp, chunks);

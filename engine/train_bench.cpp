@@ -325,7 +325,7 @@ TrainBenchResult run_train_bench(const TrainConfig& config, const TrainBenchOpti
             "kinds: name at least one schedule kind (1f1b, 1f1b-i, zb-h1, zb-v, stp)");
   for (const auto& k : o.kinds) schedule::kind_from_string(k);  // names the legal kinds
   std::string on = o.on_budget.empty() ? config.offload.budget : o.on_budget;
-  if (parse_offload_budget(on).kind == OffloadBudget::Kind::kOff) on = "60%";
+  if (parse_offload_budget(on).kind == OffloadBudget::Kind::kOff) on = TrainConfig{}.offload.budget;
   BenchJob job(config);
   TrainBenchResult res;
   res.lead = job.lead();

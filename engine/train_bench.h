@@ -64,7 +64,7 @@ struct BenchRun {
 
 struct TrainBenchOptions {
   std::vector<std::string> kinds = {"1f1b-i", "zb-v", "stp"};  // schedule kinds, each run twice
-  std::string on_budget;  // "on" budget; empty: the config's (or 60% when it is off)
+  std::string on_budget;  // "on" budget; empty: the config's (the default one when it is off)
   int warmup = 2;         // unmeasured steps first (the first plans offload), >= 0
   int steps = 8;          // measured steps, >= 1
   std::string out_dir = "runs/bench-train";  // results.json, runs/<kind>-<off|on>/timeline.svg
