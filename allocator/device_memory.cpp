@@ -3,7 +3,7 @@
 #include <cstdlib>
 #include <new>
 
-#include "allocator/bytes.h"
+#include "common/bytes.h"
 #include "stp/check.h"
 
 #ifdef STP_WITH_CUDA

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <tuple>
 
-#include "allocator/bytes.h"
+#include "common/bytes.h"
 #include "allocator/size_classes.h"
 #include "stp/check.h"
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/bytes.h"
 #include "offload/planner.h"
 #include "schedule/simulate.h"
 #include "stp/check.h"
@@ -27,31 +28,13 @@ OffloadBudget parse_offload_budget(const std::string& text) {
     b.percent = p;
     return b;
   }
-  struct Unit { const char* suffix; double scale; };
-  static const Unit kUnits[] = {{"KiB", 1024.0}, {"MiB", 1048576.0}, {"GiB", 1073741824.0},
-                                {"TiB", 1099511627776.0}, {"KB", 1e3}, {"MB", 1e6},
-                                {"GB", 1e9}, {"TB", 1e12}, {"B", 1.0}};
-  std::string number = text;
-  double scale = 1;
-  for (const Unit& u : kUnits) {
-    std::string s = u.suffix;
-    if (text.size() > s.size() && text.compare(text.size() - s.size(), s.size(), s) == 0) {
-      number = text.substr(0, text.size() - s.size());
-      scale = u.scale;
-      break;
-    }
-  }
-  std::size_t used = 0;
-  double v = 0;
   try {
-    v = std::stod(number, &used);
-  } catch (const std::exception&) {
-    used = 0;
+    b.bytes = parse_bytes(text, "offload budget");
+  } catch (const std::invalid_argument&) {
+    b.bytes = -1;
   }
-  STP_CHECK(used == number.size() && used > 0 && std::isfinite(v) && v > 0,
-            "offload budget '", text, "' is not a positive size; ", kForms);
+  STP_CHECK(b.bytes > 0, "offload budget '", text, "' is not a positive size; ", kForms);
   b.kind = OffloadBudget::Kind::kBytes;
-  b.bytes = static_cast<std::int64_t>(std::llround(v * scale));
   return b;
 }
 

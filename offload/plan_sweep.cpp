@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <stdexcept>
 
-#include "allocator/bytes.h"
+#include "common/bytes.h"
 #include "schedule/simulate.h"
 #include "stp/check.h"
 
@@ -48,13 +48,13 @@ std::string to_table(const Sweep& sw) {
   for (const SweepPoint& p : sw.points) {
     if (p.feasible)
       std::snprintf(line, sizeof line, "%-13s yes       %-5d %-13s %-10.4f %+7.2f %%  %s\n",
-                    allocator::format_bytes(p.budget_bytes).c_str(), p.sets,
-                    allocator::format_bytes(p.peak_bytes).c_str(), p.step, 100 * p.slowdown,
-                    allocator::format_bytes(p.host_bytes).c_str());
+                    format_bytes(p.budget_bytes).c_str(), p.sets,
+                    format_bytes(p.peak_bytes).c_str(), p.step, 100 * p.slowdown,
+                    format_bytes(p.host_bytes).c_str());
     else
       std::snprintf(line, sizeof line, "%-13s no        (below the minimum %s)\n",
-                    allocator::format_bytes(p.budget_bytes).c_str(),
-                    allocator::format_bytes(sw.min_budget).c_str());
+                    format_bytes(p.budget_bytes).c_str(),
+                    format_bytes(sw.min_budget).c_str());
     out += line;
   }
   return out;
@@ -138,7 +138,7 @@ std::string to_svg(const Sweep& sw, const std::string& title) {
     std::snprintf(buf, sizeof buf,
                   "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3.5\" fill=\"#1b9e9e\"><title>%s: %d sets, "
                   "step %.4f s (%+.2f %%)</title></circle>\n",
-                  x(p->budget_bytes), y(p->step), allocator::format_bytes(p->budget_bytes).c_str(),
+                  x(p->budget_bytes), y(p->step), format_bytes(p->budget_bytes).c_str(),
                   p->sets, p->step, 100 * p->slowdown);
     out += buf;
   }

@@ -5,7 +5,7 @@
 #include <map>
 #include <tuple>
 
-#include "allocator/bytes.h"
+#include "common/bytes.h"
 #include "schedule/simulate.h"
 #include "schedule/verify.h"
 #include "stp/check.h"
@@ -30,7 +30,7 @@ bool fits_all(const SimResult& sim, double budget) {
                      [&](const schedule::RankStats& r) { return fits(r.peak_bytes, budget); });
 }
 
-std::string bytes_text(double b) { return allocator::format_bytes(b); }
+std::string bytes_text(double b) { return format_bytes(b); }
 
 // A set the plan may offload, located in the input Program.
 struct Candidate {

@@ -8,7 +8,7 @@
 #include <random>
 #include <set>
 
-#include "allocator/bytes.h"
+#include "common/bytes.h"
 #include "offload/plan_sweep.h"
 #include "schedule/generators.h"
 #include "schedule/simulate.h"
@@ -83,7 +83,7 @@ TEST(Planner, FeasibleBudgetsAreRespectedPerSimulation) {
     for (int i = 1; i <= 6; ++i) {
       const double budget = peak - (peak - floor) * i / 6.0 + (i == 6 ? 0 : 0.3 * kGiB);
       Plan plan = plan_offload(prog, cm, budget);
-      SCOPED_TRACE(c.kind + " p=" + std::to_string(c.p) + " budget " + allocator::format_bytes(budget));
+      SCOPED_TRACE(c.kind + " p=" + std::to_string(c.p) + " budget " + format_bytes(budget));
       EXPECT_EQ(schedule::find_error(plan.program), "");
       schedule::SimResult sim = schedule::simulate(plan.program, cm);
       for (std::size_t r = 0; r < sim.ranks.size(); ++r) {
@@ -229,7 +229,7 @@ TEST(Planner, RandomProblemsEitherFitOrNameAMinimumAboveTheBudget) {
     const double peak = schedule::simulate(prog, cm).max_peak_bytes();
     const double budget = peak * (0.3 + 0.7 * u(rng));
     SCOPED_TRACE(kind + " p=" + std::to_string(p) + " m=" + std::to_string(m) + " budget " +
-                 allocator::format_bytes(budget));
+                 format_bytes(budget));
     try {
       Plan plan = plan_offload(prog, cm, budget);
       ++planned;
