@@ -1,0 +1,36 @@
+// `stp verify`: ranks as threads, and real processes under `stp run`.
+#include <gtest/gtest.h>
+
+#include "cli_test_util.h"
+
+namespace stp::testing {
+namespace {
+
+TEST(VerifyCli, ThreadsMatchTheReference) {
+  CliResult r = run_cli("verify --tp 2 --pp 2 --schedule zb-v");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\nOK (tolerance 1.0e-09)"), std::string::npos) << r.output;
+}
+
+TEST(VerifyCli, FourProcessesUnderStpRunWithOffload) {
+  CliResult r = run_cli("run -n 4 -- stp verify --tp 2 --pp 2 --schedule stp --microbatches 8 "
+                        "--offload-budget 90%");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("[r0] OK (tolerance 1.0e-09)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("offloaded and reloaded"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(" 0 B offloaded"), std::string::npos) << "the plan offloaded nothing";
+}
+
+TEST(VerifyCli, WrongWorldSizeAndBadBudgetAreOneLine) {
+  CliResult r = run_cli("run -n 2 -- stp verify --tp 2 --pp 2");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("stp verify runs with world size tp*pp=4 but the launcher started 2 ranks"),
+            std::string::npos) << r.output;
+  r = run_cli("verify --tp 1 --pp 2 --offload-budget lots");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.output.find("offload budget 'lots' is not a positive size"), std::string::npos)
+      << r.output;
+}
+
+}  // namespace
+}  // namespace stp::testing
