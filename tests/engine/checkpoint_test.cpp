@@ -16,26 +16,15 @@
 
 #include "engine/data.h"
 
+#include "temp_dir.h"
+
 namespace stp::engine {
 namespace {
 namespace fs = std::filesystem;
 
 constexpr const char* kPython = "/opt/stp-venv/bin/python";
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "stp_ckpt_test_XXXXXX").string();
-    path = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    // Not std::filesystem::remove_all: libtorch.so's exported copy of it crashes (see
-    // engine/checkpoint.cpp, Note [No std::filesystem::remove_all]).
-    ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); },
-           16, FTW_DEPTH | FTW_PHYS);
-  }
-  std::string str() const { return path.string(); }
-};
+using stp::testing::TempDir;
 
 std::string read_bytes(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);

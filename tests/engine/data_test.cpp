@@ -14,23 +14,13 @@
 
 #include "engine/corpus.h"
 
+#include "temp_dir.h"
+
 namespace stp::engine {
 namespace {
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "stp_data_test_XXXXXX").string();
-    path = ::mkdtemp(tmpl.data());
-  }
-  ~TempDir() {
-    // Not std::filesystem::remove_all: libtorch.so's exported copy of it crashes (see
-    // engine/checkpoint.cpp, Note [No std::filesystem::remove_all]).
-    ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); },
-           16, FTW_DEPTH | FTW_PHYS);
-  }
-};
+using stp::testing::TempDir;
 
 void write(const fs::path& p, const std::string& bytes) {
   fs::create_directories(p.parent_path());
