@@ -16,7 +16,7 @@
 
 #include "engine/data.h"
 
-#include "temp_dir.h"
+#include "file_test_util.h"
 
 namespace stp::engine {
 namespace {
@@ -24,28 +24,12 @@ namespace fs = std::filesystem;
 
 constexpr const char* kPython = "/opt/stp-venv/bin/python";
 
+using stp::testing::expect_invalid;
+using stp::testing::read_bytes;
 using stp::testing::TempDir;
+using stp::testing::write_bytes;
 
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-void write_bytes(const fs::path& p, const std::string& b) {
-  std::ofstream(p, std::ios::binary | std::ios::trunc) << b;
-}
 
-template <typename Fn>
-void expect_invalid(Fn fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected std::invalid_argument containing: " << needle;
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message: " << e.what() << "\nexpected to contain: " << needle;
-  }
-}
 
 CheckpointInfo info_for(int tp, int pp, int dp = 1, int n_layers = 4) {
   CheckpointInfo info;

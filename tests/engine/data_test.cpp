@@ -14,12 +14,13 @@
 
 #include "engine/corpus.h"
 
-#include "temp_dir.h"
+#include "file_test_util.h"
 
 namespace stp::engine {
 namespace {
 namespace fs = std::filesystem;
 
+using stp::testing::expect_invalid;
 using stp::testing::TempDir;
 
 void write(const fs::path& p, const std::string& bytes) {
@@ -34,17 +35,6 @@ std::vector<std::string> lines_of(const std::string& text) {
   return out;
 }
 
-// Expects `fn` to throw std::invalid_argument whose message contains `needle`.
-template <typename Fn>
-void expect_invalid(Fn fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected std::invalid_argument containing: " << needle;
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message: " << e.what() << "\nexpected to contain: " << needle;
-  }
-}
 
 // ---- generated corpus ------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "temp_dir.h"
+#include "file_test_util.h"
 
 namespace stp::engine {
 namespace {
@@ -20,17 +20,11 @@ namespace fs = std::filesystem;
 
 constexpr const char* kPython = "/opt/stp-venv/bin/python";
 
+using stp::testing::expect_invalid;
+using stp::testing::read_bytes;
 using stp::testing::TempDir;
+using stp::testing::write_bytes;
 
-std::string read_bytes(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-void write_bytes(const fs::path& p, const std::string& b) {
-  std::ofstream(p, std::ios::binary | std::ios::trunc) << b;
-}
 
 // A file from a raw header (padded with spaces) and `data_bytes` zero bytes of data.
 void write_raw(const fs::path& p, std::string header, std::size_t data_bytes) {
@@ -40,16 +34,6 @@ void write_raw(const fs::path& p, std::string header, std::size_t data_bytes) {
   write_bytes(p, out + header + std::string(data_bytes, '\0'));
 }
 
-template <typename Fn>
-void expect_invalid(Fn fn, const std::string& needle) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected std::invalid_argument containing: " << needle;
-  } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-        << "message: " << e.what() << "\nexpected to contain: " << needle;
-  }
-}
 
 bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
   return a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() &&

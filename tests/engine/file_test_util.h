@@ -1,0 +1,62 @@
+// Test helpers for code that reads and writes files: TempDir (a fresh directory, removed with
+// everything in it when the object goes), whole-file read/write, and expect_invalid (the call
+// throws std::invalid_argument whose message contains a needle).
+#pragma once
+
+#include <ftw.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+#include <gtest/gtest.h>
+
+namespace stp::testing {
+
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "stp_test_XXXXXX").string();
+    path = ::mkdtemp(tmpl.data());
+  }
+  ~TempDir() {
+    // nftw rather than std::filesystem::remove_all: libtorch.so exports its own copy of the
+    // latter, which crashes in a binary that binds to it (engine/checkpoint.cpp,
+    // Note [No std::filesystem::remove_all]).
+    ::nftw(path.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return ::remove(p); },
+           16, FTW_DEPTH | FTW_PHYS);
+  }
+  std::string str() const { return path.string(); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
+
+inline std::string read_bytes(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+inline void write_bytes(const std::filesystem::path& p, const std::string& b) {
+  std::ofstream(p, std::ios::binary | std::ios::trunc) << b;
+}
+
+// Expects `fn` to throw std::invalid_argument whose message contains `needle`.
+template <typename Fn>
+void expect_invalid(Fn fn, const std::string& needle) {
+  try {
+    fn();
+    ADD_FAILURE() << "expected std::invalid_argument containing: " << needle;
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
+        << "message: " << e.what() << "\nexpected to contain: " << needle;
+  }
+}
+
+}  // namespace stp::testing
