@@ -159,10 +159,7 @@ class Search {
 
  private:
   static Instr copy_instr(Op op, const Candidate& k) {
-    Instr in;
-    in.op = op;
-    in.ref = schedule::Part{Pass::kF, k.chunk, k.stage, k.mb};
-    return in;
+    return schedule::transfer_instr(op, schedule::Part{Pass::kF, k.chunk, k.stage, k.mb});
   }
 
   void find_candidates() {

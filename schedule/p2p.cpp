@@ -44,11 +44,8 @@ void insert_p2p(Program& prog) {
         const int from = fwd ? part.stage - 1 : part.stage + 1;  // the producing stage
         if (from < 0 || from >= S || prog.stage_rank[from] == r) continue;
         const int src = prog.stage_rank[from];
-        Instr recv;
-        recv.op = fwd ? Op::kRecvF : Op::kRecvB;
-        recv.ref = Part{Pass::kF, part.chunk, part.stage, part.mb};
-        recv.peer = src;
-        out[r].push_back(recv);
+        out[r].push_back(transfer_instr(fwd ? Op::kRecvF : Op::kRecvB,
+                                        Part{Pass::kF, part.chunk, part.stage, part.mb}, src));
         channel[src * p + r].push_back(Message{bwd, from, part.mb});
       }
       out[r].push_back(in);
@@ -66,11 +63,9 @@ void insert_p2p(Program& prog) {
       std::size_t& i = next[r * p + dst];
       while (i < ch.size() && produced[key(ch[i])]) {
         const Message& msg = ch[i++];
-        Instr send;
-        send.op = msg.backward ? Op::kSendB : Op::kSendF;
-        send.ref = Part{Pass::kF, prog.stage_chunk[msg.stage], msg.stage, msg.mb};
-        send.peer = dst;
-        list.push_back(send);
+        list.push_back(transfer_instr(msg.backward ? Op::kSendB : Op::kSendF,
+                                      Part{Pass::kF, prog.stage_chunk[msg.stage], msg.stage, msg.mb},
+                                      dst));
       }
     };
     for (Instr& in : out[r]) {

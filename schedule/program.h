@@ -33,6 +33,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace stp::schedule {
@@ -81,6 +82,22 @@ struct Instr {
   bool is_compute() const { return !parts.empty(); }
   friend bool operator==(const Instr&, const Instr&) = default;
 };
+
+// A compute instruction: `op` with its parts in braid order.
+inline Instr compute_instr(Op op, std::vector<Part> parts) {
+  Instr in;
+  in.op = op;
+  in.parts = std::move(parts);
+  return in;
+}
+// A P2P or offload instruction: what moves and, for P2P, the other rank.
+inline Instr transfer_instr(Op op, Part ref, int peer = -1) {
+  Instr in;
+  in.op = op;
+  in.ref = ref;
+  in.peer = peer;
+  return in;
+}
 
 struct Program {
   std::string kind;  // generator name: "1f1b", "1f1b-i", "zb-h1", "zb-v", "stp"

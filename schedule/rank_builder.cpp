@@ -55,10 +55,7 @@ Part RankBuilder::pop_w() {
 }
 
 void RankBuilder::emit(Op op, std::vector<Part> parts) {
-  Instr in;
-  in.op = op;
-  in.parts = std::move(parts);
-  prog_.ranks[rank_].push_back(std::move(in));
+  prog_.ranks[rank_].push_back(compute_instr(op, std::move(parts)));
 }
 
 void RankBuilder::f(int chunk) { emit(Op::kF, {next_f(chunk)}); }

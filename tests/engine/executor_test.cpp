@@ -261,17 +261,12 @@ schedule::Program fb_program() {
   p.v = 1;
   p.stage_rank = {0};
   p.stage_chunk = {0};
-  auto instr = [](schedule::Op op, std::vector<schedule::Part> parts) {
-    schedule::Instr in;
-    in.op = op;
-    in.parts = std::move(parts);
-    return in;
-  };
+  using schedule::compute_instr;
   using schedule::Op;
   using PassKind = schedule::Pass;
-  p.ranks = {{instr(Op::kF, {{PassKind::kF, 0, 0, 0}}),
-              instr(Op::kFB, {{PassKind::kF, 0, 0, 1}, {PassKind::kBW, 0, 0, 0}}),
-              instr(Op::kBW, {{PassKind::kBW, 0, 0, 1}})}};
+  p.ranks = {{compute_instr(Op::kF, {{PassKind::kF, 0, 0, 0}}),
+              compute_instr(Op::kFB, {{PassKind::kF, 0, 0, 1}, {PassKind::kBW, 0, 0, 0}}),
+              compute_instr(Op::kBW, {{PassKind::kBW, 0, 0, 1}})}};
   return p;
 }
 

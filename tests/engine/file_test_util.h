@@ -18,6 +18,9 @@
 
 namespace stp::testing {
 
+// The Python that scripts/setup.sh installs (with torch and safetensors), for interop tests.
+inline constexpr const char* kPython = "/opt/stp-venv/bin/python";
+
 struct TempDir {
   std::filesystem::path path;
   TempDir() {

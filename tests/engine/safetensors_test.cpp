@@ -18,9 +18,8 @@ namespace stp::engine {
 namespace {
 namespace fs = std::filesystem;
 
-constexpr const char* kPython = "/opt/stp-venv/bin/python";
-
 using stp::testing::expect_invalid;
+using stp::testing::kPython;
 using stp::testing::read_bytes;
 using stp::testing::TempDir;
 using stp::testing::write_bytes;

@@ -11,20 +11,9 @@
 namespace stp::schedule {
 namespace {
 
-Instr compute(Op op, std::vector<Part> parts) {
-  Instr in;
-  in.op = op;
-  in.parts = std::move(parts);
-  return in;
-}
+Instr compute(Op op, std::vector<Part> parts) { return compute_instr(op, std::move(parts)); }
 
-Instr comm(Op op, Part ref, int peer = -1) {
-  Instr in;
-  in.op = op;
-  in.ref = ref;
-  in.peer = peer;
-  return in;
-}
+Instr comm(Op op, Part ref, int peer = -1) { return transfer_instr(op, ref, peer); }
 
 TEST(ProgramText, InstructionsPrintCompactly) {
   EXPECT_EQ(to_string(compute(Op::kF, {{Pass::kF, 0, 0, 3}})), "F0[3]");

@@ -12,13 +12,7 @@
 namespace stp::schedule {
 namespace {
 
-Instr comm(Op op, Part ref, int peer = -1) {
-  Instr in;
-  in.op = op;
-  in.ref = ref;
-  in.peer = peer;
-  return in;
-}
+Instr comm(Op op, Part ref, int peer = -1) { return transfer_instr(op, ref, peer); }
 
 // Index of the first instruction of `rank` whose text is `name`.
 std::size_t find(const Program& prog, int rank, const std::string& name) {
