@@ -183,6 +183,11 @@ World::World(c10::intrusive_ptr<c10d::Store> store, int rank, int world_size, Co
   pp_group_ = make_group(str_cat("pp", dp_idx, ".", tp_idx), pp_ranks);
   dp_group_ = make_group(str_cat("dp", pp_idx, ".", tp_idx), dp_ranks);
   model_group_ = make_group(str_cat("model", dp_idx), model_ranks);
+  // Gloo connects a group's full mesh in its constructor, and one side of a pair can finish
+  // before the other has read the handshake: a rank that raced ahead and tore its World down
+  // would close connections a peer is still setting up ("Connection closed by peer"). No rank
+  // leaves construction before every rank has built every group.
+  world_group_->barrier();
 }
 
 World::~World() = default;
