@@ -41,7 +41,8 @@
 #   Model and run (GPU defaults; CPU mode uses tiny ones): STP_GPU_CHECK_D_MODEL (2048),
 #   _LAYERS (24: 1.21 B parameters), _HEADS (16), _SEQ (2048), _MBS (2, micro_batch_size),
 #   _MICRO (4, microbatches), _STEPS (8), _SKIP_STEPS (2, not timed), _BUDGETS ("50% 75%"),
-#   _BASELINE_ATTENTION ("sdpa,explicit"), _BASELINE_PRECISION (autocast; or bf16-master)
+#   _BASELINE_ATTENTION ("explicit,sdpa"), _BASELINE_PRECISION ("bf16-master,autocast": the
+#   like-for-like recipe first, then the standard autocast one; each with every attention)
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -140,8 +141,8 @@ MICRO=${STP_GPU_CHECK_MICRO:-4}
 STEPS=${STP_GPU_CHECK_STEPS:-8}
 SKIP_STEPS=${STP_GPU_CHECK_SKIP_STEPS:-2}
 BUDGETS=${STP_GPU_CHECK_BUDGETS:-50% 75%}
-BL_ATTN=${STP_GPU_CHECK_BASELINE_ATTENTION:-sdpa,explicit}
-BL_PREC=${STP_GPU_CHECK_BASELINE_PRECISION:-autocast}
+BL_ATTN=${STP_GPU_CHECK_BASELINE_ATTENTION:-explicit,sdpa}
+BL_PREC=${STP_GPU_CHECK_BASELINE_PRECISION:-bf16-master,autocast}
 for v in D_MODEL LAYERS HEADS SEQ MBS MICRO STEPS SKIP_STEPS JOBS BUDGET_S; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "gpu_check.sh: $v=${!v} must be a whole number" >&2; exit 2; }
 done
@@ -402,7 +403,7 @@ if baseline:
             continue
         ratio = f"ours(off)/theirs {b['ours_off_over_theirs']:.2f}" if "ours_off_over_theirs" in b else "ours: no result"
         mem = f", peak alloc {fmt_bytes(b.get('peak_allocated_bytes'))}" if b.get("peak_allocated_bytes") else ""
-        L.append(f"  {b['precision']}/{b['attention']:<9} {b['tokens_per_s']:10.0f} tok/s  {b['step_seconds_median']:.3f} s/step"
+        L.append(f"  {b['precision'] + '/' + b['attention']:<21} {b['tokens_per_s']:10.0f} tok/s  {b['step_seconds_median']:.3f} s/step"
                  f"{mem}  -> {ratio}")
 elif bmeta:
     L.append(f"plain PyTorch loop: {bmeta.get('status', '?')} {bmeta.get('note', '')}")

@@ -9,7 +9,7 @@ one optimizer step per `microbatches` forward/backward passes (gradient accumula
 grad-norm clip 1.0, AdamW(betas 0.9/0.95, weight decay 0.1 on matrices and embeddings only, as
 stp). Nothing from stp is imported.
 
-Precision (--precision):
+Precision (--precision, comma list; every precision runs with every attention kind):
   autocast     fp32 parameters, gradients and AdamW state; matmuls in bf16 under torch.autocast
                (the standard PyTorch mixed-precision recipe; default).
   bf16-master  bf16 parameters and activations, a fp32 master copy with fp32 AdamW state, as stp
@@ -122,7 +122,8 @@ def parse_args(argv):
     p.add_argument("--microbatches", type=int, default=4, help="microbatches per optimizer step")
     p.add_argument("--steps", type=int, default=8, help="optimizer steps, warm-up included")
     p.add_argument("--warmup", type=int, default=2, help="first steps not timed")
-    p.add_argument("--precision", default="autocast", choices=["autocast", "bf16-master", "fp32"])
+    p.add_argument("--precision", default="autocast",
+                   help="comma list of autocast, bf16-master, fp32 (each with every --attention)")
     p.add_argument("--attention", default="sdpa", help="comma list of sdpa, explicit")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=1234)
@@ -134,6 +135,11 @@ def parse_args(argv):
     if not kinds or bad:
         p.error(f"--attention={a.attention}: each must be sdpa or explicit")
     a.attention = kinds
+    precs = [k for k in a.precision.split(",") if k]
+    bad = [k for k in precs if k not in ("autocast", "bf16-master", "fp32")]
+    if not precs or bad:
+        p.error(f"--precision={a.precision}: each must be autocast, bf16-master or fp32")
+    a.precisions = precs
     for name in ("seq_len", "d_model", "n_heads", "n_layers", "micro_batch_size", "microbatches", "steps", "vocab"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')}={getattr(a, name)} must be >= 1")
@@ -155,13 +161,13 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def run_one(a, attention):
+def run_one(a, precision, attention):
     device = torch.device(a.device)
     torch.manual_seed(a.seed)
     hidden = a.mlp_hidden or 4 * a.d_model
     with device:  # build and initialise on the device (a 1 B model's CPU init takes seconds)
         model = GPT(a.vocab, a.seq_len, a.d_model, a.n_heads, a.n_layers, hidden, attention)
-    if a.precision == "bf16-master":
+    if precision == "bf16-master":
         model = model.to(dtype=torch.bfloat16)
         params = [p for p in model.parameters()]
         master = [p.detach().float().clone().requires_grad_(True) for p in params]
@@ -178,7 +184,7 @@ def run_one(a, attention):
     gen = torch.Generator(device=device)
     gen.manual_seed(a.seed)
     m, b, t = a.microbatches, a.micro_batch_size, a.seq_len
-    use_autocast = a.precision == "autocast"
+    use_autocast = precision == "autocast"
     times, losses = [], []
     for step in range(a.steps):
         # Fresh random tokens every step (never time on zeros); drawn before the clock starts.
@@ -220,7 +226,7 @@ def run_one(a, attention):
         "bench": "torch_baseline", "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "cuda": torch.version.cuda,
-        "attention": attention, "precision": a.precision,
+        "attention": attention, "precision": precision,
         "optimizer": "adamw-fused" if fused else "adamw-foreach",
         "params": n_params, "vocab": a.vocab, "seq_len": t, "d_model": a.d_model,
         "n_heads": a.n_heads, "n_layers": a.n_layers, "mlp_hidden": hidden,
@@ -255,13 +261,13 @@ def main(argv):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     rc = 0
-    for attention in a.attention:
+    for precision, attention in [(p, k) for p in a.precisions for k in a.attention]:
         try:
-            rec = run_one(a, attention)
+            rec = run_one(a, precision, attention)
             if "error" in rec:
                 rc = max(rc, 1)
         except torch.cuda.OutOfMemoryError as e:
-            rec = {"bench": "torch_baseline", "attention": attention, "precision": a.precision,
+            rec = {"bench": "torch_baseline", "attention": attention, "precision": precision,
                    "error": "out of memory", "detail": str(e).splitlines()[0][:300]}
             rc = 3
         emit(a, rec)
