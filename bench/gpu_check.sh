@@ -696,8 +696,10 @@ if want tests; then
       fact tests_total 0
       log "   ctest found no gpu-labelled tests (was GoogleTest found? see $f)"
     elif grep -q 'tests passed' "$f"; then  # ctest
-      total=$(sed -n 's/.*tests failed out of \([0-9]*\).*/\1/p' "$f" | tail -n 1)
-      failed=$(sed -n 's/.* \([0-9]*\) tests failed out of.*/\1/p' "$f" | tail -n 1)
+      # "100% tests passed out of 4" (CTest >= 3.27 when none failed) or
+      # "75% tests passed, 1 tests failed out of 4"
+      total=$(sed -n 's/.*% tests passed.* out of \([0-9]*\).*/\1/p' "$f" | tail -n 1)
+      failed=$(sed -n 's/.* \([0-9]*\) tests\{0,1\} failed out of.*/\1/p' "$f" | tail -n 1)
       skipped=$(grep -c 'Skipped ' "$f")
       fact tests_total "${total:-0}"
       fact tests_failed "${failed:-0}"
