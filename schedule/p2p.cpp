@@ -8,10 +8,6 @@ namespace stp::schedule {
 
 namespace {
 
-bool is_p2p(Op op) {
-  return op == Op::kSendF || op == Op::kRecvF || op == Op::kSendB || op == Op::kRecvB;
-}
-
 // A message is identified by its sender part: (direction, sender stage, mb).
 struct Message {
   bool backward = false;  // gradient (SEND_B/RECV_B) rather than activation (SEND_F/RECV_F)
