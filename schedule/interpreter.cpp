@@ -19,7 +19,6 @@ Interpreter::Interpreter(const Program& program, ChannelLayout layout)
       p_(program.p),
       pc_(p_, 0),
       posted_(p_, 0),
-      blocked_(p_, 0),
       paired_(p_),
       queue_(static_cast<std::size_t>(p_) * p_ * 2) {
   STP_ASSERT(static_cast<int>(program.ranks.size()) == p_, program.ranks.size(),
@@ -66,10 +65,7 @@ void Interpreter::advance(int rank, Observer& observer, std::vector<int>& work) 
       posted_[rank] = 1;
       post(rank, i, work);
     }
-    if (!paired_[rank]) {
-      blocked_[rank] = 1;
-      return;
-    }
+    if (!paired_[rank]) return;  // blocked until a peer's post() completes the RECV
     observer.execute(rank, i, in, paired_[rank]);
     posted_[rank] = 0;
     paired_[rank].reset();
@@ -89,10 +85,7 @@ void Interpreter::post(int rank, std::size_t index, std::vector<int>& work) {
     const InstrRef send = mine_sends ? mine.front() : other;
     const InstrRef recv = mine_sends ? other : mine.front();
     paired_[recv.rank] = send;  // a rank's only posted RECV is the one at its pc
-    if (blocked_[recv.rank]) {
-      blocked_[recv.rank] = 0;
-      work.push_back(recv.rank);
-    }
+    if (recv.rank != rank) work.push_back(recv.rank);  // it was blocked there
     mine.pop_front();
     theirs.pop_front();
   }

@@ -87,7 +87,6 @@ class Interpreter {
   const int p_;
   std::vector<std::size_t> pc_;                  // (p) next instruction
   std::vector<char> posted_;                     // (p) the RECV at pc was posted
-  std::vector<char> blocked_;                    // (p) the rank waits for the RECV at pc
   std::vector<std::optional<InstrRef>> paired_;  // (p) the SEND the RECV at pc completed with
   std::vector<std::deque<InstrRef>> queue_;      // (p*p*2) [channel*2 + side] posted P2P
 };
