@@ -2,7 +2,9 @@
 // reference generator emits it, with the reference's counter-based microbatch indices.
 #include <algorithm>
 
+#include "schedule/cost_model.h"
 #include "schedule/generators.h"
+#include "schedule/interpreter.h"
 #include "schedule/p2p.h"
 #include "schedule/rank_builder.h"
 #include "stp/check.h"
@@ -72,73 +74,117 @@ void stp_rank(Program& prog, int r, int m) {
   b.finish();
 }
 
-// Moves deferred W's into the idle gaps of a compute-only program, timed at unit costs
-// (T_F = T_B = T_W = 1, free P2P) in one dataflow pass: whenever a rank would wait at least
-// T_W before an instruction and the oldest deferred W (the first W part after it) is a
-// standalone W whose B already ran, that W moves in front of the instruction. The FIFO order of
-// W's is kept, and no instruction starts later than before: a moved W ends before the
+// Moves deferred W's into the idle gaps of a program, timed at unit costs (T_F = T_B = T_W =
+// 1, free P2P) while the Interpreter runs it: whenever a rank would wait at least T_W for its
+// inputs before a compute and the oldest deferred W (the first W part after it) is a standalone
+// W whose B already ran, that W moves in front of the compute (and its RECVs). The FIFO order
+// of W's is kept, and no instruction starts later than before: a moved W ends before the
 // instruction it now precedes could have started.
-void fill_gaps_with_w(Program& prog) {
-  const int p = prog.p, S = prog.stages(), m = prog.m;
-  constexpr double kUnknown = -1;
-  auto at = [m](int stage, int mb) { return static_cast<std::size_t>(stage) * m + mb; };
-  std::vector<double> f_end(static_cast<std::size_t>(S) * m, kUnknown);
-  std::vector<double> b_end(static_cast<std::size_t>(S) * m, kUnknown);
-  std::vector<char> b_run(static_cast<std::size_t>(S) * m, 0);  // B ran (its W may move up)
-  std::vector<std::size_t> pc(p, 0);
-  std::vector<double> clock(p, 0);
-
-  // When the instruction's inputs from other instructions are ready; kUnknown if not yet known.
-  auto ready = [&](const Instr& in) {
-    double t = 0;
-    for (const Part& part : in.parts) {
-      double dep = 0;
-      if (part.pass == Pass::kF && part.stage > 0) dep = f_end[at(part.stage - 1, part.mb)];
-      if ((part.pass == Pass::kB || part.pass == Pass::kBW) && part.stage < S - 1)
-        dep = b_end[at(part.stage + 1, part.mb)];
-      if (dep == kUnknown) return kUnknown;
-      t = std::max(t, dep);
-    }
-    return t;
-  };
-  bool progress = true;
-  while (progress) {
-    progress = false;
-    for (int r = 0; r < p; ++r) {
-      auto& list = prog.ranks[r];
-      while (pc[r] < list.size()) {
-        const double t_ready = ready(list[pc[r]]);
-        if (t_ready == kUnknown) break;  // an input is computed later on another rank
-        if (t_ready >= clock[r] + 1) {   // a gap of at least T_W: try the oldest deferred W
-          std::size_t w = pc[r];
-          while (w < list.size() && list[w].parts.back().pass != Pass::kW) ++w;
-          if (w < list.size() && list[w].op == Op::kW &&
-              b_run[at(list[w].parts[0].stage, list[w].parts[0].mb)]) {
-            Instr moving = std::move(list[w]);
-            list.erase(list.begin() + static_cast<std::ptrdiff_t>(w));
-            list.insert(list.begin() + static_cast<std::ptrdiff_t>(pc[r]), std::move(moving));
-            clock[r] += 1;
-            ++pc[r];
-            progress = true;
-            continue;
-          }
-        }
-        const Instr& in = list[pc[r]];
-        const double end = std::max(clock[r], t_ready) + static_cast<double>(in.parts.size()) +
-                           (in.parts.back().pass == Pass::kBW ? 1 : 0);
-        for (const Part& part : in.parts) {
-          if (part.pass == Pass::kF) f_end[at(part.stage, part.mb)] = end;
-          if (part.pass == Pass::kB || part.pass == Pass::kBW) b_end[at(part.stage, part.mb)] = end;
-          if (part.pass == Pass::kB) b_run[at(part.stage, part.mb)] = 1;
-        }
-        clock[r] = end;
-        ++pc[r];
-        progress = true;
-      }
+class GapFiller final : public Interpreter::Observer {
+ public:
+  explicit GapFiller(const Program& prog)
+      : prog_(prog),
+        m_(prog.m),
+        clock_(prog.p, 0),
+        ready_(at(prog.stages(), 0) * 2, 0),
+        b_run_(at(prog.stages(), 0), 0),
+        sent_(prog.p),
+        moved_(prog.p),
+        moves_(prog.p) {
+    for (int r = 0; r < prog.p; ++r) {
+      sent_[r].assign(prog.ranks[r].size(), 0);
+      moved_[r].assign(prog.ranks[r].size(), 0);
     }
   }
-  for (int r = 0; r < p; ++r)
-    STP_ASSERT(pc[r] == prog.ranks[r].size(), "fill_gaps_with_w: rank ", r, " stuck at ", pc[r]);
+
+  void reach(int, std::size_t, const Instr&) override {}
+
+  void execute(int r, std::size_t i, const Instr& in, std::optional<InstrRef> send) override {
+    if (send) {  // a RECV: its input arrived when it was sent
+      ready_[input(in.ref, in.op == Op::kRecvB)] = sent_[send->rank][send->index];
+      return;
+    }
+    if (!in.is_compute()) {  // a SEND: leaves now, arrives at once
+      sent_[r][i] = clock_[r];
+      return;
+    }
+    if (moved_[r][i]) return;  // a W that already ran in a gap
+    double t_ready = 0;        // the latest received input (same-rank ones are ready)
+    for (const Part& part : in.parts)
+      if (part.pass != Pass::kW)
+        t_ready = std::max(t_ready, ready_[input(part, part.pass != Pass::kF)]);
+    std::size_t before = i;  // a moved W goes in front of the RECVs insert_p2p put before `in`
+    while (before > 0 && (prog_.ranks[r][before - 1].op == Op::kRecvF ||
+                          prog_.ranks[r][before - 1].op == Op::kRecvB))
+      --before;
+    while (t_ready >= clock_[r] + 1) {  // a gap of at least T_W
+      const std::size_t w = oldest_w(r, i);
+      if (w == kNone) break;
+      moved_[r][w] = 1;
+      moves_[r].push_back({before, w});
+      clock_[r] += instr_cost(prog_.ranks[r][w], unit_costs_).duration;
+    }
+    clock_[r] = std::max(clock_[r], t_ready) + instr_cost(in, unit_costs_).duration;
+    for (const Part& part : in.parts)
+      if (part.pass == Pass::kB) b_run_[at(part.stage, part.mb)] = 1;
+  }
+
+  // The program with the W's moved.
+  void apply(Program& prog) const {
+    for (int r = 0; r < prog.p; ++r) {
+      std::vector<Instr> list;
+      auto move = moves_[r].begin();
+      for (std::size_t i = 0; i < prog.ranks[r].size(); ++i) {
+        for (; move != moves_[r].end() && move->before == i; ++move)
+          list.push_back(prog.ranks[r][move->w]);
+        if (!moved_[r][i]) list.push_back(prog.ranks[r][i]);
+      }
+      prog.ranks[r] = std::move(list);
+    }
+  }
+
+ private:
+  static constexpr std::size_t kNone = static_cast<std::size_t>(-1);
+  struct Move {
+    std::size_t before;  // instruction index the W moves in front of
+    std::size_t w;       // the W's index
+  };
+
+  std::size_t at(int stage, int mb) const { return static_cast<std::size_t>(stage) * m_ + mb; }
+  std::size_t input(const Part& part, bool backward) const {
+    return at(part.stage, part.mb) * 2 + (backward ? 1 : 0);
+  }
+
+  // The oldest deferred W of rank r at or after instruction i when it can move, else kNone.
+  std::size_t oldest_w(int r, std::size_t i) const {
+    const auto& list = prog_.ranks[r];
+    for (; i < list.size(); ++i) {
+      if (!list[i].is_compute() || moved_[r][i] || list[i].parts.back().pass != Pass::kW) continue;
+      const Part& w = list[i].parts[0];
+      return list[i].op == Op::kW && b_run_[at(w.stage, w.mb)] ? i : kNone;
+    }
+    return kNone;
+  }
+
+  const Program& prog_;
+  const int m_;
+  const CostModel unit_costs_;             // T_F = T_B = T_W = 1, no TP or P2P time
+  std::vector<double> clock_;              // (p) when the rank is free
+  std::vector<double> ready_;              // (S*m*2) arrival of a part's received input
+  std::vector<char> b_run_;                // (S*m) B ran (its W may move up)
+  std::vector<std::vector<double>> sent_;  // [rank][instr] when a SEND's message arrives
+  std::vector<std::vector<char>> moved_;   // [rank][instr] a W moved into a gap
+  std::vector<std::vector<Move>> moves_;   // (p) in the order the ranks ran them
+};
+
+void fill_gaps_with_w(Program& prog) {
+  GapFiller filler(prog);
+  Interpreter interpreter(prog, ChannelLayout::kPerPairDirection);
+  interpreter.run(filler);
+  for (int r = 0; r < prog.p; ++r)
+    STP_ASSERT(interpreter.finished(r), "fill_gaps_with_w: rank ", r, " stuck at ",
+               interpreter.pc(r));
+  filler.apply(prog);
 }
 
 }  // namespace
@@ -163,8 +209,8 @@ Program make_stp(int p, int m) {
   Program prog = empty_program("stp", p, m_full, 2, Placement::kV);
   for (int r = 0; r < p; ++r) stp_rank(prog, r, m_full);
   drop_microbatches(prog, m);
-  fill_gaps_with_w(prog);
   insert_p2p(prog);
+  fill_gaps_with_w(prog);
   return prog;
 }
 

@@ -8,15 +8,17 @@ namespace stp::schedule {
 
 namespace {
 
-bool is_p2p(Op op) {
-  return op == Op::kSendF || op == Op::kRecvF || op == Op::kSendB || op == Op::kRecvB;
-}
-
 // A message is identified by its sender part: (direction, sender stage, mb).
 struct Message {
   bool backward = false;  // gradient (SEND_B/RECV_B) rather than activation (SEND_F/RECV_F)
   int stage = 0;          // the sending stage
   int mb = 0;
+};
+
+// check_p2p_channels needs only where the ranks stop.
+class NoChecks final : public Interpreter::Observer {
+  void reach(int, std::size_t, const Instr&) override {}
+  void execute(int, std::size_t, const Instr&, std::optional<InstrRef>) override {}
 };
 
 }  // namespace
@@ -87,6 +89,35 @@ void insert_p2p(Program& prog) {
                 " can be sent in that order (a consumed tensor is never produced)");
     prog.ranks[r] = std::move(list);
   }
+}
+
+ChannelCheck check_p2p_channels(const Program& program, ChannelLayout layout) {
+  Interpreter interpreter(program, layout);
+  NoChecks observer;
+  interpreter.run(observer);
+  int r = 0;
+  while (r < program.p && interpreter.finished(r)) ++r;
+  if (r == program.p) return {};
+  // A stuck rank waits in a RECV for its peer; follow that until a rank repeats.
+  std::vector<int> seen(program.p, -1);  // position of a rank on the walk
+  std::vector<ChannelWait> walk;
+  while (seen[r] < 0) {
+    STP_ASSERT(!interpreter.finished(r), "rank ", r, " finished but a rank waits for it");
+    seen[r] = static_cast<int>(walk.size());
+    walk.push_back({r, interpreter.pc(r), interpreter.queue_head(r)});
+    r = program.ranks[r][interpreter.pc(r)].peer;
+  }
+  ChannelCheck check;
+  check.cycle.assign(walk.begin() + seen[r], walk.end());
+  for (const ChannelWait& w : check.cycle) {
+    const auto& list = program.ranks[w.rank];
+    check.message += str_cat(check.message.empty() ? "deadlock: " : "; ", "rank ", w.rank,
+                             " instr ", w.recv, " (", to_string(list[w.recv]), ")");
+    if (w.head != w.recv)
+      check.message += str_cat(" waits behind instr ", w.head, " (", to_string(list[w.head]), ")");
+    check.message += str_cat(" for rank ", list[w.recv].peer);
+  }
+  return check;
 }
 
 Program compute_only(const Program& program) {

@@ -26,7 +26,7 @@
 //    and precedes the backward (B or BW) of that set.
 //
 // Additions since the first version (nothing was renamed or removed): the invariants note
-// above, from_string for Pass/Op, to_string(Part), Program::stage_of().
+// above, from_string for Pass/Op, to_string(Part), Program::stage_of(), is_p2p().
 //
 // Thread-safety: values; no shared state.
 #pragma once
@@ -82,6 +82,10 @@ struct Instr {
   bool is_compute() const { return !parts.empty(); }
   friend bool operator==(const Instr&, const Instr&) = default;
 };
+
+inline bool is_p2p(Op op) {
+  return op == Op::kSendF || op == Op::kRecvF || op == Op::kSendB || op == Op::kRecvB;
+}
 
 // A compute instruction: `op` with its parts in braid order.
 inline Instr compute_instr(Op op, std::vector<Part> parts) {

@@ -16,10 +16,6 @@ namespace stp::schedule {
 
 namespace {
 
-bool is_p2p(Op op) {
-  return op == Op::kSendF || op == Op::kRecvF || op == Op::kSendB || op == Op::kRecvB;
-}
-
 void write_ints(std::ostringstream& os, const std::vector<int>& xs) {
   os << '[';
   for (std::size_t i = 0; i < xs.size(); ++i) os << (i ? ", " : "") << xs[i];

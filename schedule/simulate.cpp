@@ -1,8 +1,8 @@
 #include "schedule/simulate.h"
 
 #include <algorithm>
-#include <deque>
 
+#include "schedule/interpreter.h"
 #include "stp/check.h"
 
 namespace stp::schedule {
@@ -20,7 +20,8 @@ struct MemEvent {
 
 double transfer(double bytes, double bandwidth) { return bandwidth > 0 ? bytes / bandwidth : 0.0; }
 
-class Simulator {
+// Times the program while the Interpreter runs it.
+class Simulator final : public Interpreter::Observer {
  public:
   Simulator(const Program& prog, const CostModel& costs, const SimOptions& options)
       : prog_(prog), c_(costs), opt_(options), p_(prog.p), S_(prog.stages()), m_(prog.m) {}
@@ -35,7 +36,8 @@ class Simulator {
     b_in_.assign(n, 0);
     offload_end_.assign(n, 0);
     reload_end_.assign(n, -1);
-    channel_.assign(static_cast<std::size_t>(p_) * p_, {});
+    arrival_.assign(p_, {});
+    for (int r = 0; r < p_; ++r) arrival_[r].assign(prog_.ranks[r].size(), 0);
     link_free_.assign(static_cast<std::size_t>(p_) * p_, 0);
     rank_chunk_stage_.assign(p_, std::vector<int>(std::max(prog_.v, 1), -1));
     for (int s = 0; s < S_; ++s) rank_chunk_stage_[prog_.stage_rank[s]][prog_.stage_chunk[s]] = s;
@@ -45,17 +47,12 @@ class Simulator {
     result_.timeline.p = p_;
     result_.timeline.title = str_cat(prog_.kind, " p=", p_, " m=", m_);
 
-    std::vector<int> work;
-    for (int r = p_ - 1; r >= 0; --r) work.push_back(r);
-    while (!work.empty()) {
-      const int r = work.back();
-      work.pop_back();
-      advance(r, work);
-    }
+    Interpreter interpreter(prog_, ChannelLayout::kPerPairDirection);
+    interpreter.run(*this);
     for (int r = 0; r < p_; ++r) {
-      const RankState& st = state_[r];
-      STP_CHECK(st.pc == prog_.ranks[r].size(), "simulate: rank ", r, " never gets past instr ",
-                st.pc, " (", to_string(prog_.ranks[r][st.pc]),
+      const std::size_t pc = interpreter.pc(r);
+      STP_CHECK(interpreter.finished(r), "simulate: rank ", r, " never gets past instr ", pc, " (",
+                to_string(prog_.ranks[r][pc]),
                 "): the program deadlocks; run verify() for the cause");
     }
     finish();
@@ -64,10 +61,8 @@ class Simulator {
 
  private:
   struct RankState {
-    std::size_t pc = 0;
-    double clock = 0;      // when the rank is free for its next instruction
-    bool started = false;  // ran a compute instruction
-    int waiting_on = -1;   // peer a blocked RECV waits for
+    double clock = 0;                   // when the rank is free for its next instruction
+    bool started = false;               // ran a compute instruction
     double d2h_free = 0, h2d_free = 0;  // when each host channel is free
   };
 
@@ -141,37 +136,15 @@ class Simulator {
     return ev;
   }
 
-  void send(int r, std::size_t index, const Instr& in, std::vector<int>& work) {
-    const int dst = in.peer;
-    STP_CHECK(dst >= 0 && dst < p_ && dst != r, "simulate: rank ", r, " instr ", index,
-              " sends to rank ", dst, "; run verify() first");
-    double& link = link_free_[r * p_ + dst];
+  void send(int r, std::size_t index, const Instr& in) {
+    double& link = link_free_[r * p_ + in.peer];
     const double leave = std::max(state_[r].clock, link);
     const double wire = transfer(c_.p2p_bytes, c_.p2p_bandwidth);
     link = leave + wire;
-    const double arrive = leave + wire + c_.p2p_latency;
-    channel_[r * p_ + dst].push_back(arrive);
-    if (state_[dst].waiting_on == r) {
-      state_[dst].waiting_on = -1;
-      work.push_back(dst);
-    }
+    arrival_[r][index] = leave + wire + c_.p2p_latency;
     if (opt_.record_timeline)
-      result_.timeline.events.push_back(event(r, index, in, kCategoryP2P, leave, arrive));
-  }
-
-  // Returns false when the message has not been sent yet (the rank blocks here).
-  bool recv(int r, const Instr& in) {
-    STP_CHECK(in.peer >= 0 && in.peer < p_ && in.ref.stage >= 0 && in.ref.stage < S_ &&
-                  in.ref.mb >= 0 && in.ref.mb < m_,
-              "simulate: rank ", r, " has a malformed ", to_string(in), "; run verify() first");
-    auto& ch = channel_[in.peer * p_ + r];
-    if (ch.empty()) {
-      state_[r].waiting_on = in.peer;
-      return false;
-    }
-    (in.op == Op::kRecvF ? f_in_ : b_in_)[at(in.ref.stage, in.ref.mb)] = ch.front();
-    ch.pop_front();
-    return true;
+      result_.timeline.events.push_back(
+          event(r, index, in, kCategoryP2P, leave, arrival_[r][index]));
   }
 
   void host_copy(int r, std::size_t index, const Instr& in) {
@@ -207,29 +180,40 @@ class Simulator {
           r, index, in, in.op == Op::kOffload ? kCategoryOffload : kCategoryReload, start, end));
   }
 
-  void advance(int r, std::vector<int>& work) {
-    RankState& st = state_[r];
-    const auto& list = prog_.ranks[r];
-    while (st.pc < list.size()) {
-      const Instr& in = list[st.pc];
-      switch (in.op) {
-        case Op::kF:
-        case Op::kB:
-        case Op::kW:
-        case Op::kBW:
-        case Op::kFF:
-        case Op::kFB:
-        case Op::kFW: compute(r, st.pc, in); break;
-        case Op::kSendF:
-        case Op::kSendB: send(r, st.pc, in, work); break;
-        case Op::kRecvF:
-        case Op::kRecvB:
-          if (!recv(r, in)) return;
-          break;
-        case Op::kOffload:
-        case Op::kReload: host_copy(r, st.pc, in); break;
-      }
-      ++st.pc;
+  void reach(int r, std::size_t index, const Instr& in) override {
+    if (in.op == Op::kSendF || in.op == Op::kSendB)
+      STP_CHECK(in.peer >= 0 && in.peer < p_ && in.peer != r, "simulate: rank ", r, " instr ",
+                index, " sends to rank ", in.peer, "; run verify() first");
+    if (in.op == Op::kRecvF || in.op == Op::kRecvB)
+      STP_CHECK(in.peer >= 0 && in.peer < p_ && in.peer != r && in.ref.stage >= 0 &&
+                    in.ref.stage < S_ && in.ref.mb >= 0 && in.ref.mb < m_,
+                "simulate: rank ", r, " has a malformed ", to_string(in), "; run verify() first");
+  }
+
+  void execute(int r, std::size_t index, const Instr& in, std::optional<InstrRef> sent) override {
+    switch (in.op) {
+      case Op::kF:
+      case Op::kB:
+      case Op::kW:
+      case Op::kBW:
+      case Op::kFF:
+      case Op::kFB:
+      case Op::kFW:
+        compute(r, index, in);
+        break;
+      case Op::kSendF:
+      case Op::kSendB:
+        send(r, index, in);
+        break;
+      case Op::kRecvF:
+      case Op::kRecvB:  // hands the arrival time to the compute that consumes it
+        (in.op == Op::kRecvF ? f_in_ : b_in_)[at(in.ref.stage, in.ref.mb)] =
+            arrival_[sent->rank][sent->index];
+        break;
+      case Op::kOffload:
+      case Op::kReload:
+        host_copy(r, index, in);
+        break;
     }
   }
 
@@ -269,11 +253,11 @@ class Simulator {
   const CostModel& c_;
   const SimOptions& opt_;
   const int p_, S_, m_;
-  std::vector<double> f_in_, b_in_;        // (S*m) arrival of a forward's input / a backward's gradient
-  std::vector<double> offload_end_;        // (S*m) when the set's OFFLOAD copy completed
-  std::vector<double> reload_end_;         // (S*m) when its RELOAD copy completes, -1 if none
-  std::vector<std::deque<double>> channel_;  // (p*p) [src*p+dst] arrival times sent, not received
-  std::vector<double> link_free_;          // (p*p) when the directed link is free
+  std::vector<double> f_in_, b_in_;  // (S*m) arrival of a forward's input / a backward's gradient
+  std::vector<double> offload_end_;  // (S*m) when the set's OFFLOAD copy completed
+  std::vector<double> reload_end_;   // (S*m) when its RELOAD copy completes, -1 if none
+  std::vector<std::vector<double>> arrival_;        // [rank][instr] when a SEND's message arrives
+  std::vector<double> link_free_;                   // (p*p) when the directed link is free
   std::vector<std::vector<int>> rank_chunk_stage_;  // [rank][chunk] -> stage
   std::vector<RankState> state_;           // (p)
   std::vector<std::vector<MemEvent>> mem_;  // (p) memory changes, unsorted

@@ -3,6 +3,7 @@
 #include <deque>
 #include <vector>
 
+#include "schedule/interpreter.h"
 #include "stp/check.h"
 
 namespace stp::schedule {
@@ -18,8 +19,10 @@ template <typename... Args>
   throw Failure{str_cat(args...)};
 }
 
-bool is_p2p(Op op) {
-  return op == Op::kSendF || op == Op::kRecvF || op == Op::kSendB || op == Op::kRecvB;
+// The stage at the other end of a P2P instruction.
+int p2p_stage(const Instr& in) {
+  const bool up = in.op == Op::kSendF || in.op == Op::kRecvB;  // towards the last stage
+  return up ? in.ref.stage + 1 : in.ref.stage - 1;
 }
 
 // What the instruction's parts must be. `where` names the instruction (built only on failure).
@@ -58,7 +61,8 @@ void check_shape(const Instr& in, const Where& where) {
   }
 }
 
-class Machine {
+// Checks the program while the Interpreter runs it (Note [Schedule invariants]).
+class Machine final : public Interpreter::Observer {
  public:
   explicit Machine(const Program& prog)
       : prog_(prog), p_(prog.p), S_(prog.stages()), m_(prog.m) {}
@@ -73,28 +77,13 @@ class Machine {
     f_in_.assign(n, 0);
     b_in_.assign(n, 0);
     offloaded_.assign(n, 0);
-    channel_.assign(static_cast<std::size_t>(p_) * p_, {});
-    waiting_on_.assign(p_, -1);
-    pc_.assign(p_, 0);
     fifo_.assign(p_, {});
-
-    std::vector<int> work;
-    for (int r = p_ - 1; r >= 0; --r) work.push_back(r);
-    while (!work.empty()) {
-      const int r = work.back();
-      work.pop_back();
-      advance(r, work);
-    }
-    finish();
+    Interpreter interpreter(prog_, ChannelLayout::kPerPairDirection);
+    interpreter.run(*this);
+    finish(interpreter);
   }
 
  private:
-  struct Msg {
-    bool backward;
-    int stage;  // sending stage
-    int mb;
-  };
-
   std::size_t at(int stage, int mb) const { return static_cast<std::size_t>(stage) * m_ + mb; }
   std::string where(int r, std::size_t i) const {
     return str_cat("rank ", r, " instr ", i, " (", to_string(prog_.ranks[r][i]), ")");
@@ -219,94 +208,79 @@ class Machine {
     }
   }
 
-  // Runs rank r until it blocks on a RECV or ends.
-  void advance(int r, std::vector<int>& work) {
-    const auto& list = prog_.ranks[r];
-    while (pc_[r] < list.size()) {
-      const std::size_t i = pc_[r];
-      const Instr& in = list[i];
-      check_shape(in, [&] { return where(r, i); });
-      if (in.is_compute()) {
-        for (const Part& part : in.parts) check_part(r, i, part);
-        if (in.parts.size() == 2 && in.parts[0].stage == in.parts[1].stage &&
-            in.parts[0].mb == in.parts[1].mb)
-          fail(where(r, i), ": both parts are ", sm(in.parts[0].stage, in.parts[0].mb));
-        for (const Part& part : in.parts) check_compute(r, i, part);
-        for (const Part& part : in.parts) commit(r, part);
-      } else if (is_p2p(in.op)) {
-        check_ref(r, i, in.ref);
-        const bool fwd = in.op == Op::kSendF || in.op == Op::kRecvF;
-        const bool send = in.op == Op::kSendF || in.op == Op::kSendB;
-        const int s = in.ref.stage;
-        const int other = send ? (fwd ? s + 1 : s - 1) : (fwd ? s - 1 : s + 1);
-        if (other < 0 || other >= S_)
-          fail(where(r, i), ": stage ", s, " has no ", fwd ? (send ? "next" : "previous") : (send ? "previous" : "next"),
-               " stage to talk to");
-        if (prog_.stage_rank[other] != in.peer)
-          fail(where(r, i), ": stage ", other, " lives on rank ", prog_.stage_rank[other],
-               ", not on peer ", in.peer);
-        if (in.peer == r) fail(where(r, i), ": P2P to its own rank");
-        if (send) {
-          const std::size_t k = at(s, in.ref.mb);
-          if (fwd ? !f_done_[k] : !b_done_[k])
-            fail(where(r, i), ": sends the ", fwd ? "output of F" : "input gradient of the backward", " of ",
-                 sm(s, in.ref.mb), " before computing it");
-          const int dst = in.peer;
-          channel_[r * p_ + dst].push_back(Msg{!fwd, s, in.ref.mb});
-          if (waiting_on_[dst] == r) {
-            waiting_on_[dst] = -1;
-            work.push_back(dst);
-          }
-        } else {
-          auto& ch = channel_[in.peer * p_ + r];
-          if (ch.empty()) {
-            waiting_on_[r] = in.peer;
-            return;  // blocked until peer sends
-          }
-          const Msg msg = ch.front();
-          if (msg.backward == fwd || msg.stage != other || msg.mb != in.ref.mb)
-            fail(where(r, i), ": mismatched send order on channel ", in.peer, "->", r,
-                 ": the next message sent there is ", msg.backward ? "SEND_B" : "SEND_F", " s",
-                 msg.stage, " mb", msg.mb);
-          ch.pop_front();
-          (fwd ? f_in_ : b_in_)[at(s, in.ref.mb)] = 1;
-        }
-      } else {  // OFFLOAD / RELOAD
-        const int s = stage_of(r, in.ref.chunk);
-        if (s < 0) fail(where(r, i), ": rank ", r, " has no chunk ", in.ref.chunk);
-        if (in.ref.mb < 0 || in.ref.mb >= m_)
-          fail(where(r, i), ": mb ", in.ref.mb, " outside [0, m=", m_, ")");
-        const std::size_t k = at(s, in.ref.mb);
-        if (in.op == Op::kOffload) {
-          if (!f_done_[k]) fail(where(r, i), ": offloads ", sm(s, in.ref.mb), " before its F");
-          if (b_done_[k]) fail(where(r, i), ": offloads ", sm(s, in.ref.mb), " after its backward");
-          if (offloaded_[k] == 1) fail(where(r, i), ": ", sm(s, in.ref.mb), " is already offloaded");
-          offloaded_[k] = 1;
-        } else {
-          if (offloaded_[k] != 1)
-            fail(where(r, i), ": reloads ", sm(s, in.ref.mb), " which is not offloaded");
-          offloaded_[k] = 2;
-        }
+  // The shape of the instruction and, for P2P, that its ref and peer exist: what the
+  // interpreter needs before it posts a P2P instruction.
+  void reach(int r, std::size_t i, const Instr& in) override {
+    check_shape(in, [&] { return where(r, i); });
+    if (!is_p2p(in.op)) return;
+    check_ref(r, i, in.ref);
+    const int s = in.ref.stage;
+    const int other = p2p_stage(in);
+    if (other < 0 || other >= S_)
+      fail(where(r, i), ": stage ", s, " has no ", other > s ? "next" : "previous",
+           " stage to talk to");
+    if (prog_.stage_rank[other] != in.peer)
+      fail(where(r, i), ": stage ", other, " lives on rank ", prog_.stage_rank[other],
+           ", not on peer ", in.peer);
+    if (in.peer == r) fail(where(r, i), ": P2P to its own rank");
+  }
+
+  void execute(int r, std::size_t i, const Instr& in, std::optional<InstrRef> send) override {
+    if (in.is_compute()) {
+      for (const Part& part : in.parts) check_part(r, i, part);
+      if (in.parts.size() == 2 && in.parts[0].stage == in.parts[1].stage &&
+          in.parts[0].mb == in.parts[1].mb)
+        fail(where(r, i), ": both parts are ", sm(in.parts[0].stage, in.parts[0].mb));
+      for (const Part& part : in.parts) check_compute(r, i, part);
+      for (const Part& part : in.parts) commit(r, part);
+    } else if (is_p2p(in.op)) {
+      const bool fwd = in.op == Op::kSendF || in.op == Op::kRecvF;
+      const std::size_t k = at(in.ref.stage, in.ref.mb);
+      if (!send) {  // a SEND
+        if (fwd ? !f_done_[k] : !b_done_[k])
+          fail(where(r, i), ": sends the ", fwd ? "output of F" : "input gradient of the backward",
+               " of ", sm(in.ref.stage, in.ref.mb), " before computing it");
+        return;
       }
-      ++pc_[r];
+      const Instr& msg = prog_.ranks[send->rank][send->index];
+      if (msg.op != (fwd ? Op::kSendF : Op::kSendB) || msg.ref.stage != p2p_stage(in) ||
+          msg.ref.mb != in.ref.mb)
+        fail(where(r, i), ": mismatched send order on channel ", in.peer, "->", r,
+             ": the next message sent there is ", to_string(msg.op), " s", msg.ref.stage, " mb",
+             msg.ref.mb);
+      (fwd ? f_in_ : b_in_)[k] = 1;
+    } else {  // OFFLOAD / RELOAD
+      const int s = stage_of(r, in.ref.chunk);
+      if (s < 0) fail(where(r, i), ": rank ", r, " has no chunk ", in.ref.chunk);
+      if (in.ref.mb < 0 || in.ref.mb >= m_)
+        fail(where(r, i), ": mb ", in.ref.mb, " outside [0, m=", m_, ")");
+      const std::size_t k = at(s, in.ref.mb);
+      if (in.op == Op::kOffload) {
+        if (!f_done_[k]) fail(where(r, i), ": offloads ", sm(s, in.ref.mb), " before its F");
+        if (b_done_[k]) fail(where(r, i), ": offloads ", sm(s, in.ref.mb), " after its backward");
+        if (offloaded_[k] == 1) fail(where(r, i), ": ", sm(s, in.ref.mb), " is already offloaded");
+        offloaded_[k] = 1;
+      } else {
+        if (offloaded_[k] != 1)
+          fail(where(r, i), ": reloads ", sm(s, in.ref.mb), " which is not offloaded");
+        offloaded_[k] = 2;
+      }
     }
   }
 
-  void finish() {
+  void finish(const Interpreter& interpreter) {
     std::string stuck;
     for (int r = 0; r < p_; ++r) {
-      if (pc_[r] < prog_.ranks[r].size())
-        stuck += str_cat(stuck.empty() ? "" : "; ", where(r, pc_[r]), " waits for rank ",
-                         waiting_on_[r]);
+      if (!interpreter.finished(r))
+        stuck += str_cat(stuck.empty() ? "" : "; ", where(r, interpreter.pc(r)), " waits for rank ",
+                         prog_.ranks[r][interpreter.pc(r)].peer);
     }
     if (!stuck.empty()) fail("deadlock: ", stuck);
-    for (int src = 0; src < p_; ++src)
-      for (int dst = 0; dst < p_; ++dst)
-        if (!channel_[src * p_ + dst].empty()) {
-          const Msg& msg = channel_[src * p_ + dst].front();
-          fail("rank ", src, " sends ", msg.backward ? "SEND_B" : "SEND_F", " s", msg.stage, " mb",
-               msg.mb, " to rank ", dst, ", which never receives it");
-        }
+    if (const auto left = interpreter.first_unmatched()) {
+      const Instr& msg = prog_.ranks[left->rank][left->index];
+      fail("rank ", left->rank, " sends ", to_string(msg.op), " s", msg.ref.stage, " mb",
+           msg.ref.mb, " to rank ", msg.peer, ", which never receives it");
+    }
     for (int s = 0; s < S_; ++s) {
       for (int mb = 0; mb < m_; ++mb) {
         const std::size_t k = at(s, mb);
@@ -322,11 +296,8 @@ class Machine {
   const int p_, S_, m_;
   std::vector<std::vector<int>> rank_chunk_stage_;  // [rank][chunk] -> stage
   std::vector<char> f_done_, b_done_, w_done_, fused_;  // (S*m) per (stage, mb)
-  std::vector<char> f_in_, b_in_;    // (S*m) input activation / output gradient received
-  std::vector<char> offloaded_;      // (S*m) 0 resident, 1 offloaded, 2 reloaded
-  std::vector<std::deque<Msg>> channel_;  // (p*p) [src*p+dst] sent, not yet received
-  std::vector<int> waiting_on_;      // (p) rank a blocked RECV waits for, or -1
-  std::vector<std::size_t> pc_;      // (p) next instruction
+  std::vector<char> f_in_, b_in_;              // (S*m) input activation / output gradient received
+  std::vector<char> offloaded_;                // (S*m) 0 resident, 1 offloaded, 2 reloaded
   std::vector<std::deque<std::size_t>> fifo_;  // (p) deferred B parts (stage*m+mb), oldest first
 };
 
