@@ -1,6 +1,6 @@
 #include "allocator/backend.h"
 
-#include "stp/check.h"
+#include "common/check.h"
 
 #ifdef STP_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -29,8 +29,9 @@ Backend resolve_backend(Backend requested) {
       return Backend::kHost;
     case Backend::kCuda:
 #ifndef STP_WITH_CUDA
-      STP_CHECK(false, "backend=cuda but this build has no CUDA (configure with -DSTP_WITH_CUDA=ON); "
-                       "use backend=host or auto");
+      STP_CHECK(false,
+                "backend=cuda but this build has no CUDA (configure with -DSTP_WITH_CUDA=ON); "
+                "use backend=host or auto");
 #endif
       STP_CHECK(cuda_device_available(),
                 "backend=cuda but no CUDA device is visible; use backend=host or auto");
@@ -41,9 +42,12 @@ Backend resolve_backend(Backend requested) {
 
 const char* to_string(Backend backend) {
   switch (backend) {
-    case Backend::kAuto: return "auto";
-    case Backend::kHost: return "host";
-    case Backend::kCuda: return "cuda";
+    case Backend::kAuto:
+      return "auto";
+    case Backend::kHost:
+      return "host";
+    case Backend::kCuda:
+      return "cuda";
   }
   return "?";
 }

@@ -5,12 +5,12 @@
 #include <mutex>
 #include <vector>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 #ifdef STP_WITH_CUDA
 #include <cuda_runtime_api.h>
 
-#include "stp/cuda_check.h"
+#include "common/cuda_check.h"
 #endif
 
 namespace stp::allocator {

@@ -4,12 +4,12 @@
 #include <new>
 
 #include "common/bytes.h"
-#include "stp/check.h"
+#include "common/check.h"
 
 #ifdef STP_WITH_CUDA
 #include <cuda_runtime_api.h>
 
-#include "stp/cuda_check.h"
+#include "common/cuda_check.h"
 #endif
 
 namespace stp::allocator {
@@ -23,8 +23,8 @@ class HostDeviceAllocator final : public DeviceAllocator {
     constexpr std::size_t kAlign = 64;
     void* p = std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
     if (!p)
-      throw std::runtime_error(str_cat("host \"device\" memory: cannot allocate ", bytes, " bytes (",
-                                       format_bytes(static_cast<double>(bytes)), ")"));
+      throw std::runtime_error(str_cat("host \"device\" memory: cannot allocate ", bytes,
+                                       " bytes (", format_bytes(static_cast<double>(bytes)), ")"));
     return p;
   }
   void deallocate(void* ptr) noexcept override { std::free(ptr); }

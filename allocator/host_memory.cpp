@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "allocator/backend.h"
-#include "stp/check.h"
+#include "common/check.h"
 
 #ifdef STP_HAVE_NUMA
 #include <numaif.h>
@@ -18,7 +18,7 @@
 #ifdef STP_WITH_CUDA
 #include <cuda_runtime_api.h>
 
-#include "stp/cuda_check.h"
+#include "common/cuda_check.h"
 #endif
 
 namespace stp::allocator {
@@ -30,10 +30,14 @@ std::size_t page_size() {
 
 const char* to_string(HostMemoryKind kind) {
   switch (kind) {
-    case HostMemoryKind::kAuto: return "auto";
-    case HostMemoryKind::kMmap: return "mmap";
-    case HostMemoryKind::kCudaRegister: return "cuda-register";
-    case HostMemoryKind::kCudaHostAlloc: return "cuda-host-alloc";
+    case HostMemoryKind::kAuto:
+      return "auto";
+    case HostMemoryKind::kMmap:
+      return "mmap";
+    case HostMemoryKind::kCudaRegister:
+      return "cuda-register";
+    case HostMemoryKind::kCudaHostAlloc:
+      return "cuda-host-alloc";
   }
   return "?";
 }
@@ -45,13 +49,14 @@ namespace {
 Slab map_bound(std::size_t bytes, const NumaPlacement& placement, bool lock) {
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED)
-    throw std::runtime_error(str_cat("pinned pool: mmap of ", bytes, " bytes failed: ",
-                                     std::strerror(errno)));
+    throw std::runtime_error(
+        str_cat("pinned pool: mmap of ", bytes, " bytes failed: ", std::strerror(errno)));
   Slab slab;
   slab.base = p;
   slab.bytes = bytes;
-  if (placement.node != kUnbound && bind_memory(p, bytes, placement.node)) slab.node = placement.node;
-  // First touch: the kernel allocates each page under the policy just set.
+  if (placement.node != kUnbound && bind_memory(p, bytes, placement.node))
+    slab.node = placement.node;
+    // First touch: the kernel allocates each page under the policy just set.
 #ifdef MADV_POPULATE_WRITE
   bool populated = madvise(p, bytes, MADV_POPULATE_WRITE) == 0;
 #else
@@ -118,7 +123,8 @@ class CudaHostAllocMemory final : public HostMemory {
         constexpr int kBits = 8 * sizeof(unsigned long);
         std::vector<unsigned long> mask(placement.node / kBits + 2, 0);
         mask[placement.node / kBits] |= 1UL << (placement.node % kBits);
-        if (set_mempolicy(MPOL_BIND, mask.data(), mask.size() * kBits) == 0) slab.node = placement.node;
+        if (set_mempolicy(MPOL_BIND, mask.data(), mask.size() * kBits) == 0)
+          slab.node = placement.node;
       }
 #endif
       err = cudaSetDevice(device);

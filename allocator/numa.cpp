@@ -7,7 +7,7 @@
 #include <cstdint>
 #include <thread>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 #ifdef STP_HAVE_HWLOC
 #include <hwloc.h>
@@ -179,7 +179,8 @@ NumaPlacement choose_placement(const NumaTopology& topology, const PlacementRequ
   } else if (int node = topology.node_of_cpu(request.current_cpu); node != kUnbound) {
     p.node = node;
     p.reason = str_cat("node of CPU ", request.current_cpu);
-    if (!request.pci_bus_id.empty()) p.reason += str_cat(" (PCI ", request.pci_bus_id, " not found)");
+    if (!request.pci_bus_id.empty())
+      p.reason += str_cat(" (PCI ", request.pci_bus_id, " not found)");
   } else {
     p.node = nodes.front();
     p.reason = "first node";
@@ -276,8 +277,8 @@ std::optional<MemPolicy> memory_policy(const void* ptr) {
   constexpr int kBits = 8 * sizeof(unsigned long);
   std::vector<unsigned long> mask(1024 / kBits, 0);
   int mode = 0;
-  if (get_mempolicy(&mode, mask.data(), mask.size() * kBits, const_cast<void*>(ptr),
-                    MPOL_F_ADDR) != 0)
+  if (get_mempolicy(&mode, mask.data(), mask.size() * kBits, const_cast<void*>(ptr), MPOL_F_ADDR) !=
+      0)
     return std::nullopt;
   MemPolicy policy;
   policy.mode = mode;

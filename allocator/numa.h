@@ -39,7 +39,7 @@ class NumaTopology {
   NumaTopology& operator=(NumaTopology&&) noexcept;
   ~NumaTopology();
 
-  std::vector<int> nodes() const;            // OS indices, ascending
+  std::vector<int> nodes() const;              // OS indices, ascending
   std::vector<int> node_cpus(int node) const;  // OS indices of the PUs local to `node`
   // The node whose CPUs include `cpu`, or kUnbound when no node does.
   int node_of_cpu(int cpu) const;
@@ -59,7 +59,7 @@ class NumaTopology {
 struct PlacementRequest {
   int configured_node = kUnbound;  // 1. this node (OS index); must exist in the topology
   std::string pci_bus_id;          // 2. the node nearest this PCI device (a GPU), when found
-  int current_cpu = -1;            // 3. the node of this CPU (sched_getcpu()); 4. else the first node
+  int current_cpu = -1;  // 3. the node of this CPU (sched_getcpu()); 4. else the first node
 };
 
 struct NumaPlacement {

@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <tuple>
 
-#include "common/bytes.h"
 #include "allocator/size_classes.h"
-#include "stp/check.h"
+#include "common/bytes.h"
+#include "common/check.h"
 
 namespace stp::allocator {
 
@@ -24,7 +24,8 @@ PinnedHostPool::PinnedHostPool(const PinnedPoolOptions& options, std::unique_ptr
     : options_(options), memory_(std::move(memory)) {
   STP_CHECK(options.capacity_bytes >= 1, "pinned pool capacity_bytes=", options.capacity_bytes,
             " must be >= 1");
-  STP_CHECK(options.slab_bytes >= 1, "pinned pool slab_bytes=", options.slab_bytes, " must be >= 1");
+  STP_CHECK(options.slab_bytes >= 1, "pinned pool slab_bytes=", options.slab_bytes,
+            " must be >= 1");
   STP_CHECK(options.numa_node >= kUnbound, "pinned pool numa_node=", options.numa_node,
             " must be a node index >= 0 or -1 (unbound)");
   STP_ASSERT(memory_ != nullptr, "PinnedHostPool without HostMemory");
@@ -106,7 +107,8 @@ HostBlock PinnedHostPool::allocate(std::size_t bytes) {
 PinnedHostPool::Block* PinnedHostPool::find_held_locked(const HostBlock& block, const char* what) {
   auto it = blocks_.find(block.ptr);
   STP_CHECK(it != blocks_.end() && it->second->state == Block::State::kInUse, "pinned pool ", what,
-            "(", block.ptr, "): not a block currently held from this pool (never allocated, "
+            "(", block.ptr,
+            "): not a block currently held from this pool (never allocated, "
             "or already freed)");
   return it->second.get();
 }
@@ -157,7 +159,8 @@ std::size_t PinnedHostPool::process_completed() {
   // Query with the lock released: cudaEventQuery is a CUDA call (Note [Pinned pool design]).
   bool any_done = false;
   for (Pending& p : pending) {
-    p.done = std::all_of(p.uses.begin(), p.uses.end(), [](const CopyEvent& e) { return e.query(); });
+    p.done =
+        std::all_of(p.uses.begin(), p.uses.end(), [](const CopyEvent& e) { return e.query(); });
     any_done = any_done || p.done;
   }
   if (!any_done) return 0;
@@ -279,8 +282,7 @@ void PinnedHostPool::throw_out_of_memory_locked(std::size_t bytes, std::size_t s
                     "); raise PinnedPoolOptions::slab_bytes.");
   else
     what += str_cat("Raise ", options_.capacity_setting, " (now ", bytes_text(s.reserved_bytes),
-                    ") to at least ", bytes_text(s.reserved_bytes + size),
-                    ", or offload less.");
+                    ") to at least ", bytes_text(s.reserved_bytes + size), ", or offload less.");
   throw PinnedPoolOutOfMemory(what, bytes, s.reserved_bytes, s.free_bytes, s.in_flight_bytes,
                               s.cached_bytes);
 }

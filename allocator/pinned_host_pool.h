@@ -48,10 +48,12 @@
 namespace stp::allocator {
 
 struct PinnedPoolOptions {
-  std::size_t capacity_bytes = std::size_t{1} << 30;  // bytes reserved up front; >= 1, rounded up to pages
-  std::size_t slab_bytes = std::size_t{1} << 30;      // largest mapping = largest block; >= 1, rounded up to pages
-  HostMemoryKind memory = HostMemoryKind::kAuto;      // where slabs come from (host_memory.h)
-  int numa_node = kUnbound;                           // bind slabs here; kUnbound: no binding (see placement_for)
+  std::size_t capacity_bytes = std::size_t{1}
+                               << 30;  // bytes reserved up front; >= 1, rounded up to pages
+  std::size_t slab_bytes = std::size_t{1}
+                           << 30;  // largest mapping = largest block; >= 1, rounded up to pages
+  HostMemoryKind memory = HostMemoryKind::kAuto;  // where slabs come from (host_memory.h)
+  int numa_node = kUnbound;  // bind slabs here; kUnbound: no binding (see placement_for)
   // The user-facing name of capacity_bytes, quoted by the out-of-memory error.
   std::string capacity_setting = "PinnedPoolOptions::capacity_bytes";
 };
@@ -87,8 +89,12 @@ class PinnedPoolOutOfMemory : public std::runtime_error {
  public:
   PinnedPoolOutOfMemory(const std::string& what, std::size_t requested, std::size_t capacity,
                         std::size_t free, std::size_t in_flight, std::size_t cached)
-      : std::runtime_error(what), requested(requested), capacity(capacity), free(free),
-        in_flight(in_flight), cached(cached) {}
+      : std::runtime_error(what),
+        requested(requested),
+        capacity(capacity),
+        free(free),
+        in_flight(in_flight),
+        cached(cached) {}
   std::size_t requested, capacity, free, in_flight, cached;  // bytes
 };
 
@@ -150,9 +156,7 @@ class PinnedHostPool {
   Block* carve_locked(std::size_t size);
   void add_free_range_locked(int slab, std::size_t offset, std::size_t size);
   void release_cached_locked();
-  void* address(const Block& b) const {
-    return static_cast<char*>(slabs_[b.slab].base) + b.offset;
-  }
+  void* address(const Block& b) const { return static_cast<char*>(slabs_[b.slab].base) + b.offset; }
   [[noreturn]] void throw_out_of_memory_locked(std::size_t bytes, std::size_t size);
 
   const PinnedPoolOptions options_;
@@ -160,13 +164,13 @@ class PinnedHostPool {
   std::vector<Slab> slabs_;  // immutable after construction
 
   mutable std::mutex mu_;
-  std::unordered_map<void*, std::unique_ptr<Block>> blocks_;       // GUARDED_BY(mu_) carved blocks
-  std::unordered_map<std::size_t, std::vector<Block*>> cached_;    // GUARDED_BY(mu_) by size class
-  std::vector<Block*> in_flight_;                                  // GUARDED_BY(mu_)
-  std::set<Range> free_by_size_;                                   // GUARDED_BY(mu_)
+  std::unordered_map<void*, std::unique_ptr<Block>> blocks_;        // GUARDED_BY(mu_) carved blocks
+  std::unordered_map<std::size_t, std::vector<Block*>> cached_;     // GUARDED_BY(mu_) by size class
+  std::vector<Block*> in_flight_;                                   // GUARDED_BY(mu_)
+  std::set<Range> free_by_size_;                                    // GUARDED_BY(mu_)
   std::vector<std::map<std::size_t, std::size_t>> free_by_offset_;  // GUARDED_BY(mu_) per slab
-  PinnedPoolStats stats_;                                          // GUARDED_BY(mu_)
-  std::uint64_t epochs_ = 0;                                       // GUARDED_BY(mu_) frees so far
+  PinnedPoolStats stats_;                                           // GUARDED_BY(mu_)
+  std::uint64_t epochs_ = 0;                                        // GUARDED_BY(mu_) frees so far
 };
 
 }  // namespace stp::allocator

@@ -10,12 +10,12 @@
 #include <vector>
 
 #include "allocator/pinned_host_pool.h"
-#include "stp/check.h"
+#include "common/check.h"
 
 #ifdef STP_WITH_CUDA
 #include <cuda_runtime_api.h>
 
-#include "stp/cuda_check.h"
+#include "common/cuda_check.h"
 #endif
 
 namespace stp::allocator {

@@ -21,7 +21,7 @@ struct PoolBenchOptions {
 
 struct PoolBenchResult {
   std::size_t bytes = 0;
-  double pool_median_ns = 0;      // allocate + free of a cached block
+  double pool_median_ns = 0;  // allocate + free of a cached block
   double pool_p90_ns = 0;
   double baseline_median_ns = 0;  // malloc+mlock+munlock+free, or cudaHostAlloc+cudaFreeHost
   std::string baseline;           // "malloc+mlock" or "cudaHostAlloc"

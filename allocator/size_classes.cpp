@@ -3,7 +3,7 @@
 #include <bit>
 #include <limits>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 namespace stp::allocator {
 

@@ -15,7 +15,7 @@
 
 namespace stp::allocator {
 
-inline constexpr std::size_t kAlignment = 64;        // bytes; block size and address granularity
+inline constexpr std::size_t kAlignment = 64;          // bytes; block size and address granularity
 inline constexpr std::size_t kClassesPerDoubling = 8;  // classes in [2^k, 2^(k+1))
 // Requests of at least this many bytes (8 * kAlignment) waste < 1/kClassesPerDoubling.
 inline constexpr std::size_t kMinBoundedBytes = kAlignment * kClassesPerDoubling;

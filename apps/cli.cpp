@@ -4,7 +4,7 @@
 #include <cmath>
 #include <cstdio>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 namespace stp::apps {
 

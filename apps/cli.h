@@ -3,10 +3,10 @@
 
 #include <CLI/CLI.hpp>
 
-#include "common/bytes.h"  // parse_bytes, format_bytes for every command
 #include <cstdint>
 #include <string>
 #include <vector>
+#include "common/bytes.h"  // parse_bytes, format_bytes for every command
 
 namespace stp::apps {
 

@@ -1,14 +1,14 @@
 // `stp bench train` and `stp bench budget`: the `stp train` run measured under each schedule kind
 // with offload off and on, and under a sweep of offload budgets, each measurement next to the
-// simulator's and the planner's prediction (engine/train_bench.h). Without a launcher the ranks
+// simulator's and the planner's prediction (train/train_bench.h). Without a launcher the ranks
 // run as threads of this process; under `stp run -n N --` each process is one rank.
 #include <fstream>
 #include <sstream>
 
 #include "cli.h"
 #include "command.h"
-#include "engine/train_bench.h"
-#include "stp/check.h"
+#include "common/check.h"
+#include "train/train_bench.h"
 
 namespace stp::apps {
 namespace {
@@ -23,8 +23,8 @@ struct ConfigArgs {
     app.add_option("--set", sets, "override one field: section.key=value (repeatable)");
   }
 
-  engine::TrainConfig resolve() const {
-    engine::TrainConfig cfg;
+  train::TrainConfig resolve() const {
+    train::TrainConfig cfg;
     if (!path.empty()) {
       std::ifstream in(path);
       STP_CHECK(in.good(), "--config ", path, ": cannot read the file");
@@ -40,7 +40,7 @@ struct ConfigArgs {
 
 int bench_train(const std::vector<std::string>& args) {
   ConfigArgs config;
-  engine::TrainBenchOptions o;
+  train::TrainBenchOptions o;
   std::string kinds = "1f1b-i,zb-v,stp";
   CLI::App app{
       "Measure the stp train run under each schedule, offload off and on, next to the "
@@ -63,9 +63,9 @@ int bench_train(const std::vector<std::string>& args) {
   std::stringstream ks(kinds);
   for (std::string k; std::getline(ks, k, ',');)
     if (!k.empty()) o.kinds.push_back(k);
-  auto res = engine::run_train_bench(config.resolve(), o);
+  auto res = train::run_train_bench(config.resolve(), o);
   if (!res.lead) return 0;
-  std::printf("\n%s", engine::train_bench_table(res).c_str());
+  std::printf("\n%s", train::train_bench_table(res).c_str());
   std::printf("wrote %s/results.json and %s/runs/<kind>-<off|on>/timeline.svg\n", o.out_dir.c_str(),
               o.out_dir.c_str());
   return 0;
@@ -73,7 +73,7 @@ int bench_train(const std::vector<std::string>& args) {
 
 int bench_budget(const std::vector<std::string>& args) {
   ConfigArgs config;
-  engine::BudgetSweepOptions o;
+  train::BudgetSweepOptions o;
   std::string budgets;
   CLI::App app{
       "Sweep the offload budget of the stp train run from the unconstrained peak down to "
@@ -96,9 +96,9 @@ int bench_budget(const std::vector<std::string>& args) {
   std::stringstream bs(budgets);
   for (std::string b; std::getline(bs, b, ',');)
     if (!b.empty()) o.budgets.push_back(b);
-  auto res = engine::run_budget_sweep(config.resolve(), o);
+  auto res = train::run_budget_sweep(config.resolve(), o);
   if (!res.lead) return 0;
-  std::printf("\n%s", engine::budget_sweep_table(res).c_str());
+  std::printf("\n%s", train::budget_sweep_table(res).c_str());
   std::printf("wrote %s/results.json and %s/budget.svg\n", o.out_dir.c_str(), o.out_dir.c_str());
   return 0;
 }

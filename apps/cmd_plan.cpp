@@ -11,13 +11,13 @@
 #include "allocator/pool_bench.h"
 #include "cli.h"
 #include "command.h"
+#include "common/check.h"
 #include "offload/copy_bench.h"
 #include "offload/plan_sweep.h"
 #include "offload/planner.h"
 #include "schedule/generators.h"
 #include "schedule/simulate.h"
 #include "schedule/trace.h"
-#include "stp/check.h"
 
 namespace stp::apps {
 namespace {
@@ -65,10 +65,11 @@ std::string plan_json(const offload::Plan& p) {
 }
 
 int plan_main(const std::vector<std::string>& args) {
-  CLI::App app{"Plan activation offload: choose the sets to park in host memory and place each\n"
-               "OFFLOAD/RELOAD so that the simulated peak activation bytes per rank fit --budget with\n"
-               "the least simulated slowdown (offload/planner.h, docs/offload.md).",
-               "stp plan"};
+  CLI::App app{
+      "Plan activation offload: choose the sets to park in host memory and place each\n"
+      "OFFLOAD/RELOAD so that the simulated peak activation bytes per rank fit --budget with\n"
+      "the least simulated slowdown (offload/planner.h, docs/offload.md).",
+      "stp plan"};
   std::string kind = "stp", act_bytes = "1GiB", budget = "unlimited", format = "text";
   std::string svg, sweep_svg;
   int pp = 4, microbatches = 0, chunks = 0, sweep = 0;
@@ -80,9 +81,11 @@ int plan_main(const std::vector<std::string>& args) {
   double pcie_gbps = 25;
   app.add_option("--kind", kind, "schedule: 1f1b, 1f1b-i, zb-h1, zb-v, stp")->capture_default_str();
   app.add_option("--pp", pp, "pipeline ranks p (>= 1)")->capture_default_str();
-  app.add_option("--microbatches,-m", microbatches, "microbatches m (0: the kind's minimum, 3p-1 for stp)")
+  app.add_option("--microbatches,-m", microbatches,
+                 "microbatches m (0: the kind's minimum, 3p-1 for stp)")
       ->capture_default_str();
-  app.add_option("--chunks", chunks, "chunks per rank v (0: the kind's default)")->capture_default_str();
+  app.add_option("--chunks", chunks, "chunks per rank v (0: the kind's default)")
+      ->capture_default_str();
   app.add_option("--act-bytes", act_bytes,
                  "bytes of one activation set (one chunk, one microbatch), or one per stage "
                  "separated by commas")
@@ -91,17 +94,23 @@ int plan_main(const std::vector<std::string>& args) {
       ->capture_default_str();
   app.add_option("--pcie-gbps", pcie_gbps, "host link bandwidth per direction, GB/s (> 0)")
       ->capture_default_str();
-  app.add_option("--host-latency", costs.host_latency, "seconds per host copy (>= 0)")->capture_default_str();
-  app.add_option("--offload-fraction", costs.offload_fraction, "share of a set's bytes that moves, [0, 1]")
+  app.add_option("--host-latency", costs.host_latency, "seconds per host copy (>= 0)")
+      ->capture_default_str();
+  app.add_option("--offload-fraction", costs.offload_fraction,
+                 "share of a set's bytes that moves, [0, 1]")
       ->capture_default_str();
   app.add_option("--w-held", costs.w_held_fraction,
                  "bytes a deferred W holds after its B, as a multiple of the set, [0, 64] "
                  "(0: freed at B, the seed table's convention; stp train measures it)")
       ->capture_default_str();
-  app.add_option("--tf,--t-f", costs.t_f, "forward seconds of one chunk (>= 0)")->capture_default_str();
-  app.add_option("--tb,--t-b", costs.t_b, "activation-gradient seconds of one chunk (>= 0)")->capture_default_str();
-  app.add_option("--tw,--t-w", costs.t_w, "weight-gradient seconds of one chunk (>= 0)")->capture_default_str();
-  app.add_option("--tar,--t-ar", costs.t_ar, "TP all-reduce seconds of one pass of one chunk (>= 0)")
+  app.add_option("--tf,--t-f", costs.t_f, "forward seconds of one chunk (>= 0)")
+      ->capture_default_str();
+  app.add_option("--tb,--t-b", costs.t_b, "activation-gradient seconds of one chunk (>= 0)")
+      ->capture_default_str();
+  app.add_option("--tw,--t-w", costs.t_w, "weight-gradient seconds of one chunk (>= 0)")
+      ->capture_default_str();
+  app.add_option("--tar,--t-ar", costs.t_ar,
+                 "TP all-reduce seconds of one pass of one chunk (>= 0)")
       ->capture_default_str();
   app.add_option("--svg", svg, "write the planned timeline (transfer rows under each rank) here");
   app.add_option("--sweep", sweep, "plan N budgets from the peak down past the minimum (N >= 2)");
@@ -114,16 +123,21 @@ int plan_main(const std::vector<std::string>& args) {
   STP_CHECK(std::isfinite(pcie_gbps) && pcie_gbps > 0, "--pcie-gbps=", pcie_gbps, " must be > 0");
   STP_CHECK(sweep == 0 || sweep >= 2, "--sweep=", sweep, " must be >= 2 (or 0: no sweep)");
   STP_CHECK(sweep_svg.empty() || sweep > 0, "--sweep-svg needs --sweep N");
-  for (auto [flag, value] : {std::pair{"--tf", costs.t_f}, {"--tb", costs.t_b}, {"--tw", costs.t_w},
-                             {"--tar", costs.t_ar}, {"--host-latency", costs.host_latency}})
-    STP_CHECK(std::isfinite(value) && value >= 0, flag, "=", value, " must be a number of seconds >= 0");
-  STP_CHECK(costs.offload_fraction >= 0 && costs.offload_fraction <= 1, "--offload-fraction=",
-            costs.offload_fraction, " must be in [0, 1]");
-  STP_CHECK(costs.w_held_fraction >= 0 && costs.w_held_fraction <= 64, "--w-held=",
-            costs.w_held_fraction, " must be in [0, 64]");
+  for (auto [flag, value] : {std::pair{"--tf", costs.t_f},
+                             {"--tb", costs.t_b},
+                             {"--tw", costs.t_w},
+                             {"--tar", costs.t_ar},
+                             {"--host-latency", costs.host_latency}})
+    STP_CHECK(std::isfinite(value) && value >= 0, flag, "=", value,
+              " must be a number of seconds >= 0");
+  STP_CHECK(costs.offload_fraction >= 0 && costs.offload_fraction <= 1,
+            "--offload-fraction=", costs.offload_fraction, " must be in [0, 1]");
+  STP_CHECK(costs.w_held_fraction >= 0 && costs.w_held_fraction <= 64,
+            "--w-held=", costs.w_held_fraction, " must be in [0, 64]");
   const schedule::Kind k = schedule::kind_from_string(kind);
-  if (microbatches == 0)
-    microbatches = k == schedule::Kind::kSTP ? 3 * pp - 1 : schedule::min_microbatches(k, pp, chunks);
+  if (microbatches == 0)  // stp: 3p-1, the smallest m in the reference generator's regime
+    microbatches =
+        schedule::min_microbatches(k, pp, chunks, k == schedule::Kind::kSTP ? 3 * pp - 1 : 1);
   const schedule::Program program = schedule::make(k, pp, microbatches, chunks);
   costs.host_bandwidth = pcie_gbps * 1e9;
   std::vector<double> act = parse_act_bytes(act_bytes);
@@ -146,16 +160,17 @@ int plan_main(const std::vector<std::string>& args) {
 
   if (sweep > 0) {
     offload::Sweep sw = offload::sweep_budgets(program, costs, sweep);
-    std::printf("stp plan --sweep: %s p=%d m=%d, activation set %s, host link %.1f GB/s\n"
-                "peak without offload %s, smallest feasible budget %s, step %.4f s\n\n%s",
-                kind.c_str(), pp, microbatches, set_text.c_str(), pcie_gbps,
-                format_bytes(sw.peak_bytes).c_str(), format_bytes(sw.min_budget).c_str(), sw.step,
-                offload::to_table(sw).c_str());
+    std::printf(
+        "stp plan --sweep: %s p=%d m=%d, activation set %s, host link %.1f GB/s\n"
+        "peak without offload %s, smallest feasible budget %s, step %.4f s\n\n%s",
+        kind.c_str(), pp, microbatches, set_text.c_str(), pcie_gbps,
+        format_bytes(sw.peak_bytes).c_str(), format_bytes(sw.min_budget).c_str(), sw.step,
+        offload::to_table(sw).c_str());
     if (!sweep_svg.empty()) {
-      schedule::write_file(sweep_svg,
-                           offload::to_svg(sw, str_cat("stp plan: ", kind, " p=", pp, " m=", microbatches,
-                                                       ", set ", set_text, ", host link ",
-                                                       pcie_gbps, " GB/s")));
+      schedule::write_file(
+          sweep_svg,
+          offload::to_svg(sw, str_cat("stp plan: ", kind, " p=", pp, " m=", microbatches, ", set ",
+                                      set_text, ", host link ", pcie_gbps, " GB/s")));
       std::printf("wrote %s\n", sweep_svg.c_str());
     }
     return 0;
@@ -165,17 +180,19 @@ int plan_main(const std::vector<std::string>& args) {
   if (format == "json") {
     std::printf("%s\n", plan_json(plan).c_str());
   } else {
-    std::printf("stp plan: %s p=%d m=%d, activation set %s, host link %.1f GB/s, "
-                "t_f=%g t_b=%g t_w=%g t_ar=%g s\n%s",
-                kind.c_str(), pp, microbatches, set_text.c_str(), pcie_gbps, costs.t_f,
-                costs.t_b, costs.t_w, costs.t_ar, offload::to_text(plan).c_str());
+    std::printf(
+        "stp plan: %s p=%d m=%d, activation set %s, host link %.1f GB/s, "
+        "t_f=%g t_b=%g t_w=%g t_ar=%g s\n%s",
+        kind.c_str(), pp, microbatches, set_text.c_str(), pcie_gbps, costs.t_f, costs.t_b,
+        costs.t_w, costs.t_ar, offload::to_text(plan).c_str());
   }
   if (!svg.empty()) {
     schedule::SimOptions so;
     so.record_timeline = true;
     schedule::SimResult sim = schedule::simulate(plan.program, costs, so);
-    sim.timeline.title = str_cat(kind, " p=", pp, " m=", microbatches, ", budget ",
-                                 std::isinf(budget_bytes) ? std::string("unlimited") : format_bytes(budget_bytes));
+    sim.timeline.title =
+        str_cat(kind, " p=", pp, " m=", microbatches, ", budget ",
+                std::isinf(budget_bytes) ? std::string("unlimited") : format_bytes(budget_bytes));
     schedule::write_file(svg, schedule::to_svg(sim.timeline));
     if (format == "text") std::printf("wrote %s\n", svg.c_str());
   }
@@ -185,9 +202,10 @@ int plan_main(const std::vector<std::string>& args) {
 // ---- stp bench copy -------------------------------------------------------------------------
 
 int bench_copy_main(const std::vector<std::string>& args) {
-  CLI::App app{"Copy-engine bandwidth against plain memcpy (host) or a bare cudaMemcpyAsync loop\n"
-               "(GPU), measured in the same run. Prints one JSON line.",
-               "stp bench copy"};
+  CLI::App app{
+      "Copy-engine bandwidth against plain memcpy (host) or a bare cudaMemcpyAsync loop\n"
+      "(GPU), measured in the same run. Prints one JSON line.",
+      "stp bench copy"};
   offload::CopyBenchOptions o;
   std::string bytes = "32MiB", backend = "host";
   app.add_option("--bytes", bytes, "bytes per copy (>= 4KiB), e.g. 64MiB")->capture_default_str();
@@ -209,9 +227,10 @@ int bench_copy_main(const std::vector<std::string>& args) {
 // ---- stp bench pool -------------------------------------------------------------------------
 
 int bench_pool_main(const std::vector<std::string>& args) {
-  CLI::App app{"Pinned pool allocate+free of a cached block against malloc+mlock (host) or\n"
-               "cudaHostAlloc (GPU) of the same size, measured in the same run. Prints one JSON line.",
-               "stp bench pool"};
+  CLI::App app{
+      "Pinned pool allocate+free of a cached block against malloc+mlock (host) or\n"
+      "cudaHostAlloc (GPU) of the same size, measured in the same run. Prints one JSON line.",
+      "stp bench pool"};
   allocator::PoolBenchOptions o;
   std::string bytes = "1MiB", backend = "host";
   app.add_option("--bytes", bytes, "block size (> 0); keep it under `ulimit -l` on the host")
@@ -229,7 +248,8 @@ STP_REGISTER_COMMAND("plan", "fit a schedule into a device memory budget with ac
                      plan_main);
 STP_REGISTER_COMMAND("bench copy", "copy-engine bandwidth vs memcpy / cudaMemcpyAsync (JSON line)",
                      bench_copy_main);
-STP_REGISTER_COMMAND("bench pool", "pinned pool allocate+free vs malloc+mlock / cudaHostAlloc (JSON line)",
+STP_REGISTER_COMMAND("bench pool",
+                     "pinned pool allocate+free vs malloc+mlock / cudaHostAlloc (JSON line)",
                      bench_pool_main);
 
 }  // namespace

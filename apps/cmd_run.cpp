@@ -4,8 +4,8 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
-#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #include <unistd.h>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include <cerrno>
 #include <chrono>
@@ -15,8 +15,8 @@
 
 #include "cli.h"
 #include "command.h"
+#include "common/check.h"
 #include "launcher.h"
-#include "stp/check.h"
 
 namespace stp::apps {
 namespace {
@@ -48,13 +48,14 @@ int bind_loopback(int port) {
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || listen(fd, SOMAXCONN) != 0) {
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      listen(fd, SOMAXCONN) != 0) {
     int err = errno;
     close(fd);
     STP_CHECK(port == 0, "--master-port=", port, " cannot be used: 127.0.0.1:", port, ": ",
               std::strerror(err), "; choose a free port in [1, 65535] or 0 (the default) for any");
-    throw std::runtime_error(str_cat("no free port on 127.0.0.1 for the rendezvous store: ",
-                                     std::strerror(err)));
+    throw std::runtime_error(
+        str_cat("no free port on 127.0.0.1 for the rendezvous store: ", std::strerror(err)));
   }
   return fd;
 }
@@ -87,14 +88,15 @@ int run_main(const std::vector<std::string>& args) {
       "Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR=127.0.0.1,\n"
       "MASTER_PORT (a store hosted by this launcher; TORCHELASTIC_USE_AGENT_STORE=True),\n"
       "STP_LAUNCHER=1 and OMP_NUM_THREADS=1 unless set. A bare `stp` as PROGRAM is this binary.\n"
-      "When a rank fails, the others are stopped and stp run exits with its code.",
+      "When a rank fails, the others are stopped and stp run exits with its code; a last\n"
+      "stderr line that several failed ranks share is printed once, as \"[r0-3] ...\".",
       "stp run"};
   LaunchOptions options;
   int nproc = 0;
   int master_port = 0;
   bool no_prefix = false;
-  app.add_option("-n,--nproc-per-node", nproc, "number of ranks to start, 1.." +
-                                                    std::to_string(kMaxLocalRanks))
+  app.add_option("-n,--nproc-per-node", nproc,
+                 "number of ranks to start, 1.." + std::to_string(kMaxLocalRanks))
       ->required();
   app.add_option("--master-port", master_port,
                  "port of the rendezvous store (listening on 127.0.0.1 only); 0 = any free port")
@@ -111,13 +113,14 @@ int run_main(const std::vector<std::string>& args) {
   std::vector<std::string> command = app.remaining();
   bool separated = !command.empty() && command.front() == "--";
   if (separated) command.erase(command.begin());
-  STP_CHECK(nproc >= 1 && nproc <= kMaxLocalRanks, "-n=", nproc, " must be in [1, ",
-            kMaxLocalRanks, "]");
+  STP_CHECK(nproc >= 1 && nproc <= kMaxLocalRanks, "-n=", nproc, " must be in [1, ", kMaxLocalRanks,
+            "]");
   STP_CHECK(master_port >= 0 && master_port <= 65535, "--master-port=", master_port,
             " must be in [0, 65535] (0: any free port)");
   STP_CHECK(options.grace_seconds >= 0 && options.grace_seconds <= kMaxGraceSeconds,
             "--grace-seconds=", options.grace_seconds, " must be in [0, ", kMaxGraceSeconds, "]");
-  STP_CHECK(!command.empty(), "missing PROGRAM; usage: stp run -n N [options] [--] PROGRAM [ARGS...]");
+  STP_CHECK(!command.empty(),
+            "missing PROGRAM; usage: stp run -n N [options] [--] PROGRAM [ARGS...]");
   STP_CHECK(separated || command.front().rfind('-', 0) != 0, "unknown option '", command.front(),
             "'; options are -n, --master-port, --no-prefix, --grace-seconds (put `--` before a "
             "PROGRAM that starts with '-')");

@@ -7,6 +7,7 @@
 
 #include "cli.h"
 #include "command.h"
+#include "common/check.h"
 #include "schedule/cost_model.h"
 #include "schedule/formulas.h"
 #include "schedule/generators.h"
@@ -14,7 +15,6 @@
 #include "schedule/simulate.h"
 #include "schedule/trace.h"
 #include "schedule/verify.h"
-#include "stp/check.h"
 
 namespace stp::apps {
 namespace {
@@ -29,7 +29,8 @@ struct CostFlags {
 
   void add_to(CLI::App& app) {
     app.add_option("--tf", costs.t_f, "forward time of one chunk (T_F)")->default_val(1.0);
-    app.add_option("--tb", costs.t_b, "activation-gradient time of one chunk (T_B)")->default_val(1.0);
+    app.add_option("--tb", costs.t_b, "activation-gradient time of one chunk (T_B)")
+        ->default_val(1.0);
     app.add_option("--tw", costs.t_w, "weight-gradient time of one chunk (T_W)")->default_val(1.0);
     app.add_option("--tar", costs.t_ar, "TP all-reduce time of one pass of one chunk (T_AR)")
         ->default_val(0.0);
@@ -39,7 +40,8 @@ struct CostFlags {
     app.add_option("--braid-slowdown", costs.braid_slowdown,
                    "compute inside braided blocks runs this much slower")
         ->default_val(1.0);
-    app.add_option("--p2p-latency", costs.p2p_latency, "seconds per pipeline message")->default_val(0.0);
+    app.add_option("--p2p-latency", costs.p2p_latency, "seconds per pipeline message")
+        ->default_val(0.0);
     app.add_option("--p2p-bandwidth", costs.p2p_bandwidth,
                    "bytes/s of each directed pipeline link (0 = unlimited)")
         ->default_val(0.0);
@@ -104,7 +106,9 @@ int run_schedule(const std::vector<std::string>& args) {
 }
 
 void print_rank_table(const sch::SimResult& sim) {
-  std::printf("  rank   start      end     busy  exposed_tp   idle  idle_step  peak_sets  sets_until_w  peak_bytes\n");
+  std::printf(
+      "  rank   start      end     busy  exposed_tp   idle  idle_step  peak_sets  sets_until_w  "
+      "peak_bytes\n");
   for (std::size_t r = 0; r < sim.ranks.size(); ++r) {
     const sch::RankStats& s = sim.ranks[r];
     std::printf("  %4zu %7.2f %8.2f %8.2f %11.2f %6.2f %10.2f %10d %13d  %s\n", r, s.start, s.end,
@@ -154,13 +158,14 @@ int run_simulate(const std::vector<std::string>& args) {
   }
   for (const sch::Program& program : programs) cost.resolve(program.stages());
 
-  std::printf("p=%d m=%d  T_F=%g T_B=%g T_W=%g T_AR=%g  (times in the cost model's unit; "
-              "max over ranks)\n",
-              pp, microbatches, cost.costs.t_f, cost.costs.t_b, cost.costs.t_w, cost.costs.t_ar);
+  std::printf(
+      "p=%d m=%d  T_F=%g T_B=%g T_W=%g T_AR=%g  (times in the cost model's unit; "
+      "max over ranks)\n",
+      pp, microbatches, cost.costs.t_f, cost.costs.t_b, cost.costs.t_w, cost.costs.t_ar);
   std::printf("%-7s %9s  %-29s  %-19s  %-18s\n", "", "", "PP bubble", "TP bubble (exposed)",
               "peak activations (M_a)");
-  std::printf("%-7s %9s  %9s %9s %9s  %9s %9s  %4s %5s %7s  %s\n", "kind", "span", "sim",
-              "formula", "step-idle", "sim", "formula", "sim", "form.", "W-held", "formula from");
+  std::printf("%-7s %9s  %9s %9s %9s  %9s %9s  %4s %5s %7s  %s\n", "kind", "span", "sim", "formula",
+              "step-idle", "sim", "formula", "sim", "form.", "W-held", "formula from");
   std::vector<sch::Timeline> timelines;
   for (const sch::Program& program : programs) {
     const sch::Kind k = sch::kind_from_string(program.kind);

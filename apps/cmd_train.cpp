@@ -8,9 +8,9 @@
 
 #include "cli.h"
 #include "command.h"
-#include "engine/train_config.h"
-#include "engine/train_job.h"
-#include "stp/check.h"
+#include "common/check.h"
+#include "train/train_config.h"
+#include "train/train_job.h"
 
 namespace stp::apps {
 namespace {
@@ -24,16 +24,17 @@ int train(const std::vector<std::string>& args) {
   app.add_option("--config", config_path, "JSON config file (docs/config.md)");
   app.add_option("--set", sets, "override one field: section.key=value (repeatable)");
   app.add_flag("--resume", resume, "continue from the newest complete checkpoint");
-  app.add_option("--stop-after", stop_after, "stop after N steps without a final checkpoint (tests)")
+  app.add_option("--stop-after", stop_after,
+                 "stop after N steps without a final checkpoint (tests)")
       ->check(CLI::NonNegativeNumber);
   bool reference = false;
   app.add_flag("--config-reference", reference, "print every config field as a markdown table");
   if (int rc = parse(app, args); rc >= 0) return rc;
   if (reference) {
-    std::printf("%s", engine::config_reference_markdown().c_str());
+    std::printf("%s", train::config_reference_markdown().c_str());
     return 0;
   }
-  engine::TrainConfig cfg;
+  train::TrainConfig cfg;
   if (!config_path.empty()) {
     std::ifstream in(config_path);
     STP_CHECK(in.good(), "--config ", config_path, ": cannot read the file");
@@ -42,10 +43,10 @@ int train(const std::vector<std::string>& args) {
     cfg.apply_json(text.str(), config_path);
   }
   for (const auto& s : sets) cfg.apply_override(s);
-  engine::TrainJobOptions opts;
+  train::TrainJobOptions opts;
   opts.resume = resume;
   opts.stop_after = stop_after;
-  engine::run_train_job(cfg, opts);
+  train::run_train_job(cfg, opts);
   return 0;
 }
 

@@ -7,6 +7,7 @@
 // Without a launcher the ranks run as threads of this process; under `stp run -n N`, torchrun,
 // mpirun or srun each process is one rank (N must equal tp*pp) and each compares its own shards.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cmath>
 #include <cstdio>
@@ -16,23 +17,28 @@
 
 #include "cli.h"
 #include "command.h"
-#include "engine/gpt.h"
+#include "common/check.h"
+#include "engine/comm.h"
 #include "engine/trainer.h"
+#include "models/gpt.h"
 #include "schedule/generators.h"
-#include "stp/check.h"
+#include "train/train_config.h"
 
 namespace stp::apps {
 namespace {
 
-using engine::GptConfig;
 using engine::MicroBatch;
+using models::GptConfig;
 
 struct VerifyArgs {
   int tp = 2, pp = 2, m = 0;
   std::string schedule = "stp", budget = "off";
   double tolerance = 1e-9;
   std::uint64_t seed = 1;
+  int threads = 0;  // CPU intra-op threads per rank; 0: train::resolve_cpu_threads's default
 };
+
+constexpr int kMinDefaultMicrobatches = 4;  // a default step accumulates several microbatches
 
 struct Errors {
   std::int64_t peak_bytes = 0;       // measured, max over ranks
@@ -72,7 +78,7 @@ struct Reference {
 };
 
 Reference run_reference(const GptConfig& c, const std::vector<MicroBatch>& mbs) {
-  engine::GptChunk chunk(c, 0, 1, 0, 1);
+  models::GptChunk chunk(c, 0, 1, 0, 1);
   chunk.zero_grad();
   Reference ref;
   for (std::size_t i = 0; i < mbs.size(); ++i) {
@@ -116,11 +122,11 @@ void compare_shards(engine::Trainer& t, const Reference& ref, Errors& e) {
 
 engine::TrainerOptions trainer_options(const VerifyArgs& a) {
   engine::TrainerOptions o;
-  o.schedule = a.schedule;
+  o.schedule = schedule::kind_from_string(a.schedule);
   o.tp = a.tp;
   o.pp = a.pp;
   o.microbatches = a.m;
-  o.offload_budget = a.budget;
+  o.offload_budget = engine::parse_offload_budget(a.budget);
   return o;
 }
 
@@ -131,27 +137,38 @@ int verify(const std::vector<std::string>& args) {
   app.add_option("--tp", a.tp, "tensor-parallel size")->check(CLI::Range(1, 64));
   app.add_option("--pp", a.pp, "pipeline-parallel size")->check(CLI::Range(1, 64));
   app.add_option("--schedule", a.schedule, "1f1b, 1f1b-i, zb-h1, zb-v or stp");
-  app.add_option("--microbatches", a.m, "microbatches (default: the smallest the schedule takes, at least 4)");
-  app.add_option("--offload-budget", a.budget, "off, bytes (2GiB) or a % of the unconstrained peak");
+  app.add_option("--microbatches", a.m,
+                 "microbatches (default: the smallest the schedule takes, at least 4)");
+  app.add_option("--offload-budget", a.budget,
+                 "off, bytes (2GiB) or a % of the unconstrained peak");
   app.add_option("--tolerance", a.tolerance, "largest accepted relative error");
   app.add_option("--seed", a.seed, "model and data seed");
+  app.add_option("--threads", a.threads,
+                 "CPU threads per rank (0: OMP_NUM_THREADS if set, else the cores / the ranks)");
   if (int rc = parse(app, args); rc >= 0) return rc;
 
   const auto kind = schedule::kind_from_string(a.schedule);
-  if (a.m == 0) a.m = std::max(4, schedule::min_microbatches(kind, a.pp));
+  STP_CHECK(a.threads >= 0 && a.threads <= train::kMaxCpuThreads, "--threads=", a.threads,
+            " is out of range [0, ", train::kMaxCpuThreads,
+            "] (0: OMP_NUM_THREADS if set, else the cores / the ranks)");
+  if (a.m == 0) a.m = schedule::min_microbatches(kind, a.pp, 0, kMinDefaultMicrobatches);
   const int stages = a.pp * schedule::default_chunks(kind);
   GptConfig cfg = verify_config(a, stages);
   auto mbs = verify_batches(cfg, a.m, a.seed + 1);
+  const bool launched = std::getenv("WORLD_SIZE") != nullptr || std::getenv("OMPI_COMM_WORLD_SIZE");
+  // Launched: one rank per process. Otherwise tp*pp rank threads share this process's cores.
+  const int cpu_threads =
+      train::cpu_threads_from_environment(a.threads, launched ? 0 : a.tp * a.pp).count;
+  at::set_num_threads(cpu_threads);
   Reference ref = run_reference(cfg, mbs);
 
   engine::LaunchEnv env = engine::launch_env_from_environment();
-  const bool launched = std::getenv("WORLD_SIZE") != nullptr || std::getenv("OMPI_COMM_WORLD_SIZE");
   Errors errors;
   double loss = 0;
   if (launched) {
     STP_CHECK(env.world_size == a.tp * a.pp, "stp verify runs with world size tp*pp=", a.tp * a.pp,
               " but the launcher started ", env.world_size, " ranks");
-    engine::Trainer t(engine::gpt_model(cfg), trainer_options(a));
+    engine::Trainer t(models::gpt_model(cfg), trainer_options(a));
     loss = t.step(mbs);
     compare_shards(t, ref, errors);
     auto& wg = t.world().world_group();
@@ -171,10 +188,11 @@ int verify(const std::vector<std::string>& args) {
     for (int r = 0; r < world; ++r) {
       threads.emplace_back([&, r] {
         try {
+          at::set_num_threads(cpu_threads);  // OpenMP's thread count is per thread
           engine::CommOptions co;
           co.tp = a.tp;
           co.pp = a.pp;
-          engine::Trainer t(engine::gpt_model(cfg), trainer_options(a),
+          engine::Trainer t(models::gpt_model(cfg), trainer_options(a),
                             engine::World::in_process(store, r, world, co));
           double l = t.step(mbs);
           Errors mine;
@@ -185,7 +203,8 @@ int verify(const std::vector<std::string>& args) {
             errors.max_rel = mine.max_rel;
             errors.worst = mine.worst;
           }
-          errors.peak_bytes = std::max(errors.peak_bytes, t.last_stats().exec.peak_activation_bytes);
+          errors.peak_bytes =
+              std::max(errors.peak_bytes, t.last_stats().exec.peak_activation_bytes);
           errors.offloaded_bytes += t.last_stats().exec.offloaded_bytes;
         } catch (...) {
           std::lock_guard<std::mutex> lock(mu);
@@ -199,9 +218,9 @@ int verify(const std::vector<std::string>& args) {
   errors.loss_diff = std::abs(loss - ref.loss);
   const bool ok = errors.loss_diff <= a.tolerance * std::max(1.0, std::abs(ref.loss)) &&
                   errors.max_rel <= a.tolerance;
-  std::printf("stp verify: schedule=%s tp=%d pp=%d microbatches=%d offload=%s (float64, %lld layers)\n",
-              a.schedule.c_str(), a.tp, a.pp, a.m, a.budget.c_str(),
-              static_cast<long long>(cfg.n_layers));
+  std::printf(
+      "stp verify: schedule=%s tp=%d pp=%d microbatches=%d offload=%s (float64, %lld layers)\n",
+      a.schedule.c_str(), a.tp, a.pp, a.m, a.budget.c_str(), static_cast<long long>(cfg.n_layers));
   std::printf("  activation peak %s per rank (measured), %s offloaded and reloaded\n",
               format_bytes(static_cast<double>(errors.peak_bytes)).c_str(),
               format_bytes(static_cast<double>(errors.offloaded_bytes)).c_str());

@@ -16,7 +16,7 @@
 #include <cstring>
 #include <utility>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 extern char** environ;
 
@@ -28,6 +28,9 @@ using Clock = std::chrono::steady_clock;
 constexpr int kForwardedSignals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
 constexpr int kBackstopPollMs = 500;   // ms; poll wake-up even without events (belt and braces)
 constexpr int kLeftoverWaitMs = 1000;  // ms; how long the end waits for killed leftovers to go
+// ms; how long a running rank's newest stderr line waits for the rank to fail (and so to be
+// merged with the same line from other ranks) before it is printed anyway.
+constexpr int kHoldFinalLineMs = 1000;
 
 std::string signal_name(int sig) {
   const char* abbrev = sigabbrev_np(sig);
@@ -118,7 +121,9 @@ bool write_all(int fd, const std::string& data) {
     } else if (n < 0 && errno == EINTR) {
       continue;
     } else if (n < 0 && errno == EAGAIN) {
-      struct pollfd p {fd, POLLOUT, 0};
+      struct pollfd p {
+        fd, POLLOUT, 0
+      };
       poll(&p, 1, -1);
     } else {
       return false;
@@ -168,16 +173,32 @@ struct ChildSetup {
 
 // ---- the launcher proper --------------------------------------------------------------------
 
+// "r0-3", "r0,2", "r0-2,5": `ranks` (ascending) as a list with runs shortened to ranges.
+std::string rank_label(const std::vector<int>& ranks) {
+  std::string label = "r";
+  for (std::size_t i = 0; i < ranks.size();) {
+    std::size_t j = i;
+    while (j + 1 < ranks.size() && ranks[j + 1] == ranks[j] + 1) ++j;
+    label += str_cat(i ? "," : "", ranks[i]);
+    if (j > i) label += str_cat("-", ranks[j]);
+    i = j + 1;
+  }
+  return label;
+}
+
 struct RankProcess {
   explicit RankProcess(int r)
-      : rank(r), out(str_cat("[r", r, "] ")), err(str_cat("[r", r, "] ")) {}
+      : rank(r), out(str_cat("[r", r, "] ")), err(str_cat("[r", r, "] "), /*hold_last=*/true) {}
   int rank;
   pid_t pid = -1;
   bool running = false;
-  int out_fd = -1;  // read ends of the rank's stdout/stderr pipes; -1 once closed
+  bool failed = false;  // ended other than by exit 0 (stopped ranks included)
+  int out_fd = -1;      // read ends of the rank's stdout/stderr pipes; -1 once closed
   int err_fd = -1;
   LinePrefixer out;
-  LinePrefixer err;
+  LinePrefixer err;                  // holds the newest line (Note [Launcher design])
+  std::size_t err_lines_seen = 0;    // err.lines_held() when err_held_since was taken
+  Clock::time_point err_held_since;  // when err's held line came
 };
 
 class Launcher {
@@ -196,6 +217,9 @@ class Launcher {
   bool spawn(RankProcess& r, int devnull);
   void pump(int& fd, LinePrefixer& prefixer, int to_fd, bool final);
   void reap();
+  void release_held();
+  void print_final_lines();
+  int poll_timeout_ms() const;
   void begin_stop(int sig);
   void on_launcher_signal(int sig);
   int running_count() const {
@@ -229,15 +253,16 @@ bool Launcher::spawn(RankProcess& r, int devnull) {
   int out[2] = {-1, -1}, err[2] = {-1, -1};
   if (options_.prefix_output) {
     if (pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0) {
-      message_ = str_cat("stp run: could not start rank ", r.rank, ": pipe: ", std::strerror(errno));
+      message_ =
+          str_cat("stp run: could not start rank ", r.rank, ": pipe: ", std::strerror(errno));
       for (int fd : {out[0], out[1], err[0], err[1]}) {
         if (fd >= 0) close(fd);
       }
       return false;
     }
   }
-  ChildSetup setup{args[0].c_str(), argv.data(), envp.data(), getpid(), devnull, out[1], err[1],
-                   exec_error.c_str(), exec_error.size()};
+  ChildSetup setup{args[0].c_str(), argv.data(), envp.data(),        getpid(),         devnull,
+                   out[1],          err[1],      exec_error.c_str(), exec_error.size()};
   pid_t pid = fork();
   if (pid == 0) exec_child(setup);
   int fork_errno = errno;
@@ -247,7 +272,8 @@ bool Launcher::spawn(RankProcess& r, int devnull) {
     for (int fd : {out[0], err[0]}) {
       if (fd >= 0) close(fd);
     }
-    message_ = str_cat("stp run: could not start rank ", r.rank, ": fork: ", std::strerror(fork_errno));
+    message_ =
+        str_cat("stp run: could not start rank ", r.rank, ": fork: ", std::strerror(fork_errno));
     return false;
   }
   setpgid(pid, pid);  // also here, so the group exists before we might signal it
@@ -305,6 +331,7 @@ void Launcher::reap() {
     }
     if (it == ranks_.end()) continue;
     it->running = false;
+    it->failed = !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     ended.emplace_back(it->rank, status);
   }
   std::sort(ended.begin(), ended.end());
@@ -319,6 +346,61 @@ void Launcher::reap() {
     exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     begin_stop(SIGTERM);
   }
+}
+
+// Prints the held stderr lines that are not waiting to be merged: those of ranks that ended
+// well, and, while nothing is stopping, those of running ranks held for kHoldFinalLineMs.
+void Launcher::release_held() {
+  const auto now = Clock::now();
+  std::string text;
+  for (auto& r : ranks_) {
+    if (!r.err.has_held()) continue;
+    const bool ended_well = !r.running && !r.failed;
+    const bool stale = r.running && !stopping_ &&
+                       now - r.err_held_since >= std::chrono::milliseconds(kHoldFinalLineMs);
+    if (ended_well || stale) r.err.release(text);
+  }
+  if (stderr_ok_ && !text.empty()) stderr_ok_ = write_all(2, text);
+}
+
+// The end: what is still held, in rank order, each distinct final line of the failed (or
+// stopped) ranks once, under all the ranks that wrote it.
+void Launcher::print_final_lines() {
+  struct Line {
+    std::string text;
+    std::vector<int> ranks;
+    bool merge;  // a failed rank's: other failed ranks with the same text join it
+  };
+  std::vector<Line> lines;
+  for (auto& r : ranks_) {
+    if (!r.err.has_held()) continue;
+    std::string text = r.err.take_held();
+    auto same = std::find_if(lines.begin(), lines.end(),
+                             [&](const Line& l) { return r.failed && l.merge && l.text == text; });
+    if (same != lines.end()) {
+      same->ranks.push_back(r.rank);
+    } else {
+      lines.push_back({std::move(text), {r.rank}, r.failed});
+    }
+  }
+  std::string out;
+  for (const auto& l : lines) out += str_cat("[", rank_label(l.ranks), "] ", l.text);
+  if (stderr_ok_ && !out.empty()) stderr_ok_ = write_all(2, out);
+}
+
+// Until the next backstop wake-up, the SIGKILL after the grace period, or the next held line
+// to release, whichever comes first.
+int Launcher::poll_timeout_ms() const {
+  auto until = Clock::now() + std::chrono::milliseconds(kBackstopPollMs);
+  if (stopping_ && !killed_) until = std::min(until, kill_at_);
+  if (!stopping_) {
+    for (const auto& r : ranks_) {
+      if (r.running && r.err.has_held())
+        until = std::min(until, r.err_held_since + std::chrono::milliseconds(kHoldFinalLineMs));
+    }
+  }
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now());
+  return static_cast<int>(std::clamp<long long>(left.count() + 1, 0, kBackstopPollMs));
 }
 
 void Launcher::begin_stop(int sig) {
@@ -382,12 +464,7 @@ int Launcher::run() {
         if (fd >= 0) fds.push_back({fd, POLLIN, 0});
       }
     }
-    int timeout_ms = kBackstopPollMs;
-    if (stopping_ && !killed_) {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(kill_at_ - Clock::now());
-      timeout_ms = static_cast<int>(std::clamp<long long>(left.count() + 1, 0, kBackstopPollMs));
-    }
-    int n = poll(fds.data(), fds.size(), timeout_ms);
+    int n = poll(fds.data(), fds.size(), poll_timeout_ms());
     if (n < 0 && errno != EINTR) {  // cannot happen with valid fds; never leave ranks behind
       if (message_.empty()) message_ = str_cat("stp run: poll failed: ", std::strerror(errno));
       if (exit_code_ == 0) exit_code_ = 1;
@@ -407,8 +484,13 @@ int Launcher::run() {
     for (auto& r : ranks_) {
       pump(r.out_fd, r.out, 1, false);
       pump(r.err_fd, r.err, 2, false);
+      if (r.err.lines_held() != r.err_lines_seen) {
+        r.err_lines_seen = r.err.lines_held();
+        r.err_held_since = Clock::now();
+      }
     }
     reap();
+    release_held();
     if (stopping_ && !killed_ && Clock::now() >= kill_at_) begin_stop(SIGKILL);
   }
   // Every main process has ended: pass on what is left in the pipes (a process the rank started
@@ -417,6 +499,7 @@ int Launcher::run() {
     pump(r.out_fd, r.out, 1, true);
     pump(r.err_fd, r.err, 2, true);
   }
+  print_final_lines();
   reap_leftovers();
   if (!message_.empty()) write_all(2, message_ + "\n");
   return exit_code_;
@@ -444,14 +527,15 @@ std::string resolve_program(const std::string& program, const std::string& self_
   std::size_t start = 0;
   for (;;) {
     std::size_t end = path.find(':', start);
-    std::string dir = path.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    std::string dir =
+        path.substr(start, end == std::string::npos ? std::string::npos : end - start);
     std::string candidate = (dir.empty() ? std::string(".") : dir) + "/" + program;
     if (is_executable_file(candidate)) return candidate;
     if (end == std::string::npos) break;
     start = end + 1;
   }
-  throw std::invalid_argument(str_cat("PROGRAM '", program, "' is not an executable on PATH=",
-                                      path, "; give its path or a command on PATH"));
+  throw std::invalid_argument(str_cat("PROGRAM '", program, "' is not an executable on PATH=", path,
+                                      "; give its path or a command on PATH"));
 }
 
 std::vector<std::string> rank_environment(const LaunchOptions& options, int rank,
@@ -478,11 +562,15 @@ std::vector<std::string> rank_environment(const LaunchOptions& options, int rank
   bool user_omp = std::any_of(base.begin(), base.end(), [&](const std::string& e) {
     return name_of(e) == "OMP_NUM_THREADS";
   });
-  if (!user_omp) set.emplace_back("OMP_NUM_THREADS", "1");
+  if (!user_omp) {
+    set.emplace_back("OMP_NUM_THREADS", "1");
+    set.emplace_back("STP_OMP_FROM_LAUNCHER", "1");  // stp's ranks divide the cores instead
+  }
   std::vector<std::string> env;
   for (const auto& e : base) {
     std::string name = name_of(e);
-    bool overridden = std::any_of(set.begin(), set.end(), [&](const auto& kv) { return kv.first == name; });
+    bool overridden =
+        std::any_of(set.begin(), set.end(), [&](const auto& kv) { return kv.first == name; });
     if (!overridden) env.push_back(e);
   }
   for (const auto& [name, value] : set) env.push_back(name + "=" + value);
@@ -508,15 +596,23 @@ void LinePrefixer::feed(const char* data, std::size_t size, std::string& out) {
       break;
     }
     std::size_t end = static_cast<std::size_t>(static_cast<const char*>(nl) - data) + 1;
-    if (!mid_line_) out += prefix_;
-    out += held_;
-    out.append(data + pos, end - pos);
+    if (hold_last_ && !mid_line_) {
+      held_.append(data + pos, end - pos);
+      hold(std::move(held_), out);
+    } else {
+      if (!mid_line_) out += prefix_;
+      out += held_;
+      out.append(data + pos, end - pos);
+    }
     held_.clear();
     mid_line_ = false;
     pos = end;
   }
   if (held_.size() > kMaxHeld) {
-    if (!mid_line_) out += prefix_;
+    if (!mid_line_) {
+      release(out);
+      out += prefix_;
+    }
     out += held_;
     held_.clear();
     mid_line_ = true;
@@ -525,12 +621,31 @@ void LinePrefixer::feed(const char* data, std::size_t size, std::string& out) {
 
 void LinePrefixer::finish(std::string& out) {
   if (held_.empty() && !mid_line_) return;
-  if (!mid_line_) out += prefix_;
-  out += held_;
-  out += '\n';
+  if (hold_last_ && !mid_line_) {
+    hold(held_ + '\n', out);
+  } else {
+    if (!mid_line_) out += prefix_;
+    out += held_;
+    out += '\n';
+  }
   held_.clear();
   mid_line_ = false;
 }
+
+void LinePrefixer::hold(std::string line, std::string& out) {
+  release(out);
+  last_ = std::move(line);
+  ++lines_held_;
+}
+
+void LinePrefixer::release(std::string& out) {
+  if (last_.empty()) return;
+  out += prefix_;
+  out += last_;
+  last_.clear();
+}
+
+std::string LinePrefixer::take_held() { return std::exchange(last_, std::string()); }
 
 int launch_ranks(const LaunchOptions& options) { return Launcher(options).run(); }
 

@@ -23,9 +23,10 @@ int word_count(const std::string& name) {
 }
 
 void print_help() {
-  std::printf("stp — Synergistic Tensor and Pipeline parallel training engine\n\n"
-              "usage: stp <command> [options]   (stp <command> --help for its options)\n\n"
-              "commands:\n");
+  std::printf(
+      "stp — Synergistic Tensor and Pipeline parallel training engine\n\n"
+      "usage: stp <command> [options]   (stp <command> --help for its options)\n\n"
+      "commands:\n");
   auto commands = stp::apps::command_registry();
   std::sort(commands.begin(), commands.end(),
             [](const auto& a, const auto& b) { return a.name < b.name; });

@@ -2,7 +2,7 @@
 """Plain PyTorch training loop for the same GPT and batch that `stp train` runs.
 
 The baseline that bench/gpu_check.sh puts next to stp's tokens/s: a standard nn.Module GPT with
-the shapes of stp's default model (engine/gpt_params.cpp, docs/model.md) -- token + position
+the shapes of stp's default model (models/gpt_params.cpp, docs/model.md) -- token + position
 embeddings, pre-LayerNorm blocks (causal self-attention with biases, GELU-tanh MLP), final
 LayerNorm, untied head without bias, mean cross-entropy -- trained the way a PyTorch user would:
 one optimizer step per `microbatches` forward/backward passes (gradient accumulation), global

@@ -97,6 +97,18 @@ function(stp_link_cuda target)
 endfunction()
 
 # Common include layout: sources include "schedule/program.h"; installed under include/stp/.
+# stp_add_room(<target> <deps...>): the static library of a folder (every .cpp in it), one per
+# room (DESIGN.md's folder table), linked PUBLIC to the rooms it depends on.
+function(stp_add_room target)
+  file(GLOB _srcs CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/*.cpp)
+  add_library(${target} STATIC ${_srcs})
+  stp_library(${target})
+  target_link_libraries(${target} PUBLIC ${ARGN})
+  if(TARGET nlohmann_json::nlohmann_json)
+    target_link_libraries(${target} PUBLIC nlohmann_json::nlohmann_json)
+  endif()
+endfunction()
+
 function(stp_library target)
   target_include_directories(${target} PUBLIC
     $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}>

@@ -11,6 +11,7 @@ namespace stp {
 // Throws std::invalid_argument naming `what`, the text and the accepted forms (>= 0).
 std::int64_t parse_bytes(const std::string& text, const std::string& what);
 
-std::string format_bytes(double bytes);
+// Binary units with `decimals` digits after the point ("1.50 KiB"); whole bytes below 1 KiB.
+std::string format_bytes(double bytes, int decimals = 2);
 
 }  // namespace stp

@@ -1,4 +1,4 @@
-#include "stp/check.h"
+#include "common/check.h"
 
 #include <cstdio>
 

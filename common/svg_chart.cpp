@@ -10,20 +10,6 @@ namespace {
 
 const char* kPalette[] = {"#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02"};
 
-std::string escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '&': out += "&amp;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
-
 std::string fmt(const char* f, double v) {
   char buf[256];
   std::snprintf(buf, sizeof buf, f, v);
@@ -72,6 +58,29 @@ struct Range {
 
 }  // namespace
 
+std::string xml_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '&':
+        out += "&amp;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
+    }
+  }
+  return out;
+}
+
 std::string to_svg(const LineChart& chart) {
   const double left = 78, right = 24, top = chart.title.empty() ? 16 : 40, gap = 46;
   const double W = std::max(chart.width_px, 200.0), H = std::max(chart.panel_height_px, 80.0);
@@ -90,7 +99,7 @@ std::string to_svg(const LineChart& chart) {
   out += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
   if (!chart.title.empty())
     out += fmt("<text x=\"%.1f\" y=\"24\" font-size=\"15\" font-weight=\"bold\">", left) +
-           escape(chart.title) + "</text>\n";
+           xml_escape(chart.title) + "</text>\n";
   int color_index = 0;
   for (std::size_t pi = 0; pi < chart.panels.size(); ++pi) {
     const ChartPanel& panel = chart.panels[pi];
@@ -102,7 +111,8 @@ std::string to_svg(const LineChart& chart) {
         if (std::isfinite(s.x[i])) yr.add(s.y[i]);
     yr.pad();
     auto Y = [&](double y) { return y0 + H - (y - yr.lo) / (yr.hi - yr.lo) * H; };
-    out += fmt("<rect x=\"%.1f\" ", left) + fmt("y=\"%.1f\" ", y0) + fmt("width=\"%.1f\" ", plot_w) +
+    out += fmt("<rect x=\"%.1f\" ", left) + fmt("y=\"%.1f\" ", y0) +
+           fmt("width=\"%.1f\" ", plot_w) +
            fmt("height=\"%.1f\" fill=\"none\" stroke=\"#999\"/>\n", H);
     for (double t : ticks(yr.lo, yr.hi)) {
       out += fmt("<line x1=\"%.1f\" ", left) + fmt("x2=\"%.1f\" ", left + plot_w) +
@@ -111,10 +121,11 @@ std::string to_svg(const LineChart& chart) {
              tick_label(t) + "</text>\n";
     }
     for (double t : ticks(xr.lo, xr.hi))
-      out += fmt("<text x=\"%.1f\" ", X(t)) + fmt("y=\"%.1f\" text-anchor=\"middle\">", y0 + H + 16) +
-             tick_label(t) + "</text>\n";
+      out += fmt("<text x=\"%.1f\" ", X(t)) +
+             fmt("y=\"%.1f\" text-anchor=\"middle\">", y0 + H + 16) + tick_label(t) + "</text>\n";
     out += fmt("<text transform=\"translate(16,%.1f) rotate(-90)\" text-anchor=\"middle\">",
-               y0 + H / 2) + escape(panel.y_label) + "</text>\n";
+               y0 + H / 2) +
+           xml_escape(panel.y_label) + "</text>\n";
     double legend_x = left + 8;
     for (const auto& s : panel.series) {
       std::string color = s.color.empty() ? kPalette[color_index++ % 6] : s.color;
@@ -123,8 +134,8 @@ std::string to_svg(const LineChart& chart) {
         if (!std::isfinite(s.x[i]) || !std::isfinite(s.y[i])) continue;
         pts += fmt("%.1f,", X(s.x[i])) + fmt("%.1f ", Y(s.y[i]));
         if (s.points)
-          dots += fmt("<circle cx=\"%.1f\" ", X(s.x[i])) + fmt("cy=\"%.1f\" r=\"2.5\" ", Y(s.y[i])) +
-                  "fill=\"" + color + "\"/>\n";
+          dots += fmt("<circle cx=\"%.1f\" ", X(s.x[i])) +
+                  fmt("cy=\"%.1f\" r=\"2.5\" ", Y(s.y[i])) + "fill=\"" + color + "\"/>\n";
       }
       out += "<polyline fill=\"none\" stroke=\"" + color + "\" stroke-width=\"1.8\"" +
              (s.dashed ? " stroke-dasharray=\"6,4\"" : "") + " points=\"" + pts + "\"/>\n" + dots;
@@ -132,13 +143,13 @@ std::string to_svg(const LineChart& chart) {
              fmt("y1=\"%.1f\" ", y0 + 14) + fmt("y2=\"%.1f\" stroke=\"", y0 + 14) + color +
              "\" stroke-width=\"2\"" + (s.dashed ? " stroke-dasharray=\"4,3\"" : "") + "/>\n";
       out += fmt("<text x=\"%.1f\" ", legend_x + 22) + fmt("y=\"%.1f\">", y0 + 18) +
-             escape(s.name) + "</text>\n";
+             xml_escape(s.name) + "</text>\n";
       legend_x += 34 + 7.0 * s.name.size();
     }
   }
   if (!chart.x_label.empty())
     out += fmt("<text x=\"%.1f\" ", left + plot_w / 2) +
-           fmt("y=\"%.1f\" text-anchor=\"middle\">", total_h - 6) + escape(chart.x_label) +
+           fmt("y=\"%.1f\" text-anchor=\"middle\">", total_h - 6) + xml_escape(chart.x_label) +
            "</text>\n";
   out += "</svg>\n";
   return out;

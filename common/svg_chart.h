@@ -12,12 +12,12 @@
 namespace stp {
 
 struct ChartSeries {
-  std::string name;        // legend text
-  std::vector<double> x;   // same length as y; non-finite points are skipped
+  std::string name;       // legend text
+  std::vector<double> x;  // same length as y; non-finite points are skipped
   std::vector<double> y;
-  std::string color;       // CSS colour; empty: from the palette
-  bool dashed = false;     // e.g. a prediction next to a measurement
-  bool points = false;     // draw a dot at every point
+  std::string color;    // CSS colour; empty: from the palette
+  bool dashed = false;  // e.g. a prediction next to a measurement
+  bool points = false;  // draw a dot at every point
 };
 
 struct ChartPanel {
@@ -33,6 +33,9 @@ struct LineChart {
   double width_px = 900;         // > 0
   double panel_height_px = 260;  // > 0
 };
+
+// Text for SVG/XML content and attribute values: & < > " escaped.
+std::string xml_escape(const std::string& text);
 
 // The chart as a standalone SVG document. Panels without finite points are drawn empty.
 std::string to_svg(const LineChart& chart);

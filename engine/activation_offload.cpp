@@ -8,10 +8,10 @@
 
 #include "allocator/numa.h"
 #include "allocator/pinned_host_pool.h"
-#include "stp/cuda_check.h"
+#include "common/check.h"
+#include "common/cuda_check.h"
 #include "offload/copy_engine.h"
 #include "offload/offloader.h"
-#include "stp/check.h"
 
 namespace stp::engine {
 namespace {

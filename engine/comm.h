@@ -22,35 +22,15 @@
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "engine/comm_options.h"
+
 namespace stp::engine {
-
-enum class CommBackend { kGloo, kNccl };
-
-struct CommOptions {
-  CommBackend backend = CommBackend::kGloo;
-  std::chrono::milliseconds timeout{60000};  // per collective / P2P / rendezvous step; >= 1 ms
-  int tp = 1;                                // tensor-parallel size, divides world
-  int pp = 1;                                // pipeline-parallel size; world = dp * pp * tp
-};
-
-// Where this process sits in the job, read from the environment.
-struct LaunchEnv {
-  int rank = 0;
-  int world_size = 1;
-  int local_rank = 0;
-  std::string master_addr = "127.0.0.1";
-  int master_port = 29500;
-  bool agent_store = false;  // the launcher hosts the store; every rank connects as a client
-};
-
-// Reads RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (or OMPI_COMM_WORLD_*). Missing
-// variables mean a single-process job. Throws std::invalid_argument naming a malformed value.
-LaunchEnv launch_env_from_environment();
 
 // The result of an asynchronous operation.
 class CommHandle {
@@ -83,7 +63,7 @@ class Group {
 
   const std::string& name() const { return name_; }
   int size() const { return static_cast<int>(ranks_.size()); }
-  int rank() const { return my_index_; }            // index of this process in the group
+  int rank() const { return my_index_; }                    // index of this process in the group
   const std::vector<int>& ranks() const { return ranks_; }  // global ranks, by group index
 
   // In-place reduction (sum by default) over the group. A group of size 1 returns a completed
@@ -154,5 +134,13 @@ class World {
 // Validates a layout and returns one line naming the values when it is impossible.
 // world must equal dp * pp * tp with all >= 1.
 void check_layout(int world_size, int tp, int pp);
+
+// Threads as ranks: runs fn(world) for every rank of a `world_size` job on its own thread, each
+// over World::in_process(store, rank, ...) (a fresh in-memory store when none is given); joins
+// them all and rethrows the first exception a rank threw. stp verify, stp bench and the tests
+// use it to run a whole job in one process.
+void run_in_process(int world_size, const CommOptions& options,
+                    const std::function<void(std::unique_ptr<World>)>& fn,
+                    c10::intrusive_ptr<c10d::Store> store = {});
 
 }  // namespace stp::engine

@@ -6,7 +6,8 @@
 #include <deque>
 #include <tuple>
 
-#include "stp/check.h"
+#include "common/check.h"
+#include "common/clock.h"
 
 namespace stp::engine {
 namespace {
@@ -16,10 +17,6 @@ using schedule::Op;
 using schedule::Part;
 using PassKind = schedule::Pass;
 using Key = std::pair<int, int>;  // (stage, mb)
-
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // A P2P message is tagged by its direction and the stage that receives it, so a pair of ranks
 // can have several in flight in any order.
@@ -51,7 +48,7 @@ class Executor::StepRun {
         instrs_(program.ranks.at(rank_)) {}
 
   StepStats run() {
-    const double t0 = now();
+    const double t0 = now_seconds();
     for (std::size_t pc = 0; pc < instrs_.size(); ++pc) {
       advance_p2p(pc);
       const Instr& instr = instrs_[pc];
@@ -66,23 +63,23 @@ class Executor::StepRun {
       ev.category = schedule::kCategoryCompute;
       ev.op = instr.op;
       ev.parts = instr.parts;
-      ev.start = now() - t0;
+      ev.start = now_seconds() - t0;
       cur_ = &ev;
       execute(instr, pc);
       cur_ = nullptr;
-      ev.end = now() - t0;
+      ev.end = now_seconds() - t0;
       stats_.events.push_back(std::move(ev));
     }
     // Sends complete in the background; the step ends when they have.
-    double w0 = now();
+    double w0 = now_seconds();
     for (auto& s : sends_) s.wait();
-    stats_.p2p_wait_seconds += now() - w0;
+    stats_.p2p_wait_seconds += now_seconds() - w0;
     STP_ASSERT(recvs_.empty(), recvs_.size(), " posted receives were never consumed");
     STP_ASSERT(w_fifo_.empty(), w_fifo_.size(), " deferred weight gradients never ran");
-    STP_ASSERT(fwd_input_.empty() && bwd_grad_.empty() && fwd_output_.empty() &&
-                   bwd_output_.empty(),
-               "tensors left over at the end of the step");
-    stats_.seconds = now() - t0;
+    STP_ASSERT(
+        fwd_input_.empty() && bwd_grad_.empty() && fwd_output_.empty() && bwd_output_.empty(),
+        "tensors left over at the end of the step");
+    stats_.seconds = now_seconds() - t0;
     stats_.peak_activation_bytes = ex_.store_.peak_bytes();
     stats_.peak_activation_sets = ex_.store_.peak_sets();
     stats_.offloaded_bytes = ex_.store_.offloaded_bytes();
@@ -144,9 +141,18 @@ class Executor::StepRun {
         bwd_output_.erase(it);
         return true;
       }
-      default:
+      case Op::kF:
+      case Op::kB:
+      case Op::kW:
+      case Op::kBW:
+      case Op::kFF:
+      case Op::kFB:
+      case Op::kFW:
+      case Op::kOffload:
+      case Op::kReload:
         return true;  // not P2P: nothing to post
     }
+    return true;
   }
 
   at::Tensor recv_buffer(const Part& ref) {
@@ -159,15 +165,15 @@ class Executor::StepRun {
   // Takes the tensor for (stage, mb) out of `map`, waiting for its receive if one was posted.
   at::Tensor take(std::map<Key, at::Tensor>& map, int dir, int stage, int mb) {
     auto it = map.find({stage, mb});
-    STP_ASSERT(it != map.end(), "no ", dir == 0 ? "activation" : "gradient", " for stage ",
-               stage, " mb ", mb, " (missing RECV or producer)");
+    STP_ASSERT(it != map.end(), "no ", dir == 0 ? "activation" : "gradient", " for stage ", stage,
+               " mb ", mb, " (missing RECV or producer)");
     at::Tensor t = std::move(it->second);
     map.erase(it);
     auto r = recvs_.find(std::make_tuple(dir, stage, mb));
     if (r != recvs_.end()) {
-      double w0 = now();
+      double w0 = now_seconds();
       r->second.wait();
-      double w = now() - w0;
+      double w = now_seconds() - w0;
       stats_.p2p_wait_seconds += w;
       if (cur_) cur_->p2p_wait += w;
       recvs_.erase(r);
@@ -298,9 +304,9 @@ class Executor::StepRun {
 
   void wait_tp(CommHandle& h) {
     if (!h.pending()) return;
-    double w0 = now();
+    double w0 = now_seconds();
     h.wait();
-    double w = now() - w0;
+    double w = now_seconds() - w0;
     stats_.tp_wait_seconds += w;
     if (cur_) cur_->tp_wait += w;
   }

@@ -33,27 +33,11 @@
 #include "engine/activation_store.h"
 #include "engine/chunk.h"
 #include "engine/comm.h"
+#include "engine/step_stats.h"
 #include "schedule/program.h"
 #include "schedule/timeline.h"
 
 namespace stp::engine {
-
-// What one step measured on this rank.
-struct StepStats {
-  double loss_sum = 0;             // sum of unscaled microbatch losses (last-stage rank only)
-  int losses = 0;                  // how many microbatch losses were summed here
-  double seconds = 0;              // wall time of the program
-  double tp_wait_seconds = 0;      // blocked on TP collectives: exposed communication
-  double p2p_wait_seconds = 0;     // blocked on pipeline receives: PP idle
-  double reload_wait_seconds = 0;  // blocked on the host link: reloads, and offloads a new set
-                                   // had to wait for to stay within the budget
-  std::int64_t peak_activation_bytes = 0;  // resident ActivationSet bytes, peak over the step
-  int peak_activation_sets = 0;            // resident (non-offloaded) sets, peak over the step
-  std::int64_t offloaded_bytes = 0;        // bytes moved to host this step
-  // What this rank did: one compute event per compute instruction, seconds since the step
-  // began, waits measured (schedule/timeline.h) — the simulator's format.
-  std::vector<schedule::TimelineEvent> events;
-};
 
 class Executor {
  public:

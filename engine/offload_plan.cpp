@@ -4,9 +4,9 @@
 #include <cmath>
 
 #include "common/bytes.h"
+#include "common/check.h"
 #include "offload/planner.h"
 #include "schedule/simulate.h"
-#include "stp/check.h"
 
 namespace stp::engine {
 
@@ -38,14 +38,40 @@ OffloadBudget parse_offload_budget(const std::string& text) {
   return b;
 }
 
+void OffloadBudget::validate() const {
+  switch (kind) {
+    case Kind::kOff:
+      return;
+    case Kind::kBytes:
+      STP_CHECK(bytes > 0, "offload budget of ", bytes, " bytes must be > 0");
+      return;
+    case Kind::kPercent:
+      STP_CHECK(std::isfinite(percent) && percent > 0 && percent <= 100, "offload budget of ",
+                percent, "% must be in (0%, 100%]");
+      return;
+  }
+}
+
+std::string to_string(const OffloadBudget& budget) {
+  switch (budget.kind) {
+    case OffloadBudget::Kind::kOff:
+      return "off";
+    case OffloadBudget::Kind::kBytes:
+      return std::to_string(budget.bytes);
+    case OffloadBudget::Kind::kPercent:
+      return str_cat(budget.percent, "%");
+  }
+  return "off";
+}
+
 OffloadPlan plan_activation_offload(const schedule::Program& program,
                                     const std::vector<std::int64_t>& stage_bytes,
                                     const std::vector<double>& stage_forward_seconds,
-                                    double w_held_fraction, const std::string& budget,
+                                    double w_held_fraction, const OffloadBudget& b,
                                     double host_gbps) {
   OffloadPlan out;
   out.program = program;
-  const OffloadBudget b = parse_offload_budget(budget);
+  b.validate();
   if (b.kind == OffloadBudget::Kind::kOff) return out;
   const int S = program.stages();
   STP_ASSERT(static_cast<int>(stage_bytes.size()) == S &&

@@ -12,15 +12,26 @@
 
 namespace stp::engine {
 
+// The device budget for activations: off, a size in bytes, or a percentage of the simulated
+// peak without offload. Parsed once from its text form ("off", "512MiB", "60%").
 struct OffloadBudget {
   enum class Kind { kOff, kBytes, kPercent } kind = Kind::kOff;
-  std::int64_t bytes = 0;  // kBytes
+  std::int64_t bytes = 0;  // kBytes, > 0
   double percent = 0;      // kPercent, (0, 100]
+
+  static OffloadBudget off() { return {}; }
+  static OffloadBudget of_bytes(std::int64_t bytes) { return {Kind::kBytes, bytes, 0}; }
+  static OffloadBudget of_percent(double percent) { return {Kind::kPercent, 0, percent}; }
+  bool is_off() const { return kind == Kind::kOff; }
+  // Throws std::invalid_argument naming the value and its range.
+  void validate() const;
 };
 
 // "off" | "<size>" (4096, 512MiB, 2GiB, 1.5GB) | "<p>%" with 0 < p <= 100. Throws
 // std::invalid_argument naming the text and the accepted forms.
 OffloadBudget parse_offload_budget(const std::string& text);
+// The text form parse_offload_budget reads back ("off", "536870912", "60%").
+std::string to_string(const OffloadBudget& budget);
 
 // The budget is below the smallest one the planner can reach; minimum_bytes is that one.
 struct OffloadBudgetTooSmall : std::invalid_argument {
@@ -30,13 +41,13 @@ struct OffloadBudgetTooSmall : std::invalid_argument {
 };
 
 struct OffloadPlan {
-  schedule::Program program;          // with OFFLOAD/RELOAD when offloads is true
+  schedule::Program program;  // with OFFLOAD/RELOAD when offloads is true
   bool offloads = false;
-  std::int64_t budget_bytes = 0;      // the device budget planned for (0: off)
-  std::int64_t peak_bytes_before = 0; // simulated peak activation bytes, max over ranks
+  std::int64_t budget_bytes = 0;       // the device budget planned for (0: off)
+  std::int64_t peak_bytes_before = 0;  // simulated peak activation bytes, max over ranks
   std::int64_t peak_bytes_after = 0;
   std::int64_t host_bytes_per_rank = 0;  // pinned pool capacity a rank needs
-  double slowdown = 0;                // simulated step-time increase, fraction
+  double slowdown = 0;                   // simulated step-time increase, fraction
 };
 
 // stage_bytes[s]: activation bytes of one microbatch's set on stage s; stage_forward_seconds[s]:
@@ -48,7 +59,7 @@ struct OffloadPlan {
 OffloadPlan plan_activation_offload(const schedule::Program& program,
                                     const std::vector<std::int64_t>& stage_bytes,
                                     const std::vector<double>& stage_forward_seconds,
-                                    double w_held_fraction, const std::string& budget,
+                                    double w_held_fraction, const OffloadBudget& budget,
                                     double host_gbps);
 
 }  // namespace stp::engine

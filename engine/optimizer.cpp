@@ -8,7 +8,7 @@
 #include <cmath>
 #include <set>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 namespace stp::engine {
 

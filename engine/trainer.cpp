@@ -4,24 +4,17 @@
 
 #include <chrono>
 
+#include "common/check.h"
+#include "common/clock.h"
 #include "engine/activation_offload.h"
-#include "engine/gpt.h"
+#include "engine/comm.h"
+#include "engine/executor.h"
 #include "engine/offload_plan.h"
 #include "schedule/generators.h"
 #include "schedule/verify.h"
-#include "stp/check.h"
 
 namespace stp::engine {
-namespace {
-
-double now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-}  // namespace
-
 void TrainerOptions::validate() const {
-  schedule::kind_from_string(schedule);  // names the legal kinds
   STP_CHECK(tp >= 1 && tp <= 1024, "tp=", tp, " must be in [1, 1024]");
   STP_CHECK(pp >= 1 && pp <= 1024, "pp=", pp, " must be in [1, 1024]");
   STP_CHECK(microbatches >= 1, "microbatches=", microbatches, " must be >= 1");
@@ -29,14 +22,7 @@ void TrainerOptions::validate() const {
   STP_CHECK(host_gbps > 0, "host_gbps=", host_gbps, " must be > 0");
   STP_CHECK(comm_timeout.count() >= 1, "comm_timeout=", comm_timeout.count(), " ms must be >= 1");
   optimizer.validate();
-  parse_offload_budget(offload_budget);  // validates the text
-}
-
-ModelFactory gpt_model(const GptConfig& config, at::Device device) {
-  config.validate();
-  return [config, device](int stage, int stages, int tp_rank, int tp_size) {
-    return std::make_unique<GptChunk>(config, stage, stages, tp_rank, tp_size, device);
-  };
+  offload_budget.validate();
 }
 
 Trainer::Trainer(ModelFactory model, TrainerOptions options) : options_(std::move(options)) {
@@ -53,11 +39,14 @@ Trainer::Trainer(ModelFactory model, TrainerOptions options) : options_(std::mov
 Trainer::Trainer(ModelFactory model, TrainerOptions options, std::unique_ptr<World> world)
     : options_(std::move(options)), world_(std::move(world)) {
   options_.validate();
-  STP_CHECK(world_->tp() == options_.tp && world_->pp() == options_.pp, "the world has tp=",
-            world_->tp(), " pp=", world_->pp(), " but the options ask for tp=", options_.tp,
-            " pp=", options_.pp);
+  STP_CHECK(world_->tp() == options_.tp && world_->pp() == options_.pp,
+            "the world has tp=", world_->tp(), " pp=", world_->pp(),
+            " but the options ask for tp=", options_.tp, " pp=", options_.pp);
   init(std::move(model));
 }
+
+int Trainer::rank() const { return world_->rank(); }
+int Trainer::world_size() const { return world_->size(); }
 
 Trainer::~Trainer() = default;
 
@@ -68,9 +57,9 @@ void Trainer::init(ModelFactory model) {
   chunks_.resize(program_.v);
   for (int s = 0; s < program_.stages(); ++s) {
     if (program_.stage_rank[s] != r) continue;
-    chunks_[program_.stage_chunk[s]] =
-        model(s, program_.stages(), world_->tp_rank(), world_->tp());
-    STP_CHECK(chunks_[program_.stage_chunk[s]] != nullptr, "the model factory returned no chunk for stage ", s);
+    chunks_[program_.stage_chunk[s]] = model(s, program_.stages(), world_->tp_rank(), world_->tp());
+    STP_CHECK(chunks_[program_.stage_chunk[s]] != nullptr,
+              "the model factory returned no chunk for stage ", s);
   }
   optimizer_ = std::make_unique<AdamW>(params_of(chunks()), options_.optimizer, world_->tp_rank());
   executor_ = std::make_unique<Executor>(chunks(), world_->tp_group(), world_->pp_group(), store_);
@@ -86,8 +75,8 @@ std::vector<Chunk*> Trainer::chunks() {
 std::vector<MicroBatch> Trainer::split(const MicroBatch& batch) const {
   const std::int64_t n = batch.tokens.size(0), m = options_.microbatches;
   STP_CHECK(batch.tokens.dim() == 2 && batch.targets.sizes() == batch.tokens.sizes(),
-            "a batch holds tokens and targets of shape (m*b, T); got tokens ",
-            batch.tokens.sizes(), " and targets ", batch.targets.sizes());
+            "a batch holds tokens and targets of shape (m*b, T); got tokens ", batch.tokens.sizes(),
+            " and targets ", batch.targets.sizes());
   STP_CHECK(n % m == 0 && n >= m, "the batch has ", n, " sequences, not a positive multiple of ",
             "microbatches=", m);
   std::vector<MicroBatch> out;
@@ -99,7 +88,7 @@ std::vector<MicroBatch> Trainer::split(const MicroBatch& batch) const {
 double Trainer::step(const MicroBatch& batch) { return step(split(batch)); }
 
 double Trainer::step(const std::vector<MicroBatch>& given) {
-  const double t0 = now();
+  const double t0 = now_seconds();
   STP_CHECK(static_cast<int>(given.size()) == options_.microbatches, "step() got ", given.size(),
             " microbatches; the trainer was built for microbatches=", options_.microbatches);
   // Microbatches live where the model does.
@@ -116,13 +105,14 @@ double Trainer::step(const std::vector<MicroBatch>& given) {
   st.exec = executor_->run(program_, mbs);
   reduce_gradients();
   auto model_group = &world_->model_group();
-  StepResult res = optimizer_->step([model_group](double x) { return model_group->all_reduce_sum(x); });
+  StepResult res =
+      optimizer_->step([model_group](double x) { return model_group->all_reduce_sum(x); });
   st.grad_norm = res.grad_norm;
   st.skipped = res.skipped;
   // Every rank returns the mean loss: the last stage's TP rank 0 of each replica contributes.
   const double mine = world_->tp_rank() == 0 ? st.exec.loss_sum : 0.0;
   st.loss = world_->world_group().all_reduce_sum(mine) / (options_.microbatches * world_->dp());
-  st.seconds = now() - t0;
+  st.seconds = now_seconds() - t0;
   last_ = std::move(st);
   return last_.loss;
 }
@@ -158,11 +148,11 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
     at::Tensor input;
     if (!c.is_first_stage())
       input = at::zeros(c.input_shape(mbs[0].tokens.size(0)), c.params().front().value.options());
-    const double t0 = now();
+    const double t0 = now_seconds();
     auto pass = c.forward(set, mbs[0], input);
     for (int k = 0; k < pass->size(); ++k) pass->run(k);
     pass->finish();
-    const double forward_seconds = now() - t0;
+    const double forward_seconds = now_seconds() - t0;
     const double full = static_cast<double>(set.bytes());
     at::Tensor grad;
     if (!c.is_last_stage()) grad = at::zeros_like(pass->output());
@@ -187,7 +177,8 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
     stage_bytes_[s] = static_cast<std::int64_t>(bytes[s].item<double>());
     stage_seconds_[s] = bytes[S + s].item<double>();
     if (stage_bytes_[s] > 0)
-      w_held_fraction_ = std::max(w_held_fraction_, bytes[2 * S + s].item<double>() / stage_bytes_[s]);
+      w_held_fraction_ =
+          std::max(w_held_fraction_, bytes[2 * S + s].item<double>() / stage_bytes_[s]);
   }
 }
 
@@ -203,7 +194,8 @@ void Trainer::plan_offload() {
   store_.attach_offload(offload_.get());
   std::vector<std::int64_t> local(program_.v, 0);
   for (int s = 0; s < program_.stages(); ++s)
-    if (program_.stage_rank[s] == world_->pp_rank()) local[program_.stage_chunk[s]] = stage_bytes_[s];
+    if (program_.stage_rank[s] == world_->pp_rank())
+      local[program_.stage_chunk[s]] = stage_bytes_[s];
   store_.set_budget(budget_bytes_, std::move(local));
 }
 

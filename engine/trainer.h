@@ -22,24 +22,28 @@
 
 #include "engine/activation_store.h"
 #include "engine/chunk.h"
-#include "engine/comm.h"
-#include "engine/executor.h"
-#include "engine/gpt_config.h"
+#include "engine/comm_options.h"
 #include "engine/offload_plan.h"
 #include "engine/optimizer.h"
+#include "engine/step_stats.h"
+#include "schedule/generators.h"
 #include "schedule/program.h"
 
 namespace stp::engine {
 
+class Executor;
+class World;
+
 struct TrainerOptions {
-  std::string schedule = "stp";      // 1f1b, 1f1b-i, zb-h1, zb-v, stp
-  int microbatches = 8;              // m per step; stp needs >= 2*pp
-  int chunks = 0;                    // 1f1b-i: chunks per rank (0: 2); others fixed
-  int tp = 1;                        // tensor-parallel size
-  int pp = 1;                        // pipeline-parallel size; dp = world / (tp*pp)
-  std::string offload_budget = "off";  // "off", bytes ("512MiB"), or "60%" of the plan-free peak
-  double host_gbps = 20.0;           // host-link bandwidth the offload planner assumes (GB/s)
-  bool braid = true;                 // interleave braided instructions (false: back to back)
+  schedule::Kind schedule = schedule::Kind::kSTP;  // config text: schedule::kind_from_string
+  int microbatches = 8;                            // m per step; stp needs >= 2*pp
+  int chunks = 0;                                  // 1f1b-i: chunks per rank (0: 2); others fixed
+  int tp = 1;                                      // tensor-parallel size
+  int pp = 1;                                      // pipeline-parallel size; dp = world / (tp*pp)
+  OffloadBudget offload_budget;  // off, bytes, or a percentage of the plan-free peak;
+                                 // config text: parse_offload_budget ("off", "512MiB", "60%")
+  double host_gbps = 20.0;       // host-link bandwidth the offload planner assumes (GB/s)
+  bool braid = true;             // interleave braided instructions (false: back to back)
   AdamWOptions optimizer;
   std::chrono::milliseconds comm_timeout{120000};
   CommBackend backend = CommBackend::kGloo;
@@ -48,25 +52,18 @@ struct TrainerOptions {
   void validate() const;
 };
 
-// Builds the model piece for (stage of stages, tp_rank of tp_size).
-using ModelFactory =
-    std::function<std::unique_ptr<Chunk>(int stage, int stages, int tp_rank, int tp_size)>;
-
-// The built-in GPT (engine/gpt.h) on `device`.
-ModelFactory gpt_model(const GptConfig& config, at::Device device = at::kCPU);
-
 // What step() measured, on this rank.
 struct TrainStepStats {
-  StepStats exec;            // the executor's measurements (times, waits, memory, events)
-  double loss = 0;           // mean microbatch loss over the step (every rank)
-  double grad_norm = 0;      // global, before clipping
-  double seconds = 0;        // whole step: program, gradient reduction, optimizer
-  bool skipped = false;      // non-finite gradients: the update was skipped
+  StepStats exec;        // the executor's measurements (times, waits, memory, events)
+  double loss = 0;       // mean microbatch loss over the step (every rank)
+  double grad_norm = 0;  // global, before clipping
+  double seconds = 0;    // whole step: program, gradient reduction, optimizer
+  bool skipped = false;  // non-finite gradients: the update was skipped
 };
 
 class Trainer {
  public:
-  // Joins the job described by the environment (RANK, WORLD_SIZE, MASTER_ADDR, ...).
+  // Joins the job described by the launch environment (launch_env_from_environment()).
   Trainer(ModelFactory model, TrainerOptions options);
   // Uses an existing world (threads-as-ranks tests, programs that manage their own).
   Trainer(ModelFactory model, TrainerOptions options, std::unique_ptr<World> world);
@@ -81,7 +78,9 @@ class Trainer {
   const TrainStepStats& last_stats() const { return last_; }
   const schedule::Program& program() const { return program_; }
   const TrainerOptions& options() const { return options_; }
-  World& world() { return *world_; }
+  World& world() { return *world_; }  // (engine/comm.h)
+  int rank() const;                   // this process's global rank
+  int world_size() const;
   std::vector<Chunk*> chunks();
   AdamW& optimizer() { return *optimizer_; }
   // Activation bytes the planner assumed per stage (probed from one forward) and the device

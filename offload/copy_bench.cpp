@@ -10,13 +10,13 @@
 #include "allocator/device_memory.h"
 #include "allocator/pinned_host_pool.h"
 #include "allocator/size_classes.h"
+#include "common/check.h"
 #include "offload/copy_engine.h"
-#include "stp/check.h"
 
 #ifdef STP_WITH_CUDA
 #include <cuda_runtime_api.h>
 
-#include "stp/cuda_check.h"
+#include "common/cuda_check.h"
 #endif
 
 namespace stp::offload {
@@ -94,8 +94,8 @@ CopyBenchResult bench_host(const CopyBenchOptions& o) {
   r.bytes = o.bytes;
   r.copies = o.copies;
   r.threads = o.threads;
-  r.lines.push_back(measure("d2h", static_cast<double>(o.bytes) * o.copies, o.repeats, engine_run,
-                            memcpy_run));
+  r.lines.push_back(
+      measure("d2h", static_cast<double>(o.bytes) * o.copies, o.repeats, engine_run, memcpy_run));
   device_memory->deallocate(device);
   pool->free(host);
   return r;
@@ -134,8 +134,10 @@ CopyBenchResult bench_cuda(const CopyBenchOptions& o) {
   };
   auto bare_run = [&](bool d2h, bool h2d) {
     for (int i = 0; i < o.copies; ++i) {
-      if (d2h) STP_CUDA_CHECK(cudaMemcpyAsync(pinned_a, dev_a, o.bytes, cudaMemcpyDeviceToHost, s_d2h));
-      if (h2d) STP_CUDA_CHECK(cudaMemcpyAsync(dev_b, pinned_b, o.bytes, cudaMemcpyHostToDevice, s_h2d));
+      if (d2h)
+        STP_CUDA_CHECK(cudaMemcpyAsync(pinned_a, dev_a, o.bytes, cudaMemcpyDeviceToHost, s_d2h));
+      if (h2d)
+        STP_CUDA_CHECK(cudaMemcpyAsync(dev_b, pinned_b, o.bytes, cudaMemcpyHostToDevice, s_h2d));
     }
     STP_CUDA_CHECK(cudaStreamSynchronize(s_d2h));
     STP_CUDA_CHECK(cudaStreamSynchronize(s_h2d));
@@ -145,12 +147,12 @@ CopyBenchResult bench_cuda(const CopyBenchOptions& o) {
   r.bytes = o.bytes;
   r.copies = o.copies;
   double one = static_cast<double>(o.bytes) * o.copies;
-  r.lines.push_back(measure("d2h", one, o.repeats, [&] { engine_run(true, false); },
-                            [&] { bare_run(true, false); }));
-  r.lines.push_back(measure("h2d", one, o.repeats, [&] { engine_run(false, true); },
-                            [&] { bare_run(false, true); }));
-  r.lines.push_back(measure("both", 2 * one, o.repeats, [&] { engine_run(true, true); },
-                            [&] { bare_run(true, true); }));
+  r.lines.push_back(measure(
+      "d2h", one, o.repeats, [&] { engine_run(true, false); }, [&] { bare_run(true, false); }));
+  r.lines.push_back(measure(
+      "h2d", one, o.repeats, [&] { engine_run(false, true); }, [&] { bare_run(false, true); }));
+  r.lines.push_back(measure(
+      "both", 2 * one, o.repeats, [&] { engine_run(true, true); }, [&] { bare_run(true, true); }));
   STP_CUDA_CHECK(cudaStreamDestroy(s_d2h));
   STP_CUDA_CHECK(cudaStreamDestroy(s_h2d));
   STP_CUDA_CHECK(cudaFreeHost(pinned_a));
@@ -192,9 +194,10 @@ std::string to_json(const CopyBenchResult& r) {
     return out + buf;
   }
   for (const CopyBenchLine& l : r.lines) {
-    std::snprintf(buf, sizeof buf,
-                  ",\"%s\":{\"copy_engine_gbps\":%.2f,\"cuda_memcpy_async_gbps\":%.2f,\"ratio\":%.3f}",
-                  l.direction.c_str(), l.copy_engine_gbps, l.baseline_gbps, l.ratio);
+    std::snprintf(
+        buf, sizeof buf,
+        ",\"%s\":{\"copy_engine_gbps\":%.2f,\"cuda_memcpy_async_gbps\":%.2f,\"ratio\":%.3f}",
+        l.direction.c_str(), l.copy_engine_gbps, l.baseline_gbps, l.ratio);
     out += buf;
   }
   return out + "}";

@@ -22,11 +22,11 @@ namespace stp::offload {
 
 struct CopyBenchOptions {
   std::size_t bytes = std::size_t{32} << 20;  // bytes per copy, >= 4096
-  int copies = 8;                              // copies per timed run, >= 1
-  int repeats = 7;                             // timed runs per side, >= 1
-  int threads = 2;                             // host copy engine workers, [1, 64]
+  int copies = 8;                             // copies per timed run, >= 1
+  int repeats = 7;                            // timed runs per side, >= 1
+  int threads = 2;                            // host copy engine workers, [1, 64]
   allocator::Backend backend = allocator::Backend::kHost;
-  int numa_node = allocator::kUnbound;         // host: bind pool and workers; kUnbound: don't
+  int numa_node = allocator::kUnbound;  // host: bind pool and workers; kUnbound: don't
 };
 
 struct CopyBenchLine {

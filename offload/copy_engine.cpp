@@ -9,17 +9,18 @@
 #include <mutex>
 #include <thread>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 namespace stp::offload {
 
 const char* to_string(Direction dir) { return dir == Direction::kD2H ? "D2H" : "H2D"; }
 
-std::unique_ptr<CopyEngine> make_cuda_copy_engine(const CopyEngineOptions& options);  // cuda_copy_engine.cpp
+std::unique_ptr<CopyEngine> make_cuda_copy_engine(
+    const CopyEngineOptions& options);  // cuda_copy_engine.cpp
 
 namespace {
 
-constexpr std::size_t kPieceAlign = 4096;  // bytes; pieces start on page multiples of a region
+constexpr std::size_t kPieceAlign = 4096;    // bytes; pieces start on page multiples of a region
 constexpr std::size_t kPiecesPerWorker = 4;  // load balance between workers
 
 // Worker threads copy pieces of batches; see copy_engine.h.
@@ -78,8 +79,10 @@ class HostCopyEngine final : public CopyEngine {
   };
 
   // Packs the regions into at most threads * kPiecesPerWorker pieces of >= min_piece_bytes (the
-  // last may be smaller), splitting large regions. Always at least one piece, so `after` is honoured.
-  std::vector<Piece> split(std::span<const CopyRegion> regions, const std::shared_ptr<Batch>& batch) {
+  // last may be smaller), splitting large regions. Always at least one piece, so `after` is
+  // honoured.
+  std::vector<Piece> split(std::span<const CopyRegion> regions,
+                           const std::shared_ptr<Batch>& batch) {
     std::size_t total = 0;
     for (const CopyRegion& r : regions) total += r.bytes;
     // kPiecesPerWorker pieces per worker: a worker the OS delays takes fewer of them.
@@ -151,8 +154,8 @@ class HostCopyEngine final : public CopyEngine {
 std::unique_ptr<CopyEngine> make_copy_engine(const CopyEngineOptions& options) {
   STP_CHECK(options.threads >= 1 && options.threads <= 64, "copy engine threads=", options.threads,
             " must be in [1, 64]");
-  STP_CHECK(options.min_piece_bytes >= 4096, "copy engine min_piece_bytes=", options.min_piece_bytes,
-            " must be >= 4096");
+  STP_CHECK(options.min_piece_bytes >= 4096,
+            "copy engine min_piece_bytes=", options.min_piece_bytes, " must be >= 4096");
   STP_CHECK(options.chunk_bytes >= (64 << 10), "copy engine chunk_bytes=", options.chunk_bytes,
             " must be >= 65536");
   if (allocator::resolve_backend(options.backend) == Backend::kCuda)

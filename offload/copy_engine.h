@@ -48,12 +48,12 @@ struct CopyRegion {
 };
 
 struct CopyEngineOptions {
-  Backend backend = Backend::kAuto;              // resolved once (allocator/backend.h)
-  int threads = 2;                               // host: worker threads, [1, 64]
-  std::size_t min_piece_bytes = 1 << 20;         // host: smallest piece per worker, >= 4 KiB
+  Backend backend = Backend::kAuto;                 // resolved once (allocator/backend.h)
+  int threads = 2;                                  // host: worker threads, [1, 64]
+  std::size_t min_piece_bytes = 1 << 20;            // host: smallest piece per worker, >= 4 KiB
   std::size_t chunk_bytes = std::size_t{16} << 20;  // cuda: largest cudaMemcpyAsync, >= 64 KiB
-  allocator::NumaPlacement placement;            // host: workers bind to placement.cpus (unbound: none)
-  int device = 0;                                // cuda: device the streams belong to
+  allocator::NumaPlacement placement;  // host: workers bind to placement.cpus (unbound: none)
+  int device = 0;                      // cuda: device the streams belong to
 };
 
 class CopyEngine {

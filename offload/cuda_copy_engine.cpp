@@ -1,13 +1,13 @@
 // The CUDA backend of CopyEngine: one non-blocking stream per direction (copy_engine.h).
 #include <memory>
 
+#include "common/check.h"
 #include "offload/copy_engine.h"
-#include "stp/check.h"
 
 #ifdef STP_WITH_CUDA
 #include <cuda_runtime_api.h>
 
-#include "stp/cuda_check.h"
+#include "common/cuda_check.h"
 #endif
 
 namespace stp::offload {

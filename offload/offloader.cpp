@@ -4,16 +4,20 @@
 #include <exception>
 #include <set>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 namespace stp::offload {
 
 const char* to_string(SetState state) {
   switch (state) {
-    case SetState::kAbsent: return "absent";
-    case SetState::kToHost: return "to-host";
-    case SetState::kOnHost: return "on-host";
-    case SetState::kToDevice: return "to-device";
+    case SetState::kAbsent:
+      return "absent";
+    case SetState::kToHost:
+      return "to-host";
+    case SetState::kOnHost:
+      return "on-host";
+    case SetState::kToDevice:
+      return "to-device";
   }
   return "?";
 }
@@ -76,7 +80,8 @@ void Offloader::offload(ActivationKey key, std::vector<SavedBuffer> buffers, Cop
   }
   std::vector<CopyRegion> regions;
   regions.reserve(set.buffers.size());
-  for (const Buffer& b : set.buffers) regions.push_back({b.host.ptr, b.saved.device_ptr, b.saved.bytes});
+  for (const Buffer& b : set.buffers)
+    regions.push_back({b.host.ptr, b.saved.device_ptr, b.saved.bytes});
   // The D2H starts after `ready`: the forward that wrote the buffers has finished with them.
   set.d2h = copies_.copy(Direction::kD2H, regions, std::span<const CopyEvent>(&ready, 1));
   set.state = SetState::kToHost;
@@ -146,7 +151,8 @@ void Offloader::reload(ActivationKey key, const AllocateFn& allocate, StreamHand
   if (copies_.backend() == Backend::kCuda) after.push_back(CopyEvent::record(alloc_stream));
   std::vector<CopyRegion> regions;
   regions.reserve(set.buffers.size());
-  for (const Buffer& b : set.buffers) regions.push_back({b.saved.device_ptr, b.host.ptr, b.saved.bytes});
+  for (const Buffer& b : set.buffers)
+    regions.push_back({b.saved.device_ptr, b.host.ptr, b.saved.bytes});
   set.h2d = copies_.copy(Direction::kH2D, regions, after);
   // The pool reuses the blocks only after both copies completed (Note [Pinned pool design]).
   free_host_blocks(set, {set.d2h, set.h2d});

@@ -71,14 +71,14 @@ enum class SetState { kAbsent, kToHost, kOnHost, kToDevice };
 const char* to_string(SetState state);
 
 struct OffloaderStats {
-  std::int64_t device_bytes = 0;       // see Note [Offload lifetime]
+  std::int64_t device_bytes = 0;  // see Note [Offload lifetime]
   std::int64_t peak_device_bytes = 0;
   std::int64_t host_bytes = 0;
-  std::int64_t offloaded_bytes = 0;    // total bytes whose D2H completed and device was released
-  std::int64_t reloaded_bytes = 0;     // total bytes copied back by H2D
-  int offloads = 0;                    // offload() calls
-  int reloads = 0;                     // reload() calls that copied
-  int cancelled = 0;                   // reload() calls that found the D2H still running
+  std::int64_t offloaded_bytes = 0;  // total bytes whose D2H completed and device was released
+  std::int64_t reloaded_bytes = 0;   // total bytes copied back by H2D
+  int offloads = 0;                  // offload() calls
+  int reloads = 0;                   // reload() calls that copied
+  int cancelled = 0;                 // reload() calls that found the D2H still running
 };
 
 class Offloader {
@@ -117,16 +117,16 @@ class Offloader {
 
  private:
   struct Buffer {
-    SavedBuffer saved;             // device_ptr: the current device memory of the field
-    allocator::HostBlock host;     // its copy in the pool
+    SavedBuffer saved;          // device_ptr: the current device memory of the field
+    allocator::HostBlock host;  // its copy in the pool
   };
   struct Set {
     SetState state = SetState::kToHost;
     std::vector<Buffer> buffers;
-    CopyEvent d2h;                 // completes when every buffer is on host
-    CopyEvent h2d;                 // completes when every buffer is back (kToDevice)
-    bool cancelled = false;        // kToDevice without a copy: the originals never left
-    std::int64_t bytes = 0;        // sum of buffer bytes
+    CopyEvent d2h;           // completes when every buffer is on host
+    CopyEvent h2d;           // completes when every buffer is back (kToDevice)
+    bool cancelled = false;  // kToDevice without a copy: the originals never left
+    std::int64_t bytes = 0;  // sum of buffer bytes
   };
 
   Set& find(ActivationKey key, const char* what);

@@ -23,16 +23,16 @@ struct SweepPoint {
 };
 
 struct Sweep {
-  double peak_bytes = 0;     // the schedule's peak without offload
-  double min_budget = 0;     // minimum_budget()
-  double step = 0;           // step time without offload
+  double peak_bytes = 0;           // the schedule's peak without offload
+  double min_budget = 0;           // minimum_budget()
+  double step = 0;                 // step time without offload
   std::vector<SweepPoint> points;  // descending budgets; the last one is infeasible
 };
 
 // `points` >= 2 budgets evenly from the plan-free peak down to minimum_budget(), then one 3 %
 // below the minimum (infeasible). REQUIRES: as plan_offload.
-Sweep sweep_budgets(const schedule::Program& program, const schedule::CostModel& costs,
-                    int points, const PlanOptions& options = {});
+Sweep sweep_budgets(const schedule::Program& program, const schedule::CostModel& costs, int points,
+                    const PlanOptions& options = {});
 
 // Fixed-width table, one row per point.
 std::string to_table(const Sweep& sweep);

@@ -6,9 +6,9 @@
 #include <tuple>
 
 #include "common/bytes.h"
+#include "common/check.h"
 #include "schedule/simulate.h"
 #include "schedule/verify.h"
-#include "stp/check.h"
 
 namespace stp::offload {
 
@@ -61,7 +61,8 @@ class Search {
   // [rank][input index] to the index in the result.
   Program build(const std::vector<int>& lead, std::vector<std::vector<int>>* new_index) const {
     Program out = prog_;
-    std::vector<std::vector<std::vector<int>>> offloads(prog_.p), reloads(prog_.p);  // [r][i] -> cands
+    std::vector<std::vector<std::vector<int>>> offloads(prog_.p),
+        reloads(prog_.p);  // [r][i] -> cands
     for (int r = 0; r < prog_.p; ++r) {
       offloads[r].resize(prog_.ranks[r].size());
       reloads[r].resize(prog_.ranks[r].size());
@@ -84,7 +85,8 @@ class Search {
         for (int c : offloads[r][i]) list.push_back(copy_instr(Op::kOffload, cands_[c]));
         // The reload needed first goes first on the H2D channel.
         std::vector<int>& rl = reloads[r][i];
-        std::sort(rl.begin(), rl.end(), [&](int a, int b) { return cands_[a].b_pos < cands_[b].b_pos; });
+        std::sort(rl.begin(), rl.end(),
+                  [&](int a, int b) { return cands_[a].b_pos < cands_[b].b_pos; });
         for (int c : rl) list.push_back(copy_instr(Op::kReload, cands_[c]));
       }
     }
@@ -153,7 +155,8 @@ class Search {
     Times t;
     simulate(std::vector<int>(cands_.size(), kNotOffloaded), &t);
     std::vector<double> idle;
-    for (const Candidate& k : cands_) idle.push_back(t.start[k.rank][k.b_instr] - t.end[k.rank][k.f_instr]);
+    for (const Candidate& k : cands_)
+      idle.push_back(t.start[k.rank][k.b_instr] - t.end[k.rank][k.f_instr]);
     return idle;
   }
 
@@ -204,8 +207,8 @@ class Search {
         c.b_instr = b_instr[k];
         c.f_pos = f_pos[k];
         c.b_pos = b_pos[k];
-        c.transfer = (costs_.host_bandwidth > 0 ? bytes / costs_.host_bandwidth : 0) +
-                     costs_.host_latency;
+        c.transfer =
+            (costs_.host_bandwidth > 0 ? bytes / costs_.host_bandwidth : 0) + costs_.host_latency;
         cands_.push_back(c);
       }
     }
@@ -302,7 +305,8 @@ int prune(Search& search, std::vector<int>& lead, double budget, const std::vect
 // Greedy towards `budget`: on each rank over it, offload the set idle longest at the rank's
 // first excess; when no rank can add one, drop the offloads that do not help and go on. Returns
 // whether every rank fits.
-bool greedy(Search& search, std::vector<int>& lead, double budget, const std::vector<double>& idle) {
+bool greedy(Search& search, std::vector<int>& lead, double budget,
+            const std::vector<double>& idle) {
   const auto& cands = search.candidates();
   std::vector<char> banned(cands.size(), 0);
   Times t;
@@ -312,7 +316,8 @@ bool greedy(Search& search, std::vector<int>& lead, double budget, const std::ve
     bool progress = false;
     for (int r = 0; r < static_cast<int>(sim.ranks.size()); ++r) {
       if (fits(sim.ranks[r].peak_bytes, budget)) continue;
-      int c = pick(search, lead, banned, t, r, first_above(sim.ranks[r], budget * (1 + 1e-12) + 1e-6));
+      int c =
+          pick(search, lead, banned, t, r, first_above(sim.ranks[r], budget * (1 + 1e-12) + 1e-6));
       if (c < 0) continue;
       lead[c] = search.initial_lead(cands[c], t);
       progress = true;
@@ -359,7 +364,8 @@ void reload_earlier(Search& search, std::vector<int>& lead, double budget) {
     std::vector<std::pair<double, std::size_t>> waiting;
     for (std::size_t c = 0; c < cands.size(); ++c) {
       const Candidate& k = cands[c];
-      if (lead[c] != kNotOffloaded && lead[c] < k.max_lead() && t.reload_wait[k.rank][k.b_instr] > 0)
+      if (lead[c] != kNotOffloaded && lead[c] < k.max_lead() &&
+          t.reload_wait[k.rank][k.b_instr] > 0)
         waiting.push_back({t.reload_wait[k.rank][k.b_instr], c});
     }
     std::sort(waiting.rbegin(), waiting.rend());
@@ -387,8 +393,10 @@ double host_footprint(const CostModel& costs, const SimResult& sim, int p) {
     for (const schedule::TimelineEvent& ev : sim.timeline.events) {
       if (ev.rank != r || ev.parts.empty()) continue;
       const double bytes = schedule::set_bytes(costs, ev.parts[0].stage) * costs.offload_fraction;
-      if (ev.category == std::string(schedule::kCategoryOffload)) changes.push_back({ev.start, bytes});
-      if (ev.category == std::string(schedule::kCategoryReload)) changes.push_back({ev.end, -bytes});
+      if (ev.category == std::string(schedule::kCategoryOffload))
+        changes.push_back({ev.start, bytes});
+      if (ev.category == std::string(schedule::kCategoryReload))
+        changes.push_back({ev.end, -bytes});
     }
     std::sort(changes.begin(), changes.end());  // at equal times the release (negative) first
     double now = 0;
@@ -436,9 +444,13 @@ Plan plan_offload(const Program& program, const CostModel& costs, double budget,
       STP_CHECK(fits(floor, budget), "budget ", bytes_text(budget), " (", std::llround(budget),
                 " bytes) is below the smallest feasible budget ", bytes_text(floor), " (",
                 std::llround(std::ceil(floor)), " bytes) for ", program.kind, " p=", program.p,
-                " m=", program.m, ": no choice of the ", n, " offloadable sets brings the peak "
-                "lower (", bytes_text(plan.peak_bytes_before), " without offload); raise the "
-                "budget to at least ", bytes_text(floor), " or use a faster host link");
+                " m=", program.m, ": no choice of the ", n,
+                " offloadable sets brings the peak "
+                "lower (",
+                bytes_text(plan.peak_bytes_before),
+                " without offload); raise the "
+                "budget to at least ",
+                bytes_text(floor), " or use a faster host link");
       auto first_fit = std::find_if(trials.begin(), trials.end(),
                                     [&](const Trial& t) { return fits(t.peak, budget); });
       lead = first_fit->lead;
@@ -457,7 +469,8 @@ Plan plan_offload(const Program& program, const CostModel& costs, double budget,
   plan.host_bytes = host_footprint(costs, sim, program.p);
   for (std::size_t c = 0; c < n; ++c)
     if (lead[c] != kNotOffloaded)
-      plan.sets.push_back({cands[c].rank, cands[c].chunk, cands[c].stage, cands[c].mb, lead[c], idle[c]});
+      plan.sets.push_back(
+          {cands[c].rank, cands[c].chunk, cands[c].stage, cands[c].mb, lead[c], idle[c]});
   std::sort(plan.sets.begin(), plan.sets.end(), [](const PlannedSet& a, const PlannedSet& b) {
     return std::tie(a.rank, a.stage, a.mb) < std::tie(b.rank, b.stage, b.mb);
   });
@@ -470,8 +483,9 @@ Plan plan_offload(const Program& program, const CostModel& costs, double budget,
 std::string to_text(const Plan& p) {
   std::string out;
   const bool unlimited = std::isinf(p.budget_bytes);
-  out += str_cat("budget        ", unlimited ? std::string("unlimited") : bytes_text(p.budget_bytes),
-                 " of activations per rank\n");
+  out +=
+      str_cat("budget        ", unlimited ? std::string("unlimited") : bytes_text(p.budget_bytes),
+              " of activations per rank\n");
   char line[256];
   std::snprintf(line, sizeof line, "peak before   %-12s step %.4f s\n",
                 bytes_text(p.peak_bytes_before).c_str(), p.step_before);
@@ -479,15 +493,18 @@ std::string to_text(const Plan& p) {
   std::snprintf(line, sizeof line, "peak after    %-12s step %.4f s (%+.2f %%)\n",
                 bytes_text(p.peak_bytes_after).c_str(), p.step_after, 100 * p.slowdown());
   out += line;
-  std::snprintf(line, sizeof line, "offloaded     %zu of %d candidate sets; host pool %s per rank\n",
-                p.sets.size(), p.candidates, bytes_text(p.host_bytes).c_str());
+  std::snprintf(line, sizeof line,
+                "offloaded     %zu of %d candidate sets; host pool %s per rank\n", p.sets.size(),
+                p.candidates, bytes_text(p.host_bytes).c_str());
   out += line;
   out += "rank  peak before   peak after    offloaded sets\n";
   for (std::size_t r = 0; r < p.rank_peak_before.size(); ++r) {
     std::string sets;
     for (const PlannedSet& s : p.sets)
-      if (s.rank == static_cast<int>(r)) sets += str_cat(sets.empty() ? "" : " ", "c", s.chunk, "[", s.mb, "]");
-    std::snprintf(line, sizeof line, "%-5zu %-13s %-13s ", r, bytes_text(p.rank_peak_before[r]).c_str(),
+      if (s.rank == static_cast<int>(r))
+        sets += str_cat(sets.empty() ? "" : " ", "c", s.chunk, "[", s.mb, "]");
+    std::snprintf(line, sizeof line, "%-5zu %-13s %-13s ", r,
+                  bytes_text(p.rank_peak_before[r]).c_str(),
                   bytes_text(p.rank_peak_after[r]).c_str());
     out += line + (sets.empty() ? std::string("-") : sets) + "\n";
   }

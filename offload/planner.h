@@ -51,18 +51,18 @@ struct PlannedSet {
 };
 
 struct Plan {
-  schedule::Program program;        // the input with OFFLOAD / RELOAD inserted
-  std::vector<PlannedSet> sets;     // offloaded sets, by rank, stage, mb
+  schedule::Program program;     // the input with OFFLOAD / RELOAD inserted
+  std::vector<PlannedSet> sets;  // offloaded sets, by rank, stage, mb
   double budget_bytes = kUnlimitedBudget;
-  double peak_bytes_before = 0;     // simulated peak activation bytes, max over ranks
+  double peak_bytes_before = 0;  // simulated peak activation bytes, max over ranks
   double peak_bytes_after = 0;
   std::vector<double> rank_peak_before;  // (p)
   std::vector<double> rank_peak_after;   // (p)
-  double step_before = 0;           // simulated step time (makespan), seconds
+  double step_before = 0;                // simulated step time (makespan), seconds
   double step_after = 0;
-  double host_bytes = 0;            // most bytes one rank keeps on host at once: the pool size
-  int candidates = 0;               // sets that could be offloaded
-  int simulations = 0;              // simulate() calls the search made
+  double host_bytes = 0;  // most bytes one rank keeps on host at once: the pool size
+  int candidates = 0;     // sets that could be offloaded
+  int simulations = 0;    // simulate() calls the search made
 
   double slowdown() const { return step_before > 0 ? step_after / step_before - 1 : 0; }
 };

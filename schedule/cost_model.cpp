@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 namespace stp::schedule {
 
@@ -20,10 +20,14 @@ double scale(const CostModel& c, int stage) {
 double compute(const CostModel& c, const Part& part) {
   const double s = scale(c, part.stage);
   switch (part.pass) {
-    case Pass::kF: return c.t_f * s;
-    case Pass::kB: return c.t_b * s;
-    case Pass::kW: return c.t_w * s;
-    case Pass::kBW: return (c.t_b + c.t_w) * s;
+    case Pass::kF:
+      return c.t_f * s;
+    case Pass::kB:
+      return c.t_b * s;
+    case Pass::kW:
+      return c.t_w * s;
+    case Pass::kBW:
+      return (c.t_b + c.t_w) * s;
   }
   return 0;
 }
@@ -57,7 +61,8 @@ void validate(const CostModel& c, int stages) {
   check_nonnegative(c.p2p_bytes, "p2p_bytes");
   check_nonnegative(c.act_bytes, "act_bytes");
   STP_CHECK(c.stage_act_bytes.empty() || static_cast<int>(c.stage_act_bytes.size()) == stages,
-            "stage_act_bytes has ", c.stage_act_bytes.size(), " entries; need 0 or stages=", stages);
+            "stage_act_bytes has ", c.stage_act_bytes.size(),
+            " entries; need 0 or stages=", stages);
   for (double b : c.stage_act_bytes) check_nonnegative(b, "stage_act_bytes entry");
   STP_CHECK(std::isfinite(c.offload_fraction) && c.offload_fraction >= 0 && c.offload_fraction <= 1,
             "offload_fraction=", c.offload_fraction, " must be in [0, 1]");

@@ -24,10 +24,10 @@ namespace stp::schedule {
 
 struct CostModel {
   // Per-chunk times at stage scale 1 (stp-notes §2.6 symbols).
-  double t_f = 1;   // forward compute, >= 0
-  double t_b = 1;   // activation-gradient compute, >= 0
-  double t_w = 1;   // weight-gradient compute, >= 0
-  double t_ar = 0;  // TP all-reduce time of one pass (F or B) of one chunk, >= 0
+  double t_f = 1;                   // forward compute, >= 0
+  double t_b = 1;                   // activation-gradient compute, >= 0
+  double t_w = 1;                   // weight-gradient compute, >= 0
+  double t_ar = 0;                  // TP all-reduce time of one pass (F or B) of one chunk, >= 0
   std::vector<double> stage_scale;  // (S) > 0, multiplies all four times of a stage; empty = 1
 
   int braid_units = 0;        // units per pass (>= 0); > 0 exposes a braid's last collective/u

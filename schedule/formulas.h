@@ -19,10 +19,10 @@
 namespace stp::schedule {
 
 struct TableFigures {
-  double pp_bubble = 0;   // idle seconds per rank
-  double tp_bubble = 0;   // exposed TP seconds per rank
-  double peak_sets = 0;   // activation sets (M_a) per rank
-  bool seed = false;      // from the seed table (else from the literature)
+  double pp_bubble = 0;  // idle seconds per rank
+  double tp_bubble = 0;  // exposed TP seconds per rank
+  double peak_sets = 0;  // activation sets (M_a) per rank
+  bool seed = false;     // from the seed table (else from the literature)
 };
 
 TableFigures table_figures(Kind kind, int p, int m, int v, const CostModel& costs);

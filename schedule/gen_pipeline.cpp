@@ -1,10 +1,10 @@
 // 1F1B and interleaved 1F1B (Megatron-LM's orders), backward with W fused (BW).
 #include <algorithm>
 
+#include "common/check.h"
 #include "schedule/generators.h"
 #include "schedule/p2p.h"
 #include "schedule/rank_builder.h"
-#include "stp/check.h"
 
 namespace stp::schedule {
 

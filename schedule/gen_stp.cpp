@@ -2,12 +2,12 @@
 // reference generator emits it, with the reference's counter-based microbatch indices.
 #include <algorithm>
 
+#include "common/check.h"
 #include "schedule/cost_model.h"
 #include "schedule/generators.h"
 #include "schedule/interpreter.h"
 #include "schedule/p2p.h"
 #include "schedule/rank_builder.h"
-#include "stp/check.h"
 
 namespace stp::schedule {
 
@@ -18,16 +18,16 @@ void stp_rank(Program& prog, int r, int m) {
   const int p = prog.p;
   RankBuilder b(prog, r, m);
 
-  const int n_f0 = 2 * (p - r - 1);             // step 1: chunk-0 warm-up forwards
-  const int n_f0f1 = r + 1;                     // step 2: (F0, F1) up to the turn of the V
-  const int n_more_f0 = r + 1;                  // step 3: one F0 if odd, then FF0 pairs
-  const int n_fb1_fw0 = p - r - 1;              // step 4: (FB1 W deferred, FW0) pairs
+  const int n_f0 = 2 * (p - r - 1);                      // step 1: chunk-0 warm-up forwards
+  const int n_f0f1 = r + 1;                              // step 2: (F0, F1) up to the turn of the V
+  const int n_more_f0 = r + 1;                           // step 3: one F0 if odd, then FF0 pairs
+  const int n_fb1_fw0 = p - r - 1;                       // step 4: (FB1 W deferred, FW0) pairs
   const int n_steady = 2 * (m - 3 * p + 1) + 1 + 2 * r;  // step 5: FB1, FB0, ..., FB1
-  const int n_steady_fused = n_steady - r;      //   of which the first ones fuse W
-  const int n_b0_fb1 = 2 * p - 2 - r;           // step 6: (B0, FB1 W deferred)
-  const int n_b0b1 = r + 1;                     // step 7: (B0, B1)
-  const int n_b0_ww = 1 + 2 * (p - r - 1);      // step 8: B0 on even i, W W on odd i
-  const int n_tail_w = 2 * r;                   // step 9: the last deferred W's
+  const int n_steady_fused = n_steady - r;               //   of which the first ones fuse W
+  const int n_b0_fb1 = 2 * p - 2 - r;                    // step 6: (B0, FB1 W deferred)
+  const int n_b0b1 = r + 1;                              // step 7: (B0, B1)
+  const int n_b0_ww = 1 + 2 * (p - r - 1);               // step 8: B0 on even i, W W on odd i
+  const int n_tail_w = 2 * r;                            // step 9: the last deferred W's
   STP_ASSERT(n_steady >= 1, "stp phases need m >= 3p-1, got m=", m, " p=", p);
 
   // Step 1 — nF0: chunk-0 warm-up.
@@ -191,8 +191,7 @@ void fill_gaps_with_w(Program& prog) {
 
 Program make_stp(int p, int m) {
   STP_CHECK(p >= 1, "pp=", p, " must be >= 1");
-  STP_CHECK(m >= 2 * p, "microbatches=", m, " must be >= 2*pp=", 2 * p,
-            " for the stp schedule");
+  STP_CHECK(m >= 2 * p, "microbatches=", m, " must be >= 2*pp=", 2 * p, " for the stp schedule");
   if (m >= 3 * p - 1) {
     Program prog = empty_program("stp", p, m, 2, Placement::kV);
     for (int r = 0; r < p; ++r) stp_rank(prog, r, m);

@@ -2,10 +2,10 @@
 // deferred W filling the bubbles.
 #include <algorithm>
 
+#include "common/check.h"
 #include "schedule/generators.h"
 #include "schedule/p2p.h"
 #include "schedule/rank_builder.h"
-#include "stp/check.h"
 
 namespace stp::schedule {
 

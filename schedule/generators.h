@@ -31,8 +31,11 @@ Kind kind_from_string(const std::string& text);
 const std::vector<Kind>& all_kinds();  // in the order above
 
 int default_chunks(Kind kind);  // 1, 2, 1, 2, 2
-// The smallest m that make(kind, p, m, v) accepts: 1, p for 1f1b-i, 2p for stp.
-int min_microbatches(Kind kind, int p, int v = 0);
+// The smallest m >= at_least that make(kind, p, m, v) accepts: at_least rounded up to a
+// multiple of p for 1f1b-i, max(at_least, 2p) for stp, at_least for the others. Every default
+// m (stp verify, stp plan) comes from here, so a default is valid for every kind and p.
+// REQUIRES: p >= 1, at_least >= 1.
+int min_microbatches(Kind kind, int p, int v = 0, int at_least = 1);
 // Whether make(kind, p, m) accepts m (1f1b-i also needs m to be a multiple of p).
 bool accepts_microbatches(Kind kind, int p, int m);
 

@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 namespace stp::schedule {
 

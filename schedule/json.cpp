@@ -5,7 +5,7 @@
 #include <cstdlib>
 #include <limits>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 namespace stp::schedule::json {
 
@@ -25,9 +25,7 @@ class Parser {
  private:
   static constexpr int kMaxDepth = 64;  // nesting limit: the contract needs 5
 
-  void expect(bool ok, const char* what) const {
-    STP_CHECK(ok, "JSON: ", what, " at byte ", pos_);
-  }
+  void expect(bool ok, const char* what) const { STP_CHECK(ok, "JSON: ", what, " at byte ", pos_); }
   void skip_space() {
     while (pos_ < s_.size() &&
            (s_[pos_] == ' ' || s_[pos_] == '\n' || s_[pos_] == '\t' || s_[pos_] == '\r'))
@@ -138,10 +136,14 @@ class Parser {
     for (int i = 0; i < 4; ++i) {
       char h = s_[pos_++];
       cp <<= 4;
-      if (h >= '0' && h <= '9') cp |= h - '0';
-      else if (h >= 'a' && h <= 'f') cp |= h - 'a' + 10;
-      else if (h >= 'A' && h <= 'F') cp |= h - 'A' + 10;
-      else expect(false, "bad hex digit in \\u escape");
+      if (h >= '0' && h <= '9')
+        cp |= h - '0';
+      else if (h >= 'a' && h <= 'f')
+        cp |= h - 'a' + 10;
+      else if (h >= 'A' && h <= 'F')
+        cp |= h - 'A' + 10;
+      else
+        expect(false, "bad hex digit in \\u escape");
     }
     return cp;
   }
@@ -161,14 +163,30 @@ class Parser {
       expect(pos_ < s_.size(), "unterminated escape");
       char e = s_[pos_++];
       switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
+        case '"':
+          out += '"';
+          break;
+        case '\\':
+          out += '\\';
+          break;
+        case '/':
+          out += '/';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
+        case 'n':
+          out += '\n';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 't':
+          out += '\t';
+          break;
         case 'u': {
           unsigned cp = hex4();
           if (cp >= 0xD800 && cp < 0xDC00 && s_.substr(pos_, 2) == "\\u") {
@@ -180,7 +198,8 @@ class Parser {
           append_utf8(out, cp);
           break;
         }
-        default: expect(false, "bad escape");
+        default:
+          expect(false, "bad escape");
       }
     }
   }
@@ -208,11 +227,21 @@ std::string quote(std::string_view text) {
   std::string out = "\"";
   for (char c : text) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           char buf[8];
@@ -228,12 +257,18 @@ std::string quote(std::string_view text) {
 
 const char* type_name(Value::Type type) {
   switch (type) {
-    case Value::Type::kNull: return "null";
-    case Value::Type::kBool: return "a boolean";
-    case Value::Type::kNumber: return "a number";
-    case Value::Type::kString: return "a string";
-    case Value::Type::kArray: return "an array";
-    case Value::Type::kObject: return "an object";
+    case Value::Type::kNull:
+      return "null";
+    case Value::Type::kBool:
+      return "a boolean";
+    case Value::Type::kNumber:
+      return "a number";
+    case Value::Type::kString:
+      return "a string";
+    case Value::Type::kArray:
+      return "an array";
+    case Value::Type::kObject:
+      return "an object";
   }
   return "?";
 }

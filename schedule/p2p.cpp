@@ -2,7 +2,7 @@
 
 #include <vector>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 namespace stp::schedule {
 
@@ -27,7 +27,9 @@ void insert_p2p(Program& prog) {
   const int p = prog.p;
   const int S = prog.stages();
   const int m = prog.m;
-  auto key = [&](const Message& msg) { return (msg.stage * m + msg.mb) * 2 + (msg.backward ? 1 : 0); };
+  auto key = [&](const Message& msg) {
+    return (msg.stage * m + msg.mb) * 2 + (msg.backward ? 1 : 0);
+  };
   auto crosses = [&](int from_stage, int to_stage, int rank) {
     return to_stage >= 0 && to_stage < S && prog.stage_rank[to_stage] != rank &&
            prog.stage_rank[from_stage] == rank;
@@ -65,9 +67,9 @@ void insert_p2p(Program& prog) {
       std::size_t& i = next[r * p + dst];
       while (i < ch.size() && produced[key(ch[i])]) {
         const Message& msg = ch[i++];
-        list.push_back(transfer_instr(msg.backward ? Op::kSendB : Op::kSendF,
-                                      Part{Pass::kF, prog.stage_chunk[msg.stage], msg.stage, msg.mb},
-                                      dst));
+        list.push_back(
+            transfer_instr(msg.backward ? Op::kSendB : Op::kSendF,
+                           Part{Pass::kF, prog.stage_chunk[msg.stage], msg.stage, msg.mb}, dst));
       }
     };
     for (Instr& in : out[r]) {
@@ -84,8 +86,8 @@ void insert_p2p(Program& prog) {
     }
     for (int dst = 0; dst < p; ++dst)
       STP_CHECK(next[r * p + dst] == channel[r * p + dst].size(), "insert_p2p: rank ", dst,
-                " consumes ", channel[r * p + dst].size(), " messages from rank ", r,
-                " but only ", next[r * p + dst],
+                " consumes ", channel[r * p + dst].size(), " messages from rank ", r, " but only ",
+                next[r * p + dst],
                 " can be sent in that order (a consumed tensor is never produced)");
     prog.ranks[r] = std::move(list);
   }

@@ -3,15 +3,15 @@
 
 #include <sstream>
 
-#include "stp/check.h"
+#include "common/check.h"
 
 namespace stp::schedule {
 
 namespace {
 
 constexpr Pass kAllPasses[] = {Pass::kF, Pass::kB, Pass::kW, Pass::kBW};
-constexpr Op kAllOps[] = {Op::kF,     Op::kB,     Op::kW,     Op::kBW,     Op::kFF,
-                          Op::kFB,    Op::kFW,    Op::kSendF, Op::kRecvF,  Op::kSendB,
+constexpr Op kAllOps[] = {Op::kF,     Op::kB,       Op::kW,     Op::kBW,    Op::kFF,
+                          Op::kFB,    Op::kFW,      Op::kSendF, Op::kRecvF, Op::kSendB,
                           Op::kRecvB, Op::kOffload, Op::kReload};
 
 // "FB1[4,2]" when both parts share a chunk, else "FB(F0[4],B1[2])".
@@ -34,29 +34,46 @@ std::string braided(const char* op, const Instr& in) {
 
 const char* to_string(Pass pass) {
   switch (pass) {
-    case Pass::kF: return "F";
-    case Pass::kB: return "B";
-    case Pass::kW: return "W";
-    case Pass::kBW: return "BW";
+    case Pass::kF:
+      return "F";
+    case Pass::kB:
+      return "B";
+    case Pass::kW:
+      return "W";
+    case Pass::kBW:
+      return "BW";
   }
   return "?";
 }
 
 const char* to_string(Op op) {
   switch (op) {
-    case Op::kF: return "F";
-    case Op::kB: return "B";
-    case Op::kW: return "W";
-    case Op::kBW: return "BW";
-    case Op::kFF: return "FF";
-    case Op::kFB: return "FB";
-    case Op::kFW: return "FW";
-    case Op::kSendF: return "SEND_F";
-    case Op::kRecvF: return "RECV_F";
-    case Op::kSendB: return "SEND_B";
-    case Op::kRecvB: return "RECV_B";
-    case Op::kOffload: return "OFFLOAD";
-    case Op::kReload: return "RELOAD";
+    case Op::kF:
+      return "F";
+    case Op::kB:
+      return "B";
+    case Op::kW:
+      return "W";
+    case Op::kBW:
+      return "BW";
+    case Op::kFF:
+      return "FF";
+    case Op::kFB:
+      return "FB";
+    case Op::kFW:
+      return "FW";
+    case Op::kSendF:
+      return "SEND_F";
+    case Op::kRecvF:
+      return "RECV_F";
+    case Op::kSendB:
+      return "SEND_B";
+    case Op::kRecvB:
+      return "RECV_B";
+    case Op::kOffload:
+      return "OFFLOAD";
+    case Op::kReload:
+      return "RELOAD";
   }
   return "?";
 }

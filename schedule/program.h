@@ -56,13 +56,13 @@ struct Part {
 
 enum class Op : std::uint8_t {
   // Compute. parts.size() is 1 for the standalone ops and 2 for the braided ones.
-  kF,    // {F}
-  kB,    // {B}            standalone activation gradient, W deferred
-  kW,    // {W}            one deferred weight gradient
-  kBW,   // {BW}           standalone backward with W fused
-  kFF,   // {F, F}         two forwards braided
-  kFB,   // {F, B | BW}    a forward braided with a backward (W deferred or fused)
-  kFW,   // {F, W}         a forward braided with one deferred W
+  kF,   // {F}
+  kB,   // {B}            standalone activation gradient, W deferred
+  kW,   // {W}            one deferred weight gradient
+  kBW,  // {BW}           standalone backward with W fused
+  kFF,  // {F, F}         two forwards braided
+  kFB,  // {F, B | BW}    a forward braided with a backward (W deferred or fused)
+  kFW,  // {F, W}         a forward braided with one deferred W
   // Point-to-point. `ref` names the (chunk, stage, mb) whose tensor moves; `peer` the other rank.
   kSendF,  // send stage ref.stage's output activation of ref.mb to stage ref.stage+1 on peer
   kRecvF,  // receive the input activation of (ref.stage, ref.mb) from stage ref.stage-1 on peer
@@ -104,10 +104,10 @@ inline Instr transfer_instr(Op op, Part ref, int peer = -1) {
 }
 
 struct Program {
-  std::string kind;  // generator name: "1f1b", "1f1b-i", "zb-h1", "zb-v", "stp"
-  int p = 1;         // pipeline ranks
-  int m = 1;         // microbatches
-  int v = 1;         // chunks per rank
+  std::string kind;              // generator name: "1f1b", "1f1b-i", "zb-h1", "zb-v", "stp"
+  int p = 1;                     // pipeline ranks
+  int m = 1;                     // microbatches
+  int v = 1;                     // chunks per rank
   std::vector<int> stage_rank;   // (S) rank that holds stage s
   std::vector<int> stage_chunk;  // (S) local chunk index of stage s on that rank
   std::vector<std::vector<Instr>> ranks;  // (p) instruction list per rank, in execution order

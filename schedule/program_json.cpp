@@ -8,9 +8,9 @@
 #include <algorithm>
 #include <sstream>
 
+#include "common/check.h"
 #include "schedule/json.h"
 #include "schedule/program.h"
-#include "stp/check.h"
 
 namespace stp::schedule {
 
@@ -91,8 +91,10 @@ Instr read_instr(const json::Value& v, const std::string& path) {
   if (const json::Value* ref = v.find("ref")) in.ref = read_part(*ref, path + ".ref", false);
   if (is_p2p(in.op) || in.op == Op::kOffload || in.op == Op::kReload)
     STP_CHECK(v.find("ref"), "program JSON: ", path, " (", op.string, ") has no \"ref\"");
-  if (is_p2p(in.op)) in.peer = int_member(v, "peer", path);
-  else if (v.find("peer")) in.peer = int_member(v, "peer", path);
+  if (is_p2p(in.op))
+    in.peer = int_member(v, "peer", path);
+  else if (v.find("peer"))
+    in.peer = int_member(v, "peer", path);
   return in;
 }
 
@@ -106,8 +108,8 @@ void derive_layout(Program& prog) {
       for (const Part& p : in.parts) {
         STP_CHECK(p.stage >= 0 && p.stage < stages, "program JSON: part stage=", p.stage,
                   " on rank ", r, " is outside [0, ", stages, ")");
-        STP_CHECK(rank[p.stage] < 0 || (rank[p.stage] == static_cast<int>(r) &&
-                                        chunk[p.stage] == p.chunk),
+        STP_CHECK(rank[p.stage] < 0 ||
+                      (rank[p.stage] == static_cast<int>(r) && chunk[p.stage] == p.chunk),
                   "program JSON: stage ", p.stage, " appears on rank ", rank[p.stage], " chunk ",
                   chunk[p.stage], " and on rank ", r, " chunk ", p.chunk);
         rank[p.stage] = static_cast<int>(r);
@@ -129,8 +131,8 @@ void derive_layout(Program& prog) {
 std::string to_json(const Program& program) {
   std::ostringstream os;
   os << "{\"kind\": " << json::quote(program.kind) << ", \"p\": " << program.p
-     << ", \"m\": " << program.m << ", \"v\": " << program.v
-     << ", \"stages\": " << program.stages() << ",\n \"stage_rank\": ";
+     << ", \"m\": " << program.m << ", \"v\": " << program.v << ", \"stages\": " << program.stages()
+     << ",\n \"stage_rank\": ";
   write_ints(os, program.stage_rank);
   os << ", \"stage_chunk\": ";
   write_ints(os, program.stage_chunk);
@@ -143,8 +145,9 @@ std::string to_json(const Program& program) {
       os << (i ? ",\n   " : "") << "{\"op\": \"" << to_string(in.op) << "\", \"parts\": [";
       for (std::size_t k = 0; k < in.parts.size(); ++k) {
         const Part& p = in.parts[k];
-        os << (k ? ", " : "") << "{\"pass\": \"" << to_string(p.pass) << "\", \"chunk\": "
-           << p.chunk << ", \"stage\": " << p.stage << ", \"mb\": " << p.mb << '}';
+        os << (k ? ", " : "") << "{\"pass\": \"" << to_string(p.pass)
+           << "\", \"chunk\": " << p.chunk << ", \"stage\": " << p.stage << ", \"mb\": " << p.mb
+           << '}';
       }
       os << ']';
       if (!in.is_compute()) {
@@ -194,8 +197,8 @@ Program from_json(const std::string& text) {
     prog.stage_chunk = int_array(*sc, "stage_chunk");
     STP_CHECK(static_cast<int>(prog.stage_rank.size()) == stages &&
                   static_cast<int>(prog.stage_chunk.size()) == stages,
-              "program JSON: stage_rank and stage_chunk must have stages=", stages, " entries, got ",
-              prog.stage_rank.size(), " and ", prog.stage_chunk.size());
+              "program JSON: stage_rank and stage_chunk must have stages=", stages,
+              " entries, got ", prog.stage_rank.size(), " and ", prog.stage_chunk.size());
     if (prog.v <= 0)
       for (int c : prog.stage_chunk) prog.v = std::max(prog.v, c + 1);
   } else {

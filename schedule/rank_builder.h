@@ -16,8 +16,8 @@
 
 namespace stp::schedule {
 
-inline constexpr bool kFuseW = true;   // backward runs its weight gradient inline (BW)
-inline constexpr bool kDeferW = false; // backward defers its weight gradient to a later W
+inline constexpr bool kFuseW = true;    // backward runs its weight gradient inline (BW)
+inline constexpr bool kDeferW = false;  // backward defers its weight gradient to a later W
 
 enum class Placement {
   kLoop,  // chunk c of rank r is stage c*p + r (Megatron interleaving; v = 1 is plain PP)
@@ -33,12 +33,12 @@ class RankBuilder {
   // that build a larger program and drop microbatches afterwards).
   RankBuilder(Program& prog, int rank, int m);
 
-  void f(int chunk);                          // F  of the chunk's next forward
-  void b(int chunk, bool fuse_w);             // B (W deferred) or BW of its next backward
-  void w();                                   // W  of the oldest deferred backward
-  void ff(int chunk);                         // FF: the chunk's next two forwards, braided
+  void f(int chunk);                               // F  of the chunk's next forward
+  void b(int chunk, bool fuse_w);                  // B (W deferred) or BW of its next backward
+  void w();                                        // W  of the oldest deferred backward
+  void ff(int chunk);                              // FF: the chunk's next two forwards, braided
   void fb(int f_chunk, int b_chunk, bool fuse_w);  // FB: next F braided with next B / BW
-  void fw(int chunk);                         // FW: next F braided with the oldest deferred W
+  void fw(int chunk);                              // FW: next F braided with the oldest deferred W
 
   int forwards(int chunk) const { return fwd_[chunk]; }   // forwards issued so far
   int backwards(int chunk) const { return bwd_[chunk]; }  // backwards issued so far
@@ -59,7 +59,7 @@ class RankBuilder {
   int m_;
   std::vector<int> stage_;  // (v) stage of each local chunk
   std::vector<int> fwd_, bwd_;
-  std::deque<Part> fifo_;   // deferred W parts, oldest first
+  std::deque<Part> fifo_;  // deferred W parts, oldest first
 };
 
 // Removes every part of microbatch >= m and sets prog.m = m. A braided instruction that loses

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 
+#include "common/check.h"
 #include "schedule/interpreter.h"
-#include "stp/check.h"
 
 namespace stp::schedule {
 
@@ -12,9 +12,9 @@ namespace {
 // A change of a rank's resident activation memory.
 struct MemEvent {
   double time;
-  bool alloc;      // at the same time, releases (false) sort before allocations (true)
-  double bytes;    // signed
-  int sets;        // signed: the main convention
+  bool alloc;        // at the same time, releases (false) sort before allocations (true)
+  double bytes;      // signed
+  int sets;          // signed: the main convention
   int sets_until_w;  // signed: the variant that holds deferred-W sets until W
 };
 
@@ -101,14 +101,20 @@ class Simulator final : public Interpreter::Observer {
     for (const Part& part : in.parts) {
       const double bytes = set_bytes(c_, part.stage);
       switch (part.pass) {
-        case Pass::kF: mem_[r].push_back({end, true, bytes, 1, 1}); break;
+        case Pass::kF:
+          mem_[r].push_back({end, true, bytes, 1, 1});
+          break;
         case Pass::kB: {  // keeps w_held_fraction of the set: may grow it (> 1)
           const double change = bytes * (c_.w_held_fraction - 1);
           mem_[r].push_back({end, change > 0, change, -1, 0});
           break;
         }
-        case Pass::kBW: mem_[r].push_back({end, false, -bytes, -1, -1}); break;
-        case Pass::kW: mem_[r].push_back({end, false, -bytes * c_.w_held_fraction, 0, -1}); break;
+        case Pass::kBW:
+          mem_[r].push_back({end, false, -bytes, -1, -1});
+          break;
+        case Pass::kW:
+          mem_[r].push_back({end, false, -bytes * c_.w_held_fraction, 0, -1});
+          break;
       }
     }
     if (opt_.record_timeline) {
@@ -122,8 +128,8 @@ class Simulator final : public Interpreter::Observer {
     st.clock = end;
   }
 
-  TimelineEvent event(int r, std::size_t index, const Instr& in, const char* category,
-                      double start, double end) const {
+  TimelineEvent event(int r, std::size_t index, const Instr& in, const char* category, double start,
+                      double end) const {
     TimelineEvent ev;
     ev.rank = r;
     ev.index = static_cast<int>(index);
@@ -153,8 +159,8 @@ class Simulator final : public Interpreter::Observer {
     const int s = chunk >= 0 && chunk < static_cast<int>(rank_chunk_stage_[r].size())
                       ? rank_chunk_stage_[r][chunk]
                       : -1;
-    STP_CHECK(s >= 0 && in.ref.mb >= 0 && in.ref.mb < m_, "simulate: rank ", r,
-              " has a malformed ", to_string(in), "; run verify() first");
+    STP_CHECK(s >= 0 && in.ref.mb >= 0 && in.ref.mb < m_, "simulate: rank ", r, " has a malformed ",
+              to_string(in), "; run verify() first");
     const std::size_t k = at(s, in.ref.mb);
     const double bytes = set_bytes(c_, s) * c_.offload_fraction;
     const double wire = transfer(bytes, c_.host_bandwidth);
@@ -259,8 +265,8 @@ class Simulator final : public Interpreter::Observer {
   std::vector<std::vector<double>> arrival_;        // [rank][instr] when a SEND's message arrives
   std::vector<double> link_free_;                   // (p*p) when the directed link is free
   std::vector<std::vector<int>> rank_chunk_stage_;  // [rank][chunk] -> stage
-  std::vector<RankState> state_;           // (p)
-  std::vector<std::vector<MemEvent>> mem_;  // (p) memory changes, unsorted
+  std::vector<RankState> state_;                    // (p)
+  std::vector<std::vector<MemEvent>> mem_;          // (p) memory changes, unsorted
   SimResult result_;
 };
 

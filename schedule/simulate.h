@@ -44,17 +44,17 @@ struct MemorySample {
 };
 
 struct RankStats {
-  double start = 0;         // first compute instruction starts
-  double end = 0;           // last compute instruction ends
-  double busy = 0;          // compute seconds
-  double exposed_tp = 0;    // TP all-reduce seconds no compute covered
-  double idle = 0;          // PP bubble: end - start - busy - exposed_tp (P2P and reload waits)
-  double idle_in_step = 0;  // makespan - busy - exposed_tp: idle over the whole step
-  double reload_wait = 0;   // part of idle: computes blocked on a RELOAD copy
-  int peak_sets = 0;          // resident activation sets (M_a), Note [Activation memory ...]
-  int peak_sets_until_w = 0;  // variant: deferred-W sets held until their W
-  double peak_bytes = 0;      // resident activation bytes
-  double offloaded_bytes = 0; // bytes copied to host
+  double start = 0;            // first compute instruction starts
+  double end = 0;              // last compute instruction ends
+  double busy = 0;             // compute seconds
+  double exposed_tp = 0;       // TP all-reduce seconds no compute covered
+  double idle = 0;             // PP bubble: end - start - busy - exposed_tp (P2P and reload waits)
+  double idle_in_step = 0;     // makespan - busy - exposed_tp: idle over the whole step
+  double reload_wait = 0;      // part of idle: computes blocked on a RELOAD copy
+  int peak_sets = 0;           // resident activation sets (M_a), Note [Activation memory ...]
+  int peak_sets_until_w = 0;   // variant: deferred-W sets held until their W
+  double peak_bytes = 0;       // resident activation bytes
+  double offloaded_bytes = 0;  // bytes copied to host
   std::vector<MemorySample> memory;  // when SimOptions::record_memory: step function, by time
 };
 

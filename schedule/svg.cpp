@@ -4,19 +4,20 @@
 #include <cstdio>
 #include <sstream>
 
+#include "common/check.h"
+#include "common/svg_chart.h"
 #include "schedule/trace.h"
-#include "stp/check.h"
 
 namespace stp::schedule {
 
 namespace {
 
-constexpr double kLeft = 48;        // px for the rank labels
-constexpr double kRight = 12;       // px right margin
-constexpr double kTitle = 20;       // px for a section's title line
-constexpr double kRowGap = 4;       // px between ranks
-constexpr double kAxis = 22;        // px for the time axis under a section
-constexpr double kSectionGap = 14;  // px between sections
+constexpr double kLeft = 48;            // px for the rank labels
+constexpr double kRight = 12;           // px right margin
+constexpr double kTitle = 20;           // px for a section's title line
+constexpr double kRowGap = 4;           // px between ranks
+constexpr double kAxis = 22;            // px for the time axis under a section
+constexpr double kSectionGap = 14;      // px between sections
 constexpr double kTransferShare = 0.6;  // transfer row height / compute row height
 
 struct Colors {
@@ -33,18 +34,6 @@ constexpr const char* kReload = "#7b3294";
 const char* fill(Pass pass, int chunk) {
   const Colors& c = pass == Pass::kF ? kF : (pass == Pass::kW ? kW : kB);
   return chunk == 0 ? c.dark : c.light;
-}
-
-std::string escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '&') out += "&amp;";
-    else if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else if (c == '"') out += "&quot;";
-    else out += c;
-  }
-  return out;
 }
 
 std::string num(double x) {
@@ -69,8 +58,9 @@ class Writer {
     for (const Timeline& tl : tls_) y = section(tl, y) + kSectionGap;
     y = legend(y);
     std::ostringstream head;
-    head << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << num(kLeft + opt_.width_px + kRight)
-         << "\" height=\"" << num(y + 8) << "\" font-family=\"Helvetica, Arial, sans-serif\">\n"
+    head << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\""
+         << num(kLeft + opt_.width_px + kRight) << "\" height=\"" << num(y + 8)
+         << "\" font-family=\"Helvetica, Arial, sans-serif\">\n"
          << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
     return head.str() + body_.str() + "</svg>\n";
   }
@@ -79,21 +69,23 @@ class Writer {
   double x(double t) const { return kLeft + t * scale_; }
 
   void rect(double x0, double y0, double w, double h, const char* color, const char* extra = "") {
-    body_ << "<rect x=\"" << num(x0) << "\" y=\"" << num(y0) << "\" width=\"" << num(std::max(w, 0.0))
-          << "\" height=\"" << num(h) << "\" fill=\"" << color << "\"" << extra << "/>\n";
+    body_ << "<rect x=\"" << num(x0) << "\" y=\"" << num(y0) << "\" width=\""
+          << num(std::max(w, 0.0)) << "\" height=\"" << num(h) << "\" fill=\"" << color << "\""
+          << extra << "/>\n";
   }
 
   void text(double x0, double y0, double size, const char* color, const std::string& s,
             const char* anchor = "middle") {
     body_ << "<text x=\"" << num(x0) << "\" y=\"" << num(y0) << "\" font-size=\"" << num(size)
           << "\" fill=\"" << color << "\" text-anchor=\"" << anchor
-          << "\" dominant-baseline=\"central\">" << escape(s) << "</text>\n";
+          << "\" dominant-baseline=\"central\">" << xml_escape(s) << "</text>\n";
   }
 
   // One pass's share of a block: its colour, a salmon strip when W is fused, the microbatch.
   void part_box(const Part& part, double x0, double x1, double y0, double h) {
     rect(x0, y0, x1 - x0, h, fill(part.pass, part.chunk));
-    if (part.pass == Pass::kBW) rect(x0, y0 + h * 0.75, x1 - x0, h * 0.25, fill(Pass::kW, part.chunk));
+    if (part.pass == Pass::kBW)
+      rect(x0, y0 + h * 0.75, x1 - x0, h * 0.25, fill(Pass::kW, part.chunk));
     const double size = std::min(h * 0.62, 12.0);
     const std::string label = std::to_string(part.mb);
     if (opt_.mb_labels && x1 - x0 >= size * 0.62 * label.size() + 2)
@@ -106,7 +98,7 @@ class Writer {
     const double x_end = x(ev.end);
     const double x_work = x(std::max(ev.compute_start(), ev.end - ev.tp_wait));
     body_ << "<g class=\"" << (ev.parts.size() == 2 ? "braid" : "block") << "\"><title>"
-          << escape(ev.name) << "</title>\n";
+          << xml_escape(ev.name) << "</title>\n";
     if (ev.parts.size() == 2) {  // braided: the two passes as halves of one outlined block
       part_box(ev.parts[0], x0, x_work, y0, h / 2);
       part_box(ev.parts[1], x0, x_work, y0 + h / 2, h / 2);
@@ -115,7 +107,8 @@ class Writer {
     }
     if (x_end > x_work) rect(x_work, y0, x_end - x_work, h, kExposed);
     rect(x0, y0, x_end - x0, h, "none",
-         ev.parts.size() == 2 ? " stroke=\"#111\" stroke-width=\"1.2\"" : " stroke=\"white\" stroke-width=\"0.5\"");
+         ev.parts.size() == 2 ? " stroke=\"#111\" stroke-width=\"1.2\""
+                              : " stroke=\"white\" stroke-width=\"0.5\"");
     body_ << "</g>\n";
   }
 
@@ -125,7 +118,8 @@ class Writer {
     const double h = opt_.row_height;
     std::vector<bool> transfers(tl.p, false);
     for (const TimelineEvent& ev : tl.events)
-      if (ev.category == kCategoryOffload || ev.category == kCategoryReload) transfers[ev.rank] = true;
+      if (ev.category == kCategoryOffload || ev.category == kCategoryReload)
+        transfers[ev.rank] = true;
     std::vector<double> row_y(tl.p);
     for (int r = 0; r < tl.p; ++r) {
       row_y[r] = y;
@@ -147,7 +141,8 @@ class Writer {
         const bool off = ev.category == kCategoryOffload;
         const double lane = h * kTransferShare / 2;
         const double y0 = row_y[ev.rank] + h + 1 + (off ? 0 : lane);
-        body_ << "<g class=\"" << ev.category << "\"><title>" << escape(ev.name) << "</title>\n";
+        body_ << "<g class=\"" << ev.category << "\"><title>" << xml_escape(ev.name)
+              << "</title>\n";
         rect(x(ev.start), y0, x(ev.end) - x(ev.start), lane - 1, off ? kOffload : kReload,
              " stroke=\"white\" stroke-width=\"0.5\"");
         const std::string label = ev.parts.empty() ? "" : std::to_string(ev.parts[0].mb);
@@ -181,9 +176,10 @@ class Writer {
       const char* color;
       const char* label;
     };
-    const Item items[] = {{kF.dark, "F chunk 0"},  {kF.light, "F chunk 1"}, {kB.dark, "B chunk 0"},
-                          {kB.light, "B chunk 1"}, {kW.dark, "W chunk 0"},  {kW.light, "W chunk 1"},
-                          {kExposed, "exposed TP"}, {kOffload, "offload"},  {kReload, "reload"}};
+    const Item items[] = {
+        {kF.dark, "F chunk 0"},   {kF.light, "F chunk 1"}, {kB.dark, "B chunk 0"},
+        {kB.light, "B chunk 1"},  {kW.dark, "W chunk 0"},  {kW.light, "W chunk 1"},
+        {kExposed, "exposed TP"}, {kOffload, "offload"},   {kReload, "reload"}};
     double x0 = kLeft;
     for (const Item& it : items) {
       rect(x0, y, 14, 12, it.color);

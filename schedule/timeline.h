@@ -28,9 +28,9 @@ inline constexpr const char* kCategoryReload = "reload";    // H2D copy of an ac
 
 struct TimelineEvent {
   int rank = 0;
-  int index = -1;           // instruction index in Program::ranks[rank]; -1 when none
-  std::string name;         // to_string(instr): "FB1[4,2]+W", "OFFLOAD c0 mb3"
-  std::string category;     // one of the kCategory* names
+  int index = -1;        // instruction index in Program::ranks[rank]; -1 when none
+  std::string name;      // to_string(instr): "FB1[4,2]+W", "OFFLOAD c0 mb3"
+  std::string category;  // one of the kCategory* names
   Op op = Op::kF;
   std::vector<Part> parts;  // compute parts in braid order; {instr.ref} for the others
   double start = 0;         // seconds since the step began

@@ -4,9 +4,9 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "common/check.h"
 #include "schedule/json.h"
 #include "schedule/trace.h"
-#include "stp/check.h"
 
 namespace stp::schedule {
 
@@ -26,7 +26,8 @@ std::string num(double x) {
 
 std::string parts_text(const std::vector<Part>& parts) {
   std::string s;
-  for (const Part& p : parts) s += (s.empty() ? "" : ",") + to_string(p) + " s" + std::to_string(p.stage);
+  for (const Part& p : parts)
+    s += (s.empty() ? "" : ",") + to_string(p) + " s" + std::to_string(p.stage);
   return s;
 }
 
@@ -66,8 +67,8 @@ std::string to_chrome_trace(const std::vector<Timeline>& timelines) {
     }
     for (const TimelineEvent& ev : tl.events) {
       const int pid = pid_base + ev.rank + 1;
-      const std::string args = str_cat("\"index\": ", ev.index, ", \"parts\": ",
-                                       json::quote(parts_text(ev.parts)));
+      const std::string args =
+          str_cat("\"index\": ", ev.index, ", \"parts\": ", json::quote(parts_text(ev.parts)));
       if (ev.category == kCategoryCompute) {
         double t = ev.start;
         if (ev.p2p_wait > 0) {

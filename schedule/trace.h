@@ -23,9 +23,9 @@ inline std::string to_chrome_trace(const Timeline& timeline) {
 }
 
 struct SvgOptions {
-  double width_px = 1600;   // width of the longest timeline's time axis, > 0
-  double row_height = 26;   // height of a rank's compute row in px, > 0
-  bool mb_labels = true;    // microbatch numbers inside blocks wide enough to hold them
+  double width_px = 1600;  // width of the longest timeline's time axis, > 0
+  double row_height = 26;  // height of a rank's compute row in px, > 0
+  bool mb_labels = true;   // microbatch numbers inside blocks wide enough to hold them
 };
 
 std::string to_svg(const std::vector<Timeline>& timelines, const SvgOptions& options = {});

@@ -3,8 +3,8 @@
 #include <deque>
 #include <vector>
 
+#include "common/check.h"
 #include "schedule/interpreter.h"
-#include "stp/check.h"
 
 namespace stp::schedule {
 
@@ -43,13 +43,27 @@ void check_shape(const Instr& in, const Where& where) {
     }
   };
   switch (in.op) {
-    case Op::kF: want({{Pass::kF}}); break;
-    case Op::kB: want({{Pass::kB}}); break;
-    case Op::kW: want({{Pass::kW}}); break;
-    case Op::kBW: want({{Pass::kBW}}); break;
-    case Op::kFF: want({{Pass::kF}, {Pass::kF}}); break;
-    case Op::kFB: want({{Pass::kF}, {Pass::kB, Pass::kBW}}); break;
-    case Op::kFW: want({{Pass::kF}, {Pass::kW}}); break;
+    case Op::kF:
+      want({{Pass::kF}});
+      break;
+    case Op::kB:
+      want({{Pass::kB}});
+      break;
+    case Op::kW:
+      want({{Pass::kW}});
+      break;
+    case Op::kBW:
+      want({{Pass::kBW}});
+      break;
+    case Op::kFF:
+      want({{Pass::kF}, {Pass::kF}});
+      break;
+    case Op::kFB:
+      want({{Pass::kF}, {Pass::kB, Pass::kBW}});
+      break;
+    case Op::kFW:
+      want({{Pass::kF}, {Pass::kW}});
+      break;
     case Op::kSendF:
     case Op::kRecvF:
     case Op::kSendB:
@@ -64,8 +78,7 @@ void check_shape(const Instr& in, const Where& where) {
 // Checks the program while the Interpreter runs it (Note [Schedule invariants]).
 class Machine final : public Interpreter::Observer {
  public:
-  explicit Machine(const Program& prog)
-      : prog_(prog), p_(prog.p), S_(prog.stages()), m_(prog.m) {}
+  explicit Machine(const Program& prog) : prog_(prog), p_(prog.p), S_(prog.stages()), m_(prog.m) {}
 
   void run() {
     check_layout();
@@ -130,7 +143,8 @@ class Machine final : public Interpreter::Observer {
   void check_part(int r, std::size_t i, const Part& part) const {
     if (part.stage < 0 || part.stage >= S_)
       fail(where(r, i), ": stage ", part.stage, " outside [0, ", S_, ")");
-    if (part.mb < 0 || part.mb >= m_) fail(where(r, i), ": mb ", part.mb, " outside [0, m=", m_, ")");
+    if (part.mb < 0 || part.mb >= m_)
+      fail(where(r, i), ": mb ", part.mb, " outside [0, m=", m_, ")");
     if (prog_.stage_rank[part.stage] != r)
       fail(where(r, i), ": stage ", part.stage, " lives on rank ", prog_.stage_rank[part.stage]);
     if (prog_.stage_chunk[part.stage] != part.chunk)
@@ -162,8 +176,8 @@ class Machine final : public Interpreter::Observer {
         if (s < S_ - 1) {
           if (prog_.stage_rank[s + 1] == r) {
             if (!b_done_[at(s + 1, part.mb)])
-              fail(where(r, i), ": backward of ", sm(s, part.mb), " runs before the backward of stage ",
-                   s + 1, " on the same rank");
+              fail(where(r, i), ": backward of ", sm(s, part.mb),
+                   " runs before the backward of stage ", s + 1, " on the same rank");
           } else if (!b_in_[k]) {
             fail(where(r, i), ": backward of ", sm(s, part.mb),
                  " has no RECV_B of its output gradient before it");
@@ -180,7 +194,8 @@ class Machine final : public Interpreter::Observer {
         auto& fifo = fifo_[r];
         if (fifo.empty() || fifo.front() != k) {
           const std::size_t front = fifo.empty() ? 0 : fifo.front();
-          fail(where(r, i), ": W of ", sm(s, part.mb), " but the oldest deferred weight gradient is ",
+          fail(where(r, i), ": W of ", sm(s, part.mb),
+               " but the oldest deferred weight gradient is ",
                sm(static_cast<int>(front / m_), static_cast<int>(front % m_)),
                " (W parts must follow the order of their B parts)");
         }
@@ -192,7 +207,9 @@ class Machine final : public Interpreter::Observer {
   void commit(int r, const Part& part) {
     const std::size_t k = at(part.stage, part.mb);
     switch (part.pass) {
-      case Pass::kF: f_done_[k] = 1; break;
+      case Pass::kF:
+        f_done_[k] = 1;
+        break;
       case Pass::kB:
         b_done_[k] = 1;
         fifo_[r].push_back(k);
@@ -287,14 +304,15 @@ class Machine final : public Interpreter::Observer {
         const int r = prog_.stage_rank[s];
         if (!f_done_[k]) fail("rank ", r, " never runs F of ", sm(s, mb));
         if (!b_done_[k]) fail("rank ", r, " never runs the backward (B or BW) of ", sm(s, mb));
-        if (!fused_[k] && !w_done_[k]) fail("rank ", r, " never runs W of ", sm(s, mb), " (missing W)");
+        if (!fused_[k] && !w_done_[k])
+          fail("rank ", r, " never runs W of ", sm(s, mb), " (missing W)");
       }
     }
   }
 
   const Program& prog_;
   const int p_, S_, m_;
-  std::vector<std::vector<int>> rank_chunk_stage_;  // [rank][chunk] -> stage
+  std::vector<std::vector<int>> rank_chunk_stage_;      // [rank][chunk] -> stage
   std::vector<char> f_done_, b_done_, w_done_, fused_;  // (S*m) per (stage, mb)
   std::vector<char> f_in_, b_in_;              // (S*m) input activation / output gradient received
   std::vector<char> offloaded_;                // (S*m) 0 resident, 1 offloaded, 2 reloaded
@@ -314,8 +332,8 @@ std::string find_error(const Program& program) {
 
 void verify(const Program& program) {
   std::string error = find_error(program);
-  STP_CHECK(error.empty(), "invalid ", program.kind.empty() ? "" : program.kind + " ", "program: ",
-            error);
+  STP_CHECK(error.empty(), "invalid ", program.kind.empty() ? "" : program.kind + " ",
+            "program: ", error);
 }
 
 }  // namespace stp::schedule

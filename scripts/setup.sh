@@ -21,7 +21,7 @@ PKGS=(cmake ninja-build ccache pkg-config g++
       libhwloc-dev libnuma-dev
       libgtest-dev libgmock-dev libbenchmark-dev
       libcli11-dev nlohmann-json3-dev libgloo-dev
-      python3-venv)
+      python3-venv clang-format)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

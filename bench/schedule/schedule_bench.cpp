@@ -17,9 +17,9 @@ namespace {
 
 namespace sch = stp::schedule;
 
-constexpr int kP = 64;                    // pipeline ranks
-constexpr int kM = 512;                   // microbatches
-constexpr double kBudgetSeconds = 1.0;    // generate + verify + simulate
+constexpr int kP = 64;                  // pipeline ranks
+constexpr int kM = 512;                 // microbatches
+constexpr double kBudgetSeconds = 1.0;  // generate + verify + simulate
 
 sch::CostModel costs() {
   sch::CostModel c;
@@ -94,8 +94,9 @@ int main(int argc, char** argv) {
 
   const double stp = median_seconds(sch::Kind::kSTP, 5);
   const double base = median_seconds(sch::Kind::k1F1B, 5);
-  std::printf("\nstp generate+verify+simulate p=%d m=%d: %.1f ms (median of 5); "
-              "%.2fx of the %.0f s budget; %.2fx the 1f1b baseline (%.1f ms)\n",
-              kP, kM, stp * 1e3, stp / kBudgetSeconds, kBudgetSeconds, stp / base, base * 1e3);
+  std::printf(
+      "\nstp generate+verify+simulate p=%d m=%d: %.1f ms (median of 5); "
+      "%.2fx of the %.0f s budget; %.2fx the 1f1b baseline (%.1f ms)\n",
+      kP, kM, stp * 1e3, stp / kBudgetSeconds, kBudgetSeconds, stp / base, base * 1e3);
   return stp <= kBudgetSeconds ? 0 : 1;
 }

@@ -6,11 +6,9 @@
 #include <ATen/ATen.h>
 
 #include <cstdio>
-#include <cstdlib>
 
 int main() {
-  const char* ws = std::getenv("WORLD_SIZE");
-  const int world = ws ? std::atoi(ws) : 1;
+  const int world = stp::launch_env().world_size;
 
   stp::GptConfig cfg;
   cfg.vocab = 64;
@@ -22,7 +20,7 @@ int main() {
   stp::TrainerOptions opt;
   opt.tp = world >= 4 ? 2 : 1;
   opt.pp = world >= 4 ? 2 : world;
-  opt.schedule = opt.pp > 1 ? "stp" : "1f1b";
+  opt.schedule = opt.pp > 1 ? stp::ScheduleKind::kSTP : stp::ScheduleKind::k1F1B;
   opt.microbatches = 4 * opt.pp;
   opt.optimizer.lr = 1e-2;
 
@@ -35,8 +33,7 @@ int main() {
     stp::MicroBatch batch{seq.narrow(1, 0, cfg.seq_len).contiguous(),
                           seq.narrow(1, 1, cfg.seq_len).contiguous()};
     double loss = trainer.step(batch);
-    if (trainer.world().rank() == 0 && step % 5 == 4)
-      std::printf("step %d loss %.4f\n", step + 1, loss);
+    if (trainer.rank() == 0 && step % 5 == 4) std::printf("step %d loss %.4f\n", step + 1, loss);
   }
   return 0;
 }

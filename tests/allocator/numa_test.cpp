@@ -161,7 +161,8 @@ TEST(NumaThisMachine, BoundThreadRunsOnlyOnTheNodesCpus) {
   });
   t.join();
   ASSERT_TRUE(bound);
-  for (int cpu : allowed) EXPECT_NE(std::find(p.cpus.begin(), p.cpus.end(), cpu), p.cpus.end()) << cpu;
+  for (int cpu : allowed)
+    EXPECT_NE(std::find(p.cpus.begin(), p.cpus.end(), cpu), p.cpus.end()) << cpu;
   EXPECT_FALSE(bind_current_thread(NumaPlacement{}));  // unbound: refuses, changes nothing
 }
 

@@ -74,7 +74,8 @@ TEST(PinnedHostPool, BlocksAreAlignedDisjointAndOfTheirSizeClass) {
   auto pool = make_pool(8 * kMiB, 2 * kMiB);
   std::vector<HostBlock> blocks;
   std::mt19937 rng(7);
-  for (std::size_t n : {1ul, 63ul, 64ul, 65ul, 511ul, 513ul, 4097ul, 100003ul, 1ul << 20, 777777ul}) {
+  for (std::size_t n :
+       {1ul, 63ul, 64ul, 65ul, 511ul, 513ul, 4097ul, 100003ul, 1ul << 20, 777777ul}) {
     HostBlock b = pool->allocate(n);
     ASSERT_TRUE(b);
     EXPECT_EQ(b.bytes, n);

@@ -118,12 +118,14 @@ TEST(BenchCli, PoolPrintsOneJsonLineWithTheRatio) {
   CliResult r = run_cli("bench pool --bytes 256KiB --batches 5");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(lines(r.output), 1) << r.output;
-  EXPECT_THAT(r.output, MatchesRegex("\\{\"bench\":\"pool\",\"bytes\":262144,\"memory\":\"[a-z-]+\","
-                                     "\"pool_median_ns\":[0-9.]+,.*\"ratio\":[0-9.]+\\}\n"));
+  EXPECT_THAT(r.output,
+              MatchesRegex("\\{\"bench\":\"pool\",\"bytes\":262144,\"memory\":\"[a-z-]+\","
+                           "\"pool_median_ns\":[0-9.]+,.*\"ratio\":[0-9.]+\\}\n"));
 }
 
 TEST(BenchCli, CopyPrintsOneJsonLineWithBothBandwidths) {
-  CliResult r = run_cli("bench copy --backend host --bytes 1MiB --copies 2 --repeats 1 --threads 2");
+  CliResult r =
+      run_cli("bench copy --backend host --bytes 1MiB --copies 2 --repeats 1 --threads 2");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(lines(r.output), 1) << r.output;
   EXPECT_THAT(r.output, MatchesRegex("\\{\"bench\":\"copy\",\"backend\":\"host\",\"bytes\":1048576,"

@@ -2,8 +2,8 @@
 // binary with small shell programs as ranks.
 #include <arpa/inet.h>
 #include <fcntl.h>
-#include <netinet/in.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <regex>
@@ -58,7 +59,8 @@ bool alive(pid_t pid) {
 }
 
 void expect_all_gone(const std::vector<pid_t>& pids, const std::string& output) {
-  for (pid_t pid : pids) EXPECT_FALSE(alive(pid)) << "pid " << pid << " outlived stp run\n" << output;
+  for (pid_t pid : pids)
+    EXPECT_FALSE(alive(pid)) << "pid " << pid << " outlived stp run\n" << output;
 }
 
 // `stp <args>` started in the background, stdout+stderr into a pipe we read as it comes.
@@ -124,7 +126,9 @@ class Background {
  private:
   // One read with a poll timeout; false at EOF or timeout.
   bool read_some(int timeout_ms) {
-    struct pollfd p {fd_, POLLIN, 0};
+    struct pollfd p {
+      fd_, POLLIN, 0
+    };
     if (poll(&p, 1, timeout_ms) <= 0) return false;
     char buf[4096];
     ssize_t n = read(fd_, buf, sizeof buf);
@@ -144,10 +148,16 @@ class ScopedEnv {
  public:
   ScopedEnv(const char* name, const char* value) : name_(name) {
     if (const char* old = std::getenv(name)) old_ = old;
-    if (value) setenv(name, value, 1); else unsetenv(name);
+    if (value)
+      setenv(name, value, 1);
+    else
+      unsetenv(name);
   }
   ~ScopedEnv() {
-    if (old_) setenv(name_.c_str(), old_->c_str(), 1); else unsetenv(name_.c_str());
+    if (old_)
+      setenv(name_.c_str(), old_->c_str(), 1);
+    else
+      unsetenv(name_.c_str());
   }
 
  private:
@@ -220,9 +230,8 @@ TEST(Run, StderrAndAPartialLastLineArePrefixed) {
 TEST(Run, LinesOfConcurrentRanksNeverInterleave) {
   // 2 ranks x 3000 lines of ~120 bytes, written by awk in stdio blocks that end mid-line, and
   // far more than a pipe buffer: the launcher's reads end mid-line too.
-  CliResult r = run_cli(
-      R"(run -n 2 -- sh -c 'awk -v r=$RANK "BEGIN { for (i = 0; i < 3000; i++) )"
-      R"(printf \"rank %d line %d %0100d\n\", r, i, 0 }"')");
+  CliResult r = run_cli(R"(run -n 2 -- sh -c 'awk -v r=$RANK "BEGIN { for (i = 0; i < 3000; i++) )"
+                        R"(printf \"rank %d line %d %0100d\n\", r, i, 0 }"')");
   ASSERT_EQ(r.exit_code, 0) << r.output.substr(0, 2000);
   std::vector<std::string> lines = lines_of(r.output);
   ASSERT_EQ(lines.size(), 6000u) << r.output.substr(0, 2000);
@@ -235,7 +244,8 @@ TEST(Run, LinesOfConcurrentRanksNeverInterleave) {
 }
 
 TEST(Run, AVeryLongLineKeepsOnePrefix) {
-  CliResult r = run_cli("run -n 1 -- sh -c 'head -c 200000 /dev/zero | tr \"\\\\0\" x; echo; echo next'");
+  CliResult r =
+      run_cli("run -n 1 -- sh -c 'head -c 200000 /dev/zero | tr \"\\\\0\" x; echo; echo next'");
   ASSERT_EQ(r.exit_code, 0) << r.output.substr(0, 200);
   EXPECT_EQ(r.output, "[r0] " + std::string(200000, 'x') + "\n[r0] next\n");
 }
@@ -295,12 +305,14 @@ TEST(Run, AFailingRankStopsTheOthersAndIsNamed) {
   // rank 2 exits with code 3 once the others have had time to print their pids. The long grace
   // period makes sure the others stopped on SIGTERM, not on the SIGKILL after it.
   CliResult r = run_cli(
-      "run -n 4 --grace-seconds 30 -- sh -c 'if [ $RANK = 2 ]; then echo pid $$; sleep 1; exit 3; fi; "
+      "run -n 4 --grace-seconds 30 -- sh -c 'if [ $RANK = 2 ]; then echo pid $$; sleep 1; exit 3; "
+      "fi; "
       "sleep 60 & echo pid $!; echo pid $$; wait'");
   double took = seconds_since(t0);
   EXPECT_EQ(r.exit_code, 3) << r.output;
   EXPECT_LT(took, 5.0) << r.output;
-  EXPECT_EQ(lines_of(r.output).back(), "stp run: rank 2 exited with code 3; stopped the other 3 ranks")
+  EXPECT_EQ(lines_of(r.output).back(),
+            "stp run: rank 2 exited with code 3; stopped the other 3 ranks")
       << r.output;
   std::vector<pid_t> pids = printed_pids(r.output);
   EXPECT_EQ(pids.size(), 7u) << r.output;
@@ -320,8 +332,10 @@ TEST(Run, ARankKilledBySignalIsReportedWithTheSignal) {
       "run -n 3 -- sh -c 'echo pid $$; if [ $RANK = 1 ]; then sleep 0.5; kill -9 $$; fi; "
       "exec sleep 60'");
   EXPECT_EQ(r.exit_code, 128 + 9) << r.output;
-  EXPECT_NE(r.output.find("stp run: rank 1 killed by signal 9 (SIGKILL); stopped the other 2 ranks"),
-            std::string::npos) << r.output;
+  EXPECT_NE(
+      r.output.find("stp run: rank 1 killed by signal 9 (SIGKILL); stopped the other 2 ranks"),
+      std::string::npos)
+      << r.output;
   expect_all_gone(printed_pids(r.output), r.output);
 }
 
@@ -335,7 +349,8 @@ TEST(Run, ARankIgnoringSigtermIsKilledAfterTheGracePeriod) {
   EXPECT_GE(took, 1.0) << r.output;  // 0.5 s until the failure + 0.5 s grace
   EXPECT_LT(took, 4.0) << r.output;
   EXPECT_NE(r.output.find("stp run: rank 1 exited with code 1; stopped the other 1 rank"),
-            std::string::npos) << r.output;
+            std::string::npos)
+      << r.output;
   std::vector<pid_t> pids = printed_pids(r.output);
   EXPECT_EQ(pids.size(), 2u) << r.output;
   expect_all_gone(pids, r.output);
@@ -357,8 +372,9 @@ TEST(Run, SigtermToTheLauncherStopsAllRanks) {
 
 TEST(Run, SigintToTheLauncherIsForwarded) {
   // The rank turns SIGINT into exit 0 and says so: proof it got the signal from the launcher.
-  Background launcher("run -n 2 -- sh -c 'trap \"echo got INT; exit 0\" INT; echo ready; "
-                      "while :; do sleep 0.1; done'");
+  Background launcher(
+      "run -n 2 -- sh -c 'trap \"echo got INT; exit 0\" INT; echo ready; "
+      "while :; do sleep 0.1; done'");
   ASSERT_TRUE(launcher.read_until("ready", 2, 5.0)) << launcher.output();
   ASSERT_EQ(kill(launcher.pid(), SIGINT), 0);
   EXPECT_EQ(launcher.wait(5.0), 128 + SIGINT) << launcher.output();
@@ -412,7 +428,8 @@ TEST(Run, AMissingOrBadProgramIsOneLineWithExitTwo) {
   close(fd);
   expect_one_line_exit_two({
       {"run -n 2", "missing PROGRAM"},
-      {"run -n 2 -- no_such_program_stp_test", "'no_such_program_stp_test' is not an executable on PATH"},
+      {"run -n 2 -- no_such_program_stp_test",
+       "'no_such_program_stp_test' is not an executable on PATH"},
       {"run -n 2 -- " + std::string(file), "' is not an executable file"},
       {"run -n 2 -- /no/such/dir/prog", "'/no/such/dir/prog' does not exist"},
   });
@@ -423,7 +440,8 @@ TEST(Run, ABusyMasterPortIsABadArgument) {
   Background holder("run -n 1 -- sh -c 'echo port $MASTER_PORT; exec sleep 30'");
   ASSERT_TRUE(holder.read_until("\n", 1, 5.0)) << holder.output();
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(holder.output(), m, std::regex("port ([0-9]+)"))) << holder.output();
+  ASSERT_TRUE(std::regex_search(holder.output(), m, std::regex("port ([0-9]+)")))
+      << holder.output();
   CliResult r = run_cli("run -n 1 --master-port " + m[1].str() + " -- true");
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_EQ(lines_of(r.output).size(), 1u) << r.output;
@@ -443,6 +461,83 @@ TEST(Run, RanksDieWithAKilledLauncher) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   expect_all_gone(pids, launcher.output());
+}
+
+// A shell snippet for rank programs: wait (at most 5 s) until every one of `n` ranks has
+// touched its file in `dir`, so that all have written their lines before any exits.
+std::string barrier(const std::string& dir, int n) {
+  return "touch " + dir + "/$RANK; i=0; while [ $(ls " + dir + " | wc -l) -lt " +
+         std::to_string(n) + " ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done";
+}
+
+std::string temp_barrier_dir() {
+  char dir[] = "/tmp/stp_run_barrierXXXXXX";
+  EXPECT_NE(mkdtemp(dir), nullptr);
+  return dir;
+}
+
+int count_of(const std::string& text, const std::string& needle) {
+  int n = 0;
+  for (auto p = text.find(needle); p != std::string::npos; p = text.find(needle, p + 1)) ++n;
+  return n;
+}
+
+// Issue 11: an error every rank hits is one line, prefixed with all the ranks that printed it.
+TEST(Run, TheSameFinalErrorOfEveryRankIsPrintedOnce) {
+  std::string dir = temp_barrier_dir();
+  CliResult r =
+      run_cli("run -n 4 -- sh -c 'echo \"progress $RANK\" >&2; echo \"stp x: error: bad\" >&2; " +
+              barrier(dir, 4) + "; exit 2'");
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(count_of(r.output, "stp x: error: bad"), 1) << r.output;
+  EXPECT_NE(r.output.find("[r0-3] stp x: error: bad\n"), std::string::npos) << r.output;
+  for (int rank = 0; rank < 4; ++rank) {  // earlier lines are untouched
+    std::string want = "[r" + std::to_string(rank) + "] progress " + std::to_string(rank) + "\n";
+    EXPECT_NE(r.output.find(want), std::string::npos) << want << " missing in\n" << r.output;
+  }
+  EXPECT_EQ(lines_of(r.output).back().rfind("stp run: rank ", 0), 0u) << r.output;
+}
+
+TEST(Run, DifferentFinalErrorsKeepTheirOwnLines) {
+  std::string dir = temp_barrier_dir();
+  CliResult r = run_cli(
+      "run -n 4 -- sh -c 'if [ $RANK = 2 ]; then echo \"error: two\" >&2; else echo \"error: "
+      "other\" >&2; fi; " +
+      barrier(dir, 4) + "; exit 1'");
+  std::filesystem::remove_all(dir);
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("[r0-1,3] error: other\n"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("[r2] error: two\n"), std::string::npos) << r.output;
+  EXPECT_EQ(count_of(r.output, "error: "), 2) << r.output;
+}
+
+// Holding the last stderr line back costs a healthy rank at most about a second, and ranks
+// that succeed keep their own lines.
+TEST(Run, ARunningRanksLastStderrLineStillAppearsAndSuccessIsNotMerged) {
+  Background launcher("run -n 1 -- sh -c 'echo warning >&2; sleep 4; echo done'");
+  EXPECT_TRUE(launcher.read_until("[r0] warning\n", 1, 3.0)) << launcher.output();
+  EXPECT_EQ(launcher.output().find("done"), std::string::npos) << "held until the rank ended";
+  EXPECT_EQ(launcher.wait(10), 0) << launcher.output();
+
+  CliResult r = run_cli("run -n 2 -- sh -c 'echo same >&2'");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("[r0] same\n"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("[r1] same\n"), std::string::npos) << r.output;
+}
+
+// stp's own ranks tell the launcher's OMP_NUM_THREADS=1 from the user's.
+TEST(Run, MarksTheOmpNumThreadsItSets) {
+  {
+    ScopedEnv omp("OMP_NUM_THREADS", nullptr);
+    CliResult r =
+        run_cli("run -n 1 -- sh -c 'echo $OMP_NUM_THREADS ${STP_OMP_FROM_LAUNCHER:-unset}'");
+    EXPECT_EQ(r.output, "[r0] 1 1\n");
+  }
+  ScopedEnv omp("OMP_NUM_THREADS", "3");
+  CliResult r =
+      run_cli("run -n 1 -- sh -c 'echo $OMP_NUM_THREADS ${STP_OMP_FROM_LAUNCHER:-unset}'");
+  EXPECT_EQ(r.output, "[r0] 3 unset\n");
 }
 
 }  // namespace

@@ -41,11 +41,15 @@ TEST(ScheduleCli, TextListsTheComputeOrder) {
 TEST(ScheduleCli, JsonFollowsTheContract) {
   CliResult r = run_cli("schedule --kind 1f1b-i --pp 2 --microbatches 2 --format json");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(r.output.rfind("{\"kind\": \"1f1b-i\", \"p\": 2, \"m\": 2, \"v\": 2, \"stages\": 4,", 0), 0u)
+  EXPECT_EQ(
+      r.output.rfind("{\"kind\": \"1f1b-i\", \"p\": 2, \"m\": 2, \"v\": 2, \"stages\": 4,", 0), 0u)
       << r.output;
-  EXPECT_NE(r.output.find("{\"op\": \"F\", \"parts\": [{\"pass\": \"F\", \"chunk\": 0, \"stage\": 0, \"mb\": 0}]}"),
-            std::string::npos);
-  EXPECT_NE(r.output.find("{\"op\": \"SEND_F\", \"parts\": [], \"ref\": {\"chunk\": 0, \"stage\": 0, \"mb\": 0}, \"peer\": 1}"),
+  EXPECT_NE(
+      r.output.find(
+          "{\"op\": \"F\", \"parts\": [{\"pass\": \"F\", \"chunk\": 0, \"stage\": 0, \"mb\": 0}]}"),
+      std::string::npos);
+  EXPECT_NE(r.output.find("{\"op\": \"SEND_F\", \"parts\": [], \"ref\": {\"chunk\": 0, \"stage\": "
+                          "0, \"mb\": 0}, \"peer\": 1}"),
             std::string::npos);
 }
 
@@ -59,7 +63,8 @@ TEST(ScheduleCli, SvgAndTraceGoToFiles) {
   EXPECT_NE(picture.find("stp p=4 m=12"), std::string::npos);
   std::remove(svg.c_str());
 
-  CliResult trace = run_cli("schedule --kind zb-v --pp 2 --microbatches 4 --format trace --tar 0.1");
+  CliResult trace =
+      run_cli("schedule --kind zb-v --pp 2 --microbatches 4 --format trace --tar 0.1");
   ASSERT_EQ(trace.exit_code, 0) << trace.output;
   EXPECT_EQ(trace.output.rfind("{\"displayTimeUnit\": \"ms\", \"traceEvents\": [", 0), 0u);
   EXPECT_NE(trace.output.find("\"name\": \"F0[0]\""), std::string::npos);
@@ -68,15 +73,19 @@ TEST(ScheduleCli, SvgAndTraceGoToFiles) {
 TEST(ScheduleCli, BadArgumentsAreOneLineErrors) {
   expect_one_line_error("schedule --kind stp --pp 0 --microbatches 4",
                         "stp schedule: error: pp=0 must be >= 1");
-  expect_one_line_error("schedule --kind stp --pp 4 --microbatches 7",
-                        "stp schedule: error: microbatches=7 must be >= 2*pp=8 for the stp schedule");
-  expect_one_line_error("schedule --kind gpipe --pp 4 --microbatches 8",
-                        "stp schedule: error: kind 'gpipe' is not one of 1f1b, 1f1b-i, zb-h1, zb-v, stp");
-  expect_one_line_error("schedule --kind 1f1b-i --pp 4 --microbatches 6",
-                        "stp schedule: error: microbatches=6 must be a positive multiple of pp=4 for "
-                        "the 1f1b-i schedule (Megatron's interleaved order)");
-  expect_one_line_error("schedule --kind zb-v --pp 2 --microbatches 4 --chunks 3",
-                        "stp schedule: error: chunks=3 is not supported by the zb-v schedule (it uses 2)");
+  expect_one_line_error(
+      "schedule --kind stp --pp 4 --microbatches 7",
+      "stp schedule: error: microbatches=7 must be >= 2*pp=8 for the stp schedule");
+  expect_one_line_error(
+      "schedule --kind gpipe --pp 4 --microbatches 8",
+      "stp schedule: error: kind 'gpipe' is not one of 1f1b, 1f1b-i, zb-h1, zb-v, stp");
+  expect_one_line_error(
+      "schedule --kind 1f1b-i --pp 4 --microbatches 6",
+      "stp schedule: error: microbatches=6 must be a positive multiple of pp=4 for "
+      "the 1f1b-i schedule (Megatron's interleaved order)");
+  expect_one_line_error(
+      "schedule --kind zb-v --pp 2 --microbatches 4 --chunks 3",
+      "stp schedule: error: chunks=3 is not supported by the zb-v schedule (it uses 2)");
   expect_one_line_error("schedule --kind stp --pp 2 --microbatches 4 --format png",
                         "stp schedule: error: format='png' is not one of text, json, svg, trace");
   expect_one_line_error("schedule --kind stp --pp 2 --microbatches 4 --format svg --tf -1",
@@ -94,12 +103,18 @@ TEST(SimulateCli, AllKindsBesideTheSeedTable) {
   CliResult r = run_cli("simulate --kind all --pp 4 --microbatches 64 --tar 0.25");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // kind, span, PP bubble sim / formula / step idle, TP sim / formula, peak sim / formula / W-held
-  EXPECT_NE(r.output.find("1f1b-i     425.75       9.75      9.75      9.75      32.00     32.00    11    10      11  seed table"),
-            std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("zb-v       451.75       1.50      1.50      3.75      64.00     64.00     8     8       8  seed table"),
-            std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("stp        389.75       3.50      3.75      3.75       2.25      2.25    12    12      15  seed table"),
-            std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("1f1b-i     425.75       9.75      9.75      9.75      32.00     32.00   "
+                          " 11    10      11  seed table"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("zb-v       451.75       1.50      1.50      3.75      64.00     64.00   "
+                          "  8     8       8  seed table"),
+            std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("stp        389.75       3.50      3.75      3.75       2.25      2.25   "
+                          " 12    12      15  seed table"),
+            std::string::npos)
+      << r.output;
   EXPECT_NE(r.output.find("1f1b       217.75"), std::string::npos);
   EXPECT_NE(r.output.find("zb-h1      228.50       4.50      4.50"), std::string::npos);
 }
@@ -107,13 +122,15 @@ TEST(SimulateCli, AllKindsBesideTheSeedTable) {
 TEST(SimulateCli, SkipsKindsThatRejectTheMicrobatchesAndWritesPictures) {
   const std::string svg = ::testing::TempDir() + "stp_cli_sim.svg";
   const std::string trace = ::testing::TempDir() + "stp_cli_sim.json";
-  CliResult r = run_cli("simulate --kind all --pp 4 --microbatches 6 --act-bytes 1MiB --svg " + svg +
-                        " --trace " + trace);
+  CliResult r = run_cli("simulate --kind all --pp 4 --microbatches 6 --act-bytes 1MiB --svg " +
+                        svg + " --trace " + trace);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("1f1b-i: skipped, microbatches=6 must be a positive multiple of pp=4"),
-            std::string::npos) << r.output;
+            std::string::npos)
+      << r.output;
   EXPECT_NE(r.output.find("stp: skipped, microbatches=6 must be >= 2*pp=8"), std::string::npos);
-  EXPECT_NE(r.output.find("peak activation bytes per rank: 4.00 MiB"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("peak activation bytes per rank: 4.00 MiB"), std::string::npos)
+      << r.output;
   const std::string picture = slurp(svg);
   EXPECT_NE(picture.find("zb-v p=4 m=6"), std::string::npos);
   EXPECT_NE(picture.find("1f1b p=4 m=6"), std::string::npos);
@@ -131,15 +148,18 @@ TEST(SimulateCli, PerRankFigures) {
 }
 
 TEST(SimulateCli, BadArgumentsAreOneLineErrors) {
-  expect_one_line_error("simulate --kind stp --pp 4 --microbatches 7",
-                        "stp simulate: error: microbatches=7 must be >= 2*pp=8 for the stp schedule");
+  expect_one_line_error(
+      "simulate --kind stp --pp 4 --microbatches 7",
+      "stp simulate: error: microbatches=7 must be >= 2*pp=8 for the stp schedule");
   expect_one_line_error("simulate --pp 4 --microbatches 8 --tar -0.5",
                         "stp simulate: error: tar=-0.5 must be a finite number >= 0");
-  expect_one_line_error("simulate --pp -1 --microbatches 8", "stp simulate: error: pp=-1 must be >= 1");
+  expect_one_line_error("simulate --pp -1 --microbatches 8",
+                        "stp simulate: error: pp=-1 must be >= 1");
   expect_one_line_error("simulate --pp 2 --microbatches 0",
                         "stp simulate: error: microbatches=0 must be >= 1");
-  expect_one_line_error("simulate --kind zb --pp 2 --microbatches 4",
-                        "stp simulate: error: kind 'zb' is not one of 1f1b, 1f1b-i, zb-h1, zb-v, stp");
+  expect_one_line_error(
+      "simulate --kind zb --pp 2 --microbatches 4",
+      "stp simulate: error: kind 'zb' is not one of 1f1b, 1f1b-i, zb-h1, zb-v, stp");
   expect_one_line_error("simulate --pp 2 --microbatches 4 --act-bytes lots",
                         "stp simulate: error: act-bytes='lots' is not a byte size; use e.g. 4096, "
                         "512MiB, 20GiB, 1.5GB (>= 0)");

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -17,7 +18,8 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("stp_train_test_" + name + "_" + std::to_string(getpid()));
+  fs::path p =
+      fs::temp_directory_path() / ("stp_train_test_" + name + "_" + std::to_string(getpid()));
   fs::remove_all(p);
   fs::create_directories(p);
   return p.string();
@@ -65,12 +67,14 @@ TEST(TrainCli, UnknownKeyIsOneLine) {
 TEST(TrainCli, OutOfRangeAndBadFileAreOneLineEach) {
   CliResult r = run_cli("train --set schedule.microbatches=0");
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_EQ(r.output, "stp train: error: --set schedule.microbatches=0 is out of range [1, 65536]\n");
+  EXPECT_EQ(r.output,
+            "stp train: error: --set schedule.microbatches=0 is out of range [1, 65536]\n");
   std::string dir = temp_dir("badfile");
   std::ofstream(dir + "/c.json") << R"({"run": {"steps": -4}})";
   r = run_cli("train --config " + dir + "/c.json");
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_EQ(r.output, "stp train: error: " + dir + "/c.json: run.steps=-4 is out of range [1, inf]\n");
+  EXPECT_EQ(r.output,
+            "stp train: error: " + dir + "/c.json: run.steps=-4 is out of range [1, inf]\n");
   r = run_cli("train --config " + dir + "/missing.json");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(lines(r.output), 1) << r.output;
@@ -87,8 +91,8 @@ TEST(TrainCli, TooFewRanksSaysHowToLaunch) {
 
 TEST(TrainCli, CorruptAndMismatchedCheckpointsAreRefused) {
   std::string dir = temp_dir("ckpt");
-  CliResult r = run_cli("train " + tiny(dir, 1, 1, 2).replace(0, 0, "") +
-                        " --set schedule.kind=1f1b");
+  CliResult r =
+      run_cli("train " + tiny(dir, 1, 1, 2).replace(0, 0, "") + " --set schedule.kind=1f1b");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   ASSERT_TRUE(fs::exists(dir + "/checkpoints/step_000002/manifest.json")) << r.output;
   // Another layout: the 4-layer model split over 2 stages.
@@ -97,7 +101,8 @@ TEST(TrainCli, CorruptAndMismatchedCheckpointsAreRefused) {
   EXPECT_NE(r.output.find("checkpoint layout"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("pp=1"), std::string::npos) << r.output;
   // Another model.
-  r = run_cli("train " + tiny(dir, 1, 1, 4) + " --set schedule.kind=1f1b --set model.n_layers=5 --resume");
+  r = run_cli("train " + tiny(dir, 1, 1, 4) +
+              " --set schedule.kind=1f1b --set model.n_layers=5 --resume");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.output.find("model.n_layers=4 in checkpoint, 5 in this run"), std::string::npos)
       << r.output;
@@ -127,8 +132,9 @@ TEST(TrainCli, KilledRankThenResumeGivesTheUninterruptedLoss) {
 
   // The same run, with rank 1 SIGKILLing itself during step 5 (after the step-4 checkpoint):
   // STP_FAULT_KILL_AT_STEP is the engine's fault-injection knob for exactly this test.
-  CliResult killed = run_cli(std::string("run -n 2 -- env STP_FAULT_KILL_AT_STEP=5 STP_FAULT_KILL_RANK=1 ") +
-                             STP_CLI + " train " + tiny(b, 1, 2, steps));
+  CliResult killed =
+      run_cli(std::string("run -n 2 -- env STP_FAULT_KILL_AT_STEP=5 STP_FAULT_KILL_RANK=1 ") +
+              STP_CLI + " train " + tiny(b, 1, 2, steps));
   EXPECT_NE(killed.exit_code, 0) << killed.output;
   EXPECT_NE(killed.output.find("stp run: rank 1 killed by signal 9"), std::string::npos)
       << killed.output;
@@ -143,6 +149,35 @@ TEST(TrainCli, KilledRankThenResumeGivesTheUninterruptedLoss) {
   EXPECT_EQ(loss_of(got.back()), loss_of(want.back())) << got.back() << "\n" << want.back();
   fs::remove_all(a);
   fs::remove_all(b);
+}
+
+// run.threads: applied on CPU runs and logged by rank 0 with where the number came from. ctest
+// sets OMP_NUM_THREADS=1, which the default honours; without it, `stp run`'s own
+// OMP_NUM_THREADS=1 is not taken for the user's: the cores are divided among the local ranks.
+TEST(TrainCli, ThreadsComeFromRunThreadsThenOmpNumThreadsThenTheCores) {
+  std::string dir = temp_dir("threads");
+  CliResult r = run_cli("train " + tiny(dir + "/a", 1, 1, 1) +
+                        " --set schedule.kind=1f1b --set run.threads=3");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("cpu threads: 3 per rank (run.threads)\n"), std::string::npos)
+      << r.output;
+
+  const char* old = std::getenv("OMP_NUM_THREADS");
+  std::string saved = old ? old : "";
+  setenv("OMP_NUM_THREADS", "2", 1);
+  r = run_cli("train " + tiny(dir + "/b", 1, 1, 1) + " --set schedule.kind=1f1b");
+  EXPECT_NE(r.output.find("cpu threads: 2 per rank (OMP_NUM_THREADS)\n"), std::string::npos)
+      << r.output;
+  unsetenv("OMP_NUM_THREADS");
+  r = run_cli("run -n 2 -- stp train " + tiny(dir + "/c", 1, 2, 1) + " --set schedule.kind=1f1b");
+  if (old) setenv("OMP_NUM_THREADS", saved.c_str(), 1);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find(" local ranks)\n"), std::string::npos) << r.output;
+
+  r = run_cli("train --set run.threads=-1");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(r.output, "stp train: error: --set run.threads=-1 is out of range [0, 1024]\n");
+  fs::remove_all(dir);
 }
 
 }  // namespace

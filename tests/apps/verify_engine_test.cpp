@@ -13,8 +13,9 @@ TEST(VerifyCli, ThreadsMatchTheReference) {
 }
 
 TEST(VerifyCli, FourProcessesUnderStpRunWithOffload) {
-  CliResult r = run_cli("run -n 4 -- stp verify --tp 2 --pp 2 --schedule stp --microbatches 8 "
-                        "--offload-budget 90%");
+  CliResult r = run_cli(
+      "run -n 4 -- stp verify --tp 2 --pp 2 --schedule stp --microbatches 8 "
+      "--offload-budget 90%");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("[r0] OK (tolerance 1.0e-09)"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("offloaded and reloaded"), std::string::npos) << r.output;
@@ -24,12 +25,35 @@ TEST(VerifyCli, FourProcessesUnderStpRunWithOffload) {
 TEST(VerifyCli, WrongWorldSizeAndBadBudgetAreOneLine) {
   CliResult r = run_cli("run -n 2 -- stp verify --tp 2 --pp 2");
   EXPECT_NE(r.exit_code, 0);
-  EXPECT_NE(r.output.find("stp verify runs with world size tp*pp=4 but the launcher started 2 ranks"),
-            std::string::npos) << r.output;
+  EXPECT_NE(
+      r.output.find("stp verify runs with world size tp*pp=4 but the launcher started 2 ranks"),
+      std::string::npos)
+      << r.output;
   r = run_cli("verify --tp 1 --pp 2 --offload-budget lots");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.output.find("offload budget 'lots' is not a positive size"), std::string::npos)
       << r.output;
+}
+
+// Issue 11: the default microbatch count is one every schedule takes for every p; with pp=3,
+// 1f1b-i needs a multiple of 3 (6), not the 4 it used to get.
+TEST(VerifyCli, TheDefaultMicrobatchesSuitInterleavedWithThreeStages) {
+  CliResult r = run_cli("verify --tp 1 --pp 3 --schedule 1f1b-i");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("schedule=1f1b-i tp=1 pp=3 microbatches=6 "), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("\nOK (tolerance 1.0e-09)"), std::string::npos) << r.output;
+}
+
+TEST(VerifyCli, ThreadsIsCheckedAndUsed) {
+  CliResult r = run_cli("verify --tp 1 --pp 1 --schedule 1f1b --threads -1");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(r.output,
+            "stp verify: error: --threads=-1 is out of range [0, 1024] (0: OMP_NUM_THREADS if set, "
+            "else the cores / the ranks)\n");
+  r = run_cli("verify --tp 1 --pp 2 --schedule zb-h1 --threads 2");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\nOK (tolerance 1.0e-09)"), std::string::npos) << r.output;
 }
 
 }  // namespace

@@ -18,8 +18,9 @@ TEST(SvgChart, DrawsEveryPanelSeriesAndEscapesText) {
   c.title = "loss <train>";
   c.x_label = "step";
   c.panels.push_back({"loss", {{"train", {1, 2, 3}, {3.0, 2.0, 1.5}}}});
-  c.panels.push_back({"tokens/s", {{"measured", {1, 2, 3}, {10, 12, NAN}},
-                                   {"predicted", {1, 2, 3}, {11, 11, 11}, "", true}}});
+  c.panels.push_back(
+      {"tokens/s",
+       {{"measured", {1, 2, 3}, {10, 12, NAN}}, {"predicted", {1, 2, 3}, {11, 11, 11}, "", true}}});
   std::string svg = to_svg(c);
   EXPECT_EQ(svg.rfind("<svg", 0), 0u);
   EXPECT_NE(svg.find("</svg>"), std::string::npos);
@@ -29,7 +30,7 @@ TEST(SvgChart, DrawsEveryPanelSeriesAndEscapesText) {
   EXPECT_NE(svg.find("stroke-dasharray"), std::string::npos);  // the predicted series
   EXPECT_NE(svg.find("rotate(-90)\" text-anchor=\"middle\">tokens/s</text>"), std::string::npos)
       << svg;
-  EXPECT_EQ(svg.find("nan"), std::string::npos);               // non-finite points skipped
+  EXPECT_EQ(svg.find("nan"), std::string::npos);  // non-finite points skipped
 }
 
 TEST(SvgChart, HigherValuesAreDrawnHigher) {

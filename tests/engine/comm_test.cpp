@@ -145,7 +145,8 @@ TEST(Comm, ExitedRankFailsPeersFast) {
     } catch (const std::runtime_error& e) {
       message = e.what();
     }
-    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 10.0);
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(),
+              10.0);
   });
   EXPECT_NE(message.find("all_reduce on group tp"), std::string::npos) << message;
 }
@@ -171,7 +172,8 @@ TEST(Comm, EnvironmentParsingRejectsGarbage) {
     launch_env_from_environment();
     FAIL();
   } catch (const std::invalid_argument& e) {
-    EXPECT_STREQ(e.what(), "environment variable MASTER_PORT='http' must be an integer in [1, 65535]");
+    EXPECT_STREQ(e.what(),
+                 "environment variable MASTER_PORT='http' must be an integer in [1, 65535]");
   }
   setenv("MASTER_PORT", "29511", 1);
   LaunchEnv env = launch_env_from_environment();

@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "comm_test_util.h"
-#include "engine/gpt.h"
 #include "engine/trainer.h"
 #include "model_test_util.h"
+#include "models/gpt.h"
 #include "schedule/generators.h"
 #include "schedule/simulate.h"
 
@@ -22,16 +22,7 @@ namespace {
 
 using testing::ParamMap;
 
-GptConfig tiny_config(int layers) {
-  GptConfig c;
-  c.vocab = 23;
-  c.seq_len = 6;
-  c.d_model = 8;
-  c.n_heads = 4;
-  c.n_layers = layers;
-  c.dtype = at::kDouble;
-  return c;
-}
+models::GptConfig tiny_config(int layers) { return testing::make_config(23, 6, 8, 4, layers); }
 
 struct Job {
   std::string kind;
@@ -42,10 +33,10 @@ struct Job {
 };
 
 struct JobResult {
-  std::vector<double> losses;           // per step, as rank 0 returned them
-  ParamMap grads;                       // full gradients of the last step
-  ParamMap params;                      // full parameters after the last step
-  std::vector<StepStats> stats;         // per global rank, last step
+  std::vector<double> losses;    // per step, as rank 0 returned them
+  ParamMap grads;                // full gradients of the last step
+  ParamMap params;               // full parameters after the last step
+  std::vector<StepStats> stats;  // per global rank, last step
   std::vector<std::int64_t> stage_bytes;
   std::int64_t budget = 0;
 };
@@ -72,7 +63,7 @@ ParamMap gather(const std::map<int, std::vector<Chunk*>>& by_stage, bool values)
   return out;
 }
 
-JobResult run_job(const GptConfig& cfg, const ParamMap& full, const Job& job,
+JobResult run_job(const models::GptConfig& cfg, const ParamMap& full, const Job& job,
                   const std::vector<std::vector<MicroBatch>>& steps) {
   const int world = job.tp * job.pp;
   std::vector<std::unique_ptr<Trainer>> trainers(world);
@@ -83,45 +74,32 @@ JobResult run_job(const GptConfig& cfg, const ParamMap& full, const Job& job,
   co.tp = job.tp;
   co.pp = job.pp;
   co.timeout = std::chrono::milliseconds(30000);
-  auto store = World::make_in_memory_store();
-  std::vector<std::thread> threads;
-  std::exception_ptr error;
-  for (int r = 0; r < world; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        TrainerOptions o;
-        o.schedule = job.kind;
-        o.microbatches = job.m;
-        o.tp = job.tp;
-        o.pp = job.pp;
-        o.offload_budget = job.budget;
-        o.braid = job.braid;
-        o.optimizer.lr = 1e-2;
-        o.optimizer.weight_decay = 0.1;
-        o.optimizer.max_grad_norm = 1e9;
-        auto w = World::in_process(store, r, world, co);
-        auto t = std::make_unique<Trainer>(gpt_model(cfg), o, std::move(w));
-        for (Chunk* c : t->chunks())
-          testing::load_full_params(*c, full, t->world().tp_rank(), job.tp);
-        for (const auto& mbs : steps) {
-          double loss = t->step(mbs);
-          if (r == 0) result.losses.push_back(loss);
-        }
-        std::lock_guard<std::mutex> lock(mu);
-        result.stats[r] = t->last_stats().exec;
-        if (r == 0) {
-          result.stage_bytes = t->stage_activation_bytes();
-          result.budget = t->offload_budget_bytes();
-        }
-        trainers[r] = std::move(t);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(mu);
-        if (!error) error = std::current_exception();
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  if (error) std::rethrow_exception(error);
+  run_in_process(world, co, [&](std::unique_ptr<World> w) {
+    const int r = w->rank();
+    TrainerOptions o;
+    o.schedule = schedule::kind_from_string(job.kind);
+    o.microbatches = job.m;
+    o.tp = job.tp;
+    o.pp = job.pp;
+    o.offload_budget = parse_offload_budget(job.budget);
+    o.braid = job.braid;
+    o.optimizer.lr = 1e-2;
+    o.optimizer.weight_decay = 0.1;
+    o.optimizer.max_grad_norm = 1e9;
+    auto t = std::make_unique<Trainer>(models::gpt_model(cfg), o, std::move(w));
+    for (Chunk* c : t->chunks()) testing::load_full_params(*c, full, t->world().tp_rank(), job.tp);
+    for (const auto& mbs : steps) {
+      double loss = t->step(mbs);
+      if (r == 0) result.losses.push_back(loss);
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    result.stats[r] = t->last_stats().exec;
+    if (r == 0) {
+      result.stage_bytes = t->stage_activation_bytes();
+      result.budget = t->offload_budget_bytes();
+    }
+    trainers[r] = std::move(t);
+  });
   std::map<int, std::vector<Chunk*>> by_stage;
   for (int r = 0; r < world; ++r)  // rank = pp_idx * tp + tp_idx: tp ranks in order
     for (Chunk* c : trainers[r]->chunks()) by_stage[c->stage()].push_back(c);
@@ -130,7 +108,7 @@ JobResult run_job(const GptConfig& cfg, const ParamMap& full, const Job& job,
   return result;
 }
 
-std::vector<MicroBatch> microbatches(const GptConfig& cfg, int m, std::uint64_t seed) {
+std::vector<MicroBatch> microbatches(const models::GptConfig& cfg, int m, std::uint64_t seed) {
   std::vector<MicroBatch> mbs;
   for (int i = 0; i < m; ++i)
     mbs.push_back(testing::random_microbatch(cfg, 2, cfg.seq_len, seed * 1000 + i));
@@ -139,7 +117,7 @@ std::vector<MicroBatch> microbatches(const GptConfig& cfg, int m, std::uint64_t 
 
 void expect_matches_reference(const Job& job) {
   const int stages = job.pp * (schedule::default_chunks(schedule::kind_from_string(job.kind)));
-  GptConfig cfg = tiny_config(stages);
+  models::GptConfig cfg = tiny_config(stages);
   ParamMap full = testing::random_full_params(cfg, 7);
   auto mbs = microbatches(cfg, job.m, 3);
   testing::ReferenceStep ref = testing::reference_step(cfg, full, mbs);
@@ -168,17 +146,17 @@ TEST_P(AllSchedules, OneStepMatchesSingleProcessReference) {
   expect_matches_reference(job);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Layouts, AllSchedules,
-    ::testing::Combine(::testing::Values("1f1b", "1f1b-i", "zb-h1", "zb-v", "stp"),
-                       ::testing::Values(1, 2), ::testing::Values(2, 4)),
-    [](const auto& info) {
-      std::string k = std::get<0>(info.param);
-      for (char& ch : k)
-        if (ch == '-') ch = '_';
-      return k + "_tp" + std::to_string(std::get<1>(info.param)) + "_pp" +
-             std::to_string(std::get<2>(info.param));
-    });
+INSTANTIATE_TEST_SUITE_P(Layouts, AllSchedules,
+                         ::testing::Combine(::testing::Values("1f1b", "1f1b-i", "zb-h1", "zb-v",
+                                                              "stp"),
+                                            ::testing::Values(1, 2), ::testing::Values(2, 4)),
+                         [](const auto& info) {
+                           std::string k = std::get<0>(info.param);
+                           for (char& ch : k)
+                             if (ch == '-') ch = '_';
+                           return k + "_tp" + std::to_string(std::get<1>(info.param)) + "_pp" +
+                                  std::to_string(std::get<2>(info.param));
+                         });
 
 TEST(Executor, StpWithLargeMIsExactToo) {
   expect_matches_reference(Job{"stp", 2, 2, 9});  // m >= 3p-1: the reference's own order
@@ -197,7 +175,7 @@ TEST(Executor, OffloadPlansGiveTheSameNumbers) {
 TEST(Executor, MeasuredActivationMemoryMatchesTheSimulatorAndTheBudget) {
   for (const char* kind : {"stp", "zb-v", "1f1b"}) {
     const int pp = 2, stages = pp * schedule::default_chunks(schedule::kind_from_string(kind));
-    GptConfig cfg = tiny_config(stages);
+    models::GptConfig cfg = tiny_config(stages);
     ParamMap full = testing::random_full_params(cfg, 5);
     auto mbs = microbatches(cfg, 8, 9);
     JobResult off = run_job(cfg, full, Job{kind, 1, pp, 8}, {mbs});
@@ -205,8 +183,8 @@ TEST(Executor, MeasuredActivationMemoryMatchesTheSimulatorAndTheBudget) {
     schedule::SimResult sim = schedule::simulate(prog, schedule::CostModel{});
     for (int r = 0; r < pp; ++r) {
       EXPECT_EQ(off.stats[r].peak_activation_sets, sim.ranks[r].peak_sets_until_w)
-          << kind << " rank " << r << " (the seed-table convention gives "
-          << sim.ranks[r].peak_sets << ")";
+          << kind << " rank " << r << " (the seed-table convention gives " << sim.ranks[r].peak_sets
+          << ")";
       EXPECT_EQ(off.stats[r].offloaded_bytes, 0);
     }
     if (std::string(kind) == "1f1b") continue;  // nothing to offload: its peak is its minimum
@@ -229,7 +207,7 @@ TEST(Executor, UnbraidedGivesTheSameNumbers) {
 }
 
 TEST(Trainer, ThreeStepsKeepParametersInAgreement) {
-  GptConfig cfg = tiny_config(4);
+  models::GptConfig cfg = tiny_config(4);
   ParamMap full = testing::random_full_params(cfg, 11);
   std::vector<std::vector<MicroBatch>> steps;
   for (int s = 0; s < 3; ++s) steps.push_back(microbatches(cfg, 4, 20 + s));
@@ -271,7 +249,7 @@ schedule::Program fb_program() {
 }
 
 TEST(Executor, BraidedBlockExposesLessCollectiveWaitThanBackToBack) {
-  GptConfig cfg;
+  models::GptConfig cfg;
   cfg.vocab = 64;
   cfg.seq_len = 128;
   cfg.d_model = 256;
@@ -279,13 +257,14 @@ TEST(Executor, BraidedBlockExposesLessCollectiveWaitThanBackToBack) {
   cfg.n_layers = 4;
   const schedule::Program prog = fb_program();
   std::vector<MicroBatch> mbs;
-  for (int i = 0; i < 2; ++i) mbs.push_back(testing::random_microbatch(cfg, 4, cfg.seq_len, 40 + i));
+  for (int i = 0; i < 2; ++i)
+    mbs.push_back(testing::random_microbatch(cfg, 4, cfg.seq_len, 40 + i));
   std::mutex mu;
   std::vector<double> braided, serial;  // FB tp_wait per repetition, rank 0
   CommOptions co;
   co.tp = 2;
   stp::testing::run_ranks(2, co, [&](World& w) {
-    GptChunk chunk(cfg, 0, 1, w.tp_rank(), 2);
+    models::GptChunk chunk(cfg, 0, 1, w.tp_rank(), 2);
     ActivationStore store;
     Executor ex({&chunk}, w.tp_group(), w.pp_group(), store);
     for (int rep = 0; rep < 8; ++rep) {
@@ -311,45 +290,44 @@ TEST(Executor, BraidedBlockExposesLessCollectiveWaitThanBackToBack) {
 // A rank that fails before its step and then hangs: the others fail within the comm timeout
 // with a message naming the operation, the group and the peer, instead of hanging.
 TEST(Executor, ARankThatFailsMakesTheOthersFailWithinTheTimeout) {
-  GptConfig cfg = tiny_config(4);
+  models::GptConfig cfg = tiny_config(4);
   auto mbs = microbatches(cfg, 4, 1);
   CommOptions co;
   co.tp = 2;
   co.pp = 2;
   co.timeout = std::chrono::milliseconds(1500);
-  auto store = World::make_in_memory_store();
   std::mutex mu;
   std::vector<std::string> errors;
   std::vector<double> failed_after(4, 0);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < 4; ++r) {
-    threads.emplace_back([&, r] {
-      TrainerOptions o;
-      o.schedule = "stp";
-      o.microbatches = 4;
-      o.tp = 2;
-      o.pp = 2;
-      o.comm_timeout = co.timeout;
-      Trainer t(gpt_model(cfg), o, World::in_process(store, r, 4, co));
-      const auto t0 = std::chrono::steady_clock::now();
-      try {
-        if (r == 3) throw std::runtime_error("rank 3 failed on purpose");
-        t.step(mbs);
-      } catch (const std::exception& e) {
-        std::lock_guard<std::mutex> lock(mu);
-        errors.push_back(e.what());
-        failed_after[r] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      }
-      if (r == 3) std::this_thread::sleep_for(std::chrono::milliseconds(4000));  // hung, silent
-    });
-  }
-  for (auto& th : threads) th.join();
+  run_in_process(4, co, [&](std::unique_ptr<World> w) {
+    const int r = w->rank();
+    TrainerOptions o;
+    o.schedule = schedule::Kind::kSTP;
+    o.microbatches = 4;
+    o.tp = 2;
+    o.pp = 2;
+    o.comm_timeout = co.timeout;
+    Trainer t(models::gpt_model(cfg), o, std::move(w));
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      if (r == 3) throw std::runtime_error("rank 3 failed on purpose");
+      t.step(mbs);
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(mu);
+      errors.push_back(e.what());
+      failed_after[r] =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    if (r == 3) std::this_thread::sleep_for(std::chrono::milliseconds(4000));  // hung, silent
+  });
   ASSERT_EQ(errors.size(), 4u) << "a rank finished its step although rank 3 never took part";
   int named = 0;
-  for (const auto& e : errors) named += e.find("with peer global rank") != std::string::npos ||
-                                        e.find("all_reduce on group") != std::string::npos;
+  for (const auto& e : errors)
+    named += e.find("with peer global rank") != std::string::npos ||
+             e.find("all_reduce on group") != std::string::npos;
   EXPECT_GE(named, 1) << errors[0];
-  for (int r = 0; r < 3; ++r) EXPECT_LT(failed_after[r], 3.9) << "rank " << r << " outlived the timeout";
+  for (int r = 0; r < 3; ++r)
+    EXPECT_LT(failed_after[r], 3.9) << "rank " << r << " outlived the timeout";
 }
 
 }  // namespace

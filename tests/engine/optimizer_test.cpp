@@ -8,11 +8,14 @@
 
 #include <cmath>
 
-#include "engine/gpt.h"
+#include "file_test_util.h"
 #include "model_test_util.h"
+#include "models/gpt.h"
 
 namespace stp::engine {
 namespace {
+
+using stp::testing::error_of;
 
 using testing::rel_error;
 
@@ -25,15 +28,6 @@ Param make_param(const std::string& name, at::Tensor value, at::Tensor grad, boo
   p.decay = decay;
   p.shard_dim = shard_dim;
   return p;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  }
-  return "<no error>";
 }
 
 TEST(AdamWOptions, BadValuesNameTheValue) {
@@ -157,13 +151,7 @@ TEST(AdamW, ClippingScalesTheGradientsByMaxNormOverNorm) {
 }
 
 TEST(AdamW, ReplicatedParamsCountOnceAcrossTpRanks) {
-  GptConfig cfg;
-  cfg.vocab = 7;
-  cfg.seq_len = 4;
-  cfg.d_model = 8;
-  cfg.n_heads = 2;
-  cfg.n_layers = 2;
-  cfg.dtype = at::kDouble;
+  models::GptConfig cfg = testing::make_config(7, 4, 8, 2, 2);
   testing::ParamMap full = testing::random_full_params(cfg, 3);
   MicroBatch mb = testing::random_microbatch(cfg, 2, 4, 1);
   testing::EmulatedModel one(cfg, 1, 1), grid(cfg, 2, 2);  // TP=2 x PP=2

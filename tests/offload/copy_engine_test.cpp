@@ -58,7 +58,8 @@ TEST_P(HostCopyEngineTest, BatchOfRegionsCompletesAsOneEvent) {
     src.push_back(pattern(sizes[i], static_cast<unsigned>(i)));
     dst.emplace_back(sizes[i], 0);
   }
-  for (std::size_t i = 0; i < sizes.size(); ++i) regions.push_back({dst[i].data(), src[i].data(), sizes[i]});
+  for (std::size_t i = 0; i < sizes.size(); ++i)
+    regions.push_back({dst[i].data(), src[i].data(), sizes[i]});
   CopyEvent done = engine->copy(Direction::kD2H, regions);
   done.synchronize();
   for (std::size_t i = 0; i < sizes.size(); ++i) ASSERT_EQ(dst[i], src[i]) << i;
@@ -72,7 +73,8 @@ TEST_P(HostCopyEngineTest, StartsOnlyAfterItsPrerequisiteEvent) {
   CopyEvent done = engine->copy(Direction::kD2H, dst.data(), src.data(), n, {&gate, 1});
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_FALSE(done.query());
-  EXPECT_EQ(std::count(dst.begin(), dst.end(), 0), static_cast<long>(n)) << "copied before the gate";
+  EXPECT_EQ(std::count(dst.begin(), dst.end(), 0), static_cast<long>(n))
+      << "copied before the gate";
   src[12345] ^= 0xff;  // still the producer's: the copy must see this write
   gate.signal();
   done.synchronize();
@@ -114,7 +116,8 @@ TEST_P(HostCopyEngineTest, SynchronizeWaitsForEverySubmittedCopy) {
     src.push_back(pattern(n, 100 + i));
     dst.emplace_back(n, 0);
   }
-  for (int i = 0; i < 16; ++i) events.push_back(engine->copy(Direction::kD2H, dst[i].data(), src[i].data(), n));
+  for (int i = 0; i < 16; ++i)
+    events.push_back(engine->copy(Direction::kD2H, dst[i].data(), src[i].data(), n));
   engine->synchronize();
   for (int i = 0; i < 16; ++i) {
     EXPECT_TRUE(events[i].query());
@@ -131,7 +134,8 @@ TEST_P(HostCopyEngineTest, ManySubmittingThreads) {
       for (int i = 0; i < 30; ++i) {
         std::size_t n = 1 + (t * 7919 + i * 104729) % (300 << 10);
         std::vector<unsigned char> src = pattern(n, t * 1000 + i), dst(n, 0);
-        engine->copy(i % 2 ? Direction::kD2H : Direction::kH2D, dst.data(), src.data(), n).synchronize();
+        engine->copy(i % 2 ? Direction::kD2H : Direction::kH2D, dst.data(), src.data(), n)
+            .synchronize();
         if (dst != src) ++mismatches;
       }
     });

@@ -72,7 +72,8 @@ TEST(Cuda, EventPoolRecyclesEvents) {
 
 TEST(Cuda, PinnedSlabsOfBothKindsRoundTrip) {
   REQUIRE_CUDA_DEVICE();
-  for (auto kind : {allocator::HostMemoryKind::kCudaRegister, allocator::HostMemoryKind::kCudaHostAlloc}) {
+  for (auto kind :
+       {allocator::HostMemoryKind::kCudaRegister, allocator::HostMemoryKind::kCudaHostAlloc}) {
     SCOPED_TRACE(allocator::to_string(kind));
     allocator::PinnedHostPool pool(pool_options(kind));
     EXPECT_EQ(pool.stats().locked_bytes, pool.stats().reserved_bytes);
@@ -130,8 +131,8 @@ TEST(Cuda, OffloadWaitsForTheComputeStreamAndRoundTrips) {
 
   const std::size_t n = 3 << 20;
   void* act = device->allocate(n);
-  StreamPlug plug(compute);                         // the "forward" is still running...
-  check(cudaMemsetAsync(act, 0x5a, n, compute));   // ...and writes the activation last
+  StreamPlug plug(compute);                       // the "forward" is still running...
+  check(cudaMemsetAsync(act, 0x5a, n, compute));  // ...and writes the activation last
   CopyEvent forward_done = CopyEvent::record(compute);
   bool released = false;
   offloader.offload({0, 0}, {{"x", act, n, [&] { released = true; }}}, forward_done);
@@ -143,8 +144,9 @@ TEST(Cuda, OffloadWaitsForTheComputeStreamAndRoundTrips) {
   device->deallocate(act);  // what the release closure stands for
 
   void* back = nullptr;
-  offloader.reload({0, 0}, [&](const std::string&, std::size_t bytes) { return back = device->allocate(bytes); },
-                   compute);
+  offloader.reload(
+      {0, 0}, [&](const std::string&, std::size_t bytes) { return back = device->allocate(bytes); },
+      compute);
   offloader.wait({0, 0}, compute);  // the compute stream waits; the host does not
   std::vector<unsigned char> host(n);
   check(cudaMemcpyAsync(host.data(), back, n, cudaMemcpyDeviceToHost, compute));
@@ -157,7 +159,9 @@ TEST(Cuda, OffloadWaitsForTheComputeStreamAndRoundTrips) {
 
 #else  // !STP_WITH_CUDA
 
-TEST(Cuda, NeedsACudaBuild) { GTEST_SKIP() << "needs a CUDA build (-DSTP_WITH_CUDA=ON) and device"; }
+TEST(Cuda, NeedsACudaBuild) {
+  GTEST_SKIP() << "needs a CUDA build (-DSTP_WITH_CUDA=ON) and device";
+}
 
 #endif
 

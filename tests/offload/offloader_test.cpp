@@ -254,7 +254,8 @@ TEST_F(OffloaderTest, MisuseIsAnInputErrorNamingTheSet) {
     offloader_->reload(key, engine_.allocator_for(key));
     FAIL();
   } catch (const std::invalid_argument& e) {
-    EXPECT_THAT(e.what(), HasSubstr("reload of activation set (chunk 1, mb 5): the set was never offloaded"));
+    EXPECT_THAT(e.what(),
+                HasSubstr("reload of activation set (chunk 1, mb 5): the set was never offloaded"));
   }
   EXPECT_THROW(offloader_->wait(key), std::invalid_argument);
   EXPECT_THROW(offloader_->offload(key, {}), std::invalid_argument);
@@ -307,7 +308,11 @@ TEST_F(OffloaderTest, ReleaseErrorsPropagateAfterEveryReleaseRan) {
   ActivationKey key{0, 0};
   std::vector<unsigned char> a(64), b(64);
   int ran = 0;
-  offloader_->offload(key, {{"a", a.data(), 64, [&] { ++ran; throw std::runtime_error("boom"); }},
+  offloader_->offload(key, {{"a", a.data(), 64,
+                             [&] {
+                               ++ran;
+                               throw std::runtime_error("boom");
+                             }},
                             {"b", b.data(), 64, [&] { ++ran; }}});
   EXPECT_THROW(offloader_->synchronize(), std::runtime_error);
   EXPECT_EQ(ran, 2);

@@ -17,8 +17,8 @@
 namespace stp::offload {
 namespace {
 
-using ::testing::HasSubstr;
 using schedule::Op;
+using ::testing::HasSubstr;
 
 constexpr double kGiB = 1024.0 * 1024 * 1024;
 
@@ -47,8 +47,8 @@ struct Case {
 };
 
 std::vector<Case> cases() {
-  return {{"stp", 2, 5}, {"stp", 4, 11}, {"stp", 4, 16}, {"zb-v", 4, 12}, {"1f1b", 4, 8},
-          {"1f1b-i", 2, 4}, {"zb-h1", 3, 9}};
+  return {{"stp", 2, 5},  {"stp", 4, 11},   {"stp", 4, 16}, {"zb-v", 4, 12},
+          {"1f1b", 4, 8}, {"1f1b-i", 2, 4}, {"zb-h1", 3, 9}};
 }
 
 TEST(Planner, UnlimitedOrAmpleBudgetInsertsNothing) {
@@ -113,7 +113,8 @@ TEST(Planner, BelowTheMinimumIsAnInputErrorNamingIt) {
     plan_offload(prog, costs(), floor - 1);
     FAIL() << "a budget below the minimum was planned";
   } catch (const std::invalid_argument& e) {
-    EXPECT_THAT(e.what(), HasSubstr("below the smallest feasible budget 4.00 GiB (4294967296 bytes)"));
+    EXPECT_THAT(e.what(),
+                HasSubstr("below the smallest feasible budget 4.00 GiB (4294967296 bytes)"));
     EXPECT_THAT(e.what(), HasSubstr("stp p=4 m=11"));
   }
   Plan at_floor = plan_offload(prog, costs(), floor);  // the minimum itself is feasible
@@ -127,7 +128,8 @@ TEST(Planner, StpOffloadsChunkZeroFirstAndHidesTheCopies) {
   schedule::Program prog = schedule::make("stp", 4, 16);
   Plan plan = plan_offload(prog, costs(50), 9 * kGiB);
   ASSERT_FALSE(plan.sets.empty());
-  for (const PlannedSet& s : plan.sets) EXPECT_EQ(s.chunk, 0) << "rank " << s.rank << " mb " << s.mb;
+  for (const PlannedSet& s : plan.sets)
+    EXPECT_EQ(s.chunk, 0) << "rank " << s.rank << " mb " << s.mb;
   EXPECT_LE(plan.slowdown(), 1e-9);
   // Each OFFLOAD directly follows the instruction that ran its forward.
   for (int r = 0; r < plan.program.p; ++r) {
@@ -141,7 +143,8 @@ TEST(Planner, StpOffloadsChunkZeroFirstAndHidesTheCopies) {
       for (const auto& part : list[j - 1].parts)
         has_f |= part.pass == schedule::Pass::kF && part.stage == list[i].ref.stage &&
                  part.mb == list[i].ref.mb;
-      EXPECT_TRUE(has_f) << schedule::to_string(list[i]) << " after " << schedule::to_string(list[j - 1]);
+      EXPECT_TRUE(has_f) << schedule::to_string(list[i]) << " after "
+                         << schedule::to_string(list[j - 1]);
     }
   }
 }

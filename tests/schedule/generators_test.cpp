@@ -8,7 +8,9 @@
 #include <functional>
 #include <map>
 #include <sstream>
+#include <stdexcept>
 
+#include "common/check.h"
 #include "schedule/cost_model.h"
 #include "schedule/p2p.h"
 #include "schedule/simulate.h"
@@ -23,10 +25,18 @@ std::string notes_token(const Instr& in) {
   auto one = [](const Part& p) {
     std::ostringstream os;
     switch (p.pass) {
-      case Pass::kF: os << 'F' << p.chunk << '(' << p.mb + 1 << ')'; break;
-      case Pass::kBW: os << 'B' << p.chunk << '(' << p.mb + 1 << ')'; break;
-      case Pass::kB: os << "Bzb" << p.chunk << '(' << p.mb + 1 << ')'; break;  // not in the notes
-      case Pass::kW: os << 'W'; break;
+      case Pass::kF:
+        os << 'F' << p.chunk << '(' << p.mb + 1 << ')';
+        break;
+      case Pass::kBW:
+        os << 'B' << p.chunk << '(' << p.mb + 1 << ')';
+        break;
+      case Pass::kB:
+        os << "Bzb" << p.chunk << '(' << p.mb + 1 << ')';
+        break;  // not in the notes
+      case Pass::kW:
+        os << 'W';
+        break;
     }
     return os.str();
   };
@@ -55,15 +65,32 @@ std::string notes_listing(const Program& prog) {
 
 // stp-notes §2.5, p=2, m=5, verbatim.
 const char* const kStpP2M5 =
-    "r0: F0(1) F0(2) F0(3) F1(1) F0(4) [F1(2)&B1(1)] [F0(5)&W] [F1(3)&B1(2)+W] B0(1) [F1(4)&B1(3)] B0(2) [F1(5)&B1(4)] B0(3) B1(5) B0(4) W W B0(5)\n"
-    "r1: F0(1) F1(1) F0(2) F1(2) [F0(3)&F0(4)] [F1(3)&B1(1)+W] [F0(5)&B0(1)+W] [F1(4)&B1(2)] B0(2) [F1(5)&B1(3)] B0(3) B1(4) B0(4) B1(5) B0(5) W W\n";
+    "r0: F0(1) F0(2) F0(3) F1(1) F0(4) [F1(2)&B1(1)] [F0(5)&W] [F1(3)&B1(2)+W] B0(1) [F1(4)&B1(3)] "
+    "B0(2) [F1(5)&B1(4)] B0(3) B1(5) B0(4) W W B0(5)\n"
+    "r1: F0(1) F1(1) F0(2) F1(2) [F0(3)&F0(4)] [F1(3)&B1(1)+W] [F0(5)&B0(1)+W] [F1(4)&B1(2)] B0(2) "
+    "[F1(5)&B1(3)] B0(3) B1(4) B0(4) B1(5) B0(5) W W\n";
 
 // stp-notes §2.5, p=4, m=12 (the README's headline figure), verbatim.
 const char* const kStpP4M12 =
-    "r0: F0(1) F0(2) F0(3) F0(4) F0(5) F0(6) F0(7) F1(1) F0(8) [F1(2)&B1(1)] [F0(9)&W] [F1(3)&B1(2)] [F0(10)&W] [F1(4)&B1(3)] [F0(11)&W] [F1(5)&B1(4)+W] [F0(12)&B0(1)+W] [F1(6)&B1(5)+W] B0(2) [F1(7)&B1(6)] B0(3) [F1(8)&B1(7)] B0(4) [F1(9)&B1(8)] B0(5) [F1(10)&B1(9)] B0(6) [F1(11)&B1(10)] B0(7) [F1(12)&B1(11)] B0(8) B1(12) B0(9) W W B0(10) W W B0(11) W W B0(12)\n"
-    "r1: F0(1) F0(2) F0(3) F0(4) F0(5) F1(1) F0(6) F1(2) [F0(7)&F0(8)] [F1(3)&B1(1)] [F0(9)&W] [F1(4)&B1(2)] [F0(10)&W] [F1(5)&B1(3)+W] [F0(11)&B0(1)+W] [F1(6)&B1(4)+W] [F0(12)&B0(2)+W] [F1(7)&B1(5)] B0(3) [F1(8)&B1(6)] B0(4) [F1(9)&B1(7)] B0(5) [F1(10)&B1(8)] B0(6) [F1(11)&B1(9)] B0(7) [F1(12)&B1(10)] B0(8) B1(11) B0(9) B1(12) B0(10) W W B0(11) W W B0(12) W W\n"
-    "r2: F0(1) F0(2) F0(3) F1(1) F0(4) F1(2) F0(5) F1(3) F0(6) [F0(7)&F0(8)] [F1(4)&B1(1)] [F0(9)&W] [F1(5)&B1(2)+W] [F0(10)&B0(1)+W] [F1(6)&B1(3)+W] [F0(11)&B0(2)+W] [F1(7)&B1(4)+W] [F0(12)&B0(3)] [F1(8)&B1(5)] B0(4) [F1(9)&B1(6)] B0(5) [F1(10)&B1(7)] B0(6) [F1(11)&B1(8)] B0(7) [F1(12)&B1(9)] B0(8) B1(10) B0(9) B1(11) B0(10) B1(12) B0(11) W W B0(12) W W W W\n"
-    "r3: F0(1) F1(1) F0(2) F1(2) F0(3) F1(3) F0(4) F1(4) [F0(5)&F0(6)] [F0(7)&F0(8)] [F1(5)&B1(1)+W] [F0(9)&B0(1)+W] [F1(6)&B1(2)+W] [F0(10)&B0(2)+W] [F1(7)&B1(3)+W] [F0(11)&B0(3)+W] [F1(8)&B1(4)] [F0(12)&B0(4)] [F1(9)&B1(5)] B0(5) [F1(10)&B1(6)] B0(6) [F1(11)&B1(7)] B0(7) [F1(12)&B1(8)] B0(8) B1(9) B0(9) B1(10) B0(10) B1(11) B0(11) B1(12) B0(12) W W W W W W\n";
+    "r0: F0(1) F0(2) F0(3) F0(4) F0(5) F0(6) F0(7) F1(1) F0(8) [F1(2)&B1(1)] [F0(9)&W] "
+    "[F1(3)&B1(2)] [F0(10)&W] [F1(4)&B1(3)] [F0(11)&W] [F1(5)&B1(4)+W] [F0(12)&B0(1)+W] "
+    "[F1(6)&B1(5)+W] B0(2) [F1(7)&B1(6)] B0(3) [F1(8)&B1(7)] B0(4) [F1(9)&B1(8)] B0(5) "
+    "[F1(10)&B1(9)] B0(6) [F1(11)&B1(10)] B0(7) [F1(12)&B1(11)] B0(8) B1(12) B0(9) W W B0(10) W W "
+    "B0(11) W W B0(12)\n"
+    "r1: F0(1) F0(2) F0(3) F0(4) F0(5) F1(1) F0(6) F1(2) [F0(7)&F0(8)] [F1(3)&B1(1)] [F0(9)&W] "
+    "[F1(4)&B1(2)] [F0(10)&W] [F1(5)&B1(3)+W] [F0(11)&B0(1)+W] [F1(6)&B1(4)+W] [F0(12)&B0(2)+W] "
+    "[F1(7)&B1(5)] B0(3) [F1(8)&B1(6)] B0(4) [F1(9)&B1(7)] B0(5) [F1(10)&B1(8)] B0(6) "
+    "[F1(11)&B1(9)] B0(7) [F1(12)&B1(10)] B0(8) B1(11) B0(9) B1(12) B0(10) W W B0(11) W W B0(12) W "
+    "W\n"
+    "r2: F0(1) F0(2) F0(3) F1(1) F0(4) F1(2) F0(5) F1(3) F0(6) [F0(7)&F0(8)] [F1(4)&B1(1)] "
+    "[F0(9)&W] [F1(5)&B1(2)+W] [F0(10)&B0(1)+W] [F1(6)&B1(3)+W] [F0(11)&B0(2)+W] [F1(7)&B1(4)+W] "
+    "[F0(12)&B0(3)] [F1(8)&B1(5)] B0(4) [F1(9)&B1(6)] B0(5) [F1(10)&B1(7)] B0(6) [F1(11)&B1(8)] "
+    "B0(7) [F1(12)&B1(9)] B0(8) B1(10) B0(9) B1(11) B0(10) B1(12) B0(11) W W B0(12) W W W W\n"
+    "r3: F0(1) F1(1) F0(2) F1(2) F0(3) F1(3) F0(4) F1(4) [F0(5)&F0(6)] [F0(7)&F0(8)] "
+    "[F1(5)&B1(1)+W] [F0(9)&B0(1)+W] [F1(6)&B1(2)+W] [F0(10)&B0(2)+W] [F1(7)&B1(3)+W] "
+    "[F0(11)&B0(3)+W] [F1(8)&B1(4)] [F0(12)&B0(4)] [F1(9)&B1(5)] B0(5) [F1(10)&B1(6)] B0(6) "
+    "[F1(11)&B1(7)] B0(7) [F1(12)&B1(8)] B0(8) B1(9) B0(9) B1(10) B0(10) B1(11) B0(11) B1(12) "
+    "B0(12) W W W W W W\n";
 
 TEST(StpGolden, P2M5MatchesTheReferenceListing) {
   EXPECT_EQ(notes_listing(make_stp(2, 5)), kStpP2M5);
@@ -89,17 +116,20 @@ TEST(StpGolden, TrailingWeightGradientsPopInFifoOrder) {
 
 // Closed-form per-rank totals of the reference (stp-notes §2.3), for every valid m.
 TEST(StpGolden, PerRankCountsFollowTheClosedForms) {
-  for (auto [p, m] : std::vector<std::pair<int, int>>{{1, 2}, {2, 5}, {2, 9}, {3, 8}, {4, 11}, {4, 12},
-                                                     {4, 16}, {4, 32}, {8, 23}, {8, 64}}) {
+  for (auto [p, m] : std::vector<std::pair<int, int>>{
+           {1, 2}, {2, 5}, {2, 9}, {3, 8}, {4, 11}, {4, 12}, {4, 16}, {4, 32}, {8, 23}, {8, 64}}) {
     const Program prog = make_stp(p, m);
     for (int r = 0; r < p; ++r) {
       std::map<std::string, int> n;
       for (const Instr& in : prog.ranks[r]) {
         if (!in.is_compute()) continue;
-        if (in.op == Op::kFB) ++n[in.parts[1].pass == Pass::kBW ? "FB full" : "FB zb"];
-        else ++n[to_string(in.op)];
+        if (in.op == Op::kFB)
+          ++n[in.parts[1].pass == Pass::kBW ? "FB full" : "FB zb"];
+        else
+          ++n[to_string(in.op)];
       }
-      const std::string at = "p=" + std::to_string(p) + " m=" + std::to_string(m) + " r=" + std::to_string(r);
+      const std::string at =
+          "p=" + std::to_string(p) + " m=" + std::to_string(m) + " r=" + std::to_string(r);
       EXPECT_EQ(n["F"], 2 * p + (r % 2 == 0 ? 1 : 0)) << at;
       EXPECT_EQ(n["FF"], (r + 1) / 2) << at;
       EXPECT_EQ(n["FW"], p - r - 1) << at;
@@ -132,8 +162,10 @@ TEST(BaselineGolden, InterleavedOneFOneBFollowsMegatronsTable) {
   const Program prog = make_1f1b_interleaved(2, 4, 2);
   EXPECT_EQ(prog.stage_rank, (std::vector<int>{0, 1, 0, 1}));
   EXPECT_EQ(to_text(prog, true),
-            "r0: F0[0] F0[1] F1[0] F1[1] F0[2] BW1[0] F0[3] BW1[1] F1[2] BW0[0] F1[3] BW0[1] BW1[2] BW1[3] BW0[2] BW0[3]\n"
-            "r1: F0[0] F0[1] F1[0] BW1[0] F1[1] BW1[1] F0[2] BW0[0] F0[3] BW0[1] F1[2] BW1[2] F1[3] BW1[3] BW0[2] BW0[3]\n");
+            "r0: F0[0] F0[1] F1[0] F1[1] F0[2] BW1[0] F0[3] BW1[1] F1[2] BW0[0] F1[3] BW0[1] "
+            "BW1[2] BW1[3] BW0[2] BW0[3]\n"
+            "r1: F0[0] F0[1] F1[0] BW1[0] F1[1] BW1[1] F0[2] BW0[0] F0[3] BW0[1] F1[2] BW1[2] "
+            "F1[3] BW1[3] BW0[2] BW0[3]\n");
 }
 
 TEST(BaselineGolden, ZeroBubbleH1DefersRWeightGradientsOnRankR) {
@@ -145,8 +177,10 @@ TEST(BaselineGolden, ZeroBubbleH1DefersRWeightGradientsOnRankR) {
 
 TEST(BaselineGolden, ZeroBubbleVFollowsPyTorchsPhases) {
   EXPECT_EQ(to_text(make_zb_v(2, 4), true),
-            "r0: F0[0] F0[1] F0[2] F1[0] B1[0] W1[0] F1[1] B1[1] W1[1] F0[3] B0[0] W0[0] F1[2] B1[2] W1[2] B0[1] W0[1] F1[3] B1[3] W1[3] B0[2] W0[2] B0[3] W0[3]\n"
-            "r1: F0[0] F1[0] F0[1] F1[1] B1[0] W1[0] F0[2] B0[0] W0[0] F1[2] B1[1] W1[1] F0[3] B0[1] W0[1] F1[3] B1[2] W1[2] B0[2] B1[3] B0[3] W0[2] W1[3] W0[3]\n");
+            "r0: F0[0] F0[1] F0[2] F1[0] B1[0] W1[0] F1[1] B1[1] W1[1] F0[3] B0[0] W0[0] F1[2] "
+            "B1[2] W1[2] B0[1] W0[1] F1[3] B1[3] W1[3] B0[2] W0[2] B0[3] W0[3]\n"
+            "r1: F0[0] F1[0] F0[1] F1[1] B1[0] W1[0] F0[2] B0[0] W0[0] F1[2] B1[1] W1[1] F0[3] "
+            "B0[1] W0[1] F1[3] B1[2] W1[2] B0[2] B1[3] B0[3] W0[2] W1[3] W0[3]\n");
 }
 
 std::vector<int> microbatch_spread(Kind k, int p) {
@@ -221,6 +255,29 @@ TEST(Generators, RejectBadArgumentsNamingValueAndRange) {
   EXPECT_EQ(min_microbatches(Kind::kSTP, 4), 8);
   EXPECT_EQ(min_microbatches(Kind::k1F1BInterleaved, 4), 4);
   EXPECT_FALSE(accepts_microbatches(Kind::k1F1BInterleaved, 4, 6));
+}
+
+// Every default m comes from min_microbatches (stp verify asks for at least 4, stp plan for
+// 3p-1 with stp): for every kind and p it is one make() takes, and no smaller m >= at_least is.
+TEST(Generators, MinMicrobatchesIsTheSmallestAcceptedForEveryKindAndP) {
+  for (Kind k : all_kinds()) {
+    for (int p = 1; p <= 8; ++p) {
+      for (int at_least : {1, 4, 3 * p - 1}) {
+        const int m = min_microbatches(k, p, 0, at_least);
+        SCOPED_TRACE(str_cat(to_string(k), " p=", p, " at_least=", at_least, " m=", m));
+        EXPECT_GE(m, at_least);
+        EXPECT_TRUE(accepts_microbatches(k, p, m));
+        EXPECT_EQ(find_error(make(k, p, m)), "");
+        for (int smaller = at_least; smaller < m; ++smaller) {
+          EXPECT_FALSE(accepts_microbatches(k, p, smaller)) << "m=" << smaller;
+          EXPECT_THROW(make(k, p, smaller), std::invalid_argument) << "m=" << smaller;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(min_microbatches(Kind::k1F1BInterleaved, 3, 0, 4), 6);  // issue 11: not 4
+  EXPECT_EQ(min_microbatches(Kind::kSTP, 3, 0, 4), 6);
+  EXPECT_EQ(min_microbatches(Kind::kZBV, 3, 0, 4), 4);
 }
 
 // 2p <= m < 3p-1, where the reference breaks: valid, every microbatch exactly once, and a

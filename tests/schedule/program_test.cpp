@@ -25,7 +25,8 @@ TEST(ProgramText, InstructionsPrintCompactly) {
   EXPECT_EQ(to_string(compute(Op::kFB, {{Pass::kF, 0, 0, 4}, {Pass::kB, 1, 5, 2}})),
             "FB(F0[4],B1[2])");
   EXPECT_EQ(to_string(compute(Op::kFF, {{Pass::kF, 0, 1, 2}, {Pass::kF, 0, 1, 3}})), "FF0[2,3]");
-  EXPECT_EQ(to_string(compute(Op::kFW, {{Pass::kF, 0, 0, 8}, {Pass::kW, 1, 7, 0}})), "FW0[8]/W1[0]");
+  EXPECT_EQ(to_string(compute(Op::kFW, {{Pass::kF, 0, 0, 8}, {Pass::kW, 1, 7, 0}})),
+            "FW0[8]/W1[0]");
   EXPECT_EQ(to_string(comm(Op::kSendF, {Pass::kF, 0, 2, 3}, 1)), "SEND_F s2 mb3 ->1");
   EXPECT_EQ(to_string(comm(Op::kRecvB, {Pass::kF, 1, 4, 3}, 2)), "RECV_B s4 mb3 <-2");
   EXPECT_EQ(to_string(comm(Op::kOffload, {Pass::kF, 0, 0, 5})), "OFFLOAD c0 mb5");
@@ -33,7 +34,8 @@ TEST(ProgramText, InstructionsPrintCompactly) {
 }
 
 TEST(ProgramText, NamesRoundTripAndUnknownNamesAreRejected) {
-  for (Pass p : {Pass::kF, Pass::kB, Pass::kW, Pass::kBW}) EXPECT_EQ(pass_from_string(to_string(p)), p);
+  for (Pass p : {Pass::kF, Pass::kB, Pass::kW, Pass::kBW})
+    EXPECT_EQ(pass_from_string(to_string(p)), p);
   for (Op o : {Op::kF, Op::kB, Op::kW, Op::kBW, Op::kFF, Op::kFB, Op::kFW, Op::kSendF, Op::kRecvF,
                Op::kSendB, Op::kRecvB, Op::kOffload, Op::kReload})
     EXPECT_EQ(op_from_string(to_string(o)), o);
@@ -42,7 +44,8 @@ TEST(ProgramText, NamesRoundTripAndUnknownNamesAreRejected) {
     op_from_string("FBW");
     FAIL() << "op_from_string accepted FBW";
   } catch (const std::invalid_argument& e) {
-    EXPECT_NE(std::string(e.what()).find("'FBW' is not one of F, B"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("'FBW' is not one of F, B"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -140,13 +143,18 @@ TEST(ProgramJson, ErrorsNameTheFirstBadField) {
   expect_json_error(head + R"("ranks": [[], []]})", "ranks has 2 lists but p=1");
   expect_json_error(head + R"("ranks": [[{"op": "FX", "parts": []}]]})",
                     "ranks[0][0].op: op 'FX' is not one of");
-  expect_json_error(head + R"("ranks": [[{"op": "F", "parts": [{"pass": "Q", "chunk": 0, "stage": 0, "mb": 0}]}]]})",
-                    "ranks[0][0].parts[0].pass: pass 'Q'");
-  expect_json_error(head + R"("ranks": [[{"op": "F", "parts": [{"pass": "F", "chunk": 0, "stage": 0, "mb": 0.5}]}]]})",
-                    "ranks[0][0].parts[0].mb must be an integer");
+  expect_json_error(
+      head +
+          R"("ranks": [[{"op": "F", "parts": [{"pass": "Q", "chunk": 0, "stage": 0, "mb": 0}]}]]})",
+      "ranks[0][0].parts[0].pass: pass 'Q'");
+  expect_json_error(
+      head +
+          R"("ranks": [[{"op": "F", "parts": [{"pass": "F", "chunk": 0, "stage": 0, "mb": 0.5}]}]]})",
+      "ranks[0][0].parts[0].mb must be an integer");
   expect_json_error(head + R"("ranks": [[{"op": "SEND_F", "parts": []}]]})", "has no \"ref\"");
   expect_json_error(head + R"("ranks": [[]]})", "stage 0 appears in no part");
-  expect_json_error(R"({"kind": "x", "p": 0, "m": 1, "stages": 1, "ranks": []})", "p=0 must be >= 1");
+  expect_json_error(R"({"kind": "x", "p": 0, "m": 1, "stages": 1, "ranks": []})",
+                    "p=0 must be >= 1");
   expect_json_error("{\"kind\": \"x\",", "JSON: ");
   expect_json_error("[1, 2] x", "trailing characters");
 }

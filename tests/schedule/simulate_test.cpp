@@ -128,12 +128,12 @@ TEST(CostModel, ChargesEachInstructionKind) {
   const Part f{Pass::kF, 0, 0, 0}, f2{Pass::kF, 0, 0, 1}, b{Pass::kB, 0, 0, 1},
       bw{Pass::kBW, 0, 0, 1}, w{Pass::kW, 0, 0, 1};
   auto cost = [&](Op op, std::vector<Part> parts) { return instr_cost(compute(op, parts), c); };
-  EXPECT_DOUBLE_EQ(cost(Op::kF, {f}).duration, 1.75);        // AR exposed
-  EXPECT_DOUBLE_EQ(cost(Op::kB, {b}).exposed_tp, 0.75);      // AR exposed
+  EXPECT_DOUBLE_EQ(cost(Op::kF, {f}).duration, 1.75);    // AR exposed
+  EXPECT_DOUBLE_EQ(cost(Op::kB, {b}).exposed_tp, 0.75);  // AR exposed
   EXPECT_DOUBLE_EQ(cost(Op::kBW, {bw}).busy, 2.5);
-  EXPECT_DOUBLE_EQ(cost(Op::kBW, {bw}).exposed_tp, 0.25);    // W covers 0.5 of 0.75
+  EXPECT_DOUBLE_EQ(cost(Op::kBW, {bw}).exposed_tp, 0.25);  // W covers 0.5 of 0.75
   EXPECT_DOUBLE_EQ(cost(Op::kW, {w}).duration, 0.5);
-  EXPECT_DOUBLE_EQ(cost(Op::kFB, {f, b}).duration, 3.0);     // braided: nothing exposed
+  EXPECT_DOUBLE_EQ(cost(Op::kFB, {f, b}).duration, 3.0);  // braided: nothing exposed
   EXPECT_DOUBLE_EQ(cost(Op::kFB, {f, bw}).duration, 3.5);
   EXPECT_DOUBLE_EQ(cost(Op::kFF, {f, f2}).duration, 2.0);
   EXPECT_DOUBLE_EQ(cost(Op::kFW, {f, w}).exposed_tp, 0.25);  // W (0.5) covers part of F's AR
@@ -266,10 +266,14 @@ Program offload_program() {
   Program prog = compute_only(make_1f1b(1, 3));
   const Part s0{Pass::kF, 0, 0, 0};
   auto part = [](Pass pass, int mb) { return Part{pass, 0, 0, mb}; };
-  prog.ranks[0] = {compute(Op::kF, {part(Pass::kF, 0)}),   comm(Op::kOffload, s0),
-                   compute(Op::kF, {part(Pass::kF, 1)}),   compute(Op::kF, {part(Pass::kF, 2)}),
-                   compute(Op::kBW, {part(Pass::kBW, 2)}), compute(Op::kBW, {part(Pass::kBW, 1)}),
-                   comm(Op::kReload, s0),                  compute(Op::kBW, {part(Pass::kBW, 0)})};
+  prog.ranks[0] = {compute(Op::kF, {part(Pass::kF, 0)}),
+                   comm(Op::kOffload, s0),
+                   compute(Op::kF, {part(Pass::kF, 1)}),
+                   compute(Op::kF, {part(Pass::kF, 2)}),
+                   compute(Op::kBW, {part(Pass::kBW, 2)}),
+                   compute(Op::kBW, {part(Pass::kBW, 1)}),
+                   comm(Op::kReload, s0),
+                   compute(Op::kBW, {part(Pass::kBW, 0)})};
   return prog;
 }
 
@@ -290,8 +294,8 @@ TEST(Offload, CopiesTakeHostBandwidthAndTheBackwardWaitsForItsReload) {
   // Resident: 100 @1, swap @2 (set 0 leaves as set 1 arrives), 200 @3, 100 @5, swap @7, 0 @10.
   EXPECT_EQ(s.ranks[0].peak_sets, 2);
   EXPECT_DOUBLE_EQ(s.ranks[0].peak_bytes, 200.0);
-  const std::vector<std::tuple<double, double, int>> want = {
-      {1, 100, 1}, {2, 100, 1}, {3, 200, 2}, {5, 100, 1}, {7, 100, 1}, {10, 0, 0}};
+  const std::vector<std::tuple<double, double, int>> want = {{1, 100, 1}, {2, 100, 1}, {3, 200, 2},
+                                                             {5, 100, 1}, {7, 100, 1}, {10, 0, 0}};
   ASSERT_EQ(s.ranks[0].memory.size(), want.size());
   for (std::size_t i = 0; i < want.size(); ++i) {
     EXPECT_DOUBLE_EQ(s.ranks[0].memory[i].time, std::get<0>(want[i])) << i;

@@ -19,7 +19,8 @@ namespace {
 
 int count(const std::string& text, const std::string& needle) {
   int n = 0;
-  for (std::size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  for (std::size_t at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1))
+    ++n;
   return n;
 }
 
@@ -52,8 +53,10 @@ TEST(ChromeTrace, IsJsonWithASlicePerEventAndWaitsSplitOut) {
     ASSERT_EQ(ph, "X");
     ASSERT_TRUE(ev.find("ts") && ev.find("dur") && ev.find("pid") && ev.find("tid"));
     EXPECT_GE(ev.find("dur")->number, 0);
-    if (ev.find("cat")->string == "wait") ++waits;
-    else ++slices;
+    if (ev.find("cat")->string == "wait")
+      ++waits;
+    else
+      ++slices;
     if (ev.find("name")->string == "BW0[0]" && ev.find("pid")->number == 1) {
       // rank 0's BW0[0]: the gradient arrives at 5.0 s -> 5e6 us, runs 2 s.
       saw_bw = true;
@@ -63,13 +66,13 @@ TEST(ChromeTrace, IsJsonWithASlicePerEventAndWaitsSplitOut) {
   }
   EXPECT_TRUE(saw_bw);
   EXPECT_EQ(slices, static_cast<int>(tl.events.size()));
-  EXPECT_GT(waits, 0);  // rank 1 waits for activations, rank 0 for gradients
+  EXPECT_GT(waits, 0);     // rank 1 waits for activations, rank 0 for gradients
   EXPECT_EQ(meta, 2 * 6);  // per rank: process name, sort index, four thread names
 }
 
 TEST(ChromeTrace, StacksSeveralTimelinesAsSeparateProcesses) {
-  const json::Value doc = json::parse(
-      to_chrome_trace({simulated(make_1f1b(2, 2)), simulated(make_stp(2, 4))}));
+  const json::Value doc =
+      json::parse(to_chrome_trace({simulated(make_1f1b(2, 2)), simulated(make_stp(2, 4))}));
   int names = 0;
   for (const json::Value& ev : doc.find("traceEvents")->array)
     if (ev.find("name")->string == "process_name") {
@@ -83,7 +86,8 @@ TEST(Svg, DrawsRanksBraidsLabelsAndExposedTp) {
   const std::string svg = to_svg(simulated(make_stp(4, 12)));
   EXPECT_EQ(svg.rfind("<svg xmlns=\"http://www.w3.org/2000/svg\"", 0), 0u);
   EXPECT_EQ(svg.substr(svg.size() - 7), "</svg>\n");
-  for (int r = 0; r < 4; ++r) EXPECT_NE(svg.find(">r" + std::to_string(r) + "</text>"), std::string::npos);
+  for (int r = 0; r < 4; ++r)
+    EXPECT_NE(svg.find(">r" + std::to_string(r) + "</text>"), std::string::npos);
   EXPECT_NE(svg.find(">stp p=4 m=12</text>"), std::string::npos);
   // Every FF/FB/FW of the program is an outlined pair; every other compute a plain block.
   int braids = 0, blocks = 0;
@@ -97,10 +101,10 @@ TEST(Svg, DrawsRanksBraidsLabelsAndExposedTp) {
   EXPECT_EQ(count(svg, "<g class=\"block\">"), blocks);
   EXPECT_EQ(count(svg, "<g "), count(svg, "</g>"));
   EXPECT_NE(svg.find("<title>FB1[1,0]</title>"), std::string::npos);
-  EXPECT_NE(svg.find("#a6d96a"), std::string::npos);  // F of chunk 1 is the light green
-  EXPECT_NE(svg.find("#bdbdbd"), std::string::npos);  // exposed TP of standalone forwards
+  EXPECT_NE(svg.find("#a6d96a"), std::string::npos);     // F of chunk 1 is the light green
+  EXPECT_NE(svg.find("#bdbdbd"), std::string::npos);     // exposed TP of standalone forwards
   EXPECT_NE(svg.find(">11</text>"), std::string::npos);  // microbatch numbers (0-based)
-  EXPECT_EQ(count(svg, "class=\"offload\""), 0);       // no copies, no transfer rows
+  EXPECT_EQ(count(svg, "class=\"offload\""), 0);         // no copies, no transfer rows
   EXPECT_EQ(count(svg, ">copy</text>"), 0);
 }
 

@@ -50,8 +50,10 @@ TEST(Verify, AcceptsValidProgramsAndThrowsWithTheKindOnInvalidOnes) {
 TEST(Verify, RejectsAMissingW) {
   Program prog = make_zb_v(2, 3);
   auto& list = prog.ranks[1];
-  list.erase(std::find_if(list.rbegin(), list.rend(), [](const Instr& in) { return in.op == Op::kW; })
-                 .base() - 1);
+  list.erase(
+      std::find_if(list.rbegin(), list.rend(), [](const Instr& in) { return in.op == Op::kW; })
+          .base() -
+      1);
   expect_error(prog, "never runs W of stage");
   expect_error(prog, "(missing W)");
 }
@@ -98,8 +100,9 @@ TEST(Verify, RejectsMismatchedSendOrderOnAChannel) {
   const std::size_t send0 = find(prog, 0, "SEND_F s0 mb0 ->1");
   const std::size_t send1 = find(prog, 0, "SEND_F s0 mb1 ->1");
   move(prog, 0, send0, send1);
-  expect_error(prog, "rank 1 instr 0 (RECV_F s1 mb0 <-0): mismatched send order on channel 0->1: "
-                     "the next message sent there is SEND_F s0 mb1");
+  expect_error(prog,
+               "rank 1 instr 0 (RECV_F s1 mb0 <-0): mismatched send order on channel 0->1: "
+               "the next message sent there is SEND_F s0 mb1");
 }
 
 TEST(Verify, RejectsADeadlock) {
@@ -107,13 +110,15 @@ TEST(Verify, RejectsADeadlock) {
   // Rank 0 waits for the gradient before sending the activation that produces it.
   const std::size_t recv = find(prog, 0, "RECV_B s0 mb0 <-1");
   move(prog, 0, recv, 0);
-  expect_error(prog, "deadlock: rank 0 instr 0 (RECV_B s0 mb0 <-1) waits for rank 1; "
-                     "rank 1 instr 0 (RECV_F s1 mb0 <-0) waits for rank 0");
+  expect_error(prog,
+               "deadlock: rank 0 instr 0 (RECV_B s0 mb0 <-1) waits for rank 1; "
+               "rank 1 instr 0 (RECV_F s1 mb0 <-0) waits for rank 0");
 }
 
 TEST(Verify, RejectsAComputeWithoutItsReceive) {
   Program prog = make_1f1b(2, 1);
-  prog.ranks[1].erase(prog.ranks[1].begin() + static_cast<std::ptrdiff_t>(find(prog, 1, "RECV_F s1 mb0 <-0")));
+  prog.ranks[1].erase(prog.ranks[1].begin() +
+                      static_cast<std::ptrdiff_t>(find(prog, 1, "RECV_F s1 mb0 <-0")));
   expect_error(prog, "F of stage 1 mb 0 has no RECV_F of its input before it");
 }
 
@@ -173,8 +178,9 @@ Program with_offload(int reload_at) {
 
 TEST(Verify, ChecksOffloadAndReload) {
   EXPECT_EQ(find_error(with_offload(2)), "");
-  expect_error(with_offload(-1),
-               "backward of stage 0 mb 0 while its activations are offloaded (no RELOAD before it)");
+  expect_error(
+      with_offload(-1),
+      "backward of stage 0 mb 0 while its activations are offloaded (no RELOAD before it)");
   expect_error(with_offload(4), "while its activations are offloaded");
 
   Program early = compute_only(make_1f1b(1, 1));
@@ -182,11 +188,13 @@ TEST(Verify, ChecksOffloadAndReload) {
   expect_error(early, "offloads stage 0 mb 0 before its F");
 
   Program reload_only = compute_only(make_1f1b(1, 1));
-  reload_only.ranks[0].insert(reload_only.ranks[0].begin() + 1, comm(Op::kReload, {Pass::kF, 0, 0, 0}));
+  reload_only.ranks[0].insert(reload_only.ranks[0].begin() + 1,
+                              comm(Op::kReload, {Pass::kF, 0, 0, 0}));
   expect_error(reload_only, "reloads stage 0 mb 0 which is not offloaded");
 
   Program bad_chunk = compute_only(make_1f1b(1, 1));
-  bad_chunk.ranks[0].insert(bad_chunk.ranks[0].begin() + 1, comm(Op::kOffload, {Pass::kF, 3, 0, 0}));
+  bad_chunk.ranks[0].insert(bad_chunk.ranks[0].begin() + 1,
+                            comm(Op::kOffload, {Pass::kF, 3, 0, 0}));
   expect_error(bad_chunk, "rank 0 has no chunk 3");
 }
 

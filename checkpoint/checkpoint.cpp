@@ -1,0 +1,399 @@
+#include "checkpoint/checkpoint.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "common/check.h"
+
+namespace stp::checkpoint {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr int kMaxKeepLast = 1'000'000;
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kTmpSuffix = ".tmp";
+
+[[noreturn]] void throw_errno(const std::string& what) {
+  throw std::runtime_error(str_cat(what, ": ", std::strerror(errno)));
+}
+
+void fsync_dir(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw_errno("opening folder " + dir.string());
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  errno = err;
+  if (rc != 0 && errno != EINVAL) throw_errno("fsync folder " + dir.string());
+}
+
+// Writes `text` to path.part, fsyncs it and renames it to `path`.
+void write_file_atomic(const fs::path& path, const std::string& text) {
+  const fs::path part = path.string() + ".part";
+  const int fd = ::open(part.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw_errno("creating " + part.string());
+  std::size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t w = ::write(fd, text.data() + done, text.size() - done);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) {
+      const int err = errno;
+      ::close(fd);
+      errno = err;
+      throw_errno("writing " + part.string());
+    }
+    done += static_cast<std::size_t>(w);
+  }
+  if (::fsync(fd) != 0) {
+    const int err = errno;
+    ::close(fd);
+    errno = err;
+    throw_errno("fsync " + part.string());
+  }
+  ::close(fd);
+  fs::rename(part, path);
+}
+
+// Note [No std::filesystem::remove_all]
+// libtorch.so exports its own copy of std::filesystem's free functions (from the older libstdc++
+// it was built with), and the dynamic linker binds ours to it. Its remove_all crashes (a call
+// through a null pointer), so trees are removed with POSIX nftw instead.
+int remove_entry(const char* path, const struct stat*, int, struct FTW*) { return ::remove(path); }
+
+void remove_tree(const fs::path& path) {
+  if (::nftw(path.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0 && errno != ENOENT) {
+    throw_errno("removing " + path.string());
+  }
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  STP_CHECK(in.good(), path.string(), ": cannot open");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return std::move(ss).str();
+}
+
+std::string hex64(std::uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+std::string shard_name(int rank) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "rank_%05d.safetensors", rank);
+  return buf;
+}
+
+// The step of a folder named step_<digits>, or -1.
+std::int64_t parse_step(const std::string& name) {
+  if (name.size() <= 5 || name.size() > 5 + 18 || name.compare(0, 5, "step_") != 0) return -1;
+  std::int64_t step = 0;
+  for (std::size_t i = 5; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    step = step * 10 + (name[i] - '0');
+  }
+  return step;
+}
+
+nlohmann::json layout_json(const CheckpointLayout& l) {
+  return {{"dp", l.dp},
+          {"pp", l.pp},
+          {"tp", l.tp},
+          {"world", l.world},
+          {"schedule", l.schedule},
+          {"microbatches", l.microbatches}};
+}
+
+template <typename T>
+T field(const nlohmann::json& j, const char* key, const std::string& where) {
+  STP_CHECK(j.is_object() && j.contains(key), where, ": missing field '", key, "'");
+  try {
+    return j.at(key).get<T>();
+  } catch (const nlohmann::json::exception&) {
+    STP_CHECK(false, where, ": field '", key, "' has the wrong type: ", j.at(key).dump());
+  }
+  return T{};
+}
+
+// Appends "model.a.b=X in checkpoint, Y in this run" for every leaf that differs.
+void diff_json(const std::string& path, const nlohmann::json& saved, const nlohmann::json& now,
+               std::vector<std::string>& out) {
+  if (saved.is_object() && now.is_object()) {
+    std::vector<std::string> keys;
+    for (auto it = saved.begin(); it != saved.end(); ++it) keys.push_back(it.key());
+    for (auto it = now.begin(); it != now.end(); ++it)
+      if (!saved.contains(it.key())) keys.push_back(it.key());
+    for (const std::string& k : keys) {
+      const std::string sub = path + "." + k;
+      if (!saved.contains(k)) {
+        out.push_back(str_cat(sub, " absent in checkpoint, ", now[k].dump(), " in this run"));
+      } else if (!now.contains(k)) {
+        out.push_back(str_cat(sub, "=", saved[k].dump(), " in checkpoint, absent in this run"));
+      } else {
+        diff_json(sub, saved[k], now[k], out);
+      }
+    }
+  } else if (saved != now) {
+    out.push_back(str_cat(path, "=", saved.dump(), " in checkpoint, ", now.dump(), " in this run"));
+  }
+}
+
+// Deletes a checkpoint folder so that a crash midway leaves only an ignored *.tmp folder.
+void remove_checkpoint(const fs::path& dir) {
+  const fs::path doomed = dir.string() + ".old" + kTmpSuffix;  // never the name save() writes
+  remove_tree(doomed);
+  fs::rename(dir, doomed);
+  remove_tree(doomed);
+}
+
+}  // namespace
+
+std::string checkpoint_dir_name(std::int64_t step) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "step_%06lld", static_cast<long long>(step));
+  return buf;
+}
+
+CheckpointWriter::CheckpointWriter(const CheckpointOptions& options, int rank, int world,
+                                   std::function<void()> barrier)
+    : options_(options), rank_(rank), world_(world), barrier_(std::move(barrier)) {
+  STP_CHECK(!options_.dir.empty(), "checkpoint dir must not be empty");
+  STP_CHECK(world_ >= 1 && world_ <= 99999, "checkpoint world=", world_, " must be in [1, 99999]");
+  STP_CHECK(rank_ >= 0 && rank_ < world_, "checkpoint rank=", rank_,
+            " must be in [0, world=", world_, ")");
+  STP_CHECK(options_.keep_last >= 1 && options_.keep_last <= kMaxKeepLast,
+            "checkpoint keep_last=", options_.keep_last, " must be in [1, ", kMaxKeepLast, "]");
+  STP_CHECK(static_cast<bool>(barrier_), "checkpoint barrier function is empty");
+}
+
+std::string CheckpointWriter::save(std::int64_t step, const TensorMap& tensors,
+                                   const CheckpointInfo& info) {
+  STP_CHECK(step >= 0, "checkpoint step=", step, " must be >= 0");
+  STP_CHECK(info.layout.world == world_, "checkpoint layout world=", info.layout.world,
+            " differs from the writer's world=", world_);
+  STP_CHECK(info.model.is_object(), "checkpoint model config must be a JSON object, got ",
+            info.model.dump());
+  const fs::path root(options_.dir);
+  const fs::path final_dir = root / checkpoint_dir_name(step);
+  const fs::path tmp_dir = root / (checkpoint_dir_name(step) + kTmpSuffix);
+
+  // Phase 1: rank 0 prepares an empty temporary folder.
+  if (rank_ == 0) {
+    fs::create_directories(root);
+    remove_tree(tmp_dir);
+    fs::create_directory(tmp_dir);
+  }
+  barrier_();
+
+  // Phase 2: every rank writes its shard and its .sum (size and checksum) atomically.
+  const std::string name = shard_name(rank_);
+  const StringMap metadata = {{"format", "stp-checkpoint"},
+                              {"step", std::to_string(step)},
+                              {"rank", std::to_string(rank_)},
+                              {"world", std::to_string(world_)}};
+  const fs::path shard = tmp_dir / name;
+  const FileDigest digest = write_safetensors(shard.string() + ".part", tensors, metadata);
+  fs::rename(shard.string() + ".part", shard);
+  const nlohmann::json sum = {{"bytes", digest.bytes}, {"xxh64", hex64(digest.xxh64)}};
+  write_file_atomic(tmp_dir / (name + ".sum"), sum.dump());
+  barrier_();
+
+  // Phase 3: rank 0 checks every shard, writes the manifest last and publishes the folder.
+  if (rank_ == 0) {
+    nlohmann::json files = nlohmann::json::array();
+    for (int r = 0; r < world_; ++r) {
+      const std::string rname = shard_name(r);
+      const fs::path sum_path = tmp_dir / (rname + ".sum");
+      STP_CHECK(fs::exists(sum_path), "checkpoint step ", step, ": rank ", r,
+                " did not write its shard (", sum_path.string(), " missing)");
+      const nlohmann::json s = nlohmann::json::parse(read_text(sum_path));
+      const auto bytes = field<std::int64_t>(s, "bytes", sum_path.string());
+      const auto on_disk = static_cast<std::int64_t>(fs::file_size(tmp_dir / rname));
+      STP_CHECK(on_disk == bytes, "checkpoint step ", step, ": ", rname, " has ", on_disk,
+                " bytes on disk but its rank wrote ", bytes);
+      files.push_back({{"name", rname},
+                       {"rank", r},
+                       {"bytes", bytes},
+                       {"xxh64", field<std::string>(s, "xxh64", sum_path.string())}});
+    }
+    const nlohmann::json manifest = {
+        {"format", "stp-checkpoint"},
+        {"format_version", kCheckpointFormatVersion},
+        {"step", step},
+        {"created_unix", static_cast<std::int64_t>(std::time(nullptr))},
+        {"layout", layout_json(info.layout)},
+        {"model", info.model},
+        {"data", info.data},
+        {"extra", info.extra},
+        {"checksum", "xxh64"},
+        {"files", files}};
+    write_file_atomic(tmp_dir / kManifest, manifest.dump(2) + "\n");
+    for (int r = 0; r < world_; ++r) fs::remove(tmp_dir / (shard_name(r) + ".sum"));
+    fsync_dir(tmp_dir);
+    if (fs::exists(final_dir)) remove_checkpoint(final_dir);  // re-saving the same step
+    fs::rename(tmp_dir, final_dir);
+    fsync_dir(root);
+
+    // Retention: this checkpoint plus the keep_last-1 newest others; stale *.tmp folders go too.
+    std::vector<std::string> complete = list_complete(root.string());
+    std::erase(complete, final_dir.string());
+    const std::size_t keep_others = static_cast<std::size_t>(options_.keep_last - 1);
+    for (std::size_t i = 0; i + keep_others < complete.size(); ++i) remove_checkpoint(complete[i]);
+    for (const fs::directory_entry& e : fs::directory_iterator(root)) {
+      const std::string n = e.path().filename().string();
+      if (e.is_directory() && n.starts_with("step_") && n.ends_with(kTmpSuffix)) {
+        remove_tree(e.path());
+      }
+    }
+  }
+  barrier_();
+  return final_dir.string();
+}
+
+Manifest read_manifest(const std::string& checkpoint) {
+  const fs::path path = fs::path(checkpoint) / kManifest;
+  const std::string where = path.string();
+  STP_CHECK(fs::exists(path), where, " does not exist (not a complete checkpoint)");
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(read_text(path));
+  } catch (const nlohmann::json::exception& e) {
+    STP_CHECK(false, where, " is not valid JSON: ", e.what());
+  }
+  STP_CHECK(j.is_object() && j.value("format", "") == "stp-checkpoint", where,
+            " is not an stp checkpoint manifest (\"format\" must be \"stp-checkpoint\")");
+  Manifest m;
+  m.format_version = field<int>(j, "format_version", where);
+  STP_CHECK(m.format_version >= 1 && m.format_version <= kCheckpointFormatVersion, where,
+            ": format_version=", m.format_version, " must be in [1, ", kCheckpointFormatVersion,
+            "] (written by a newer stp?)");
+  m.step = field<std::int64_t>(j, "step", where);
+  const std::string lw = where + " layout";
+  const nlohmann::json& l = j.contains("layout") ? j["layout"] : nlohmann::json();
+  m.info.layout = {field<int>(l, "dp", lw),
+                   field<int>(l, "pp", lw),
+                   field<int>(l, "tp", lw),
+                   field<int>(l, "world", lw),
+                   field<std::string>(l, "schedule", lw),
+                   field<int>(l, "microbatches", lw)};
+  m.info.model = field<nlohmann::json>(j, "model", where);
+  m.info.data = field<nlohmann::json>(j, "data", where);
+  m.info.extra = j.value("extra", nlohmann::json::object());
+  STP_CHECK(field<std::string>(j, "checksum", where) == "xxh64", where,
+            ": checksum kind must be \"xxh64\"");
+  const nlohmann::json files = field<nlohmann::json>(j, "files", where);
+  const int world = m.info.layout.world;
+  STP_CHECK(world >= 1 && files.is_array() && static_cast<int>(files.size()) == world, where,
+            ": needs one file per rank (world=", world, "), has ", files.size());
+  for (int r = 0; r < world; ++r) {
+    const nlohmann::json& f = files[static_cast<std::size_t>(r)];
+    CheckpointFile cf;
+    cf.name = field<std::string>(f, "name", where);
+    cf.rank = field<int>(f, "rank", where);
+    cf.bytes = field<std::int64_t>(f, "bytes", where);
+    const std::string hex = field<std::string>(f, "xxh64", where);
+    STP_CHECK(cf.rank == r && cf.name == shard_name(r), where, ": file ", r, " is '", cf.name,
+              "' of rank ", cf.rank, ", expected '", shard_name(r), "'");
+    STP_CHECK(hex.size() == 16 && hex.find_first_not_of("0123456789abcdef") == std::string::npos,
+              where, ": xxh64 of ", cf.name, " is '", hex, "', not 16 hex digits");
+    cf.xxh64 = std::stoull(hex, nullptr, 16);
+    m.files.push_back(cf);
+  }
+  return m;
+}
+
+std::vector<std::string> list_complete(const std::string& dir) {
+  std::vector<std::pair<std::int64_t, std::string>> found;
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return {};
+  for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
+    const std::int64_t step = parse_step(e.path().filename().string());
+    if (step < 0 || !e.is_directory()) continue;
+    try {
+      if (read_manifest(e.path().string()).step == step)
+        found.emplace_back(step, e.path().string());
+    } catch (const std::exception&) {
+      // Incomplete or foreign folder: not a checkpoint we can resume from.
+    }
+  }
+  std::sort(found.begin(), found.end());
+  std::vector<std::string> out;
+  for (auto& f : found) out.push_back(std::move(f.second));
+  return out;
+}
+
+std::optional<std::string> find_latest_complete(const std::string& dir) {
+  std::vector<std::string> all = list_complete(dir);
+  if (all.empty()) return std::nullopt;
+  return all.back();
+}
+
+void check_compatible(const Manifest& manifest, const CheckpointLayout& layout,
+                      const nlohmann::json& model) {
+  const CheckpointLayout& saved = manifest.info.layout;
+  std::string was, now;
+  auto cmp = [&](const char* key, const auto& a, const auto& b) {
+    if (a == b) return;
+    was += str_cat(was.empty() ? "" : " ", key, "=", a);
+    now += str_cat(now.empty() ? "" : " ", key, "=", b);
+  };
+  cmp("dp", saved.dp, layout.dp);
+  cmp("tp", saved.tp, layout.tp);
+  cmp("pp", saved.pp, layout.pp);
+  cmp("world", saved.world, layout.world);
+  cmp("schedule", saved.schedule, layout.schedule);
+  cmp("microbatches", saved.microbatches, layout.microbatches);
+  std::vector<std::string> diffs;
+  if (!was.empty()) diffs.push_back("checkpoint layout " + was + " differs from this run's " + now);
+  diff_json("model", manifest.info.model, model, diffs);
+  std::string msg;
+  for (const std::string& d : diffs) msg += (msg.empty() ? "" : "; ") + d;
+  STP_CHECK(diffs.empty(), "cannot resume from step ", manifest.step, ": ", msg);
+}
+
+TensorMap load_shard(const std::string& checkpoint, const Manifest& manifest, int rank) {
+  const int world = static_cast<int>(manifest.files.size());
+  STP_CHECK(rank >= 0 && rank < world, "checkpoint rank=", rank, " must be in [0, world=", world,
+            ")");
+  const CheckpointFile& f = manifest.files[static_cast<std::size_t>(rank)];
+  const fs::path path = fs::path(checkpoint) / f.name;
+  STP_CHECK(fs::exists(path), path.string(), " is missing: checkpoint incomplete");
+  const FileDigest d = digest_file(path.string());
+  STP_CHECK(d.bytes == f.bytes, f.name, " is ", d.bytes, " bytes, the manifest says ", f.bytes,
+            ": file truncated or corrupt (", checkpoint, ")");
+  STP_CHECK(d.xxh64 == f.xxh64, f.name, " checksum mismatch: file corrupt (xxh64 ", hex64(d.xxh64),
+            ", manifest ", hex64(f.xxh64), "; ", checkpoint, ")");
+  SafetensorsContents c = read_safetensors(path.string());
+  const auto it = c.metadata.find("rank");
+  STP_CHECK(it != c.metadata.end() && it->second == std::to_string(rank), f.name, " holds rank ",
+            it == c.metadata.end() ? "?" : it->second, ", expected ", rank);
+  return std::move(c.tensors);
+}
+
+LoadedCheckpoint load_checkpoint(const std::string& checkpoint, int rank,
+                                 const CheckpointLayout& layout, const nlohmann::json& model) {
+  LoadedCheckpoint out;
+  out.manifest = read_manifest(checkpoint);
+  check_compatible(out.manifest, layout, model);
+  out.tensors = load_shard(checkpoint, out.manifest, rank);
+  return out;
+}
+
+void verify_checkpoint(const std::string& checkpoint) {
+  const Manifest m = read_manifest(checkpoint);
+  for (int r = 0; r < static_cast<int>(m.files.size()); ++r) load_shard(checkpoint, m, r);
+}
+
+}  // namespace stp::checkpoint

@@ -1,0 +1,130 @@
+// Checkpoint: per-rank safetensors shards plus a manifest, written so that a checkpoint
+// directory is either complete and verified or absent.
+//
+// On disk (DIR is the run's checkpoint folder):
+//   DIR/step_000123/rank_00000.safetensors ... rank_<world-1>.safetensors
+//   DIR/step_000123/manifest.json   format version, step, layout, model config, data position,
+//                                   caller extras, and per shard file: name, bytes, XXH64.
+//
+// Note [Checkpoint atomicity]
+// save() is collective: every rank of the run calls it with the same step, and `barrier` (the
+// caller's, e.g. a world-group barrier with a timeout) orders the phases:
+//   1. rank 0 creates DIR/step_N.tmp/ (removing a leftover one)                  barrier
+//   2. each rank writes rank_R.safetensors.part, fsyncs it, renames it to rank_R.safetensors,
+//      and writes its size and checksum to rank_R.sum the same way                 barrier
+//   3. rank 0 checks that every shard exists with the size its rank reported, writes
+//      manifest.json (LAST, via .part + fsync + rename), removes the .sum files, fsyncs the
+//      folder, renames step_N.tmp -> step_N, fsyncs DIR, then prunes old checkpoints  barrier
+// A crash anywhere before the final rename leaves only a *.tmp folder, which readers ignore and
+// the next save of that step (or pruning) removes. The ranks must share DIR's file system.
+//
+// Thread-safety: a CheckpointWriter belongs to one rank's thread; the free functions may run on
+// any thread. Errors: std::invalid_argument for bad arguments and for corrupt or mismatched
+// checkpoints (the message names what differs), std::runtime_error for file-system failures.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "checkpoint/safetensors.h"
+
+namespace stp::checkpoint {
+
+constexpr int kCheckpointFormatVersion = 1;
+
+// How the run is split; a checkpoint only loads into the same layout.
+struct CheckpointLayout {
+  int dp = 1;            // data-parallel ranks
+  int pp = 1;            // pipeline stages (ranks)
+  int tp = 1;            // tensor-parallel ranks
+  int world = 1;         // dp * pp * tp
+  std::string schedule;  // schedule kind ("stp", "1f1b-i", ...): decides chunk placement
+  int microbatches = 1;  // per step
+  bool operator==(const CheckpointLayout&) const = default;
+};
+
+// What the caller stores beside the tensors (all ranks pass the same on save).
+struct CheckpointInfo {
+  CheckpointLayout layout;
+  nlohmann::json model = nlohmann::json::object();  // model config; must match on load
+  nlohmann::json data = nlohmann::json::object();   // data position (DataLoader::position_json)
+  nlohmann::json extra = nlohmann::json::object();  // anything else (optimizer settings, ...)
+};
+
+struct CheckpointFile {
+  std::string name;  // "rank_00003.safetensors"
+  int rank = 0;
+  std::int64_t bytes = 0;
+  std::uint64_t xxh64 = 0;  // written as "xxh64:<16 hex digits>"
+};
+
+struct Manifest {
+  int format_version = kCheckpointFormatVersion;
+  std::int64_t step = 0;
+  CheckpointInfo info;
+  std::vector<CheckpointFile> files;  // one per rank, in rank order
+};
+
+struct CheckpointOptions {
+  std::string dir;    // the run's checkpoint folder; created if missing
+  int keep_last = 3;  // complete checkpoints kept after a save, [1, 10^6]; older ones deleted
+};
+
+class CheckpointWriter {
+ public:
+  // REQUIRES: world >= 1, rank in [0, world), barrier callable, keep_last in range.
+  CheckpointWriter(const CheckpointOptions& options, int rank, int world,
+                   std::function<void()> barrier);
+
+  // Collective (Note [Checkpoint atomicity]). `tensors`: this rank's parameters and optimizer
+  // state, CPU and contiguous. `info` must be the same on every rank; info.layout.world must
+  // equal the writer's world. Returns the final checkpoint folder, DIR/step_<step>.
+  std::string save(std::int64_t step, const TensorMap& tensors, const CheckpointInfo& info);
+
+ private:
+  CheckpointOptions options_;
+  int rank_;
+  int world_;
+  std::function<void()> barrier_;
+};
+
+// "step_000123" (at least six digits).
+std::string checkpoint_dir_name(std::int64_t step);
+
+// The complete checkpoints in `dir` (folders named step_<digits> holding a manifest.json that
+// parses), newest step last. *.tmp folders and folders without a valid manifest are ignored.
+std::vector<std::string> list_complete(const std::string& dir);
+// The newest of list_complete(dir), or nullopt (also when `dir` does not exist).
+std::optional<std::string> find_latest_complete(const std::string& dir);
+
+// Reads and validates checkpoint/manifest.json (format version, fields, one file per rank).
+Manifest read_manifest(const std::string& checkpoint);
+
+// Throws std::invalid_argument naming every difference between the checkpoint and this run:
+// "checkpoint layout tp=2 pp=2 differs from this run's tp=1 pp=4", "model.n_layers=4 in
+// checkpoint, 6 in this run".
+void check_compatible(const Manifest& manifest, const CheckpointLayout& layout,
+                      const nlohmann::json& model);
+
+// Verifies one shard's size and checksum against the manifest, then reads it.
+TensorMap load_shard(const std::string& checkpoint, const Manifest& manifest, int rank);
+
+struct LoadedCheckpoint {
+  Manifest manifest;
+  TensorMap tensors;  // this rank's, CPU
+};
+// read_manifest + check_compatible + load_shard(rank).
+LoadedCheckpoint load_checkpoint(const std::string& checkpoint, int rank,
+                                 const CheckpointLayout& layout, const nlohmann::json& model);
+
+// Verifies every shard's size and checksum (for tools; load only checks its own rank's).
+void verify_checkpoint(const std::string& checkpoint);
+
+}  // namespace stp::checkpoint

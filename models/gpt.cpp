@@ -1,0 +1,331 @@
+// GptChunk construction and its three passes: the unit sequencing of Note [GPT units] (gpt.h).
+// The numeric work of each unit is in gpt_layers.cpp.
+#include "models/gpt.h"
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/zeros.h>
+
+#include <cmath>
+
+#include "common/check.h"
+#include "models/gpt_params.h"
+
+namespace stp::models {
+
+// ---- construction --------------------------------------------------------------------------
+
+GptChunk::GptChunk(const GptConfig& cfg, int stage, int stages, int tp_rank, int tp_size,
+                   at::Device device)
+    : cfg_(cfg), stage_(stage), stages_(stages), tp_rank_(tp_rank), tp_size_(tp_size) {
+  cfg_.validate_layout(stages, tp_size);
+  STP_CHECK(stage >= 0 && stage < stages, "stage=", stage, " is out of range [0, ", stages, ")");
+  STP_CHECK(tp_rank >= 0 && tp_rank < tp_size, "tp_rank=", tp_rank, " is out of range [0, ",
+            tp_size, ")");
+  layers_ = stage_layers(cfg_.n_layers, stage, stages);
+  heads_local_ = cfg_.n_heads / tp_size;
+
+  std::vector<ParamSpec> specs;
+  if (is_first_stage()) {
+    for (ParamSpec& s : gpt_param_specs(cfg_)) {
+      if (s.name == "wte" || s.name == "wpe") specs.push_back(std::move(s));
+    }
+  }
+  for (std::int64_t l = layers_.first; l < layers_.first + layers_.count; ++l) {
+    for (ParamSpec& s : gpt_layer_param_specs(cfg_, l)) specs.push_back(std::move(s));
+  }
+  if (is_last_stage()) {
+    for (ParamSpec& s : gpt_param_specs(cfg_)) {
+      if (s.name == "ln_f.w" || s.name == "ln_f.b" || s.name == "lm_head.w") {
+        specs.push_back(std::move(s));
+      }
+    }
+  }
+  // Gradients of bfloat16 parameters accumulate in float32 (chunk.h: Param::grad).
+  const at::ScalarType grad_dtype = cfg_.dtype == at::kBFloat16 ? at::kFloat : cfg_.dtype;
+  for (const ParamSpec& s : specs) {
+    engine::Param p;
+    p.name = s.name;
+    p.shard_dim = s.shard_dim;
+    p.decay = s.decay;
+    at::Tensor full = gpt_init_full(cfg_, s);
+    p.value = shard_of(full, s.shard_dim, tp_rank, tp_size)
+                  .to(device, cfg_.dtype, /*non_blocking=*/false, /*copy=*/true)
+                  .contiguous();
+    p.grad = at::zeros(p.value.sizes(), p.value.options().dtype(grad_dtype));
+    index_[p.name] = static_cast<int>(params_.size());
+    params_.push_back(std::move(p));
+  }
+
+  auto at_name = [&](const std::string& n) {
+    auto it = index_.find(n);
+    STP_ASSERT(it != index_.end(), "missing parameter ", n);
+    return it->second;
+  };
+  for (std::int64_t l = layers_.first; l < layers_.first + layers_.count; ++l) {
+    const std::string p = "layers." + std::to_string(l) + ".";
+    layer_params_.push_back({at_name(p + "ln1.w"), at_name(p + "ln1.b"), at_name(p + "attn.qkv.w"),
+                             at_name(p + "attn.qkv.b"), at_name(p + "attn.proj.w"),
+                             at_name(p + "attn.proj.b"), at_name(p + "ln2.w"), at_name(p + "ln2.b"),
+                             at_name(p + "mlp.fc1.w"), at_name(p + "mlp.fc1.b"),
+                             at_name(p + "mlp.fc2.w"), at_name(p + "mlp.fc2.b")});
+  }
+  if (is_first_stage()) {
+    wte_ = at_name("wte");
+    wpe_ = at_name("wpe");
+  }
+  if (is_last_stage()) {
+    lnf_w_ = at_name("ln_f.w");
+    lnf_b_ = at_name("ln_f.b");
+    head_w_ = at_name("lm_head.w");
+  }
+}
+
+void GptChunk::set_loss_scale(double scale) {
+  STP_CHECK(std::isfinite(scale) && scale > 0, "loss_scale=", scale, " must be finite and > 0");
+  loss_scale_ = scale;
+}
+
+engine::Param& GptChunk::param(const std::string& name) {
+  auto it = index_.find(name);
+  STP_CHECK(it != index_.end(), "parameter '", name, "' is not held by stage ", stage_, " (layers ",
+            layers_.first, "..", layers_.first + layers_.count - 1, ")");
+  return params_[it->second];
+}
+
+GptChunk::LayerNormRef GptChunk::ln1(std::int64_t l) const {
+  return {"layers." + std::to_string(l) + ".ln1", layer(l).ln1_w, layer(l).ln1_b};
+}
+GptChunk::LayerNormRef GptChunk::ln2(std::int64_t l) const {
+  return {"layers." + std::to_string(l) + ".ln2", layer(l).ln2_w, layer(l).ln2_b};
+}
+GptChunk::LayerNormRef GptChunk::ln_f() const { return {"ln_f", lnf_w_, lnf_b_}; }
+
+double GptChunk::loss(const engine::ActivationSet& set) const {
+  STP_ASSERT(is_last_stage(), "loss() on stage ", stage_, " of ", stages_);
+  return set.get("loss").item<double>();
+}
+
+std::vector<std::int64_t> GptChunk::input_shape(std::int64_t batch) const {
+  return {batch, cfg_.seq_len, cfg_.d_model};
+}
+
+// ---- passes ----------------------------------------------------------------------------------
+
+namespace {
+
+std::string layer_unit_name(const char* block, const char* pass, std::int64_t l) {
+  return std::string(block) + "-" + pass + "(" + std::to_string(l) + ")";
+}
+
+}  // namespace
+
+// Forward: unit 2i = attn-F(first+i), 2i+1 = mlp-F(first+i). x_ is the residual stream: the
+// tensor the previous unit returned, summed over the TP group in place by the executor.
+class GptForwardPass final : public engine::Pass {
+ public:
+  GptForwardPass(GptChunk& c, engine::ActivationSet& s, at::Tensor tokens, at::Tensor targets,
+                 at::Tensor input)
+      : c_(c),
+        s_(s),
+        tokens_(std::move(tokens)),
+        targets_(std::move(targets)),
+        x_(std::move(input)) {}
+
+  int size() const override { return c_.units(); }
+  std::string unit_name(int k) const override {
+    return layer_unit_name(k % 2 == 0 ? "attn" : "mlp", "F", c_.layers_.first + k / 2);
+  }
+  at::Tensor run(int k) override {
+    STP_ASSERT(k == next_ && k < size(), "forward unit ", k, " run out of order (next ", next_,
+               " of ", size(), ")");
+    ++next_;
+    const std::int64_t l = c_.layers_.first + k / 2;
+    if (k == 0 && c_.is_first_stage()) x_ = c_.embed_forward(tokens_, s_);
+    x_ = (k % 2 == 0) ? c_.attn_forward(l, x_, s_) : c_.mlp_forward(l, x_, s_);
+    return x_;
+  }
+  void finish() override {
+    STP_ASSERT(next_ == size() && !finished_, "forward finish() after ", next_, " of ", size(),
+               " units");
+    finished_ = true;
+    if (c_.is_last_stage()) {
+      c_.head_forward(x_, targets_, s_);
+    } else {
+      output_ = x_;
+    }
+  }
+  at::Tensor output() override {
+    STP_ASSERT(finished_, "forward output() before finish()");
+    return output_;
+  }
+
+ private:
+  GptChunk& c_;
+  engine::ActivationSet& s_;
+  at::Tensor tokens_;   // (B, T) int64, first stage
+  at::Tensor targets_;  // (B, T) int64, last stage
+  at::Tensor x_;        // (B, T, C) residual stream
+  at::Tensor output_;
+  int next_ = 0;
+  bool finished_ = false;
+};
+
+// Activation gradient: unit 2i = mlp-B(last-i), 2i+1 = attn-B(last-i). dres_ is the gradient
+// of the residual stream; pending_ the LayerNorm-output gradient the previous unit returned,
+// summed in place by the executor, whose LayerNorm backward opens this unit.
+class GptBackwardPass final : public engine::Pass {
+ public:
+  GptBackwardPass(GptChunk& c, engine::ActivationSet& s, at::Tensor grad_output)
+      : c_(c), s_(s), dres_(std::move(grad_output)) {}
+
+  int size() const override { return c_.units(); }
+  std::string unit_name(int k) const override {
+    return layer_unit_name(k % 2 == 0 ? "mlp" : "attn", "B", last_layer() - k / 2);
+  }
+  at::Tensor run(int k) override {
+    STP_ASSERT(k == next_ && k < size(), "backward unit ", k, " run out of order (next ", next_,
+               " of ", size(), ")");
+    ++next_;
+    const std::int64_t l = last_layer() - k / 2;
+    if (k == 0 && c_.is_last_stage()) dres_ = c_.head_backward(s_);
+    if (k > 0) dres_ = dres_.add(c_.layernorm_backward(ln_returned_by(k - 1), pending_, s_));
+    pending_ = (k % 2 == 0) ? c_.mlp_backward(l, dres_, s_) : c_.attn_backward(l, dres_, s_);
+    return pending_;
+  }
+  void finish() override {
+    STP_ASSERT(next_ == size() && !finished_, "backward finish() after ", next_, " of ", size(),
+               " units");
+    finished_ = true;
+    dres_ = dres_.add(c_.layernorm_backward(ln_returned_by(size() - 1), pending_, s_));
+    pending_ = at::Tensor();
+    if (c_.is_first_stage()) {
+      s_.put("emb.dx", dres_);  // (B, T, C) for the embedding gradients in W's finish()
+    } else {
+      output_ = dres_;
+    }
+  }
+  at::Tensor output() override {
+    STP_ASSERT(finished_, "backward output() before finish()");
+    return output_;
+  }
+
+ private:
+  std::int64_t last_layer() const { return c_.layers_.first + c_.layers_.count - 1; }
+  // The LayerNorm whose output gradient B unit k returns: ln2 for mlp-B, ln1 for attn-B.
+  GptChunk::LayerNormRef ln_returned_by(int k) const {
+    const std::int64_t l = last_layer() - k / 2;
+    return k % 2 == 0 ? c_.ln2(l) : c_.ln1(l);
+  }
+
+  GptChunk& c_;
+  engine::ActivationSet& s_;
+  at::Tensor dres_;     // (B, T, C) gradient of the residual stream
+  at::Tensor pending_;  // (B, T, C) LayerNorm-output gradient returned by the last unit
+  at::Tensor output_;
+  int next_ = 0;
+  bool finished_ = false;
+};
+
+// Weight gradient: W unit k pairs with B unit k (Note [GPT units]).
+class GptWeightGradPass final : public engine::Pass {
+ public:
+  GptWeightGradPass(GptChunk& c, engine::ActivationSet& s) : c_(c), s_(s) {}
+
+  int size() const override { return c_.units(); }
+  std::string unit_name(int k) const override {
+    return std::string("W(") + (k % 2 == 0 ? "mlp " : "attn ") +
+           std::to_string(last_layer() - k / 2) + ")";
+  }
+  at::Tensor run(int k) override {
+    STP_ASSERT(k == next_ && k < size(), "weight-gradient unit ", k, " run out of order (next ",
+               next_, " of ", size(), ")");
+    ++next_;
+    const std::int64_t l = last_layer() - k / 2;
+    if (k == 0 && c_.is_last_stage()) c_.head_weight_grad(s_);
+    if (k > 0) {
+      // The LayerNorm B unit k back-propagated through at its start.
+      const std::int64_t lp = last_layer() - (k - 1) / 2;
+      c_.layernorm_weight_grad((k - 1) % 2 == 0 ? c_.ln2(lp) : c_.ln1(lp), s_);
+    }
+    if (k % 2 == 0) {
+      c_.mlp_weight_grad(l, s_);
+    } else {
+      c_.attn_weight_grad(l, s_);
+    }
+    return at::Tensor();
+  }
+  void finish() override {
+    STP_ASSERT(next_ == size() && !finished_, "weight-gradient finish() after ", next_, " of ",
+               size(), " units");
+    finished_ = true;
+    c_.layernorm_weight_grad(c_.ln1(c_.layers_.first), s_);  // needs the B pass's finish()
+    if (c_.is_first_stage()) c_.embed_weight_grad(s_);
+    STP_ASSERT(s_.empty(), "activation set (chunk ", s_.chunk(), ", mb ", s_.mb(),
+               ") not empty after the weight-gradient pass: ", s_.fields().begin()->first);
+  }
+  at::Tensor output() override { return at::Tensor(); }
+
+ private:
+  std::int64_t last_layer() const { return c_.layers_.first + c_.layers_.count - 1; }
+
+  GptChunk& c_;
+  engine::ActivationSet& s_;
+  int next_ = 0;
+  bool finished_ = false;
+};
+
+std::unique_ptr<engine::Pass> GptChunk::forward(engine::ActivationSet& set,
+                                                const engine::MicroBatch& mb, at::Tensor input) {
+  at::Tensor tokens, targets;
+  std::int64_t B = -1, T = -1;
+  if (is_first_stage()) {
+    STP_CHECK(mb.tokens.defined() && mb.tokens.dim() == 2 && mb.tokens.scalar_type() == at::kLong,
+              "microbatch tokens must be a (B, T) int64 tensor on the first stage");
+    B = mb.tokens.size(0);
+    T = mb.tokens.size(1);
+    tokens = mb.tokens.to(params_[wte_].value.device());
+  } else {
+    STP_CHECK(input.defined() && input.dim() == 3 && input.size(2) == cfg_.d_model, "stage ",
+              stage_, " needs a (B, T, C=", cfg_.d_model, ") input activation");
+    STP_CHECK(input.scalar_type() == cfg_.dtype, "input dtype=", c10::toString(input.scalar_type()),
+              " must be the model dtype ", dtype_name(cfg_.dtype));
+    B = input.size(0);
+    T = input.size(1);
+  }
+  STP_CHECK(B >= 1, "microbatch size B=", B, " must be >= 1");
+  STP_CHECK(T >= 1 && T <= cfg_.seq_len, "sequence length T=", T,
+            " is out of range [1, seq_len=", cfg_.seq_len, "]");
+  if (is_last_stage()) {
+    STP_CHECK(mb.targets.defined() && mb.targets.scalar_type() == at::kLong &&
+                  mb.targets.dim() == 2 && mb.targets.size(0) == B && mb.targets.size(1) == T,
+              "microbatch targets must be a (B=", B, ", T=", T, ") int64 tensor on the last stage");
+    targets = mb.targets.to(params_[head_w_].value.device());
+  }
+  return std::make_unique<GptForwardPass>(*this, set, tokens, targets, input);
+}
+
+std::unique_ptr<engine::Pass> GptChunk::backward(engine::ActivationSet& set,
+                                                 at::Tensor grad_output) {
+  if (!is_last_stage()) {
+    const at::Tensor& xhat =
+        set.get("layers." + std::to_string(layers_.first + layers_.count - 1) + ".ln2.xhat");
+    STP_CHECK(grad_output.defined() && grad_output.sizes() == xhat.sizes() &&
+                  grad_output.scalar_type() == cfg_.dtype,
+              "stage ", stage_, " needs a grad_output of the shape and dtype of its output ",
+              xhat.sizes(), " ", dtype_name(cfg_.dtype));
+  }
+  return std::make_unique<GptBackwardPass>(*this, set, std::move(grad_output));
+}
+
+std::unique_ptr<engine::Pass> GptChunk::weight_grad(engine::ActivationSet& set) {
+  return std::make_unique<GptWeightGradPass>(*this, set);
+}
+
+engine::ModelFactory gpt_model(const GptConfig& config, at::Device device) {
+  config.validate();
+  return [config, device](int stage, int stages, int tp_rank, int tp_size) {
+    return std::make_unique<GptChunk>(config, stage, stages, tp_rank, tp_size, device);
+  };
+}
+
+}  // namespace stp::models

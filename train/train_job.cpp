@@ -1,0 +1,238 @@
+#include "train/train_job.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <signal.h>
+#include <unistd.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <optional>
+
+#include "checkpoint/checkpoint.h"
+#include "common/check.h"
+#include "data/data.h"
+#include "engine/comm.h"
+#include "engine/trainer.h"
+#include "models/gpt.h"
+#include "schedule/trace.h"
+#include "train/run_report.h"
+#include "train/train_setup.h"
+
+namespace stp::train {
+namespace {
+
+using nlohmann::json;
+
+json model_json(const TrainConfig& c) { return json::parse(c.to_json()).at("model"); }
+
+// Linear warm-up, then cosine decay from lr to min_lr over the remaining steps.
+double lr_at(const OptimizerSection& o, std::int64_t step, std::int64_t total) {
+  if (o.warmup_steps > 0 && step < o.warmup_steps)
+    return o.lr * static_cast<double>(step + 1) / static_cast<double>(o.warmup_steps);
+  double span = std::max<std::int64_t>(1, total - o.warmup_steps);
+  double t = std::min(1.0, static_cast<double>(step - o.warmup_steps) / span);
+  return o.min_lr + 0.5 * (o.lr - o.min_lr) * (1 + std::cos(M_PI * t));
+}
+
+checkpoint::TensorMap state_of(engine::Trainer& t) {
+  checkpoint::TensorMap m;
+  for (engine::Chunk* c : t.chunks())
+    for (const engine::Param& p : c->params())
+      m["param/" + p.name] = p.value.detach().cpu().contiguous();
+  for (auto& [k, v] : t.optimizer().state_dict()) m["optim/" + k] = v.detach().cpu().contiguous();
+  return m;
+}
+
+void load_state(engine::Trainer& t, const checkpoint::TensorMap& m) {
+  std::map<std::string, at::Tensor> optim;
+  for (const auto& [k, v] : m)
+    if (k.rfind("optim/", 0) == 0) optim[k.substr(6)] = v;
+  for (engine::Chunk* c : t.chunks()) {
+    for (engine::Param& p : c->params()) {
+      auto it = m.find("param/" + p.name);
+      STP_CHECK(it != m.end(), "checkpoint shard has no parameter ", p.name,
+                " (saved by a different model)");
+      STP_CHECK(it->second.sizes() == p.value.sizes(), "checkpoint parameter ", p.name,
+                " has shape ", it->second.sizes(), ", this run's is ", p.value.sizes());
+      p.value.copy_(it->second);
+    }
+  }
+  t.optimizer().load_state_dict(optim);
+}
+
+checkpoint::CheckpointLayout layout_of(const TrainConfig& c, int world_size) {
+  checkpoint::CheckpointLayout l;
+  l.tp = static_cast<int>(c.parallel.tp);
+  l.pp = static_cast<int>(c.parallel.pp);
+  l.world = world_size;
+  l.dp = world_size / (l.tp * l.pp);
+  l.schedule = c.schedule.kind;
+  l.microbatches = static_cast<int>(c.schedule.microbatches);
+  return l;
+}
+
+// One all-reduce (max) of this rank's step figures.
+StepMetrics gather_metrics(engine::Trainer& t, std::int64_t step, double lr, std::int64_t tokens) {
+  const engine::TrainStepStats& s = t.last_stats();
+  const double secs = std::max(s.seconds, 1e-9);
+  at::Tensor v = at::tensor(
+      {s.seconds, s.exec.tp_wait_seconds / secs, s.exec.p2p_wait_seconds / secs,
+       s.exec.reload_wait_seconds / secs, static_cast<double>(s.exec.peak_activation_bytes),
+       static_cast<double>(s.exec.offloaded_bytes)},
+      at::kDouble);
+  t.world().world_group().all_reduce_async(v, c10d::ReduceOp::MAX).wait();
+  StepMetrics m;
+  m.step = step;
+  m.loss = s.loss;
+  m.lr = lr;
+  m.grad_norm = s.grad_norm;
+  m.seconds = v[0].item<double>();
+  m.tokens_per_s = static_cast<double>(tokens) / m.seconds;
+  m.exposed_comm = v[1].item<double>();
+  m.pp_idle = v[2].item<double>();
+  m.reload_wait = v[3].item<double>();
+  m.peak_activation_bytes = static_cast<std::int64_t>(v[4].item<double>());
+  m.offloaded_bytes = static_cast<std::int64_t>(v[5].item<double>());
+  return m;
+}
+
+}  // namespace
+
+TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts) {
+  cfg.validate();
+  const engine::LaunchEnv env = engine::launch_env_from_environment();
+  // CPU runs: run.threads, else the user's OMP_NUM_THREADS, else cores / local ranks.
+  const CpuThreads threads = cpu_threads_from_environment(cfg.run.threads);
+  if (cfg.run.device != "cuda") at::set_num_threads(threads.count);
+  const int per_replica = static_cast<int>(cfg.parallel.tp * cfg.parallel.pp);
+  STP_CHECK(env.world_size % per_replica == 0 && env.world_size >= per_replica,
+            "tp=", cfg.parallel.tp, " x pp=", cfg.parallel.pp, " needs a multiple of ", per_replica,
+            " ranks but this job has ", env.world_size,
+            env.world_size == 1
+                ? str_cat("; launch it with `stp run -n ", per_replica, " -- stp train ...`")
+                : std::string());
+  STP_CHECK(cfg.parallel.dp == 0 || cfg.parallel.dp * per_replica == env.world_size,
+            "parallel.dp=", cfg.parallel.dp, " x tp x pp = ", cfg.parallel.dp * per_replica,
+            " ranks, but the job has ", env.world_size);
+  // A checkpoint to resume from is found and verified (layout, model, this rank's checksum)
+  // before anything is built, so a bad one costs one line and nothing else.
+  checkpoint::CheckpointInfo info;
+  info.layout = layout_of(cfg, env.world_size);
+  info.model = model_json(cfg);
+  const std::string ckpt_dir = cfg.checkpoint_path();
+  std::optional<std::string> resume_from;
+  checkpoint::LoadedCheckpoint resumed;
+  if (opts.resume) {
+    resume_from = checkpoint::find_latest_complete(ckpt_dir);
+    if (resume_from)
+      resumed = checkpoint::load_checkpoint(*resume_from, env.rank, info.layout, info.model);
+  }
+  engine::Trainer trainer(models::gpt_model(gpt_config(cfg), train_device(cfg, env.local_rank)),
+                          trainer_options(cfg));
+  engine::World& world = trainer.world();
+  const bool lead = world.rank() == 0;
+  if (lead) std::printf("stp train: resolved configuration\n%s\n", cfg.to_json().c_str());
+  if (lead && cfg.run.device != "cuda")
+    std::printf("cpu threads: %d per rank (%s)\n", threads.count, threads.source.c_str());
+
+  const data::LoaderOptions lo = loader_options(cfg, world.dp_rank(), world.dp());
+  data::DataLoader loader(data_source(cfg), lo);
+  if (lead) {
+    std::printf("data: %s, %lld tokens, %lld windows of %lld\n",
+                loader.dataset().description.c_str(),
+                static_cast<long long>(loader.dataset().tokens.size()),
+                static_cast<long long>(loader.num_windows()), static_cast<long long>(lo.seq_len));
+    if (!loader.dataset().warning().empty())
+      std::printf("data: %s\n", loader.dataset().warning().c_str());
+  }
+
+  checkpoint::CheckpointOptions co;
+  co.dir = ckpt_dir;
+  co.keep_last = static_cast<int>(cfg.run.keep_checkpoints);
+  checkpoint::CheckpointWriter writer(co, world.rank(), world.size(),
+                                      [&world] { world.world_group().barrier(); });
+
+  TrainJobResult result;
+  std::int64_t step = 0;
+  if (resume_from) {
+    load_state(trainer, resumed.tensors);
+    loader.restore_position_json(resumed.manifest.info.data);
+    step = resumed.manifest.step;
+    resumed.tensors.clear();
+    if (lead)
+      std::printf("resumed from %s (step %lld)\n", resume_from->c_str(),
+                  static_cast<long long>(step));
+  } else if (opts.resume && lead) {
+    std::printf("--resume: no complete checkpoint in %s; starting at step 0\n", ckpt_dir.c_str());
+  }
+  result.first_step = step;
+  const std::int64_t total = cfg.run.steps;
+  const std::int64_t step_tokens = tokens_per_step(cfg, world.dp());
+  RunReport report(cfg.run.log_dir, total, lead, lead && cfg.run.progress && isatty(STDOUT_FILENO));
+  if (lead) schedule::write_file(cfg.run.log_dir + "/config.json", cfg.to_json() + "\n");
+  auto save = [&](std::int64_t s) {
+    info.data = loader.position_json();
+    std::string dir = writer.save(s, state_of(trainer), info);
+    if (lead && cfg.run.progress) std::printf("checkpoint: %s\n", dir.c_str());
+  };
+  // Fault injection for the resume tests: STP_FAULT_KILL_AT_STEP=N and STP_FAULT_KILL_RANK=r make
+  // rank r SIGKILL itself in the middle of step N (after its forward work began), as a crash would.
+  const char* kill_step_env = std::getenv("STP_FAULT_KILL_AT_STEP");
+  const char* kill_rank_env = std::getenv("STP_FAULT_KILL_RANK");
+  const std::int64_t kill_step = kill_step_env ? std::atoll(kill_step_env) : -1;
+  const int kill_rank = kill_rank_env ? std::atoi(kill_rank_env) : 0;
+  int ran = 0;
+  bool first = true;
+  while (step < total) {
+    const double lr = lr_at(cfg.optimizer, step, total);
+    trainer.optimizer().set_lr(lr);
+    auto mbs = loader.next_step(static_cast<int>(cfg.schedule.microbatches),
+                                cfg.schedule.micro_batch_size);
+    if (step + 1 == kill_step && world.rank() == kill_rank) ::kill(::getpid(), SIGKILL);
+    trainer.step(mbs);
+    ++step;
+    ++ran;
+    if (first && lead) {
+      const engine::OffloadPlan& plan = trainer.offload_plan();
+      if (plan.budget_bytes > 0)
+        std::printf(
+            "offload: budget %lld bytes per rank; simulated peak %lld -> %lld bytes, "
+            "%+.1f%% step time\n",
+            static_cast<long long>(plan.budget_bytes),
+            static_cast<long long>(plan.peak_bytes_before),
+            static_cast<long long>(plan.peak_bytes_after), 100 * plan.slowdown);
+    }
+    first = false;
+    StepMetrics m = gather_metrics(trainer, step, lr, step_tokens);
+    if (result.first_loss == 0) result.first_loss = m.loss;
+    result.final_loss = m.loss;
+    result.last_step = step;
+    report.step(m);
+    if (opts.stop_after > 0 && ran >= opts.stop_after) return result;
+    if (cfg.run.checkpoint_interval > 0 &&
+        (step % cfg.run.checkpoint_interval == 0 || step == total))
+      save(step);
+  }
+  // The measured timeline of the last step, next to the simulator's prediction.
+  const std::string tl_dir = cfg.run.log_dir + "/timeline";
+  if (world.tp_rank() == 0 && world.dp_rank() == 0)
+    write_rank_events(tl_dir, world.pp_rank(), trainer.last_stats().exec.events);
+  world.world_group().barrier();
+  if (lead) {
+    std::string title = str_cat(cfg.schedule.kind, " p=", world.pp(),
+                                " m=", cfg.schedule.microbatches, " tp=", world.tp());
+    write_timelines(cfg.run.log_dir, trainer.program(), read_rank_events(tl_dir, world.pp()),
+                    title);
+    report.finish(str_cat("stp train: ", title));
+    std::printf(
+        "wrote %s/timeline.svg and timeline.json (measured step next to the simulated one)\n",
+        cfg.run.log_dir.c_str());
+  }
+  return result;
+}
+
+}  // namespace stp::train

@@ -1,0 +1,30 @@
+// The `stp train` job on one rank: configuration -> world -> GPT -> data -> (resume) -> steps
+// with progress, metrics, checkpoints -> summary, plots and the measured timeline.
+//
+// Every rank of the job runs run_train_job with the same configuration (typically under
+// `stp run -n N -- stp train ...`); the world size must be dp * pp * tp.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "train/train_config.h"
+
+namespace stp::train {
+
+struct TrainJobOptions {
+  bool resume = false;  // continue from the newest complete checkpoint, if any
+  int stop_after = 0;   // > 0: stop (like a crash, without the final checkpoint) after this
+                        // many steps of this run — for tests of resume
+};
+
+struct TrainJobResult {
+  std::int64_t first_step = 0;  // the step this run started at (0 unless resumed)
+  std::int64_t last_step = 0;   // the last step completed
+  double first_loss = 0;
+  double final_loss = 0;
+};
+
+TrainJobResult run_train_job(const TrainConfig& config, const TrainJobOptions& options);
+
+}  // namespace stp::train

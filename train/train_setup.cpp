@@ -1,0 +1,79 @@
+#include "train/train_setup.h"
+
+#include "common/check.h"
+#include "common/cuda_check.h"
+
+namespace stp::train {
+
+models::GptConfig gpt_config(const TrainConfig& c) {
+  models::GptConfig g;
+  g.vocab = c.model.vocab;
+  g.seq_len = c.model.seq_len;
+  g.d_model = c.model.d_model;
+  g.n_heads = c.model.n_heads;
+  g.n_layers = c.model.n_layers;
+  g.mlp_hidden = c.model.mlp_hidden;
+  g.dtype = models::parse_dtype(c.model.dtype);
+  g.seed = static_cast<std::uint64_t>(c.model.init_seed);
+  return g;
+}
+
+engine::TrainerOptions trainer_options(const TrainConfig& c) {
+  engine::TrainerOptions to;
+  to.schedule = schedule::kind_from_string(c.schedule.kind);
+  to.microbatches = static_cast<int>(c.schedule.microbatches);
+  to.chunks = c.schedule.kind == "1f1b-i" ? static_cast<int>(c.schedule.chunks) : 0;
+  to.tp = static_cast<int>(c.parallel.tp);
+  to.pp = static_cast<int>(c.parallel.pp);
+  to.offload_budget = engine::parse_offload_budget(c.offload.budget);
+  to.host_gbps = c.offload.host_gbps;
+  to.braid = c.schedule.braid;
+  to.optimizer.lr = c.optimizer.lr;
+  to.optimizer.beta1 = c.optimizer.beta1;
+  to.optimizer.beta2 = c.optimizer.beta2;
+  to.optimizer.eps = c.optimizer.eps;
+  to.optimizer.weight_decay = c.optimizer.weight_decay;
+  to.optimizer.max_grad_norm = c.optimizer.clip;
+  to.comm_timeout =
+      std::chrono::milliseconds(static_cast<std::int64_t>(c.run.comm_timeout_s * 1000));
+  to.backend = c.run.device == "cuda" ? engine::CommBackend::kNccl : engine::CommBackend::kGloo;
+  return to;
+}
+
+// On CUDA, rank r of a node uses GPU r (LOCAL_RANK) and binds its thread to it, so NCCL, the
+// offload streams and the pinned pool's NUMA placement all see the same current device.
+at::Device train_device(const TrainConfig& c, int local_rank) {
+  if (c.run.device != "cuda") return at::Device(at::kCPU);
+#ifdef STP_WITH_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
+  STP_CHECK(local_rank < count, "run.device=cuda: local rank ", local_rank, " needs GPU ",
+            local_rank, " but this machine has ", count, " visible GPU(s)");
+  STP_CUDA_CHECK(cudaSetDevice(local_rank));
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
+#else
+  STP_CHECK(false, "run.device=cuda but stp was built without CUDA (STP_WITH_CUDA=OFF)");
+#endif
+}
+
+data::DataSource data_source(const TrainConfig& c) {
+  data::DataSource src;
+  src.path = c.data.path;
+  src.corpus_bytes = c.data.corpus_bytes;
+  return src;
+}
+
+data::LoaderOptions loader_options(const TrainConfig& c, int dp_rank, int dp_size) {
+  data::LoaderOptions lo;
+  lo.seq_len = c.model.seq_len;
+  lo.seed = static_cast<std::uint64_t>(c.run.seed);
+  lo.dp_rank = dp_rank;
+  lo.dp_size = dp_size;
+  return lo;
+}
+
+std::int64_t tokens_per_step(const TrainConfig& c, int dp) {
+  return c.schedule.microbatches * c.schedule.micro_batch_size * c.model.seq_len * dp;
+}
+
+}  // namespace stp::train
