@@ -23,10 +23,8 @@ bool cuda_device_available() noexcept {
 
 Backend resolve_backend(Backend requested) {
   switch (requested) {
-    case Backend::kAuto:
-      return cuda_device_available() ? Backend::kCuda : Backend::kHost;
-    case Backend::kHost:
-      return Backend::kHost;
+    case Backend::kAuto: return cuda_device_available() ? Backend::kCuda : Backend::kHost;
+    case Backend::kHost: return Backend::kHost;
     case Backend::kCuda:
 #ifndef STP_WITH_CUDA
       STP_CHECK(false,
@@ -42,12 +40,9 @@ Backend resolve_backend(Backend requested) {
 
 const char* to_string(Backend backend) {
   switch (backend) {
-    case Backend::kAuto:
-      return "auto";
-    case Backend::kHost:
-      return "host";
-    case Backend::kCuda:
-      return "cuda";
+    case Backend::kAuto: return "auto";
+    case Backend::kHost: return "host";
+    case Backend::kCuda: return "cuda";
   }
   return "?";
 }

@@ -60,8 +60,7 @@ std::unique_ptr<DeviceAllocator> make_device_allocator(Backend backend) {
       return std::make_unique<CudaDeviceAllocator>();
 #endif
     case Backend::kHost:
-    case Backend::kAuto:
-      break;
+    case Backend::kAuto: break;
   }
   return std::make_unique<HostDeviceAllocator>();
 }

@@ -30,14 +30,10 @@ std::size_t page_size() {
 
 const char* to_string(HostMemoryKind kind) {
   switch (kind) {
-    case HostMemoryKind::kAuto:
-      return "auto";
-    case HostMemoryKind::kMmap:
-      return "mmap";
-    case HostMemoryKind::kCudaRegister:
-      return "cuda-register";
-    case HostMemoryKind::kCudaHostAlloc:
-      return "cuda-host-alloc";
+    case HostMemoryKind::kAuto: return "auto";
+    case HostMemoryKind::kMmap: return "mmap";
+    case HostMemoryKind::kCudaRegister: return "cuda-register";
+    case HostMemoryKind::kCudaHostAlloc: return "cuda-host-alloc";
   }
   return "?";
 }
@@ -150,8 +146,7 @@ std::unique_ptr<HostMemory> make_host_memory(HostMemoryKind kind) {
   if (kind == HostMemoryKind::kAuto)
     kind = cuda_device_available() ? HostMemoryKind::kCudaRegister : HostMemoryKind::kMmap;
   switch (kind) {
-    case HostMemoryKind::kMmap:
-      return std::make_unique<MmapMemory>();
+    case HostMemoryKind::kMmap: return std::make_unique<MmapMemory>();
     case HostMemoryKind::kCudaRegister:
     case HostMemoryKind::kCudaHostAlloc:
 #ifdef STP_WITH_CUDA
@@ -163,8 +158,7 @@ std::unique_ptr<HostMemory> make_host_memory(HostMemoryKind kind) {
       STP_CHECK(false, "host memory kind ", to_string(kind),
                 " needs a CUDA build (-DSTP_WITH_CUDA=ON); use mmap or auto");
 #endif
-    case HostMemoryKind::kAuto:
-      break;
+    case HostMemoryKind::kAuto: break;
   }
   STP_ASSERT(false, "unresolved HostMemoryKind ", static_cast<int>(kind));
 }

@@ -1,18 +1,15 @@
 // `stp plan`: choose the activation offloads that fit a schedule into a device memory budget
 // (offload/planner.h), print the plan, optionally sweep budgets and draw the timeline.
-// `stp bench copy` / `stp bench pool`: the offload micro-benchmarks, one JSON line each
-// (offload/copy_bench.h, allocator/pool_bench.h). docs/offload.md shows real output.
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <sstream>
 #include <utility>
 
-#include "allocator/pool_bench.h"
 #include "cli.h"
 #include "command.h"
+#include "common/bytes.h"
 #include "common/check.h"
-#include "offload/copy_bench.h"
 #include "offload/plan_sweep.h"
 #include "offload/planner.h"
 #include "schedule/generators.h"
@@ -21,13 +18,6 @@
 
 namespace stp::apps {
 namespace {
-
-allocator::Backend backend_from(const std::string& name) {
-  if (name == "host") return allocator::Backend::kHost;
-  if (name == "cuda") return allocator::Backend::kCuda;
-  STP_CHECK(name == "auto", "--backend=", name, " must be host, cuda or auto");
-  return allocator::Backend::kAuto;
-}
 
 // ---- stp plan ------------------------------------------------------------------------------
 
@@ -64,35 +54,38 @@ std::string plan_json(const offload::Plan& p) {
                  ",\"sets\":[", sets, "]}");
 }
 
-int plan_main(const std::vector<std::string>& args) {
-  CLI::App app{
-      "Plan activation offload: choose the sets to park in host memory and place each\n"
-      "OFFLOAD/RELOAD so that the simulated peak activation bytes per rank fit --budget with\n"
-      "the least simulated slowdown (offload/planner.h, docs/offload.md).",
-      "stp plan"};
+struct PlanArgs {
   std::string kind = "stp", act_bytes = "1GiB", budget = "unlimited", format = "text";
   std::string svg, sweep_svg;
   int pp = 4, microbatches = 0, chunks = 0, sweep = 0;
-  schedule::CostModel costs;
-  costs.t_f = 0.040;
-  costs.t_b = 0.040;
-  costs.t_w = 0.030;
-  costs.t_ar = 0.008;
   double pcie_gbps = 25;
-  app.add_option("--kind", kind, "schedule: 1f1b, 1f1b-i, zb-h1, zb-v, stp")->capture_default_str();
-  app.add_option("--pp", pp, "pipeline ranks p (>= 1)")->capture_default_str();
-  app.add_option("--microbatches,-m", microbatches,
+  schedule::CostModel costs = [] {
+    schedule::CostModel c;
+    c.t_f = 0.040;
+    c.t_b = 0.040;
+    c.t_w = 0.030;
+    c.t_ar = 0.008;
+    return c;
+  }();
+};
+
+void add_options(CLI::App& app, PlanArgs& a) {
+  schedule::CostModel& costs = a.costs;
+  app.add_option("--kind", a.kind, "schedule: 1f1b, 1f1b-i, zb-h1, zb-v, stp")
+      ->capture_default_str();
+  app.add_option("--pp", a.pp, "pipeline ranks p (>= 1)")->capture_default_str();
+  app.add_option("--microbatches,-m", a.microbatches,
                  "microbatches m (0: the kind's minimum, 3p-1 for stp)")
       ->capture_default_str();
-  app.add_option("--chunks", chunks, "chunks per rank v (0: the kind's default)")
+  app.add_option("--chunks", a.chunks, "chunks per rank v (0: the kind's default)")
       ->capture_default_str();
-  app.add_option("--act-bytes", act_bytes,
+  app.add_option("--act-bytes", a.act_bytes,
                  "bytes of one activation set (one chunk, one microbatch), or one per stage "
                  "separated by commas")
       ->capture_default_str();
-  app.add_option("--budget", budget, "device bytes for activations per rank, or unlimited")
+  app.add_option("--budget", a.budget, "device bytes for activations per rank, or unlimited")
       ->capture_default_str();
-  app.add_option("--pcie-gbps", pcie_gbps, "host link bandwidth per direction, GB/s (> 0)")
+  app.add_option("--pcie-gbps", a.pcie_gbps, "host link bandwidth per direction, GB/s (> 0)")
       ->capture_default_str();
   app.add_option("--host-latency", costs.host_latency, "seconds per host copy (>= 0)")
       ->capture_default_str();
@@ -112,17 +105,21 @@ int plan_main(const std::vector<std::string>& args) {
   app.add_option("--tar,--t-ar", costs.t_ar,
                  "TP all-reduce seconds of one pass of one chunk (>= 0)")
       ->capture_default_str();
-  app.add_option("--svg", svg, "write the planned timeline (transfer rows under each rank) here");
-  app.add_option("--sweep", sweep, "plan N budgets from the peak down past the minimum (N >= 2)");
-  app.add_option("--sweep-svg", sweep_svg, "with --sweep: write step time vs budget as SVG here");
-  app.add_option("--format", format, "text or json")->capture_default_str();
-  if (int rc = parse(app, args); rc >= 0) return rc;
+  app.add_option("--svg", a.svg, "write the planned timeline (transfer rows under each rank) here");
+  app.add_option("--sweep", a.sweep, "plan N budgets from the peak down past the minimum (N >= 2)");
+  app.add_option("--sweep-svg", a.sweep_svg, "with --sweep: write step time vs budget as SVG here");
+  app.add_option("--format", a.format, "text or json")->capture_default_str();
+}
 
-  STP_CHECK(format == "text" || format == "json", "--format=", format, " must be text or json");
-  STP_CHECK(pp >= 1 && pp <= 1024, "--pp=", pp, " must be in [1, 1024]");
-  STP_CHECK(std::isfinite(pcie_gbps) && pcie_gbps > 0, "--pcie-gbps=", pcie_gbps, " must be > 0");
-  STP_CHECK(sweep == 0 || sweep >= 2, "--sweep=", sweep, " must be >= 2 (or 0: no sweep)");
-  STP_CHECK(sweep_svg.empty() || sweep > 0, "--sweep-svg needs --sweep N");
+void validate(const PlanArgs& a) {
+  const schedule::CostModel& costs = a.costs;
+  STP_CHECK(a.format == "text" || a.format == "json", "--format=", a.format,
+            " must be text or json");
+  STP_CHECK(a.pp >= 1 && a.pp <= 1024, "--pp=", a.pp, " must be in [1, 1024]");
+  STP_CHECK(std::isfinite(a.pcie_gbps) && a.pcie_gbps > 0, "--pcie-gbps=", a.pcie_gbps,
+            " must be > 0");
+  STP_CHECK(a.sweep == 0 || a.sweep >= 2, "--sweep=", a.sweep, " must be >= 2 (or 0: no sweep)");
+  STP_CHECK(a.sweep_svg.empty() || a.sweep > 0, "--sweep-svg needs --sweep N");
   for (auto [flag, value] : {std::pair{"--tf", costs.t_f},
                              {"--tb", costs.t_b},
                              {"--tw", costs.t_w},
@@ -134,123 +131,94 @@ int plan_main(const std::vector<std::string>& args) {
             "--offload-fraction=", costs.offload_fraction, " must be in [0, 1]");
   STP_CHECK(costs.w_held_fraction >= 0 && costs.w_held_fraction <= 64,
             "--w-held=", costs.w_held_fraction, " must be in [0, 64]");
-  const schedule::Kind k = schedule::kind_from_string(kind);
-  if (microbatches == 0)  // stp: 3p-1, the smallest m in the reference generator's regime
-    microbatches =
-        schedule::min_microbatches(k, pp, chunks, k == schedule::Kind::kSTP ? 3 * pp - 1 : 1);
-  const schedule::Program program = schedule::make(k, pp, microbatches, chunks);
-  costs.host_bandwidth = pcie_gbps * 1e9;
-  std::vector<double> act = parse_act_bytes(act_bytes);
-  if (act.size() == 1) {
-    costs.act_bytes = act[0];
-  } else {
-    STP_CHECK(static_cast<int>(act.size()) == program.stages(), "--act-bytes has ", act.size(),
-              " sizes; ", kind, " with p=", pp, " has ", program.stages(),
-              " stages: give one size or one per stage");
-    costs.stage_act_bytes = act;
-  }
-  std::string set_text;  // "1.00 GiB", or "1.00 GiB/2.00 GiB/... per stage"
-  for (double a : act) set_text += (set_text.empty() ? "" : "/") + format_bytes(a);
-  if (act.size() > 1) set_text += " per stage";
-  double budget_bytes = offload::kUnlimitedBudget;
-  if (budget != "unlimited") {
-    budget_bytes = static_cast<double>(parse_bytes(budget, "--budget"));
-    STP_CHECK(budget_bytes > 0, "--budget=", budget, " must be > 0 (or unlimited)");
-  }
+}
 
-  if (sweep > 0) {
-    offload::Sweep sw = offload::sweep_budgets(program, costs, sweep);
-    std::printf(
-        "stp plan --sweep: %s p=%d m=%d, activation set %s, host link %.1f GB/s\n"
-        "peak without offload %s, smallest feasible budget %s, step %.4f s\n\n%s",
-        kind.c_str(), pp, microbatches, set_text.c_str(), pcie_gbps,
-        format_bytes(sw.peak_bytes).c_str(), format_bytes(sw.min_budget).c_str(), sw.step,
-        offload::to_table(sw).c_str());
-    if (!sweep_svg.empty()) {
-      schedule::write_file(
-          sweep_svg,
-          offload::to_svg(sw, str_cat("stp plan: ", kind, " p=", pp, " m=", microbatches, ", set ",
-                                      set_text, ", host link ", pcie_gbps, " GB/s")));
-      std::printf("wrote %s\n", sweep_svg.c_str());
-    }
-    return 0;
-  }
+// `stp plan --sweep N`: the table, and the chart when asked.
+void print_sweep(const PlanArgs& a, const schedule::Program& program,
+                 const schedule::CostModel& costs, const std::string& set_text) {
+  offload::Sweep sw = offload::sweep_budgets(program, costs, a.sweep);
+  std::printf(
+      "stp plan --sweep: %s p=%d m=%d, activation set %s, host link %.1f GB/s\n"
+      "peak without offload %s, smallest feasible budget %s, step %.4f s\n\n%s",
+      a.kind.c_str(), a.pp, a.microbatches, set_text.c_str(), a.pcie_gbps,
+      format_bytes(sw.peak_bytes).c_str(), format_bytes(sw.min_budget).c_str(), sw.step,
+      offload::to_table(sw).c_str());
+  if (a.sweep_svg.empty()) return;
+  schedule::write_file(
+      a.sweep_svg,
+      offload::to_svg(sw, str_cat("stp plan: ", a.kind, " p=", a.pp, " m=", a.microbatches,
+                                  ", set ", set_text, ", host link ", a.pcie_gbps, " GB/s")));
+  std::printf("wrote %s\n", a.sweep_svg.c_str());
+}
 
+// `stp plan`: one plan as text or JSON, and its simulated timeline when asked.
+void print_plan(const PlanArgs& a, const schedule::Program& program,
+                const schedule::CostModel& costs, const std::string& set_text,
+                double budget_bytes) {
   offload::Plan plan = offload::plan_offload(program, costs, budget_bytes);
-  if (format == "json") {
+  if (a.format == "json") {
     std::printf("%s\n", plan_json(plan).c_str());
   } else {
     std::printf(
         "stp plan: %s p=%d m=%d, activation set %s, host link %.1f GB/s, "
         "t_f=%g t_b=%g t_w=%g t_ar=%g s\n%s",
-        kind.c_str(), pp, microbatches, set_text.c_str(), pcie_gbps, costs.t_f, costs.t_b,
+        a.kind.c_str(), a.pp, a.microbatches, set_text.c_str(), a.pcie_gbps, costs.t_f, costs.t_b,
         costs.t_w, costs.t_ar, offload::to_text(plan).c_str());
   }
-  if (!svg.empty()) {
-    schedule::SimOptions so;
-    so.record_timeline = true;
-    schedule::SimResult sim = schedule::simulate(plan.program, costs, so);
-    sim.timeline.title =
-        str_cat(kind, " p=", pp, " m=", microbatches, ", budget ",
-                std::isinf(budget_bytes) ? std::string("unlimited") : format_bytes(budget_bytes));
-    schedule::write_file(svg, schedule::to_svg(sim.timeline));
-    if (format == "text") std::printf("wrote %s\n", svg.c_str());
+  if (a.svg.empty()) return;
+  schedule::SimOptions so;
+  so.record_timeline = true;
+  schedule::SimResult sim = schedule::simulate(plan.program, costs, so);
+  sim.timeline.title =
+      str_cat(a.kind, " p=", a.pp, " m=", a.microbatches, ", budget ",
+              std::isinf(budget_bytes) ? std::string("unlimited") : format_bytes(budget_bytes));
+  schedule::write_file(a.svg, schedule::to_svg(sim.timeline));
+  if (a.format == "text") std::printf("wrote %s\n", a.svg.c_str());
+}
+
+int plan_main(const std::vector<std::string>& args) {
+  CLI::App app{
+      "Plan activation offload: choose the sets to park in host memory and place each\n"
+      "OFFLOAD/RELOAD so that the simulated peak activation bytes per rank fit --budget with\n"
+      "the least simulated slowdown (offload/planner.h, docs/offload.md).",
+      "stp plan"};
+  PlanArgs a;
+  add_options(app, a);
+  if (int rc = parse(app, args); rc >= 0) return rc;
+  validate(a);
+
+  const schedule::Kind k = schedule::kind_from_string(a.kind);
+  if (a.microbatches == 0)  // stp: 3p-1, the smallest m in the reference generator's regime
+    a.microbatches =
+        schedule::min_microbatches(k, a.pp, a.chunks, k == schedule::Kind::kSTP ? 3 * a.pp - 1 : 1);
+  const schedule::Program program = schedule::make(k, a.pp, a.microbatches, a.chunks);
+  schedule::CostModel costs = a.costs;
+  costs.host_bandwidth = a.pcie_gbps * 1e9;
+  std::vector<double> act = parse_act_bytes(a.act_bytes);
+  if (act.size() == 1) {
+    costs.act_bytes = act[0];
+  } else {
+    STP_CHECK(static_cast<int>(act.size()) == program.stages(), "--act-bytes has ", act.size(),
+              " sizes; ", a.kind, " with p=", a.pp, " has ", program.stages(),
+              " stages: give one size or one per stage");
+    costs.stage_act_bytes = act;
   }
-  return 0;
-}
-
-// ---- stp bench copy -------------------------------------------------------------------------
-
-int bench_copy_main(const std::vector<std::string>& args) {
-  CLI::App app{
-      "Copy-engine bandwidth against plain memcpy (host) or a bare cudaMemcpyAsync loop\n"
-      "(GPU), measured in the same run. Prints one JSON line.",
-      "stp bench copy"};
-  offload::CopyBenchOptions o;
-  std::string bytes = "32MiB", backend = "host";
-  app.add_option("--bytes", bytes, "bytes per copy (>= 4KiB), e.g. 64MiB")->capture_default_str();
-  app.add_option("--copies", o.copies, "copies per timed run (>= 1)")->capture_default_str();
-  app.add_option("--repeats", o.repeats, "timed runs per side; the median counts (>= 1)")
-      ->capture_default_str();
-  app.add_option("--threads", o.threads, "host copy-engine worker threads, 1..64")
-      ->capture_default_str();
-  app.add_option("--backend", backend, "host, cuda or auto")->capture_default_str();
-  app.add_option("--numa-node", o.numa_node, "bind the pool and workers to this node; -1: don't")
-      ->capture_default_str();
-  if (int rc = parse(app, args); rc >= 0) return rc;
-  o.bytes = static_cast<std::size_t>(parse_bytes(bytes, "--bytes"));
-  o.backend = backend_from(backend);
-  std::printf("%s\n", offload::to_json(offload::bench_copy(o)).c_str());
-  return 0;
-}
-
-// ---- stp bench pool -------------------------------------------------------------------------
-
-int bench_pool_main(const std::vector<std::string>& args) {
-  CLI::App app{
-      "Pinned pool allocate+free of a cached block against malloc+mlock (host) or\n"
-      "cudaHostAlloc (GPU) of the same size, measured in the same run. Prints one JSON line.",
-      "stp bench pool"};
-  allocator::PoolBenchOptions o;
-  std::string bytes = "1MiB", backend = "host";
-  app.add_option("--bytes", bytes, "block size (> 0); keep it under `ulimit -l` on the host")
-      ->capture_default_str();
-  app.add_option("--batches", o.batches, "timed batches per side (>= 5)")->capture_default_str();
-  app.add_option("--backend", backend, "host, cuda or auto")->capture_default_str();
-  if (int rc = parse(app, args); rc >= 0) return rc;
-  o.bytes = static_cast<std::size_t>(parse_bytes(bytes, "--bytes"));
-  o.cuda = allocator::resolve_backend(backend_from(backend)) == allocator::Backend::kCuda;
-  std::printf("%s\n", allocator::to_json(allocator::bench_pool(o)).c_str());
+  std::string set_text;  // "1.00 GiB", or "1.00 GiB/2.00 GiB/... per stage"
+  for (double b : act) set_text += (set_text.empty() ? "" : "/") + format_bytes(b);
+  if (act.size() > 1) set_text += " per stage";
+  double budget_bytes = offload::kUnlimitedBudget;
+  if (a.budget != "unlimited") {
+    budget_bytes = static_cast<double>(parse_bytes(a.budget, "--budget"));
+    STP_CHECK(budget_bytes > 0, "--budget=", a.budget, " must be > 0 (or unlimited)");
+  }
+  if (a.sweep > 0)
+    print_sweep(a, program, costs, set_text);
+  else
+    print_plan(a, program, costs, set_text, budget_bytes);
   return 0;
 }
 
 STP_REGISTER_COMMAND("plan", "fit a schedule into a device memory budget with activation offload",
                      plan_main);
-STP_REGISTER_COMMAND("bench copy", "copy-engine bandwidth vs memcpy / cudaMemcpyAsync (JSON line)",
-                     bench_copy_main);
-STP_REGISTER_COMMAND("bench pool",
-                     "pinned pool allocate+free vs malloc+mlock / cudaHostAlloc (JSON line)",
-                     bench_pool_main);
-
 }  // namespace
 }  // namespace stp::apps

@@ -2,7 +2,10 @@
 // config it trains the embedded default (a small GPT, TP 2 x PP 2, the STP schedule, an offload
 // budget that makes the planner offload) on a generated corpus:
 //   stp run -n 4 -- stp train
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -46,6 +49,16 @@ int train(const std::vector<std::string>& args) {
   train::TrainJobOptions opts;
   opts.resume = resume;
   opts.stop_after = stop_after;
+  opts.say = [](const std::string& text) {
+    std::fputs(text.c_str(), stdout);
+    std::fflush(stdout);
+  };
+  opts.live_bar = isatty(STDOUT_FILENO);
+  // The resume tests' fault injection (train/train_job.h): STP_FAULT_KILL_AT_STEP=N and
+  // STP_FAULT_KILL_RANK=r make rank r SIGKILL itself in the middle of step N.
+  if (const char* step = std::getenv("STP_FAULT_KILL_AT_STEP"))
+    opts.kill_at_step = std::atoll(step);
+  if (const char* rank = std::getenv("STP_FAULT_KILL_RANK")) opts.kill_rank = std::atoi(rank);
   train::run_train_job(cfg, opts);
   return 0;
 }

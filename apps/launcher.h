@@ -66,7 +66,7 @@ std::string resolve_program(const std::string& program, const std::string& self_
 // TORCHELASTIC_USE_AGENT_STORE=True, ...), STP_LAUNCHER=1, and OMP_NUM_THREADS=1 unless `base`
 // already sets it; when the launcher sets it, also STP_OMP_FROM_LAUNCHER=1, so that stp's own
 // ranks tell it from the user's and divide the cores among the ranks instead
-// (train::cpu_threads_from_environment).
+// (engine::launch_env_from_environment, train::cpu_threads).
 std::vector<std::string> rank_environment(const LaunchOptions& options, int rank,
                                           const std::vector<std::string>& base);
 

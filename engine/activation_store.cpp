@@ -67,7 +67,7 @@ void ActivationStore::offload(int chunk, int mb) {
   STP_ASSERT(it != sets_.end() && it->second.where == Where::kDevice, "OFFLOAD of chunk ", chunk,
              " mb ", mb, " which is not resident");
   offloaded_bytes_ += it->second.set.bytes();
-  (void)0;
+  offload_->start_offload(it->second.set);
   it->second.where = Where::kHost;
 }
 

@@ -25,9 +25,14 @@ struct LaunchEnv {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   bool agent_store = false;  // the launcher hosts the store; every rank connects as a client
+  bool launched = false;     // a launcher set WORLD_SIZE (or OMPI_COMM_WORLD_SIZE)
+  int local_world_size = 0;  // LOCAL_WORLD_SIZE (OMPI_COMM_WORLD_LOCAL_SIZE); 0: not set
+  int omp_num_threads = 0;   // the user's OMP_NUM_THREADS (its first entry); 0: unset, malformed
+                             // or set by `stp run` (STP_OMP_FROM_LAUNCHER=1)
 };
 
-// Reads RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (or OMPI_COMM_WORLD_*). Missing
+// Reads RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (or OMPI_COMM_WORLD_*),
+// LOCAL_WORLD_SIZE and OMP_NUM_THREADS: the one place stp reads the launch environment. Missing
 // variables mean a single-process job. Throws std::invalid_argument naming a malformed value.
 LaunchEnv launch_env_from_environment();
 

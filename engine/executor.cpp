@@ -149,8 +149,7 @@ class Executor::StepRun {
       case Op::kFB:
       case Op::kFW:
       case Op::kOffload:
-      case Op::kReload:
-        return true;  // not P2P: nothing to post
+      case Op::kReload: return true;  // not P2P: nothing to post
     }
     return true;
   }
@@ -191,12 +190,8 @@ class Executor::StepRun {
         STP_ASSERT(p2p_cursor_ > pc, "P2P instruction ", pc, " (", schedule::to_string(in),
                    ") could not be posted: its tensor does not exist");
         return;
-      case Op::kOffload:
-        ex_.store_.offload(in.ref.chunk, in.ref.mb);
-        return;
-      case Op::kReload:
-        ex_.store_.reload(in.ref.chunk, in.ref.mb);
-        return;
+      case Op::kOffload: ex_.store_.offload(in.ref.chunk, in.ref.mb); return;
+      case Op::kReload: ex_.store_.reload(in.ref.chunk, in.ref.mb); return;
       case Op::kF:
       case Op::kB:
       case Op::kBW:

@@ -40,8 +40,7 @@ OffloadBudget parse_offload_budget(const std::string& text) {
 
 void OffloadBudget::validate() const {
   switch (kind) {
-    case Kind::kOff:
-      return;
+    case Kind::kOff: return;
     case Kind::kBytes:
       STP_CHECK(bytes > 0, "offload budget of ", bytes, " bytes must be > 0");
       return;
@@ -54,12 +53,9 @@ void OffloadBudget::validate() const {
 
 std::string to_string(const OffloadBudget& budget) {
   switch (budget.kind) {
-    case OffloadBudget::Kind::kOff:
-      return "off";
-    case OffloadBudget::Kind::kBytes:
-      return std::to_string(budget.bytes);
-    case OffloadBudget::Kind::kPercent:
-      return str_cat(budget.percent, "%");
+    case OffloadBudget::Kind::kOff: return "off";
+    case OffloadBudget::Kind::kBytes: return std::to_string(budget.bytes);
+    case OffloadBudget::Kind::kPercent: return str_cat(budget.percent, "%");
   }
   return "off";
 }

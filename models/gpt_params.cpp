@@ -70,10 +70,8 @@ std::vector<ParamSpec> gpt_param_specs(const GptConfig& cfg) {
 at::Tensor gpt_init_full(const GptConfig& cfg, const ParamSpec& spec) {
   auto opts = at::TensorOptions().dtype(cfg.dtype == at::kDouble ? at::kDouble : at::kFloat);
   switch (spec.init) {
-    case ParamInit::kZeros:
-      return at::zeros(spec.full_shape, opts);
-    case ParamInit::kOnes:
-      return at::ones(spec.full_shape, opts);
+    case ParamInit::kZeros: return at::zeros(spec.full_shape, opts);
+    case ParamInit::kOnes: return at::ones(spec.full_shape, opts);
     case ParamInit::kNormal:
     case ParamInit::kNormalResidual: {
       double std = cfg.init_std;

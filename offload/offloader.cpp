@@ -10,14 +10,10 @@ namespace stp::offload {
 
 const char* to_string(SetState state) {
   switch (state) {
-    case SetState::kAbsent:
-      return "absent";
-    case SetState::kToHost:
-      return "to-host";
-    case SetState::kOnHost:
-      return "on-host";
-    case SetState::kToDevice:
-      return "to-device";
+    case SetState::kAbsent: return "absent";
+    case SetState::kToHost: return "to-host";
+    case SetState::kOnHost: return "on-host";
+    case SetState::kToDevice: return "to-device";
   }
   return "?";
 }

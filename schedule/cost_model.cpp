@@ -20,14 +20,10 @@ double scale(const CostModel& c, int stage) {
 double compute(const CostModel& c, const Part& part) {
   const double s = scale(c, part.stage);
   switch (part.pass) {
-    case Pass::kF:
-      return c.t_f * s;
-    case Pass::kB:
-      return c.t_b * s;
-    case Pass::kW:
-      return c.t_w * s;
-    case Pass::kBW:
-      return (c.t_b + c.t_w) * s;
+    case Pass::kF: return c.t_f * s;
+    case Pass::kB: return c.t_b * s;
+    case Pass::kW: return c.t_w * s;
+    case Pass::kBW: return (c.t_b + c.t_w) * s;
   }
   return 0;
 }

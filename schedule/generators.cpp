@@ -8,16 +8,11 @@ namespace stp::schedule {
 
 const char* to_string(Kind kind) {
   switch (kind) {
-    case Kind::k1F1B:
-      return "1f1b";
-    case Kind::k1F1BInterleaved:
-      return "1f1b-i";
-    case Kind::kZBH1:
-      return "zb-h1";
-    case Kind::kZBV:
-      return "zb-v";
-    case Kind::kSTP:
-      return "stp";
+    case Kind::k1F1B: return "1f1b";
+    case Kind::k1F1BInterleaved: return "1f1b-i";
+    case Kind::kZBH1: return "zb-h1";
+    case Kind::kZBV: return "zb-v";
+    case Kind::kSTP: return "stp";
   }
   return "?";
 }
@@ -38,12 +33,10 @@ Kind kind_from_string(const std::string& text) {
 int default_chunks(Kind kind) {
   switch (kind) {
     case Kind::k1F1B:
-    case Kind::kZBH1:
-      return 1;
+    case Kind::kZBH1: return 1;
     case Kind::k1F1BInterleaved:
     case Kind::kZBV:
-    case Kind::kSTP:
-      return 2;
+    case Kind::kSTP: return 2;
   }
   return 1;
 }
@@ -52,14 +45,11 @@ int min_microbatches(Kind kind, int p, int /*v*/, int at_least) {
   STP_CHECK(p >= 1, "pp=", p, " must be >= 1");
   STP_CHECK(at_least >= 1, "at_least=", at_least, " must be >= 1");
   switch (kind) {
-    case Kind::k1F1BInterleaved:
-      return (at_least + p - 1) / p * p;  // a positive multiple of p
-    case Kind::kSTP:
-      return std::max(at_least, 2 * p);
+    case Kind::k1F1BInterleaved: return (at_least + p - 1) / p * p;  // a positive multiple of p
+    case Kind::kSTP: return std::max(at_least, 2 * p);
     case Kind::k1F1B:
     case Kind::kZBH1:
-    case Kind::kZBV:
-      return at_least;
+    case Kind::kZBV: return at_least;
   }
   STP_ASSERT(false, "unknown kind");
   return at_least;
@@ -76,16 +66,11 @@ Program make(Kind kind, int p, int m, int v) {
             " is not supported by the ", to_string(kind), " schedule (it uses ",
             default_chunks(kind), ")");
   switch (kind) {
-    case Kind::k1F1B:
-      return make_1f1b(p, m);
-    case Kind::k1F1BInterleaved:
-      return make_1f1b_interleaved(p, m, v);
-    case Kind::kZBH1:
-      return make_zb_h1(p, m);
-    case Kind::kZBV:
-      return make_zb_v(p, m);
-    case Kind::kSTP:
-      return make_stp(p, m);
+    case Kind::k1F1B: return make_1f1b(p, m);
+    case Kind::k1F1BInterleaved: return make_1f1b_interleaved(p, m, v);
+    case Kind::kZBH1: return make_zb_h1(p, m);
+    case Kind::kZBV: return make_zb_v(p, m);
+    case Kind::kSTP: return make_stp(p, m);
   }
   STP_ASSERT(false, "unknown kind");
   return {};

@@ -163,30 +163,14 @@ class Parser {
       expect(pos_ < s_.size(), "unterminated escape");
       char e = s_[pos_++];
       switch (e) {
-        case '"':
-          out += '"';
-          break;
-        case '\\':
-          out += '\\';
-          break;
-        case '/':
-          out += '/';
-          break;
-        case 'b':
-          out += '\b';
-          break;
-        case 'f':
-          out += '\f';
-          break;
-        case 'n':
-          out += '\n';
-          break;
-        case 'r':
-          out += '\r';
-          break;
-        case 't':
-          out += '\t';
-          break;
+        case '"': out += '"'; break;
+        case '\\': out += '\\'; break;
+        case '/': out += '/'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'n': out += '\n'; break;
+        case 'r': out += '\r'; break;
+        case 't': out += '\t'; break;
         case 'u': {
           unsigned cp = hex4();
           if (cp >= 0xD800 && cp < 0xDC00 && s_.substr(pos_, 2) == "\\u") {
@@ -198,8 +182,7 @@ class Parser {
           append_utf8(out, cp);
           break;
         }
-        default:
-          expect(false, "bad escape");
+        default: expect(false, "bad escape");
       }
     }
   }
@@ -227,21 +210,11 @@ std::string quote(std::string_view text) {
   std::string out = "\"";
   for (char c : text) {
     switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
       default:
         if (static_cast<unsigned char>(c) < 0x20) {
           char buf[8];
@@ -257,18 +230,12 @@ std::string quote(std::string_view text) {
 
 const char* type_name(Value::Type type) {
   switch (type) {
-    case Value::Type::kNull:
-      return "null";
-    case Value::Type::kBool:
-      return "a boolean";
-    case Value::Type::kNumber:
-      return "a number";
-    case Value::Type::kString:
-      return "a string";
-    case Value::Type::kArray:
-      return "an array";
-    case Value::Type::kObject:
-      return "an object";
+    case Value::Type::kNull: return "null";
+    case Value::Type::kBool: return "a boolean";
+    case Value::Type::kNumber: return "a number";
+    case Value::Type::kString: return "a string";
+    case Value::Type::kArray: return "an array";
+    case Value::Type::kObject: return "an object";
   }
   return "?";
 }

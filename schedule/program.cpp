@@ -34,46 +34,29 @@ std::string braided(const char* op, const Instr& in) {
 
 const char* to_string(Pass pass) {
   switch (pass) {
-    case Pass::kF:
-      return "F";
-    case Pass::kB:
-      return "B";
-    case Pass::kW:
-      return "W";
-    case Pass::kBW:
-      return "BW";
+    case Pass::kF: return "F";
+    case Pass::kB: return "B";
+    case Pass::kW: return "W";
+    case Pass::kBW: return "BW";
   }
   return "?";
 }
 
 const char* to_string(Op op) {
   switch (op) {
-    case Op::kF:
-      return "F";
-    case Op::kB:
-      return "B";
-    case Op::kW:
-      return "W";
-    case Op::kBW:
-      return "BW";
-    case Op::kFF:
-      return "FF";
-    case Op::kFB:
-      return "FB";
-    case Op::kFW:
-      return "FW";
-    case Op::kSendF:
-      return "SEND_F";
-    case Op::kRecvF:
-      return "RECV_F";
-    case Op::kSendB:
-      return "SEND_B";
-    case Op::kRecvB:
-      return "RECV_B";
-    case Op::kOffload:
-      return "OFFLOAD";
-    case Op::kReload:
-      return "RELOAD";
+    case Op::kF: return "F";
+    case Op::kB: return "B";
+    case Op::kW: return "W";
+    case Op::kBW: return "BW";
+    case Op::kFF: return "FF";
+    case Op::kFB: return "FB";
+    case Op::kFW: return "FW";
+    case Op::kSendF: return "SEND_F";
+    case Op::kRecvF: return "RECV_F";
+    case Op::kSendB: return "SEND_B";
+    case Op::kRecvB: return "RECV_B";
+    case Op::kOffload: return "OFFLOAD";
+    case Op::kReload: return "RELOAD";
   }
   return "?";
 }
@@ -112,14 +95,11 @@ std::string to_string(const Instr& in) {
       return in.parts.size() == 2 ? braided(to_string(in.op), in)
                                   : std::string(to_string(in.op)) + "[?]";
     case Op::kSendF:
-    case Op::kSendB:
-      return str_cat(to_string(in.op), " s", r.stage, " mb", r.mb, " ->", in.peer);
+    case Op::kSendB: return str_cat(to_string(in.op), " s", r.stage, " mb", r.mb, " ->", in.peer);
     case Op::kRecvF:
-    case Op::kRecvB:
-      return str_cat(to_string(in.op), " s", r.stage, " mb", r.mb, " <-", in.peer);
+    case Op::kRecvB: return str_cat(to_string(in.op), " s", r.stage, " mb", r.mb, " <-", in.peer);
     case Op::kOffload:
-    case Op::kReload:
-      return str_cat(to_string(in.op), " c", r.chunk, " mb", r.mb);
+    case Op::kReload: return str_cat(to_string(in.op), " c", r.chunk, " mb", r.mb);
   }
   return "?";
 }

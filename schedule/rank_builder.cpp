@@ -101,18 +101,10 @@ void drop_microbatches(Program& prog, int m) {
       if (parts.empty()) continue;
       if (parts.size() < in.parts.size()) {
         switch (parts[0].pass) {
-          case Pass::kF:
-            in.op = Op::kF;
-            break;
-          case Pass::kB:
-            in.op = Op::kB;
-            break;
-          case Pass::kW:
-            in.op = Op::kW;
-            break;
-          case Pass::kBW:
-            in.op = Op::kBW;
-            break;
+          case Pass::kF: in.op = Op::kF; break;
+          case Pass::kB: in.op = Op::kB; break;
+          case Pass::kW: in.op = Op::kW; break;
+          case Pass::kBW: in.op = Op::kBW; break;
         }
       }
       in.parts = std::move(parts);

@@ -101,20 +101,14 @@ class Simulator final : public Interpreter::Observer {
     for (const Part& part : in.parts) {
       const double bytes = set_bytes(c_, part.stage);
       switch (part.pass) {
-        case Pass::kF:
-          mem_[r].push_back({end, true, bytes, 1, 1});
-          break;
+        case Pass::kF: mem_[r].push_back({end, true, bytes, 1, 1}); break;
         case Pass::kB: {  // keeps w_held_fraction of the set: may grow it (> 1)
           const double change = bytes * (c_.w_held_fraction - 1);
           mem_[r].push_back({end, change > 0, change, -1, 0});
           break;
         }
-        case Pass::kBW:
-          mem_[r].push_back({end, false, -bytes, -1, -1});
-          break;
-        case Pass::kW:
-          mem_[r].push_back({end, false, -bytes * c_.w_held_fraction, 0, -1});
-          break;
+        case Pass::kBW: mem_[r].push_back({end, false, -bytes, -1, -1}); break;
+        case Pass::kW: mem_[r].push_back({end, false, -bytes * c_.w_held_fraction, 0, -1}); break;
       }
     }
     if (opt_.record_timeline) {
@@ -204,22 +198,16 @@ class Simulator final : public Interpreter::Observer {
       case Op::kBW:
       case Op::kFF:
       case Op::kFB:
-      case Op::kFW:
-        compute(r, index, in);
-        break;
+      case Op::kFW: compute(r, index, in); break;
       case Op::kSendF:
-      case Op::kSendB:
-        send(r, index, in);
-        break;
+      case Op::kSendB: send(r, index, in); break;
       case Op::kRecvF:
       case Op::kRecvB:  // hands the arrival time to the compute that consumes it
         (in.op == Op::kRecvF ? f_in_ : b_in_)[at(in.ref.stage, in.ref.mb)] =
             arrival_[sent->rank][sent->index];
         break;
       case Op::kOffload:
-      case Op::kReload:
-        host_copy(r, index, in);
-        break;
+      case Op::kReload: host_copy(r, index, in); break;
     }
   }
 

@@ -43,27 +43,13 @@ void check_shape(const Instr& in, const Where& where) {
     }
   };
   switch (in.op) {
-    case Op::kF:
-      want({{Pass::kF}});
-      break;
-    case Op::kB:
-      want({{Pass::kB}});
-      break;
-    case Op::kW:
-      want({{Pass::kW}});
-      break;
-    case Op::kBW:
-      want({{Pass::kBW}});
-      break;
-    case Op::kFF:
-      want({{Pass::kF}, {Pass::kF}});
-      break;
-    case Op::kFB:
-      want({{Pass::kF}, {Pass::kB, Pass::kBW}});
-      break;
-    case Op::kFW:
-      want({{Pass::kF}, {Pass::kW}});
-      break;
+    case Op::kF: want({{Pass::kF}}); break;
+    case Op::kB: want({{Pass::kB}}); break;
+    case Op::kW: want({{Pass::kW}}); break;
+    case Op::kBW: want({{Pass::kBW}}); break;
+    case Op::kFF: want({{Pass::kF}, {Pass::kF}}); break;
+    case Op::kFB: want({{Pass::kF}, {Pass::kB, Pass::kBW}}); break;
+    case Op::kFW: want({{Pass::kF}, {Pass::kW}}); break;
     case Op::kSendF:
     case Op::kRecvF:
     case Op::kSendB:
@@ -207,9 +193,7 @@ class Machine final : public Interpreter::Observer {
   void commit(int r, const Part& part) {
     const std::size_t k = at(part.stage, part.mb);
     switch (part.pass) {
-      case Pass::kF:
-        f_done_[k] = 1;
-        break;
+      case Pass::kF: f_done_[k] = 1; break;
       case Pass::kB:
         b_done_[k] = 1;
         fifo_[r].push_back(k);

@@ -125,11 +125,13 @@ schedule::CostModel fit_costs(const std::vector<schedule::TimelineEvent>& events
   return c;
 }
 
-RunReport::RunReport(std::string log_dir, std::int64_t total_steps, bool enabled, bool live_bar)
+RunReport::RunReport(std::string log_dir, std::int64_t total_steps, bool enabled, bool live_bar,
+                     Say say)
     : log_dir_(std::move(log_dir)),
       total_steps_(total_steps),
       enabled_(enabled),
-      live_bar_(live_bar) {
+      live_bar_(live_bar),
+      say_(say ? std::move(say) : [](const std::string&) {}) {
   if (!enabled_) return;
   fs::create_directories(log_dir_);
   std::string path = log_dir_ + "/metrics.jsonl";
@@ -144,12 +146,9 @@ void RunReport::step(const StepMetrics& m) {
   std::fflush(jsonl_);
   const std::int64_t every = std::max<std::int64_t>(1, total_steps_ / 25);
   if (live_bar_) {
-    std::printf("\r%s", progress_line(m, total_steps_).c_str());
-    if (m.step == total_steps_) std::printf("\n");
-    std::fflush(stdout);
+    say_("\r" + progress_line(m, total_steps_) + (m.step == total_steps_ ? "\n" : ""));
   } else if (m.step % every == 0 || m.step == total_steps_ || history_.size() == 1) {
-    std::printf("%s\n", progress_line(m, total_steps_).c_str());
-    std::fflush(stdout);
+    say_(progress_line(m, total_steps_) + "\n");
   }
 }
 
@@ -186,14 +185,16 @@ void RunReport::finish(const std::string& title) {
     off = std::max(off, history_[i].offloaded_bytes);
   }
   const double n = static_cast<double>(history_.size() - from);
-  std::printf(
-      "done: %lld steps, loss %.4f -> %.4f, %s tok/s, %.3f s/step, exposed comm %.1f%%, "
-      "pp idle %.1f%%, activation peak %s, offloaded %s/step\n",
-      static_cast<long long>(history_.back().step), history_.front().loss, history_.back().loss,
-      human_rate(tokens_rate / n).c_str(), secs / n, 100 * comm / n, 100 * idle / n,
-      format_bytes(static_cast<double>(peak), 1).c_str(),
-      format_bytes(static_cast<double>(off), 1).c_str());
-  std::printf("wrote %s/metrics.jsonl, %s/training.svg\n", log_dir_.c_str(), log_dir_.c_str());
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "done: %lld steps, loss %.4f -> %.4f, %s tok/s, %.3f s/step, exposed comm %.1f%%, "
+                "pp idle %.1f%%, activation peak %s, offloaded %s/step\n",
+                static_cast<long long>(history_.back().step), history_.front().loss,
+                history_.back().loss, human_rate(tokens_rate / n).c_str(), secs / n, 100 * comm / n,
+                100 * idle / n, format_bytes(static_cast<double>(peak), 1).c_str(),
+                format_bytes(static_cast<double>(off), 1).c_str());
+  say_(line);
+  say_(str_cat("wrote ", log_dir_, "/metrics.jsonl, ", log_dir_, "/training.svg\n"));
 }
 
 void write_rank_events(const std::string& dir, int rank,

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -42,8 +43,11 @@ schedule::CostModel fit_costs(const std::vector<schedule::TimelineEvent>& events
 
 class RunReport {
  public:
+  // Where the report's text goes (stp train: stdout); each call is whole lines, or with
+  // live_bar a "\r"-led progress line.
+  using Say = std::function<void(const std::string&)>;
   // REQUIRES: rank 0 only writes; other ranks may construct it with enabled = false.
-  RunReport(std::string log_dir, std::int64_t total_steps, bool enabled, bool live_bar);
+  RunReport(std::string log_dir, std::int64_t total_steps, bool enabled, bool live_bar, Say say);
 
   void step(const StepMetrics& m);
   // Writes training.svg and prints the summary.
@@ -56,6 +60,7 @@ class RunReport {
   std::int64_t total_steps_;
   bool enabled_;
   bool live_bar_;
+  Say say_;
   std::FILE* jsonl_ = nullptr;
   std::vector<StepMetrics> history_;
 };

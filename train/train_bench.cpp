@@ -32,10 +32,6 @@ namespace {
 
 using nlohmann::json;
 
-bool launched() {
-  return std::getenv("WORLD_SIZE") != nullptr || std::getenv("OMPI_COMM_WORLD_SIZE");
-}
-
 // The ranks of the benchmark job (Note [Bench ranks]) and what every run shares: the store, the
 // tokenized data.
 class BenchJob {
@@ -49,7 +45,7 @@ class BenchJob {
         std::chrono::milliseconds(static_cast<std::int64_t>(cfg.run.comm_timeout_s * 1000));
     co_.backend =
         cfg.run.device == "cuda" ? engine::CommBackend::kNccl : engine::CommBackend::kGloo;
-    if (launched()) {
+    if (env_.launched) {
       world_size_ = env_.world_size;
       STP_CHECK(world_size_ % per_replica == 0, "tp=", cfg.parallel.tp, " x pp=", cfg.parallel.pp,
                 " needs a multiple of ", per_replica, " ranks but this job has ", world_size_);

@@ -317,27 +317,13 @@ CpuThreads resolve_cpu_threads(std::int64_t requested, int omp_num_threads, int 
                   local_ranks == 1 ? " local rank" : " local ranks")};
 }
 
-CpuThreads cpu_threads_from_environment(std::int64_t requested, int local_ranks) {
-  // A positive integer, or 0 for unset or malformed (OpenMP ignores those too). OMP_NUM_THREADS
-  // may be a list ("4,2" for nested levels): its first entry is the outer level's.
-  auto positive = [](const char* name) {
-    const char* text = std::getenv(name);
-    if (text == nullptr) return 0;
-    char* end = nullptr;
-    long v = std::strtol(text, &end, 10);
-    bool whole = end != text && (*end == '\0' || *end == ',');
-    return whole && v > 0 && v <= kMaxCpuThreads ? static_cast<int>(v) : 0;
-  };
-  const char* from_launcher = std::getenv("STP_OMP_FROM_LAUNCHER");
-  const bool users_omp = from_launcher == nullptr || std::string(from_launcher) != "1";
-  const int omp = users_omp ? positive("OMP_NUM_THREADS") : 0;
+CpuThreads cpu_threads(std::int64_t requested, const engine::LaunchEnv& env, int local_ranks) {
   int cores = static_cast<int>(std::thread::hardware_concurrency());
   cpu_set_t set;
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof set, &set) == 0) cores = CPU_COUNT(&set);
-  if (local_ranks <= 0) local_ranks = positive("LOCAL_WORLD_SIZE");
-  if (local_ranks <= 0) local_ranks = positive("OMPI_COMM_WORLD_LOCAL_SIZE");
-  return resolve_cpu_threads(requested, omp, cores, local_ranks);
+  if (local_ranks <= 0) local_ranks = env.local_world_size;
+  return resolve_cpu_threads(requested, env.omp_num_threads, cores, local_ranks);
 }
 
 std::string config_reference_markdown() {

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/comm_options.h"
+
 namespace stp::train {
 
 struct ModelSection {
@@ -112,10 +114,10 @@ struct CpuThreads {
 CpuThreads resolve_cpu_threads(std::int64_t requested, int omp_num_threads, int cores,
                                int local_ranks);
 
-// resolve_cpu_threads with this process's figures: OMP_NUM_THREADS, unless `stp run` set it
-// (it does so, with STP_OMP_FROM_LAUNCHER=1, when the user did not); the CPUs this process may
-// run on (sched_getaffinity, else std::thread::hardware_concurrency); and `local_ranks`, or
-// when 0 LOCAL_WORLD_SIZE (OMPI_COMM_WORLD_LOCAL_SIZE under mpirun; 1 when neither is set).
-CpuThreads cpu_threads_from_environment(std::int64_t requested, int local_ranks = 0);
+// resolve_cpu_threads with this process's figures: the user's OMP_NUM_THREADS as the launch
+// environment read it (not the one `stp run` sets); the CPUs this process may run on
+// (sched_getaffinity, else std::thread::hardware_concurrency); and `local_ranks`, or when 0
+// the launcher's LOCAL_WORLD_SIZE (1 when not set).
+CpuThreads cpu_threads(std::int64_t requested, const engine::LaunchEnv& env, int local_ranks = 0);
 
 }  // namespace stp::train

@@ -106,7 +106,7 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
   cfg.validate();
   const engine::LaunchEnv env = engine::launch_env_from_environment();
   // CPU runs: run.threads, else the user's OMP_NUM_THREADS, else cores / local ranks.
-  const CpuThreads threads = cpu_threads_from_environment(cfg.run.threads);
+  const CpuThreads threads = cpu_threads(cfg.run.threads, env);
   if (cfg.run.device != "cuda") at::set_num_threads(threads.count);
   const int per_replica = static_cast<int>(cfg.parallel.tp * cfg.parallel.pp);
   STP_CHECK(env.world_size % per_replica == 0 && env.world_size >= per_replica,
@@ -135,20 +135,18 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
                           trainer_options(cfg));
   engine::World& world = trainer.world();
   const bool lead = world.rank() == 0;
-  if (lead) std::printf("stp train: resolved configuration\n%s\n", cfg.to_json().c_str());
-  if (lead && cfg.run.device != "cuda")
-    std::printf("cpu threads: %d per rank (%s)\n", threads.count, threads.source.c_str());
+  auto say = [&](const std::string& text) {  // rank 0's lines go to the caller's sink
+    if (lead && opts.say) opts.say(text);
+  };
+  say(str_cat("stp train: resolved configuration\n", cfg.to_json(), "\n"));
+  if (cfg.run.device != "cuda")
+    say(str_cat("cpu threads: ", threads.count, " per rank (", threads.source, ")\n"));
 
   const data::LoaderOptions lo = loader_options(cfg, world.dp_rank(), world.dp());
   data::DataLoader loader(data_source(cfg), lo);
-  if (lead) {
-    std::printf("data: %s, %lld tokens, %lld windows of %lld\n",
-                loader.dataset().description.c_str(),
-                static_cast<long long>(loader.dataset().tokens.size()),
-                static_cast<long long>(loader.num_windows()), static_cast<long long>(lo.seq_len));
-    if (!loader.dataset().warning().empty())
-      std::printf("data: %s\n", loader.dataset().warning().c_str());
-  }
+  say(str_cat("data: ", loader.dataset().description, ", ", loader.dataset().tokens.size(),
+              " tokens, ", loader.num_windows(), " windows of ", lo.seq_len, "\n"));
+  if (!loader.dataset().warning().empty()) say(str_cat("data: ", loader.dataset().warning(), "\n"));
 
   checkpoint::CheckpointOptions co;
   co.dir = ckpt_dir;
@@ -163,28 +161,21 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
     loader.restore_position_json(resumed.manifest.info.data);
     step = resumed.manifest.step;
     resumed.tensors.clear();
-    if (lead)
-      std::printf("resumed from %s (step %lld)\n", resume_from->c_str(),
-                  static_cast<long long>(step));
-  } else if (opts.resume && lead) {
-    std::printf("--resume: no complete checkpoint in %s; starting at step 0\n", ckpt_dir.c_str());
+    say(str_cat("resumed from ", *resume_from, " (step ", step, ")\n"));
+  } else if (opts.resume) {
+    say(str_cat("--resume: no complete checkpoint in ", ckpt_dir, "; starting at step 0\n"));
   }
   result.first_step = step;
   const std::int64_t total = cfg.run.steps;
   const std::int64_t step_tokens = tokens_per_step(cfg, world.dp());
-  RunReport report(cfg.run.log_dir, total, lead, lead && cfg.run.progress && isatty(STDOUT_FILENO));
+  RunReport report(cfg.run.log_dir, total, lead, lead && cfg.run.progress && opts.live_bar,
+                   opts.say);
   if (lead) schedule::write_file(cfg.run.log_dir + "/config.json", cfg.to_json() + "\n");
   auto save = [&](std::int64_t s) {
     info.data = loader.position_json();
     std::string dir = writer.save(s, state_of(trainer), info);
-    if (lead && cfg.run.progress) std::printf("checkpoint: %s\n", dir.c_str());
+    if (cfg.run.progress) say(str_cat("checkpoint: ", dir, "\n"));
   };
-  // Fault injection for the resume tests: STP_FAULT_KILL_AT_STEP=N and STP_FAULT_KILL_RANK=r make
-  // rank r SIGKILL itself in the middle of step N (after its forward work began), as a crash would.
-  const char* kill_step_env = std::getenv("STP_FAULT_KILL_AT_STEP");
-  const char* kill_rank_env = std::getenv("STP_FAULT_KILL_RANK");
-  const std::int64_t kill_step = kill_step_env ? std::atoll(kill_step_env) : -1;
-  const int kill_rank = kill_rank_env ? std::atoi(kill_rank_env) : 0;
   int ran = 0;
   bool first = true;
   while (step < total) {
@@ -192,19 +183,18 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
     trainer.optimizer().set_lr(lr);
     auto mbs = loader.next_step(static_cast<int>(cfg.schedule.microbatches),
                                 cfg.schedule.micro_batch_size);
-    if (step + 1 == kill_step && world.rank() == kill_rank) ::kill(::getpid(), SIGKILL);
+    if (step + 1 == opts.kill_at_step && world.rank() == opts.kill_rank)
+      ::kill(::getpid(), SIGKILL);
     trainer.step(mbs);
     ++step;
     ++ran;
-    if (first && lead) {
+    if (first && trainer.offload_plan().budget_bytes > 0) {
       const engine::OffloadPlan& plan = trainer.offload_plan();
-      if (plan.budget_bytes > 0)
-        std::printf(
-            "offload: budget %lld bytes per rank; simulated peak %lld -> %lld bytes, "
-            "%+.1f%% step time\n",
-            static_cast<long long>(plan.budget_bytes),
-            static_cast<long long>(plan.peak_bytes_before),
-            static_cast<long long>(plan.peak_bytes_after), 100 * plan.slowdown);
+      char pct[32];
+      std::snprintf(pct, sizeof pct, "%+.1f%%", 100 * plan.slowdown);
+      say(str_cat("offload: budget ", plan.budget_bytes, " bytes per rank; simulated peak ",
+                  plan.peak_bytes_before, " -> ", plan.peak_bytes_after, " bytes, ", pct,
+                  " step time\n"));
     }
     first = false;
     StepMetrics m = gather_metrics(trainer, step, lr, step_tokens);
@@ -228,9 +218,8 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
     write_timelines(cfg.run.log_dir, trainer.program(), read_rank_events(tl_dir, world.pp()),
                     title);
     report.finish(str_cat("stp train: ", title));
-    std::printf(
-        "wrote %s/timeline.svg and timeline.json (measured step next to the simulated one)\n",
-        cfg.run.log_dir.c_str());
+    say(str_cat("wrote ", cfg.run.log_dir,
+                "/timeline.svg and timeline.json (measured step next to the simulated one)\n"));
   }
   return result;
 }

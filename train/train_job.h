@@ -1,11 +1,14 @@
 // The `stp train` job on one rank: configuration -> world -> GPT -> data -> (resume) -> steps
-// with progress, metrics, checkpoints -> summary, plots and the measured timeline.
+// with progress, metrics, checkpoints -> summary, plots and the measured timeline. It reads no
+// environment beyond the launch edge (engine::launch_env_from_environment) and prints nothing
+// itself: its text goes to TrainJobOptions::say.
 //
 // Every rank of the job runs run_train_job with the same configuration (typically under
 // `stp run -n N -- stp train ...`); the world size must be dp * pp * tp.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "train/train_config.h"
@@ -16,6 +19,14 @@ struct TrainJobOptions {
   bool resume = false;  // continue from the newest complete checkpoint, if any
   int stop_after = 0;   // > 0: stop (like a crash, without the final checkpoint) after this
                         // many steps of this run — for tests of resume
+  // Fault injection for the resume tests (a test hook): rank `kill_rank` SIGKILLs itself in the
+  // middle of step `kill_at_step` (after its forward work began), as a crash would. -1: never.
+  std::int64_t kill_at_step = -1;
+  int kill_rank = 0;
+  // Where the job's text goes on rank 0 (stp train: stdout): resolved configuration, data,
+  // progress, summary. Empty: nowhere.
+  std::function<void(const std::string&)> say;
+  bool live_bar = false;  // progress as one rewritten line (the sink is a terminal)
 };
 
 struct TrainJobResult {

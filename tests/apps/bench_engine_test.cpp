@@ -7,17 +7,14 @@
 
 #include "cli_test_util.h"
 
+#include "tests/support/file_test_util.h"
+
 namespace stp::testing {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string temp_dir(const std::string& name) {
-  fs::path p =
-      fs::temp_directory_path() / ("stp_bench_cli_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  return p.string();
-}
+std::string temp_dir(const std::string& name) { return fresh_temp_dir("bench_cli", name); }
 
 // A GPT small enough for a CPU test (a few milliseconds a step).
 const char* kTiny =

@@ -12,18 +12,14 @@
 
 #include "cli_test_util.h"
 
+#include "tests/support/file_test_util.h"
+
 namespace stp::testing {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string temp_dir(const std::string& name) {
-  fs::path p =
-      fs::temp_directory_path() / ("stp_train_test_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+std::string temp_dir(const std::string& name) { return fresh_temp_dir("train_test", name); }
 
 // A model and data small enough for a CPU test (tens of milliseconds a step).
 std::string tiny(const std::string& log_dir, int tp, int pp, int steps) {

@@ -249,12 +249,8 @@ schedule::Program fb_program() {
 }
 
 TEST(Executor, BraidedBlockExposesLessCollectiveWaitThanBackToBack) {
-  models::GptConfig cfg;
-  cfg.vocab = 64;
-  cfg.seq_len = 128;
-  cfg.d_model = 256;
-  cfg.n_heads = 4;
-  cfg.n_layers = 4;
+  models::GptConfig cfg = testing::make_config(64, 128, 256, 4, 4);
+  cfg.dtype = at::kFloat;  // a realistic kernel mix for the timing
   const schedule::Program prog = fb_program();
   std::vector<MicroBatch> mbs;
   for (int i = 0; i < 2; ++i)

@@ -32,11 +32,10 @@ TEST(PublicApi, TypedOptionsAndTheirTextForms) {
 }
 
 TEST(PublicApi, TrainsTheGptInOneProcess) {
-  stp::GptConfig cfg;
+  stp::GptConfig cfg;  // 12 heads of 2
   cfg.vocab = 16;
   cfg.seq_len = 8;
-  cfg.d_model = 16;
-  cfg.n_heads = 2;
+  cfg.d_model = 24;
   cfg.n_layers = 2;
   stp::TrainerOptions opt;
   opt.schedule = stp::ScheduleKind::k1F1B;

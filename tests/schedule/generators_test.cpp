@@ -25,18 +25,10 @@ std::string notes_token(const Instr& in) {
   auto one = [](const Part& p) {
     std::ostringstream os;
     switch (p.pass) {
-      case Pass::kF:
-        os << 'F' << p.chunk << '(' << p.mb + 1 << ')';
-        break;
-      case Pass::kBW:
-        os << 'B' << p.chunk << '(' << p.mb + 1 << ')';
-        break;
-      case Pass::kB:
-        os << "Bzb" << p.chunk << '(' << p.mb + 1 << ')';
-        break;  // not in the notes
-      case Pass::kW:
-        os << 'W';
-        break;
+      case Pass::kF: os << 'F' << p.chunk << '(' << p.mb + 1 << ')'; break;
+      case Pass::kBW: os << 'B' << p.chunk << '(' << p.mb + 1 << ')'; break;
+      case Pass::kB: os << "Bzb" << p.chunk << '(' << p.mb + 1 << ')'; break;  // not in the notes
+      case Pass::kW: os << 'W'; break;
     }
     return os.str();
   };

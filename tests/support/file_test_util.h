@@ -6,6 +6,7 @@
 #include <ftw.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -51,6 +52,16 @@ inline std::string read_bytes(const std::filesystem::path& p) {
 
 inline void write_bytes(const std::filesystem::path& p, const std::string& b) {
   std::ofstream(p, std::ios::binary | std::ios::trunc) << b;
+}
+
+// <tmp>/stp_<suite>_<name>_<pid>, created empty (whatever was there is removed first) and kept
+// afterwards for inspection; for tests that hand a directory to a whole run.
+inline std::string fresh_temp_dir(const std::string& suite, const std::string& name) {
+  std::filesystem::path p = std::filesystem::temp_directory_path() /
+                            ("stp_" + suite + "_" + name + "_" + std::to_string(getpid()));
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p.string();
 }
 
 // The message of the std::invalid_argument `fn` throws, or "<no error>".

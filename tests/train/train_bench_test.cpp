@@ -12,17 +12,15 @@
 #include <filesystem>
 #include <fstream>
 
+#include "file_test_util.h"
+
 namespace stp::train {
 namespace {
 
 namespace fs = std::filesystem;
+using stp::testing::fresh_temp_dir;
 
-std::string temp_dir(const std::string& name) {
-  fs::path p =
-      fs::temp_directory_path() / ("stp_train_bench_" + name + "_" + std::to_string(getpid()));
-  fs::remove_all(p);
-  return p.string();
-}
+std::string temp_dir(const std::string& name) { return fresh_temp_dir("train_bench", name); }
 
 // tp 2 x pp 2, one layer per stage of a V schedule, tens of milliseconds a step.
 TrainConfig tiny() {

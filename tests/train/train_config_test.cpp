@@ -1,4 +1,5 @@
 #include "train/train_config.h"
+#include "engine/comm_options.h"
 
 #include <gtest/gtest.h>
 
@@ -139,7 +140,8 @@ TEST(TrainConfig, CpuThreadsDefault) {
   EXPECT_EQ(c.run.threads, 4);
 }
 
-// The environment's part: OMP_NUM_THREADS counts unless `stp run` set it (STP_OMP_FROM_LAUNCHER=1).
+// The environment's part, read once at the launch edge: OMP_NUM_THREADS counts unless `stp run`
+// set it (STP_OMP_FROM_LAUNCHER=1); LOCAL_WORLD_SIZE divides the cores.
 TEST(TrainConfig, CpuThreadsFromTheEnvironment) {
   struct Saved {
     const char* name;
@@ -153,13 +155,18 @@ TEST(TrainConfig, CpuThreadsFromTheEnvironment) {
   setenv("OMP_NUM_THREADS", "3", 1);
   unsetenv("STP_OMP_FROM_LAUNCHER");
   setenv("LOCAL_WORLD_SIZE", "1024", 1);
-  EXPECT_EQ(cpu_threads_from_environment(0).count, 3);
-  EXPECT_EQ(cpu_threads_from_environment(5).count, 5);
+  engine::LaunchEnv env = engine::launch_env_from_environment();
+  EXPECT_EQ(env.omp_num_threads, 3);
+  EXPECT_EQ(env.local_world_size, 1024);
+  EXPECT_EQ(cpu_threads(0, env).count, 3);
+  EXPECT_EQ(cpu_threads(5, env).count, 5);
   setenv("STP_OMP_FROM_LAUNCHER", "1", 1);
-  CpuThreads t = cpu_threads_from_environment(0);
+  env = engine::launch_env_from_environment();
+  EXPECT_EQ(env.omp_num_threads, 0);
+  CpuThreads t = cpu_threads(0, env);
   EXPECT_EQ(t.count, 1);  // the cores among 1024 local ranks
   EXPECT_NE(t.source.find(" / 1024 local ranks"), std::string::npos) << t.source;
-  t = cpu_threads_from_environment(0, 1);  // an explicit local rank count wins
+  t = cpu_threads(0, env, 1);  // an explicit local rank count wins
   EXPECT_NE(t.source.find(" / 1 local rank"), std::string::npos) << t.source;
   EXPECT_GE(t.count, 1);
   for (const auto& s : saved) {

@@ -1,0 +1,199 @@
+#include "train/verify_layout.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#include "common/check.h"
+#include "engine/comm.h"
+#include "engine/trainer.h"
+#include "models/gpt.h"
+#include "schedule/generators.h"
+#include "train/train_config.h"
+
+namespace stp::train {
+namespace {
+
+using engine::MicroBatch;
+using models::GptConfig;
+
+constexpr int kMinDefaultMicrobatches = 4;  // a default step accumulates several microbatches
+
+struct Errors {
+  std::int64_t peak_bytes = 0;       // measured, max over ranks
+  std::int64_t offloaded_bytes = 0;  // measured, sum over ranks
+  double loss_diff = 0;
+  double max_rel = 0;
+  std::string worst;
+};
+
+GptConfig verify_config(const VerifyOptions& a, int stages) {
+  GptConfig c;
+  c.vocab = 37;  // not a multiple of any tp
+  c.seq_len = 8;
+  c.n_heads = 4 * a.tp;
+  c.d_model = 2 * c.n_heads;
+  c.n_layers = stages + 1;  // uneven split across stages
+  c.dtype = at::kDouble;
+  c.init_std = 0.3;  // large enough that every gradient is far from zero
+  c.seed = a.seed;
+  return c;
+}
+
+std::vector<MicroBatch> verify_batches(const GptConfig& c, int m, std::uint64_t seed) {
+  at::Generator gen = at::detail::createCPUGenerator(seed);
+  std::vector<MicroBatch> mbs;
+  for (int i = 0; i < m; ++i)
+    mbs.push_back({at::randint(c.vocab, {2, c.seq_len}, gen, at::kLong),
+                   at::randint(c.vocab, {2, c.seq_len}, gen, at::kLong)});
+  return mbs;
+}
+
+// The reference: the whole model as one chunk, each microbatch forward then backward with W
+// fused, gradients of the mean loss.
+struct Reference {
+  double loss = 0;
+  std::map<std::string, at::Tensor> grads;
+};
+
+Reference run_reference(const GptConfig& c, const std::vector<MicroBatch>& mbs) {
+  models::GptChunk chunk(c, 0, 1, 0, 1);
+  chunk.zero_grad();
+  Reference ref;
+  for (std::size_t i = 0; i < mbs.size(); ++i) {
+    engine::ActivationSet set(0, static_cast<int>(i));
+    auto f = chunk.forward(set, mbs[i], at::Tensor());
+    for (int k = 0; k < f->size(); ++k) f->run(k);
+    f->finish();
+    ref.loss += chunk.loss(set) / mbs.size();
+    auto b = chunk.backward(set, at::Tensor());
+    auto w = chunk.weight_grad(set);
+    for (int k = 0; k < b->size(); ++k) {
+      b->run(k);
+      w->run(k);
+    }
+    b->finish();
+    w->finish();
+  }
+  for (auto& p : chunk.params()) ref.grads[p.name] = p.grad / static_cast<double>(mbs.size());
+  return ref;
+}
+
+// The largest relative error of this rank's shards against the reference's slices.
+void compare_shards(engine::Trainer& t, const Reference& ref, Errors& e) {
+  const int tp = t.world().tp(), tr = t.world().tp_rank();
+  for (auto* c : t.chunks()) {
+    for (auto& p : c->params()) {
+      at::Tensor want = ref.grads.at(p.name);
+      if (p.shard_dim >= 0) {
+        std::int64_t n = want.size(p.shard_dim) / tp;
+        want = want.narrow(p.shard_dim, tr * n, n);
+      }
+      double denom = want.norm().item<double>();
+      double err = (p.grad - want).norm().item<double>() / (denom > 0 ? denom : 1.0);
+      if (!(err <= e.max_rel)) {  // also catches NaN
+        e.max_rel = std::isnan(err) ? INFINITY : err;
+        e.worst = p.name;
+      }
+    }
+  }
+}
+
+engine::TrainerOptions verify_trainer_options(const VerifyOptions& a) {
+  engine::TrainerOptions o;
+  o.schedule = schedule::kind_from_string(a.schedule);
+  o.tp = a.tp;
+  o.pp = a.pp;
+  o.microbatches = a.microbatches;
+  o.offload_budget = engine::parse_offload_budget(a.budget);
+  return o;
+}
+
+// Every rank of a launched job: one Trainer per process, figures reduced over the world.
+double run_launched(const VerifyOptions& a, const GptConfig& cfg,
+                    const std::vector<MicroBatch>& mbs, const Reference& ref,
+                    const engine::LaunchEnv& env, Errors& errors, bool& lead) {
+  STP_CHECK(env.world_size == a.tp * a.pp, "stp verify runs with world size tp*pp=", a.tp * a.pp,
+            " but the launcher started ", env.world_size, " ranks");
+  engine::Trainer t(models::gpt_model(cfg), verify_trainer_options(a));
+  const double loss = t.step(mbs);
+  compare_shards(t, ref, errors);
+  auto& wg = t.world().world_group();
+  errors.peak_bytes = static_cast<std::int64_t>(
+      wg.all_reduce_max(static_cast<double>(t.last_stats().exec.peak_activation_bytes)));
+  errors.offloaded_bytes = static_cast<std::int64_t>(
+      wg.all_reduce_sum(static_cast<double>(t.last_stats().exec.offloaded_bytes)));
+  errors.max_rel = wg.all_reduce_max(errors.max_rel);
+  if (errors.max_rel > 0 && errors.worst.empty()) errors.worst = "(another rank's shard)";
+  lead = t.world().rank() == 0;
+  return loss;
+}
+
+// The whole job as threads of this process (engine::run_in_process).
+double run_as_threads(const VerifyOptions& a, const GptConfig& cfg,
+                      const std::vector<MicroBatch>& mbs, const Reference& ref, int cpu_threads,
+                      Errors& errors) {
+  engine::CommOptions co;
+  co.tp = a.tp;
+  co.pp = a.pp;
+  std::mutex mu;
+  double loss = 0;
+  engine::run_in_process(a.tp * a.pp, co, [&](std::unique_ptr<engine::World> world) {
+    at::set_num_threads(cpu_threads);  // OpenMP's thread count is per thread
+    const int r = world->rank();
+    engine::Trainer t(models::gpt_model(cfg), verify_trainer_options(a), std::move(world));
+    const double l = t.step(mbs);
+    Errors mine;
+    compare_shards(t, ref, mine);
+    std::lock_guard<std::mutex> lock(mu);
+    if (r == 0) loss = l;
+    if (!(mine.max_rel <= errors.max_rel)) {
+      errors.max_rel = mine.max_rel;
+      errors.worst = mine.worst;
+    }
+    errors.peak_bytes = std::max(errors.peak_bytes, t.last_stats().exec.peak_activation_bytes);
+    errors.offloaded_bytes += t.last_stats().exec.offloaded_bytes;
+  });
+  return loss;
+}
+
+}  // namespace
+
+VerifyReport verify_layout(const VerifyOptions& options, const engine::LaunchEnv& env) {
+  VerifyOptions a = options;
+  const auto kind = schedule::kind_from_string(a.schedule);
+  STP_CHECK(a.threads >= 0 && a.threads <= kMaxCpuThreads, "--threads=", a.threads,
+            " is out of range [0, ", kMaxCpuThreads,
+            "] (0: OMP_NUM_THREADS if set, else the cores / the ranks)");
+  STP_CHECK(a.tolerance > 0, "--tolerance=", a.tolerance, " must be > 0");
+  if (a.microbatches == 0)
+    a.microbatches = schedule::min_microbatches(kind, a.pp, 0, kMinDefaultMicrobatches);
+  const GptConfig cfg = verify_config(a, a.pp * schedule::default_chunks(kind));
+  const auto mbs = verify_batches(cfg, a.microbatches, a.seed + 1);
+  // Launched: one rank per process. Otherwise tp*pp rank threads share this process's cores.
+  const int threads = cpu_threads(a.threads, env, env.launched ? 0 : a.tp * a.pp).count;
+  at::set_num_threads(threads);
+  const Reference ref = run_reference(cfg, mbs);
+
+  Errors errors;
+  VerifyReport r;
+  r.loss = env.launched ? run_launched(a, cfg, mbs, ref, env, errors, r.lead)
+                        : run_as_threads(a, cfg, mbs, ref, threads, errors);
+  r.microbatches = a.microbatches;
+  r.layers = cfg.n_layers;
+  r.peak_bytes = errors.peak_bytes;
+  r.offloaded_bytes = errors.offloaded_bytes;
+  r.reference_loss = ref.loss;
+  r.loss_diff = std::abs(r.loss - ref.loss);
+  r.max_rel = errors.max_rel;
+  r.worst = errors.worst;
+  r.ok = r.loss_diff <= a.tolerance * std::max(1.0, std::abs(ref.loss)) && r.max_rel <= a.tolerance;
+  return r;
+}
+
+}  // namespace stp::train

@@ -1,0 +1,44 @@
+// verify_layout: one training step of a TP x PP layout, schedule and offload budget on a small
+// random float64 GPT, against the same step as a single-process reference (one chunk, TP 1, no
+// pipeline): the loss difference and the largest relative gradient error over all parameters.
+// `stp verify` prints the report; a layout is trusted when both are within the tolerance.
+//
+// Without a launcher (LaunchEnv::launched false) the tp*pp ranks run as threads of this process;
+// under `stp run -n N`, torchrun, mpirun or srun each process is one rank (N must equal tp*pp),
+// compares its own shards, and the figures are reduced over the world.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "engine/comm_options.h"
+
+namespace stp::train {
+
+struct VerifyOptions {
+  int tp = 2;                    // >= 1
+  int pp = 2;                    // >= 1
+  int microbatches = 0;          // 0: the smallest the schedule takes, at least 4
+  std::string schedule = "stp";  // schedule::kind_from_string
+  std::string budget = "off";    // engine::parse_offload_budget
+  double tolerance = 1e-9;       // > 0
+  std::uint64_t seed = 1;
+  int threads = 0;  // CPU intra-op threads per rank; 0: cpu_threads' default
+};
+
+struct VerifyReport {
+  bool lead = true;  // this process prints (rank 0, or the only process)
+  int microbatches = 0;
+  std::int64_t layers = 0;
+  std::int64_t peak_bytes = 0;       // measured activation peak, max over ranks
+  std::int64_t offloaded_bytes = 0;  // measured, sum over ranks
+  double loss = 0, reference_loss = 0, loss_diff = 0;
+  double max_rel = 0;  // largest relative gradient error
+  std::string worst;   // the parameter it was found at
+  bool ok = false;     // both within the tolerance
+};
+
+// Throws std::invalid_argument naming a bad option (and a launch that does not match tp*pp).
+VerifyReport verify_layout(const VerifyOptions& options, const engine::LaunchEnv& env);
+
+}  // namespace stp::train
