@@ -75,10 +75,9 @@
 //     pending and every over-budget create() or reload() becomes a full host synchronisation.
 //   - The events above are recorded on the legacy default stream of the calling thread's current
 //     device (item 3): right only while nothing sets a current stream.
-//   - Not CUDA-only, found while writing the tests (not fixed here): after a cancelled round trip
-//     (RELOAD while the D2H still ran) acquire() returns the original tensors without waiting
-//     for that D2H, which still reads them. A backward that then frees them lets the copy read
-//     freed memory: on the host backend a worker thread's memcpy segfaults on an unmapped block.
+//   - A cancelled round trip (RELOAD while the D2H still ran) hands back the original tensors:
+//     acquire()'s wait then waits for that D2H, which still reads them (Note [Offload
+//     lifetime]); before that fix a backward that freed them let a copy worker read freed memory.
 //
 // Thread-safety: one rank's executor thread.
 #pragma once

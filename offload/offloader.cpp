@@ -164,10 +164,14 @@ double Offloader::wait_impl(ActivationKey key, StreamHandle stream, bool host_wa
   STP_CHECK(set.state == SetState::kToDevice, "wait for ", name_of(key), " in state ",
             to_string(set.state), ": reload() it first");
   auto t0 = std::chrono::steady_clock::now();
+  // A cancelled round trip hands the engine back its originals, which the D2H may still be
+  // reading: the consumer is ordered after that copy, or the engine could free (or overwrite)
+  // memory a copy still reads (Note [Offload lifetime]). Otherwise after the H2D.
+  CopyEvent& done = set.cancelled ? set.d2h : set.h2d;
   if (host_wait || copies_.backend() != Backend::kCuda)
-    set.h2d.synchronize();
+    done.synchronize();
   else
-    set.h2d.block_stream(stream);  // the consumer's stream waits for the H2D; no host wait
+    done.block_stream(stream);  // the consumer's stream waits for the copy; no host wait
   double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   device_.sub(set.bytes);  // the engine holds these buffers from here on
   sets_.erase(key);

@@ -23,8 +23,10 @@
 //
 // reload() while the D2H is still running (kToHost) cancels the round trip: release() and
 // allocate() are not called, the engine's original buffers stay valid, and the host blocks are
-// freed with the D2H event. So after wait() the engine's buffers are right in both cases:
-// the originals (cancelled) or the ones allocate() returned (reloaded).
+// freed with the D2H event. wait() then orders the consumer after that D2H (it still reads the
+// originals, which the engine may free or overwrite once it has them back). So after wait()
+// the engine's buffers are right and untouched by any copy in both cases: the originals
+// (cancelled) or the ones allocate() returned (reloaded).
 //
 // Accounting (exact, any backend): device_bytes() counts the bytes of device buffers the
 // offloader is responsible for — kToHost buffers not yet released and kToDevice buffers

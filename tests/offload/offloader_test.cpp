@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -181,12 +182,19 @@ TEST_F(OffloaderTest, ReloadBeforeTheOffloadCompletedKeepsTheOriginals) {
   EXPECT_EQ(engine_.allocations(key), 0);
   EXPECT_EQ(offloader_->state(key), SetState::kToDevice);
   EXPECT_EQ(offloader_->device_bytes(), kSetBytes);
+  // The D2H (gated on the forward) still has to read the originals: wait() must not hand them
+  // back before it did, or the engine could free memory a copy still reads.
+  std::atomic<bool> opened{false};
+  std::thread forward([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    opened = true;
+    forward_done.signal();
+  });
   offloader_->wait(key);
+  EXPECT_TRUE(opened) << "wait() returned while the D2H could still read the originals";
+  forward.join();
   EXPECT_EQ(offloader_->state(key), SetState::kAbsent);
   EXPECT_EQ(offloader_->device_bytes(), 0);
-  // The D2H still reads the originals into pool blocks: those blocks stay in flight.
-  EXPECT_GE(pool_->stats().in_flight_bytes, static_cast<std::size_t>(kSetBytes));
-  forward_done.signal();
   offloader_->synchronize();
   pool_->synchronize();
   EXPECT_EQ(pool_->stats().in_flight_bytes, 0u);
