@@ -2,7 +2,6 @@
 // with offload off and on, and under a sweep of offload budgets, each measurement next to the
 // simulator's and the planner's prediction (train/train_bench.h). Without a launcher the ranks
 // run as threads of this process; under `stp run -n N --` each process is one rank.
-#include <fstream>
 #include <sstream>
 
 #include "cli.h"
@@ -23,20 +22,29 @@ struct ConfigArgs {
     app.add_option("--set", sets, "override one field: section.key=value (repeatable)");
   }
 
-  train::TrainConfig resolve() const {
-    train::TrainConfig cfg;
-    if (!path.empty()) {
-      std::ifstream in(path);
-      STP_CHECK(in.good(), "--config ", path, ": cannot read the file");
-      std::stringstream text;
-      text << in.rdbuf();
-      cfg.apply_json(text.str(), path);
-    }
-    for (const auto& s : sets) cfg.apply_override(s);
-    cfg.validate();
-    return cfg;
-  }
+  train::TrainConfig resolve() const { return train::load_config(path, sets); }
 };
+
+// --steps, --warmup and --out of a benchmark; `per` names what one measurement is.
+void add_run_options(CLI::App& app, int& steps, int& warmup, std::string& out,
+                     const std::string& per, const std::string& writes) {
+  app.add_option("--steps", steps, "measured steps per " + per)
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
+  app.add_option("--warmup", warmup, "warm-up steps per " + per)
+      ->check(CLI::Range(0, 1000))
+      ->capture_default_str();
+  app.add_option("--out", out, "output folder (" + writes + ")")->capture_default_str();
+}
+
+// "a,b,,c" -> {a, b, c}.
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream ss(text);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
 
 int bench_train(const std::vector<std::string>& args) {
   ConfigArgs config;
@@ -50,19 +58,9 @@ int bench_train(const std::vector<std::string>& args) {
   app.add_option("--kinds", kinds, "schedule kinds, comma-separated")->capture_default_str();
   app.add_option("--budget", o.on_budget,
                  "offload budget of the 'on' runs (default: offload.budget)");
-  app.add_option("--steps", o.steps, "measured steps per run")
-      ->check(CLI::Range(1, 10000))
-      ->capture_default_str();
-  app.add_option("--warmup", o.warmup, "warm-up steps per run")
-      ->check(CLI::Range(0, 1000))
-      ->capture_default_str();
-  app.add_option("--out", o.out_dir, "output folder (results.json, runs/*/timeline.svg)")
-      ->capture_default_str();
+  add_run_options(app, o.steps, o.warmup, o.out_dir, "run", "results.json, runs/*/timeline.svg");
   if (int rc = parse(app, args); rc >= 0) return rc;
-  o.kinds.clear();
-  std::stringstream ks(kinds);
-  for (std::string k; std::getline(ks, k, ',');)
-    if (!k.empty()) o.kinds.push_back(k);
+  o.kinds = split_list(kinds);
   auto res = train::run_train_bench(config.resolve(), o);
   if (!res.lead) return 0;
   std::printf("\n%s", train::train_bench_table(res).c_str());
@@ -84,18 +82,9 @@ int bench_budget(const std::vector<std::string>& args) {
       "--budgets", budgets,
       "comma-separated budgets (100%,60%,3MiB); default: 100%, 95%, 90%, ... until infeasible; "
       "the smallest feasible budget is always measured last");
-  app.add_option("--steps", o.steps, "measured steps per budget")
-      ->check(CLI::Range(1, 10000))
-      ->capture_default_str();
-  app.add_option("--warmup", o.warmup, "warm-up steps per budget")
-      ->check(CLI::Range(0, 1000))
-      ->capture_default_str();
-  app.add_option("--out", o.out_dir, "output folder (results.json, budget.svg)")
-      ->capture_default_str();
+  add_run_options(app, o.steps, o.warmup, o.out_dir, "budget", "results.json, budget.svg");
   if (int rc = parse(app, args); rc >= 0) return rc;
-  std::stringstream bs(budgets);
-  for (std::string b; std::getline(bs, b, ',');)
-    if (!b.empty()) o.budgets.push_back(b);
+  o.budgets = split_list(budgets);
   auto res = train::run_budget_sweep(config.resolve(), o);
   if (!res.lead) return 0;
   std::printf("\n%s", train::budget_sweep_table(res).c_str());

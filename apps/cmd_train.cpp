@@ -6,8 +6,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
 
 #include "cli.h"
 #include "command.h"
@@ -37,15 +35,7 @@ int train(const std::vector<std::string>& args) {
     std::printf("%s", train::config_reference_markdown().c_str());
     return 0;
   }
-  train::TrainConfig cfg;
-  if (!config_path.empty()) {
-    std::ifstream in(config_path);
-    STP_CHECK(in.good(), "--config ", config_path, ": cannot read the file");
-    std::stringstream text;
-    text << in.rdbuf();
-    cfg.apply_json(text.str(), config_path);
-  }
-  for (const auto& s : sets) cfg.apply_override(s);
+  const train::TrainConfig cfg = train::load_config(config_path, sets);
   train::TrainJobOptions opts;
   opts.resume = resume;
   opts.stop_after = stop_after;

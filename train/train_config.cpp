@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <fstream>
 #include <functional>
 #include <limits>
 #include <sstream>
@@ -324,6 +325,20 @@ CpuThreads cpu_threads(std::int64_t requested, const engine::LaunchEnv& env, int
   if (sched_getaffinity(0, sizeof set, &set) == 0) cores = CPU_COUNT(&set);
   if (local_ranks <= 0) local_ranks = env.local_world_size;
   return resolve_cpu_threads(requested, env.omp_num_threads, cores, local_ranks);
+}
+
+TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  TrainConfig cfg;
+  if (!path.empty()) {
+    std::ifstream in(path);
+    STP_CHECK(in.good(), "--config ", path, ": cannot read the file");
+    std::stringstream text;
+    text << in.rdbuf();
+    cfg.apply_json(text.str(), path);
+  }
+  for (const auto& s : overrides) cfg.apply_override(s);
+  cfg.validate();
+  return cfg;
 }
 
 std::string config_reference_markdown() {

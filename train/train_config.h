@@ -96,6 +96,11 @@ struct TrainConfig {
 };
 
 // docs/config.md's table, generated from the field table.
+// The configuration `stp train` and `stp bench` run: the defaults, then the JSON file at `path`
+// (none when empty), then each `section.key=value` override in order; validated. Throws
+// std::invalid_argument naming an unreadable file, a bad field or value.
+TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides);
+
 std::string config_reference_markdown();
 
 constexpr std::int64_t kMaxCpuThreads = 1024;  // upper bound of run.threads and verify --threads
