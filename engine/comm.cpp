@@ -90,8 +90,8 @@ void check_layout(int world_size, int tp, int pp) {
 // ---- CommHandle ---------------------------------------------------------------------------
 
 CommHandle::CommHandle(c10::intrusive_ptr<c10d::Work> work, std::string what,
-                       std::chrono::milliseconds timeout)
-    : work_(std::move(work)), what_(std::move(what)), timeout_(timeout) {}
+                       std::chrono::milliseconds timeout, WaitKind wait_kind)
+    : work_(std::move(work)), what_(std::move(what)), timeout_(timeout), wait_kind_(wait_kind) {}
 CommHandle::~CommHandle() = default;
 CommHandle::CommHandle(CommHandle&&) noexcept = default;
 CommHandle& CommHandle::operator=(CommHandle&&) noexcept = default;
@@ -105,7 +105,10 @@ void CommHandle::wait() {
   auto work = std::move(work_);
   work_.reset();
   try {
-    work->wait(timeout_);
+    if (wait_kind_ == WaitKind::kStream)
+      work->wait();  // kNoTimeout: the current stream waits on the work's end event
+    else
+      work->wait(timeout_);
   } catch (const std::exception& e) {
     std::string msg = e.what();
     if (auto nl = msg.find('\n'); nl != std::string::npos) msg.resize(nl);
@@ -122,7 +125,9 @@ Group::Group(std::string name, std::vector<int> ranks, int my_index,
       ranks_(std::move(ranks)),
       my_index_(my_index),
       backend_(std::move(backend)),
-      timeout_(timeout) {}
+      timeout_(timeout),
+      wait_kind_(backend_ && backend_->getBackendName() == "nccl" ? CommHandle::WaitKind::kStream
+                                                                  : CommHandle::WaitKind::kHost) {}
 
 Group::~Group() = default;
 
@@ -138,19 +143,19 @@ CommHandle Group::all_reduce_async(at::Tensor& t, c10d::ReduceOp op) {
   std::vector<at::Tensor> ts{t};
   c10d::AllreduceOptions opts;
   opts.reduceOp = op;
-  return {backend_->allreduce(ts, opts), describe("all_reduce"), timeout_};
+  return {backend_->allreduce(ts, opts), describe("all_reduce"), timeout_, wait_kind_};
 }
 
 CommHandle Group::send_async(at::Tensor& t, int peer, int tag) {
   STP_ASSERT(peer >= 0 && peer < size() && peer != my_index_, "peer ", peer);
   std::vector<at::Tensor> ts{t};
-  return {backend_->send(ts, peer, tag), describe("send", peer), timeout_};
+  return {backend_->send(ts, peer, tag), describe("send", peer), timeout_, wait_kind_};
 }
 
 CommHandle Group::recv_async(at::Tensor& t, int peer, int tag) {
   STP_ASSERT(peer >= 0 && peer < size() && peer != my_index_, "peer ", peer);
   std::vector<at::Tensor> ts{t};
-  return {backend_->recv(ts, peer, tag), describe("recv", peer), timeout_};
+  return {backend_->recv(ts, peer, tag), describe("recv", peer), timeout_, wait_kind_};
 }
 
 CommHandle Group::broadcast_async(at::Tensor& t, int root) {
@@ -159,12 +164,12 @@ CommHandle Group::broadcast_async(at::Tensor& t, int root) {
   c10d::BroadcastOptions opts;
   opts.rootRank = root;
   return {backend_->broadcast(ts, opts), describe("broadcast", root == my_index_ ? -1 : root),
-          timeout_};
+          timeout_, wait_kind_};
 }
 
 void Group::barrier() {
   if (size() == 1) return;
-  CommHandle h{backend_->barrier(), describe("barrier"), timeout_};
+  CommHandle h{backend_->barrier(), describe("barrier"), timeout_};  // the host waits
   h.wait();
 }
 

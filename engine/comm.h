@@ -35,9 +35,15 @@ namespace stp::engine {
 // The result of an asynchronous operation.
 class CommHandle {
  public:
+  // How wait() waits. kHost: the calling thread blocks until the operation completed or the
+  // timeout passed (Gloo/CPU). kStream: the current CUDA stream is ordered after the operation
+  // and the host goes on (NCCL: c10d's Work::wait() without a timeout; with one it would poll
+  // on the host); a hang is caught by the process group's own timeout (its watchdog).
+  enum class WaitKind { kHost, kStream };
+
   CommHandle() = default;
   CommHandle(c10::intrusive_ptr<c10d::Work> work, std::string what,
-             std::chrono::milliseconds timeout);
+             std::chrono::milliseconds timeout, WaitKind wait_kind = WaitKind::kHost);
   ~CommHandle();
   CommHandle(CommHandle&&) noexcept;
   CommHandle& operator=(CommHandle&&) noexcept;
@@ -52,6 +58,7 @@ class CommHandle {
   c10::intrusive_ptr<c10d::Work> work_;
   std::string what_;  // "all_reduce on group tp0 (ranks 0,1)"
   std::chrono::milliseconds timeout_{0};
+  WaitKind wait_kind_ = WaitKind::kHost;
 };
 
 // A group of global ranks with one c10d backend.
@@ -88,6 +95,7 @@ class Group {
   int my_index_;
   c10::intrusive_ptr<c10d::Backend> backend_;
   std::chrono::milliseconds timeout_;
+  CommHandle::WaitKind wait_kind_;  // kStream on NCCL, else kHost
 };
 
 class World {

@@ -13,6 +13,57 @@ namespace {
 
 using stp::testing::run_ranks;
 
+// A c10d Work that records how it was waited for, from a backend that claims a name.
+class RecordingWork : public c10d::Work {
+ public:
+  bool wait(std::chrono::milliseconds timeout) override {
+    waited_with = timeout;
+    ++waits;
+    return true;
+  }
+  std::chrono::milliseconds waited_with{-1};
+  int waits = 0;
+};
+
+class NamedBackend : public c10d::Backend {
+ public:
+  explicit NamedBackend(std::string name) : c10d::Backend(0, 2), name_(std::move(name)) {}
+  const std::string getBackendName() const override { return name_; }
+  c10::intrusive_ptr<c10d::Work> allreduce(std::vector<at::Tensor>&,
+                                           const c10d::AllreduceOptions&) override {
+    return last = c10::make_intrusive<RecordingWork>();
+  }
+  c10::intrusive_ptr<c10d::Work> recv(std::vector<at::Tensor>&, int, int) override {
+    return last = c10::make_intrusive<RecordingWork>();
+  }
+  c10::intrusive_ptr<c10d::Work> barrier(const c10d::BarrierOptions&) override {
+    return last = c10::make_intrusive<RecordingWork>();
+  }
+  c10::intrusive_ptr<RecordingWork> last;
+
+ private:
+  std::string name_;
+};
+
+// gpu-review item 7: on NCCL a wait only orders the stream (Work::wait() without a timeout;
+// with one c10d polls on the host); Gloo and the barrier keep the host wait with the timeout.
+TEST(CommHandle, NcclWaitsOrderTheStreamAndGlooWaitsBlockWithTheTimeout) {
+  const std::chrono::milliseconds timeout(1234);
+  for (const char* name : {"nccl", "gloo"}) {
+    const bool nccl = std::string(name) == "nccl";
+    auto backend = c10::make_intrusive<NamedBackend>(name);
+    Group g("tp0", {0, 1}, 0, backend, timeout);
+    at::Tensor t = at::zeros({4});
+    g.all_reduce_async(t).wait();
+    EXPECT_EQ(backend->last->waited_with, nccl ? ::kNoTimeout : timeout) << name;
+    g.recv_async(t, 1, 0).wait();
+    EXPECT_EQ(backend->last->waited_with, nccl ? ::kNoTimeout : timeout) << name;
+    g.barrier();
+    EXPECT_EQ(backend->last->waited_with, timeout) << name << ": the barrier is a host wait";
+    EXPECT_EQ(backend->last->waits, 1);
+  }
+}
+
 CommOptions layout(int tp, int pp, int timeout_ms = 20000) {
   CommOptions o;
   o.tp = tp;
