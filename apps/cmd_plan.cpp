@@ -10,6 +10,7 @@
 #include "command.h"
 #include "common/bytes.h"
 #include "common/check.h"
+#include "common/file.h"
 #include "offload/plan_sweep.h"
 #include "offload/planner.h"
 #include "schedule/generators.h"
@@ -144,10 +145,9 @@ void print_sweep(const PlanArgs& a, const schedule::Program& program,
       format_bytes(sw.peak_bytes).c_str(), format_bytes(sw.min_budget).c_str(), sw.step,
       offload::to_table(sw).c_str());
   if (a.sweep_svg.empty()) return;
-  schedule::write_file(
-      a.sweep_svg,
-      offload::to_svg(sw, str_cat("stp plan: ", a.kind, " p=", a.pp, " m=", a.microbatches,
-                                  ", set ", set_text, ", host link ", a.pcie_gbps, " GB/s")));
+  write_file(a.sweep_svg, offload::to_svg(sw, str_cat("stp plan: ", a.kind, " p=", a.pp,
+                                                      " m=", a.microbatches, ", set ", set_text,
+                                                      ", host link ", a.pcie_gbps, " GB/s")));
   std::printf("wrote %s\n", a.sweep_svg.c_str());
 }
 
@@ -172,7 +172,7 @@ void print_plan(const PlanArgs& a, const schedule::Program& program,
   sim.timeline.title =
       str_cat(a.kind, " p=", a.pp, " m=", a.microbatches, ", budget ",
               std::isinf(budget_bytes) ? std::string("unlimited") : format_bytes(budget_bytes));
-  schedule::write_file(a.svg, schedule::to_svg(sim.timeline));
+  write_file(a.svg, schedule::to_svg(sim.timeline));
   if (a.format == "text") std::printf("wrote %s\n", a.svg.c_str());
 }
 

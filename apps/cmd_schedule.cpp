@@ -8,6 +8,7 @@
 #include "cli.h"
 #include "command.h"
 #include "common/check.h"
+#include "common/file.h"
 #include "schedule/cost_model.h"
 #include "schedule/formulas.h"
 #include "schedule/generators.h"
@@ -66,7 +67,7 @@ void emit(const std::string& out, const std::string& text) {
   if (out.empty()) {
     std::fwrite(text.data(), 1, text.size(), stdout);
   } else {
-    sch::write_file(out, text);
+    write_file(out, text);
   }
 }
 
@@ -187,8 +188,8 @@ int run_simulate(const std::vector<std::string>& args) {
     timelines.push_back(std::move(sim.timeline));
   }
   for (const std::string& s : skipped) std::printf("%s\n", s.c_str());
-  if (!svg.empty()) sch::write_file(svg, sch::to_svg(timelines));
-  if (!trace.empty()) sch::write_file(trace, sch::to_chrome_trace(timelines));
+  if (!svg.empty()) write_file(svg, sch::to_svg(timelines));
+  if (!trace.empty()) write_file(trace, sch::to_chrome_trace(timelines));
   return 0;
 }
 

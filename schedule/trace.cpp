@@ -1,4 +1,4 @@
-// Chrome trace JSON (the "JSON Array/Object Format" of the Trace Event Format) and write_file.
+// Chrome trace JSON (the "JSON Array/Object Format" of the Trace Event Format).
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -90,14 +90,6 @@ std::string to_chrome_trace(const std::vector<Timeline>& timelines) {
   }
   os << "\n]}\n";
   return os.str();
-}
-
-void write_file(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary);
-  if (!out) throw std::runtime_error("cannot open '" + path + "' for writing");
-  out << text;
-  out.close();
-  if (!out) throw std::runtime_error("cannot write '" + path + "'");
 }
 
 }  // namespace stp::schedule

@@ -33,7 +33,4 @@ inline std::string to_svg(const Timeline& timeline, const SvgOptions& options = 
   return to_svg(std::vector<Timeline>{timeline}, options);
 }
 
-// Writes `text` to `path`; throws std::runtime_error naming the path when it cannot.
-void write_file(const std::string& path, const std::string& text);
-
 }  // namespace stp::schedule

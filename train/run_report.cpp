@@ -10,6 +10,7 @@
 
 #include "common/bytes.h"
 #include "common/check.h"
+#include "common/file.h"
 #include "common/svg_chart.h"
 #include "schedule/simulate.h"
 #include "schedule/trace.h"
@@ -171,7 +172,7 @@ void RunReport::finish(const std::string& title) {
   }
   chart.panels.push_back({"loss", {loss}});
   chart.panels.push_back({"tokens/s", {tps}, true});
-  schedule::write_file(log_dir_ + "/training.svg", to_svg(chart));
+  write_file(log_dir_ + "/training.svg", to_svg(chart));
   // Summary over the steps after the first (which includes planning and warm-up).
   std::size_t from = history_.size() > 1 ? 1 : 0;
   double secs = 0, tokens_rate = 0, comm = 0, idle = 0;
@@ -202,7 +203,7 @@ void write_rank_events(const std::string& dir, int rank,
   fs::create_directories(dir);
   json arr = json::array();
   for (const auto& e : events) arr.push_back(event_json(e));
-  schedule::write_file(dir + "/rank_" + std::to_string(rank) + ".json", arr.dump());
+  write_file(dir + "/rank_" + std::to_string(rank) + ".json", arr.dump());
 }
 
 std::vector<schedule::TimelineEvent> read_rank_events(const std::string& dir, int ranks) {
@@ -244,8 +245,8 @@ void write_timelines(const std::string& log_dir, const schedule::Program& progra
   so.record_timeline = true;
   schedule::Timeline predicted = schedule::simulate(program, costs, so).timeline;
   predicted.title = "simulated with the measured pass times: " + title;
-  schedule::write_file(log_dir + "/timeline.svg", schedule::to_svg({real, predicted}));
-  schedule::write_file(log_dir + "/timeline.json", schedule::to_chrome_trace({real, predicted}));
+  write_file(log_dir + "/timeline.svg", schedule::to_svg({real, predicted}));
+  write_file(log_dir + "/timeline.json", schedule::to_chrome_trace({real, predicted}));
 }
 
 }  // namespace stp::train

@@ -16,6 +16,7 @@
 
 #include "common/bytes.h"
 #include "common/check.h"
+#include "common/file.h"
 #include "common/svg_chart.h"
 #include "data/data.h"
 #include "engine/comm.h"
@@ -339,7 +340,7 @@ TrainBenchResult run_train_bench(const TrainConfig& config, const TrainBenchOpti
   res.baseline = res.runs[base].kind + " " + res.runs[base].budget;
   for (const auto& r : res.runs) res.ratio.push_back(r.tokens_per_s / res.runs[base].tokens_per_s);
   json doc = json::parse(train_bench_json(res));
-  schedule::write_file(o.out_dir + "/results.json", doc.dump(2) + "\n");
+  write_file(o.out_dir + "/results.json", doc.dump(2) + "\n");
   return res;
 }
 
@@ -461,9 +462,8 @@ BudgetSweepResult run_budget_sweep(const TrainConfig& config, const BudgetSweepO
   add(at_floor.run.budget, std::move(at_floor));
   res.points.back().minimum = true;
   if (!res.lead) return res;
-  schedule::write_file(o.out_dir + "/results.json",
-                       json::parse(budget_sweep_json(res)).dump(2) + "\n");
-  schedule::write_file(o.out_dir + "/budget.svg", budget_sweep_svg(res));
+  write_file(o.out_dir + "/results.json", json::parse(budget_sweep_json(res)).dump(2) + "\n");
+  write_file(o.out_dir + "/budget.svg", budget_sweep_svg(res));
   return res;
 }
 

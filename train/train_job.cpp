@@ -14,6 +14,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "common/check.h"
+#include "common/file.h"
 #include "data/data.h"
 #include "engine/comm.h"
 #include "engine/trainer.h"
@@ -170,7 +171,7 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
   const std::int64_t step_tokens = tokens_per_step(cfg, world.dp());
   RunReport report(cfg.run.log_dir, total, lead, lead && cfg.run.progress && opts.live_bar,
                    opts.say);
-  if (lead) schedule::write_file(cfg.run.log_dir + "/config.json", cfg.to_json() + "\n");
+  if (lead) write_file(cfg.run.log_dir + "/config.json", cfg.to_json() + "\n");
   auto save = [&](std::int64_t s) {
     info.data = loader.position_json();
     std::string dir = writer.save(s, state_of(trainer), info);

@@ -2,6 +2,7 @@
 // out, microsecond timestamps); the SVG has a row per rank, braided blocks as outlined pairs,
 // microbatch labels, and transfer rows only under ranks that copy.
 #include "schedule/trace.h"
+#include "common/file.h"
 
 #include <gtest/gtest.h>
 
