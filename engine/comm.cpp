@@ -81,6 +81,35 @@ LaunchEnv launch_env_from_environment() {
   return e;
 }
 
+const char* to_string(CommBackend backend) {
+  switch (backend) {
+    case CommBackend::kAuto: return "auto";
+    case CommBackend::kGloo: return "gloo";
+    case CommBackend::kNccl: return "nccl";
+  }
+  return "?";
+}
+
+CommBackend resolve_backend(CommBackend requested, bool cuda) {
+  if (requested == CommBackend::kAuto) return cuda ? CommBackend::kNccl : CommBackend::kGloo;
+  STP_CHECK(!(requested == CommBackend::kGloo && cuda),
+            "comm backend gloo with a model on a CUDA device: Gloo's P2P cannot carry CUDA "
+            "tensors; use nccl or auto");
+  STP_CHECK(!(requested == CommBackend::kNccl && !cuda),
+            "comm backend nccl with a model on the CPU: NCCL needs CUDA tensors; use gloo or auto");
+  return requested;
+}
+
+int pick_cuda_device(int local_rank, int visible_devices) {
+  STP_CHECK(visible_devices >= 1, "run.device=cuda but this process sees no GPU");
+  if (visible_devices == 1) return 0;  // one GPU bound to this rank (srun, mpirun)
+  STP_CHECK(local_rank >= 0 && local_rank < visible_devices, "local rank ", local_rank,
+            " has no GPU of its own: this process sees ", visible_devices, " GPUs (ranks 0..",
+            visible_devices - 1,
+            " on this host); start at most that many ranks per host, or one GPU per rank");
+  return local_rank;
+}
+
 void check_layout(int world_size, int tp, int pp) {
   STP_CHECK(tp >= 1 && pp >= 1, "tp=", tp, " and pp=", pp, " must be >= 1");
   STP_CHECK(world_size % (tp * pp) == 0, "world size ", world_size,
@@ -190,6 +219,8 @@ World::World(c10::intrusive_ptr<c10d::Store> store, int rank, int world_size, Co
   check_layout(world_size, options.tp, options.pp);
   STP_CHECK(options.timeout.count() >= 1, "comm timeout=", options.timeout.count(),
             " ms must be >= 1 ms");
+  STP_ASSERT(options.backend != CommBackend::kAuto,
+             "a World needs a resolved backend (engine::resolve_backend)");
   const int tp = options.tp, pp = options.pp, dp = world_size / (tp * pp);
   const int tp_idx = rank % tp, dp_idx = (rank / tp) % dp, pp_idx = rank / (tp * dp);
   auto global = [&](int t, int d, int p) { return (p * dp + d) * tp + t; };
@@ -244,6 +275,10 @@ std::unique_ptr<Group> World::make_group(const std::string& name, const std::vec
       auto opts = c10d::ProcessGroupNCCL::Options::create();
       opts->timeout = options_.timeout;
       backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, my_index, n, opts);
+      // Bound to this rank's device (gpu-review item 6); communicators are still made lazily.
+      if (options_.device >= 0)
+        backend->setBoundDeviceId(
+            at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(options_.device)));
 #else
       STP_CHECK(false,
                 "comm backend nccl requested but stp was built without NCCL "

@@ -8,13 +8,27 @@
 
 namespace stp::engine {
 
-enum class CommBackend { kGloo, kNccl };
+// kAuto: NCCL when the model lives on a CUDA device, Gloo when it lives on the CPU.
+enum class CommBackend { kAuto, kGloo, kNccl };
+
+const char* to_string(CommBackend backend);  // "auto", "gloo", "nccl"
+
+// The backend a model on a CUDA device (`cuda`) or on the CPU gets. Throws
+// std::invalid_argument for a pair that cannot work: Gloo's P2P cannot carry CUDA tensors, and
+// NCCL needs them.
+CommBackend resolve_backend(CommBackend requested, bool cuda);
+
+// The CUDA device of the rank with this LOCAL_RANK: local_rank when the process sees several
+// GPUs, 0 when it sees exactly one (srun / mpirun bound one GPU to each rank). Throws
+// std::invalid_argument naming both numbers when there is no such device.
+int pick_cuda_device(int local_rank, int visible_devices);
 
 struct CommOptions {
-  CommBackend backend = CommBackend::kGloo;
+  CommBackend backend = CommBackend::kGloo;  // resolved: kGloo or kNccl
   std::chrono::milliseconds timeout{60000};  // per collective / P2P / rendezvous step; >= 1 ms
   int tp = 1;                                // tensor-parallel size, divides world
   int pp = 1;                                // pipeline-parallel size; world = dp * pp * tp
+  int device = -1;  // the CUDA device NCCL groups are bound to (-1: none, CPU)
 };
 
 // Where this process sits in the job, read from the environment.

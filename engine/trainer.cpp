@@ -20,6 +20,7 @@ void TrainerOptions::validate() const {
   STP_CHECK(microbatches >= 1, "microbatches=", microbatches, " must be >= 1");
   STP_CHECK(chunks >= 0, "chunks=", chunks, " must be >= 0 (0: the schedule's default)");
   STP_CHECK(host_gbps > 0, "host_gbps=", host_gbps, " must be > 0");
+  STP_CHECK(device >= -1, "device=", device, " must be a CUDA device index >= 0, or -1 (CPU)");
   STP_CHECK(comm_timeout.count() >= 1, "comm_timeout=", comm_timeout.count(), " ms must be >= 1");
   optimizer.validate();
   offload_budget.validate();
@@ -28,7 +29,8 @@ void TrainerOptions::validate() const {
 Trainer::Trainer(ModelFactory model, TrainerOptions options) : options_(std::move(options)) {
   options_.validate();
   CommOptions co;
-  co.backend = options_.backend;
+  co.backend = resolve_backend(options_.backend, options_.device >= 0);
+  co.device = options_.device;
   co.timeout = options_.comm_timeout;
   co.tp = options_.tp;
   co.pp = options_.pp;
@@ -61,6 +63,12 @@ void Trainer::init(ModelFactory model) {
     STP_CHECK(chunks_[program_.stage_chunk[s]] != nullptr,
               "the model factory returned no chunk for stage ", s);
   }
+  // The groups must carry what the model holds (gpu-review item 4): CUDA tensors need NCCL.
+  const at::Tensor& first = chunks().front()->params().front().value;
+  STP_CHECK(!first.is_cuda() || first.device().index() == options_.device || world_->size() == 1,
+            "the model's parameters are on ", first.device(), " but TrainerOptions::device is ",
+            options_.device, "; set it to the device's index");
+  if (world_->size() > 1) resolve_backend(world_->options().backend, first.is_cuda());
   optimizer_ = std::make_unique<AdamW>(params_of(chunks()), options_.optimizer, world_->tp_rank());
   executor_ = std::make_unique<Executor>(chunks(), world_->tp_group(), world_->pp_group(), store_);
   executor_->set_braiding(options_.braid);

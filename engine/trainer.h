@@ -46,7 +46,8 @@ struct TrainerOptions {
   bool braid = true;             // interleave braided instructions (false: back to back)
   AdamWOptions optimizer;
   std::chrono::milliseconds comm_timeout{120000};
-  CommBackend backend = CommBackend::kGloo;
+  CommBackend backend = CommBackend::kAuto;  // auto: NCCL for a model on a GPU, else Gloo
+  int device = -1;  // the CUDA device this rank's model lives on (pick_cuda_device); -1: CPU
 
   // Throws std::invalid_argument naming the first bad field and its legal range.
   void validate() const;

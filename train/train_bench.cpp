@@ -166,14 +166,15 @@ Outcome measure(BenchJob& job, TrainConfig cfg, const std::string& budget, int w
   // peak) and, the budget being that peak, leaves the program unchanged and attaches no
   // offloader, so the execution is exactly that of offload off.
   cfg.offload.budget = budget == "off" ? "100%" : budget;
-  const engine::TrainerOptions to = trainer_options(cfg);
+  engine::TrainerOptions to = trainer_options(cfg);
+  const at::Device device = train_device(cfg, job.local_rank());
+  to.device = device.is_cuda() ? device.index() : -1;
   const models::GptConfig gcfg = gpt_config(cfg);
   std::mutex mu;
   job.run([&](std::unique_ptr<engine::World> world) {
     const int rank = world->rank();
     const bool lead = rank == 0;
-    engine::Trainer t(models::gpt_model(gcfg, train_device(cfg, job.local_rank())), to,
-                      std::move(world));
+    engine::Trainer t(models::gpt_model(gcfg, device), to, std::move(world));
     engine::World& w = t.world();
     data::DataLoader loader(job.dataset(), loader_options(cfg, w.dp_rank(), w.dp()));
     const int m = static_cast<int>(cfg.schedule.microbatches);

@@ -132,8 +132,10 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
     if (resume_from)
       resumed = checkpoint::load_checkpoint(*resume_from, env.rank, info.layout, info.model);
   }
-  engine::Trainer trainer(models::gpt_model(gpt_config(cfg), train_device(cfg, env.local_rank)),
-                          trainer_options(cfg));
+  const at::Device device = train_device(cfg, env.local_rank);
+  engine::TrainerOptions to = trainer_options(cfg);
+  to.device = device.is_cuda() ? device.index() : -1;
+  engine::Trainer trainer(models::gpt_model(gpt_config(cfg), device), to);
   engine::World& world = trainer.world();
   const bool lead = world.rank() == 0;
   auto say = [&](const std::string& text) {  // rank 0's lines go to the caller's sink

@@ -36,7 +36,7 @@ engine::TrainerOptions trainer_options(const TrainConfig& c) {
   to.optimizer.max_grad_norm = c.optimizer.clip;
   to.comm_timeout =
       std::chrono::milliseconds(static_cast<std::int64_t>(c.run.comm_timeout_s * 1000));
-  to.backend = c.run.device == "cuda" ? engine::CommBackend::kNccl : engine::CommBackend::kGloo;
+  to.backend = engine::CommBackend::kAuto;  // the device the job sets (train_device) decides
   return to;
 }
 
@@ -47,10 +47,9 @@ at::Device train_device(const TrainConfig& c, int local_rank) {
 #ifdef STP_WITH_CUDA
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
-  STP_CHECK(local_rank < count, "run.device=cuda: local rank ", local_rank, " needs GPU ",
-            local_rank, " but this machine has ", count, " visible GPU(s)");
-  STP_CUDA_CHECK(cudaSetDevice(local_rank));
-  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank));
+  const int device = engine::pick_cuda_device(local_rank, count);
+  STP_CUDA_CHECK(cudaSetDevice(device));
+  return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device));
 #else
   STP_CHECK(false, "run.device=cuda but stp was built without CUDA (STP_WITH_CUDA=OFF)");
 #endif

@@ -64,6 +64,33 @@ TEST(CommHandle, NcclWaitsOrderTheStreamAndGlooWaitsBlockWithTheTimeout) {
   }
 }
 
+// gpu-review item 6: one GPU per rank (srun / mpirun binding) or one per local rank.
+TEST(CommDevice, PickCudaDeviceWorksWithOneVisibleGpuPerRank) {
+  EXPECT_EQ(pick_cuda_device(0, 1), 0);
+  EXPECT_EQ(pick_cuda_device(5, 1), 0);  // the launcher bound one GPU to local rank 5
+  EXPECT_EQ(pick_cuda_device(3, 8), 3);
+  EXPECT_THROW(pick_cuda_device(0, 0), std::invalid_argument);
+  try {
+    pick_cuda_device(2, 2);
+    ADD_FAILURE() << "local rank 2 of 2 visible GPUs must be refused";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("local rank 2"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("sees 2 GPUs"), std::string::npos) << e.what();
+  }
+}
+
+// gpu-review item 4: the backend follows the model's device; the pairs that cannot work are
+// refused by name (Gloo cannot carry device pointers, NCCL needs them).
+TEST(CommDevice, TheBackendFollowsTheModelsDevice) {
+  EXPECT_EQ(resolve_backend(CommBackend::kAuto, false), CommBackend::kGloo);
+  EXPECT_EQ(resolve_backend(CommBackend::kAuto, true), CommBackend::kNccl);
+  EXPECT_EQ(resolve_backend(CommBackend::kGloo, false), CommBackend::kGloo);
+  EXPECT_EQ(resolve_backend(CommBackend::kNccl, true), CommBackend::kNccl);
+  EXPECT_THROW(resolve_backend(CommBackend::kGloo, true), std::invalid_argument);
+  EXPECT_THROW(resolve_backend(CommBackend::kNccl, false), std::invalid_argument);
+  EXPECT_STREQ(to_string(CommBackend::kAuto), "auto");
+}
+
 CommOptions layout(int tp, int pp, int timeout_ms = 20000) {
   CommOptions o;
   o.tp = tp;
