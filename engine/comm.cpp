@@ -62,8 +62,7 @@ LaunchEnv launch_env_from_environment() {
   e.master_port = env_int("MASTER_PORT", 29500, 1, 65535);
   auto agent = env("TORCHELASTIC_USE_AGENT_STORE");
   e.agent_store = agent && (*agent == "True" || *agent == "true" || *agent == "1");
-  e.launched = env(ompi ? "OMPI_COMM_WORLD_SIZE" : "WORLD_SIZE").has_value() ||
-               env("OMPI_COMM_WORLD_SIZE").has_value();
+  e.launched = env("WORLD_SIZE").has_value() || env("OMPI_COMM_WORLD_SIZE").has_value();
   // Positive integers, or 0 for unset or malformed (OpenMP ignores those too). OMP_NUM_THREADS
   // may be a list ("4,2" for nested levels): its first entry is the outer level's.
   auto positive = [](const char* name) {
@@ -74,7 +73,7 @@ LaunchEnv launch_env_from_environment() {
     bool whole = end != text->c_str() && (*end == '\0' || *end == ',');
     return whole && v > 0 && v <= kMaxRanks ? static_cast<int>(v) : 0;
   };
-  e.local_world_size = positive(ompi ? "OMPI_COMM_WORLD_LOCAL_SIZE" : "LOCAL_WORLD_SIZE");
+  e.local_world_size = positive("LOCAL_WORLD_SIZE");
   if (e.local_world_size == 0) e.local_world_size = positive("OMPI_COMM_WORLD_LOCAL_SIZE");
   if (env("STP_OMP_FROM_LAUNCHER").value_or("") != "1")
     e.omp_num_threads = positive("OMP_NUM_THREADS");

@@ -44,8 +44,7 @@ class BenchJob {
     co_.pp = static_cast<int>(cfg.parallel.pp);
     co_.timeout =
         std::chrono::milliseconds(static_cast<std::int64_t>(cfg.run.comm_timeout_s * 1000));
-    co_.backend =
-        cfg.run.device == "cuda" ? engine::CommBackend::kNccl : engine::CommBackend::kGloo;
+    co_.backend = engine::resolve_backend(engine::CommBackend::kAuto, cfg.run.device == "cuda");
     if (env_.launched) {
       world_size_ = env_.world_size;
       STP_CHECK(world_size_ % per_replica == 0, "tp=", cfg.parallel.tp, " x pp=", cfg.parallel.pp,
@@ -166,9 +165,8 @@ Outcome measure(BenchJob& job, TrainConfig cfg, const std::string& budget, int w
   // peak) and, the budget being that peak, leaves the program unchanged and attaches no
   // offloader, so the execution is exactly that of offload off.
   cfg.offload.budget = budget == "off" ? "100%" : budget;
-  engine::TrainerOptions to = trainer_options(cfg);
   const at::Device device = train_device(cfg, job.local_rank());
-  to.device = device.is_cuda() ? device.index() : -1;
+  const engine::TrainerOptions to = trainer_options(cfg, device);
   const models::GptConfig gcfg = gpt_config(cfg);
   std::mutex mu;
   job.run([&](std::unique_ptr<engine::World> world) {

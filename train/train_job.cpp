@@ -133,9 +133,7 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
       resumed = checkpoint::load_checkpoint(*resume_from, env.rank, info.layout, info.model);
   }
   const at::Device device = train_device(cfg, env.local_rank);
-  engine::TrainerOptions to = trainer_options(cfg);
-  to.device = device.is_cuda() ? device.index() : -1;
-  engine::Trainer trainer(models::gpt_model(gpt_config(cfg), device), to);
+  engine::Trainer trainer(models::gpt_model(gpt_config(cfg), device), trainer_options(cfg, device));
   engine::World& world = trainer.world();
   const bool lead = world.rank() == 0;
   auto say = [&](const std::string& text) {  // rank 0's lines go to the caller's sink

@@ -18,7 +18,7 @@ models::GptConfig gpt_config(const TrainConfig& c) {
   return g;
 }
 
-engine::TrainerOptions trainer_options(const TrainConfig& c) {
+engine::TrainerOptions trainer_options(const TrainConfig& c, const at::Device& device) {
   engine::TrainerOptions to;
   to.schedule = schedule::kind_from_string(c.schedule.kind);
   to.microbatches = static_cast<int>(c.schedule.microbatches);
@@ -36,7 +36,8 @@ engine::TrainerOptions trainer_options(const TrainConfig& c) {
   to.optimizer.max_grad_norm = c.optimizer.clip;
   to.comm_timeout =
       std::chrono::milliseconds(static_cast<std::int64_t>(c.run.comm_timeout_s * 1000));
-  to.backend = engine::CommBackend::kAuto;  // the device the job sets (train_device) decides
+  to.backend = engine::CommBackend::kAuto;  // follows the device
+  to.device = device.is_cuda() ? device.index() : -1;
   return to;
 }
 

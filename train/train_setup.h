@@ -19,9 +19,10 @@ namespace stp::train {
 // The model section as a GptConfig.
 models::GptConfig gpt_config(const TrainConfig& config);
 
-// Schedule, layout, offload, optimizer and communication options (backend from run.device).
-// The learning rate is the peak; `stp train` sets the scheduled one every step.
-engine::TrainerOptions trainer_options(const TrainConfig& config);
+// Schedule, layout, offload, optimizer and communication options for a model on `device`
+// (train_device; the backend follows it). The learning rate is the peak; `stp train` sets the
+// scheduled one every step.
+engine::TrainerOptions trainer_options(const TrainConfig& config, const at::Device& device);
 
 // run.device: "cuda" -> the local_rank-th GPU, "cpu" -> the CPU.
 at::Device train_device(const TrainConfig& config, int local_rank);

@@ -24,14 +24,6 @@ using models::GptConfig;
 
 constexpr int kMinDefaultMicrobatches = 4;  // a default step accumulates several microbatches
 
-struct Errors {
-  std::int64_t peak_bytes = 0;       // measured, max over ranks
-  std::int64_t offloaded_bytes = 0;  // measured, sum over ranks
-  double loss_diff = 0;
-  double max_rel = 0;
-  std::string worst;
-};
-
 GptConfig verify_config(const VerifyOptions& a, int stages) {
   GptConfig c;
   c.vocab = 37;  // not a multiple of any tp
@@ -85,7 +77,7 @@ Reference run_reference(const GptConfig& c, const std::vector<MicroBatch>& mbs) 
 }
 
 // The largest relative error of this rank's shards against the reference's slices.
-void compare_shards(engine::Trainer& t, const Reference& ref, Errors& e) {
+void compare_shards(engine::Trainer& t, const Reference& ref, VerifyReport& e) {
   const int tp = t.world().tp(), tr = t.world().tp_rank();
   for (auto* c : t.chunks()) {
     for (auto& p : c->params()) {
@@ -115,13 +107,12 @@ engine::TrainerOptions verify_trainer_options(const VerifyOptions& a) {
 }
 
 // Every rank of a launched job: one Trainer per process, figures reduced over the world.
-double run_launched(const VerifyOptions& a, const GptConfig& cfg,
-                    const std::vector<MicroBatch>& mbs, const Reference& ref,
-                    const engine::LaunchEnv& env, Errors& errors, bool& lead) {
+void run_launched(const VerifyOptions& a, const GptConfig& cfg, const std::vector<MicroBatch>& mbs,
+                  const Reference& ref, const engine::LaunchEnv& env, VerifyReport& errors) {
   STP_CHECK(env.world_size == a.tp * a.pp, "stp verify runs with world size tp*pp=", a.tp * a.pp,
             " but the launcher started ", env.world_size, " ranks");
   engine::Trainer t(models::gpt_model(cfg), verify_trainer_options(a));
-  const double loss = t.step(mbs);
+  errors.loss = t.step(mbs);
   compare_shards(t, ref, errors);
   auto& wg = t.world().world_group();
   errors.peak_bytes = static_cast<std::int64_t>(
@@ -130,28 +121,26 @@ double run_launched(const VerifyOptions& a, const GptConfig& cfg,
       wg.all_reduce_sum(static_cast<double>(t.last_stats().exec.offloaded_bytes)));
   errors.max_rel = wg.all_reduce_max(errors.max_rel);
   if (errors.max_rel > 0 && errors.worst.empty()) errors.worst = "(another rank's shard)";
-  lead = t.world().rank() == 0;
-  return loss;
+  errors.lead = t.world().rank() == 0;
 }
 
 // The whole job as threads of this process (engine::run_in_process).
-double run_as_threads(const VerifyOptions& a, const GptConfig& cfg,
-                      const std::vector<MicroBatch>& mbs, const Reference& ref, int cpu_threads,
-                      Errors& errors) {
+void run_as_threads(const VerifyOptions& a, const GptConfig& cfg,
+                    const std::vector<MicroBatch>& mbs, const Reference& ref, int cpu_threads,
+                    VerifyReport& errors) {
   engine::CommOptions co;
   co.tp = a.tp;
   co.pp = a.pp;
   std::mutex mu;
-  double loss = 0;
   engine::run_in_process(a.tp * a.pp, co, [&](std::unique_ptr<engine::World> world) {
     at::set_num_threads(cpu_threads);  // OpenMP's thread count is per thread
     const int r = world->rank();
     engine::Trainer t(models::gpt_model(cfg), verify_trainer_options(a), std::move(world));
     const double l = t.step(mbs);
-    Errors mine;
+    VerifyReport mine;
     compare_shards(t, ref, mine);
     std::lock_guard<std::mutex> lock(mu);
-    if (r == 0) loss = l;
+    if (r == 0) errors.loss = l;
     if (!(mine.max_rel <= errors.max_rel)) {
       errors.max_rel = mine.max_rel;
       errors.worst = mine.worst;
@@ -159,7 +148,6 @@ double run_as_threads(const VerifyOptions& a, const GptConfig& cfg,
     errors.peak_bytes = std::max(errors.peak_bytes, t.last_stats().exec.peak_activation_bytes);
     errors.offloaded_bytes += t.last_stats().exec.offloaded_bytes;
   });
-  return loss;
 }
 
 }  // namespace
@@ -180,18 +168,15 @@ VerifyReport verify_layout(const VerifyOptions& options, const engine::LaunchEnv
   at::set_num_threads(threads);
   const Reference ref = run_reference(cfg, mbs);
 
-  Errors errors;
   VerifyReport r;
-  r.loss = env.launched ? run_launched(a, cfg, mbs, ref, env, errors, r.lead)
-                        : run_as_threads(a, cfg, mbs, ref, threads, errors);
+  if (env.launched)
+    run_launched(a, cfg, mbs, ref, env, r);
+  else
+    run_as_threads(a, cfg, mbs, ref, threads, r);
   r.microbatches = a.microbatches;
   r.layers = cfg.n_layers;
-  r.peak_bytes = errors.peak_bytes;
-  r.offloaded_bytes = errors.offloaded_bytes;
   r.reference_loss = ref.loss;
   r.loss_diff = std::abs(r.loss - ref.loss);
-  r.max_rel = errors.max_rel;
-  r.worst = errors.worst;
   r.ok = r.loss_diff <= a.tolerance * std::max(1.0, std::abs(ref.loss)) && r.max_rel <= a.tolerance;
   return r;
 }
