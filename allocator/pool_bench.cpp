@@ -4,13 +4,15 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "allocator/pinned_host_pool.h"
 #include "common/check.h"
+#include "common/round.h"
 
 #ifdef STP_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -87,14 +89,17 @@ PoolBenchResult bench_pool(const PoolBenchOptions& o) {
 }
 
 std::string to_json(const PoolBenchResult& r) {
-  char buf[512];
-  std::snprintf(buf, sizeof buf,
-                "{\"bench\":\"pool\",\"bytes\":%zu,\"memory\":\"%s\",\"pool_median_ns\":%.1f,"
-                "\"pool_p90_ns\":%.1f,\"baseline\":\"%s\",\"baseline_locked\":%s,"
-                "\"baseline_median_ns\":%.1f,\"ratio\":%.1f}",
-                r.bytes, r.memory.c_str(), r.pool_median_ns, r.pool_p90_ns, r.baseline.c_str(),
-                r.baseline_locked ? "true" : "false", r.baseline_median_ns, r.ratio);
-  return buf;
+  using Json = nlohmann::ordered_json;  // members in the order written
+  return Json{{"bench", "pool"},
+              {"bytes", r.bytes},
+              {"memory", r.memory},
+              {"pool_median_ns", round_to(r.pool_median_ns, 1)},
+              {"pool_p90_ns", round_to(r.pool_p90_ns, 1)},
+              {"baseline", r.baseline},
+              {"baseline_locked", r.baseline_locked},
+              {"baseline_median_ns", round_to(r.baseline_median_ns, 1)},
+              {"ratio", round_to(r.ratio, 1)}}
+      .dump();
 }
 
 }  // namespace stp::allocator

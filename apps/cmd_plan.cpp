@@ -1,8 +1,10 @@
 // `stp plan`: choose the activation offloads that fit a schedule into a device memory budget
 // (offload/planner.h), print the plan, optionally sweep budgets and draw the timeline.
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <utility>
 
@@ -33,26 +35,29 @@ std::vector<double> parse_act_bytes(const std::string& text) {
   return out;
 }
 
-std::string json_number(double v) {
-  if (std::isinf(v)) return "null";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.17g", v);
-  return buf;
+// A figure of the plan as JSON: null when unlimited, an integer when whole (byte counts).
+nlohmann::ordered_json json_number(double v) {
+  if (std::isinf(v)) return nullptr;
+  if (v == std::floor(v) && std::fabs(v) < 0x1p53) return static_cast<std::int64_t>(v);
+  return v;
 }
 
 std::string plan_json(const offload::Plan& p) {
-  std::string sets;
+  using Json = nlohmann::ordered_json;  // members in the order written
+  Json sets = Json::array();
   for (const offload::PlannedSet& s : p.sets)
-    sets += str_cat(sets.empty() ? "" : ",", "{\"rank\":", s.rank, ",\"chunk\":", s.chunk,
-                    ",\"stage\":", s.stage, ",\"mb\":", s.mb, ",\"lead\":", s.lead, "}");
-  return str_cat("{\"budget_bytes\":", json_number(p.budget_bytes),
-                 ",\"peak_bytes_before\":", json_number(p.peak_bytes_before),
-                 ",\"peak_bytes_after\":", json_number(p.peak_bytes_after),
-                 ",\"step_before\":", json_number(p.step_before),
-                 ",\"step_after\":", json_number(p.step_after),
-                 ",\"slowdown\":", json_number(p.slowdown()),
-                 ",\"host_bytes\":", json_number(p.host_bytes), ",\"candidates\":", p.candidates,
-                 ",\"sets\":[", sets, "]}");
+    sets.push_back(Json{
+        {"rank", s.rank}, {"chunk", s.chunk}, {"stage", s.stage}, {"mb", s.mb}, {"lead", s.lead}});
+  return Json{{"budget_bytes", json_number(p.budget_bytes)},
+              {"peak_bytes_before", json_number(p.peak_bytes_before)},
+              {"peak_bytes_after", json_number(p.peak_bytes_after)},
+              {"step_before", json_number(p.step_before)},
+              {"step_after", json_number(p.step_after)},
+              {"slowdown", json_number(p.slowdown())},
+              {"host_bytes", json_number(p.host_bytes)},
+              {"candidates", p.candidates},
+              {"sets", std::move(sets)}}
+      .dump();
 }
 
 struct PlanArgs {

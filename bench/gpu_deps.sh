@@ -13,7 +13,7 @@
 #
 # What the packages are for (cmake/StpDeps.cmake, engine/, apps/, tests/ CMakeLists.txt):
 #   libcli11-dev        apps/: find_package(CLI11 CONFIG REQUIRED)
-#   nlohmann-json3-dev  engine/, apps/: nlohmann/json.hpp (find_package(nlohmann_json 3))
+#   nlohmann-json3-dev  every room: nlohmann/json.hpp (find_package(nlohmann_json 3 REQUIRED))
 #   libgloo-dev         engine/comm.cpp: c10d's ProcessGroupGloo.hpp needs gloo headers
 #                       (find_path(gloo/algorithm.h)); the torch wheel ships none
 #   libgtest-dev, libgmock-dev   tests/: find_package(GTest) (the gpu-labelled tests)

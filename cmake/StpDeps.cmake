@@ -1,7 +1,8 @@
 # Third-party dependencies. Everything optional is announced in the summary line at the end of
 # configuration; everything required fails here with the package to install.
 find_package(Threads REQUIRED)
-find_package(nlohmann_json 3 QUIET)
+# nlohmann/json (header-only): the one way every room reads and writes JSON.
+find_package(nlohmann_json 3 REQUIRED)
 
 # hwloc and libnuma: NUMA placement of pinned slabs and copy threads (optional on GPU machines
 # that lack the -dev packages; placement then falls back to "no binding").
@@ -103,10 +104,7 @@ function(stp_add_room target)
   file(GLOB _srcs CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/*.cpp)
   add_library(${target} STATIC ${_srcs})
   stp_library(${target})
-  target_link_libraries(${target} PUBLIC ${ARGN})
-  if(TARGET nlohmann_json::nlohmann_json)
-    target_link_libraries(${target} PUBLIC nlohmann_json::nlohmann_json)
-  endif()
+  target_link_libraries(${target} PUBLIC ${ARGN} nlohmann_json::nlohmann_json)
 endfunction()
 
 function(stp_library target)

@@ -2,15 +2,17 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <memory>
+
+#include <nlohmann/json.hpp>
 
 #include "allocator/device_memory.h"
 #include "allocator/pinned_host_pool.h"
 #include "allocator/size_classes.h"
 #include "common/check.h"
+#include "common/round.h"
 #include "offload/copy_engine.h"
 
 #ifdef STP_WITH_CUDA
@@ -182,25 +184,21 @@ CopyBenchResult bench_copy(const CopyBenchOptions& o) {
 }
 
 std::string to_json(const CopyBenchResult& r) {
-  char buf[256];
-  std::string out = "{\"bench\":\"copy\",\"backend\":\"" + r.backend + "\"";
-  std::snprintf(buf, sizeof buf, ",\"bytes\":%zu,\"copies\":%d", r.bytes, r.copies);
-  out += buf;
+  using Json = nlohmann::ordered_json;  // members in the order written
+  Json j = {{"bench", "copy"}, {"backend", r.backend}, {"bytes", r.bytes}, {"copies", r.copies}};
   if (r.backend == "host") {
     const CopyBenchLine& l = r.lines.at(0);
-    std::snprintf(buf, sizeof buf,
-                  ",\"threads\":%d,\"copy_engine_gbps\":%.2f,\"memcpy_gbps\":%.2f,\"ratio\":%.3f}",
-                  r.threads, l.copy_engine_gbps, l.baseline_gbps, l.ratio);
-    return out + buf;
+    j["threads"] = r.threads;
+    j["copy_engine_gbps"] = round_to(l.copy_engine_gbps, 2);
+    j["memcpy_gbps"] = round_to(l.baseline_gbps, 2);
+    j["ratio"] = round_to(l.ratio, 3);
+    return j.dump();
   }
-  for (const CopyBenchLine& l : r.lines) {
-    std::snprintf(
-        buf, sizeof buf,
-        ",\"%s\":{\"copy_engine_gbps\":%.2f,\"cuda_memcpy_async_gbps\":%.2f,\"ratio\":%.3f}",
-        l.direction.c_str(), l.copy_engine_gbps, l.baseline_gbps, l.ratio);
-    out += buf;
-  }
-  return out + "}";
+  for (const CopyBenchLine& l : r.lines)
+    j[l.direction] = {{"copy_engine_gbps", round_to(l.copy_engine_gbps, 2)},
+                      {"cuda_memcpy_async_gbps", round_to(l.baseline_gbps, 2)},
+                      {"ratio", round_to(l.ratio, 3)}};
+  return j.dump();
 }
 
 }  // namespace stp::offload

@@ -6,66 +6,100 @@
 // "ref" appears on P2P and offload instructions, "peer" on P2P ones; "v", "stage_rank" and
 // "stage_chunk" are optional on input (derived from the parts when absent).
 #include <algorithm>
-#include <sstream>
+#include <cmath>
+#include <limits>
 
 #include "common/check.h"
-#include "schedule/json.h"
+#include "schedule/json_text.h"
 #include "schedule/program.h"
 
 namespace stp::schedule {
 
 namespace {
 
-void write_ints(std::ostringstream& os, const std::vector<int>& xs) {
-  os << '[';
-  for (std::size_t i = 0; i < xs.size(); ++i) os << (i ? ", " : "") << xs[i];
-  os << ']';
+using Json = nlohmann::json;
+
+// --- writing -----------------------------------------------------------------------------------
+
+OrderedJson part_json(const Part& p, bool with_pass) {
+  OrderedJson j = OrderedJson::object();
+  if (with_pass) j["pass"] = to_string(p.pass);
+  j["chunk"] = p.chunk;
+  j["stage"] = p.stage;
+  j["mb"] = p.mb;
+  return j;
 }
 
-void write_ref(std::ostringstream& os, const Part& p) {
-  os << "{\"chunk\": " << p.chunk << ", \"stage\": " << p.stage << ", \"mb\": " << p.mb << '}';
+OrderedJson instr_json(const Instr& in) {
+  OrderedJson parts = OrderedJson::array();
+  for (const Part& p : in.parts) parts.push_back(part_json(p, true));
+  OrderedJson j = {{"op", to_string(in.op)}, {"parts", std::move(parts)}};
+  if (!in.is_compute()) j["ref"] = part_json(in.ref, false);
+  if (is_p2p(in.op)) j["peer"] = in.peer;
+  return j;
 }
 
 // --- reading -----------------------------------------------------------------------------------
 
-const json::Value& member(const json::Value& obj, const char* key, const std::string& path) {
-  const json::Value* v = obj.find(key);
+// "a number", "an object", ... for messages.
+std::string type_text(const Json& v) {
+  const std::string name = v.type_name();
+  return (name == "object" || name == "array" ? "an " : "a ") + name;
+}
+
+// A number with an integral value that fits an int (2.0 counts, as JSON does not tell them apart).
+bool is_int(const Json& v) {
+  if (v.is_number_integer())
+    return v.is_number_unsigned() ? v.get<std::uint64_t>() <= std::numeric_limits<int>::max()
+                                  : v.get<std::int64_t>() >= std::numeric_limits<int>::min() &&
+                                        v.get<std::int64_t>() <= std::numeric_limits<int>::max();
+  if (!v.is_number_float()) return false;
+  const double x = v.get<double>();
+  return std::isfinite(x) && x == std::floor(x) && x >= std::numeric_limits<int>::min() &&
+         x <= std::numeric_limits<int>::max();
+}
+
+const Json* find(const Json& obj, const char* key) {
+  auto it = obj.find(key);
+  return it == obj.end() ? nullptr : &*it;
+}
+
+const Json& member(const Json& obj, const char* key, const std::string& path) {
+  const Json* v = find(obj, key);
   STP_CHECK(v != nullptr, "program JSON: ", path, " has no \"", key, "\"");
   return *v;
 }
 
-int int_member(const json::Value& obj, const char* key, const std::string& path) {
-  const json::Value& v = member(obj, key, path);
-  STP_CHECK(v.is_int(), "program JSON: ", path, ".", key, " must be an integer, got ",
-            json::type_name(v.type));
-  return static_cast<int>(v.number);
+int int_member(const Json& obj, const char* key, const std::string& path) {
+  const Json& v = member(obj, key, path);
+  STP_CHECK(is_int(v), "program JSON: ", path, ".", key, " must be an integer, got ", type_text(v));
+  return static_cast<int>(v.get<double>());
 }
 
-const json::Value& typed(const json::Value& obj, const char* key, const std::string& path,
-                         json::Value::Type type) {
-  const json::Value& v = member(obj, key, path);
-  STP_CHECK(v.type == type, "program JSON: ", path, ".", key, " must be ", json::type_name(type),
-            ", got ", json::type_name(v.type));
+const Json& typed(const Json& obj, const char* key, const std::string& path, Json::value_t type) {
+  const Json& v = member(obj, key, path);
+  STP_CHECK(v.type() == type, "program JSON: ", path, ".", key, " must be ", type_text(Json(type)),
+            ", got ", type_text(v));
   return v;
 }
 
-std::vector<int> int_array(const json::Value& v, const std::string& path) {
-  STP_CHECK(v.type == json::Value::Type::kArray, "program JSON: ", path, " must be an array");
+std::vector<int> int_array(const Json& v, const std::string& path) {
+  STP_CHECK(v.is_array(), "program JSON: ", path, " must be an array");
   std::vector<int> out;
-  for (std::size_t i = 0; i < v.array.size(); ++i) {
-    STP_CHECK(v.array[i].is_int(), "program JSON: ", path, "[", i, "] must be an integer");
-    out.push_back(static_cast<int>(v.array[i].number));
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    STP_CHECK(is_int(v[i]), "program JSON: ", path, "[", i, "] must be an integer");
+    out.push_back(static_cast<int>(v[i].get<double>()));
   }
   return out;
 }
 
-Part read_part(const json::Value& v, const std::string& path, bool with_pass) {
-  STP_CHECK(v.type == json::Value::Type::kObject, "program JSON: ", path, " must be an object");
+Part read_part(const Json& v, const std::string& path, bool with_pass) {
+  STP_CHECK(v.is_object(), "program JSON: ", path, " must be an object");
   Part p;
   if (with_pass) {
-    const json::Value& pass = typed(v, "pass", path, json::Value::Type::kString);
+    const Json& pass = typed(v, "pass", path, Json::value_t::string);
     try {
-      p.pass = pass_from_string(pass.string);
+      p.pass = pass_from_string(pass.get<std::string>());
     } catch (const std::invalid_argument& e) {
       STP_CHECK(false, "program JSON: ", path, ".pass: ", e.what());
     }
@@ -76,26 +110,35 @@ Part read_part(const json::Value& v, const std::string& path, bool with_pass) {
   return p;
 }
 
-Instr read_instr(const json::Value& v, const std::string& path) {
-  STP_CHECK(v.type == json::Value::Type::kObject, "program JSON: ", path, " must be an object");
+Instr read_instr(const Json& v, const std::string& path) {
+  STP_CHECK(v.is_object(), "program JSON: ", path, " must be an object");
   Instr in;
-  const json::Value& op = typed(v, "op", path, json::Value::Type::kString);
+  const std::string op = typed(v, "op", path, Json::value_t::string).get<std::string>();
   try {
-    in.op = op_from_string(op.string);
+    in.op = op_from_string(op);
   } catch (const std::invalid_argument& e) {
     STP_CHECK(false, "program JSON: ", path, ".op: ", e.what());
   }
-  const json::Value& parts = typed(v, "parts", path, json::Value::Type::kArray);
-  for (std::size_t i = 0; i < parts.array.size(); ++i)
-    in.parts.push_back(read_part(parts.array[i], str_cat(path, ".parts[", i, "]"), true));
-  if (const json::Value* ref = v.find("ref")) in.ref = read_part(*ref, path + ".ref", false);
+  const Json& parts = typed(v, "parts", path, Json::value_t::array);
+  for (std::size_t i = 0; i < parts.size(); ++i)
+    in.parts.push_back(read_part(parts[i], str_cat(path, ".parts[", i, "]"), true));
+  if (const Json* ref = find(v, "ref")) in.ref = read_part(*ref, path + ".ref", false);
   if (is_p2p(in.op) || in.op == Op::kOffload || in.op == Op::kReload)
-    STP_CHECK(v.find("ref"), "program JSON: ", path, " (", op.string, ") has no \"ref\"");
-  if (is_p2p(in.op))
-    in.peer = int_member(v, "peer", path);
-  else if (v.find("peer"))
-    in.peer = int_member(v, "peer", path);
+    STP_CHECK(find(v, "ref"), "program JSON: ", path, " (", op, ") has no \"ref\"");
+  if (is_p2p(in.op) || find(v, "peer")) in.peer = int_member(v, "peer", path);
   return in;
+}
+
+// The document, or a one-line error: nlohmann's message, with "trailing characters" named as such.
+Json parse_document(const std::string& text) {
+  try {
+    return Json::parse(text);
+  } catch (const Json::parse_error& e) {
+    const bool trailing = std::string(e.what()).find("expected end of input") != std::string::npos;
+    STP_CHECK(false, "program JSON: ", trailing ? "trailing characters after the JSON value; " : "",
+              e.what());
+  }
+  return {};
 }
 
 // Stage placement from the compute parts, for documents without stage_rank/stage_chunk.
@@ -129,67 +172,50 @@ void derive_layout(Program& prog) {
 }  // namespace
 
 std::string to_json(const Program& program) {
-  std::ostringstream os;
-  os << "{\"kind\": " << json::quote(program.kind) << ", \"p\": " << program.p
-     << ", \"m\": " << program.m << ", \"v\": " << program.v << ", \"stages\": " << program.stages()
-     << ",\n \"stage_rank\": ";
-  write_ints(os, program.stage_rank);
-  os << ", \"stage_chunk\": ";
-  write_ints(os, program.stage_chunk);
-  os << ",\n \"ranks\": [";
-  for (std::size_t r = 0; r < program.ranks.size(); ++r) {
-    os << (r ? ",\n  [" : "\n  [");
-    const auto& list = program.ranks[r];
-    for (std::size_t i = 0; i < list.size(); ++i) {
-      const Instr& in = list[i];
-      os << (i ? ",\n   " : "") << "{\"op\": \"" << to_string(in.op) << "\", \"parts\": [";
-      for (std::size_t k = 0; k < in.parts.size(); ++k) {
-        const Part& p = in.parts[k];
-        os << (k ? ", " : "") << "{\"pass\": \"" << to_string(p.pass)
-           << "\", \"chunk\": " << p.chunk << ", \"stage\": " << p.stage << ", \"mb\": " << p.mb
-           << '}';
-      }
-      os << ']';
-      if (!in.is_compute()) {
-        os << ", \"ref\": ";
-        write_ref(os, in.ref);
-      }
-      if (is_p2p(in.op)) os << ", \"peer\": " << in.peer;
-      os << '}';
-    }
-    os << ']';
+  OrderedJson ranks = OrderedJson::array();
+  for (const auto& list : program.ranks) {
+    OrderedJson instrs = OrderedJson::array();
+    for (const Instr& in : list) instrs.push_back(instr_json(in));
+    ranks.push_back(std::move(instrs));
   }
-  os << "]}\n";
-  return os.str();
+  const OrderedJson doc = {{"kind", program.kind},
+                           {"p", program.p},
+                           {"m", program.m},
+                           {"v", program.v},
+                           {"stages", program.stages()},
+                           {"stage_rank", program.stage_rank},
+                           {"stage_chunk", program.stage_chunk},
+                           {"ranks", std::move(ranks)}};
+  return json_text(doc, /*wrap_depth=*/3) + "\n";  // a line per rank and per instruction
 }
 
 Program from_json(const std::string& text) {
-  json::Value doc = json::parse(text);
-  STP_CHECK(doc.type == json::Value::Type::kObject, "program JSON: the document must be an object");
+  const Json doc = parse_document(text);
+  STP_CHECK(doc.is_object(), "program JSON: the document must be an object");
   Program prog;
-  prog.kind = typed(doc, "kind", "program", json::Value::Type::kString).string;
+  prog.kind = typed(doc, "kind", "program", Json::value_t::string).get<std::string>();
   prog.p = int_member(doc, "p", "program");
   prog.m = int_member(doc, "m", "program");
   STP_CHECK(prog.p >= 1, "program JSON: p=", prog.p, " must be >= 1");
   STP_CHECK(prog.m >= 1, "program JSON: m=", prog.m, " must be >= 1");
   const int stages = int_member(doc, "stages", "program");
   STP_CHECK(stages >= 1, "program JSON: stages=", stages, " must be >= 1");
-  prog.v = doc.find("v") ? int_member(doc, "v", "program") : 0;
-  const json::Value& ranks = typed(doc, "ranks", "program", json::Value::Type::kArray);
-  STP_CHECK(static_cast<int>(ranks.array.size()) == prog.p, "program JSON: ranks has ",
-            ranks.array.size(), " lists but p=", prog.p);
-  for (std::size_t r = 0; r < ranks.array.size(); ++r) {
-    const json::Value& list = ranks.array[r];
+  prog.v = find(doc, "v") ? int_member(doc, "v", "program") : 0;
+  const Json& ranks = typed(doc, "ranks", "program", Json::value_t::array);
+  STP_CHECK(static_cast<int>(ranks.size()) == prog.p, "program JSON: ranks has ", ranks.size(),
+            " lists but p=", prog.p);
+  for (std::size_t r = 0; r < ranks.size(); ++r) {
+    const Json& list = ranks[r];
     std::string path = str_cat("ranks[", r, "]");
-    STP_CHECK(list.type == json::Value::Type::kArray, "program JSON: ", path, " must be an array");
+    STP_CHECK(list.is_array(), "program JSON: ", path, " must be an array");
     std::vector<Instr> instrs;
-    instrs.reserve(list.array.size());
-    for (std::size_t i = 0; i < list.array.size(); ++i)
-      instrs.push_back(read_instr(list.array[i], str_cat(path, "[", i, "]")));
+    instrs.reserve(list.size());
+    for (std::size_t i = 0; i < list.size(); ++i)
+      instrs.push_back(read_instr(list[i], str_cat(path, "[", i, "]")));
     prog.ranks.push_back(std::move(instrs));
   }
-  const json::Value* sr = doc.find("stage_rank");
-  const json::Value* sc = doc.find("stage_chunk");
+  const Json* sr = find(doc, "stage_rank");
+  const Json* sc = find(doc, "stage_chunk");
   STP_CHECK((sr == nullptr) == (sc == nullptr),
             "program JSON: give both \"stage_rank\" and \"stage_chunk\" or neither");
   if (sr) {

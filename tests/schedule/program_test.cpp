@@ -4,12 +4,14 @@
 #include <gtest/gtest.h>
 
 #include "schedule/generators.h"
-#include "schedule/json.h"
+#include "schedule/json_text.h"
 #include "schedule/p2p.h"
 #include "schedule/verify.h"
 
 namespace stp::schedule {
 namespace {
+
+using Json = nlohmann::json;
 
 Instr compute(Op op, std::vector<Part> parts) { return compute_instr(op, std::move(parts)); }
 
@@ -83,32 +85,32 @@ TEST(ProgramJson, OffloadInstructionsRoundTrip) {
 
 TEST(ProgramJson, FollowsTheFixedContract) {
   Program prog = make_stp(2, 5);
-  json::Value doc = json::parse(to_json(prog));
-  ASSERT_EQ(doc.type, json::Value::Type::kObject);
-  EXPECT_EQ(doc.find("kind")->string, "stp");
-  EXPECT_EQ(doc.find("p")->number, 2);
-  EXPECT_EQ(doc.find("m")->number, 5);
-  EXPECT_EQ(doc.find("stages")->number, 4);
-  const json::Value& ranks = *doc.find("ranks");
-  ASSERT_EQ(ranks.array.size(), 2u);
+  Json doc = Json::parse(to_json(prog));
+  ASSERT_TRUE(doc.is_object());
+  EXPECT_EQ(doc.at("kind"), "stp");
+  EXPECT_EQ(doc.at("p"), 2);
+  EXPECT_EQ(doc.at("m"), 5);
+  EXPECT_EQ(doc.at("stages"), 4);
+  const Json& ranks = doc.at("ranks");
+  ASSERT_EQ(ranks.size(), 2u);
   bool saw_comm = false, saw_braid = false;
-  for (const json::Value& list : ranks.array) {
-    for (const json::Value& in : list.array) {
-      const json::Value& op = *in.find("op");
-      const json::Value& parts = *in.find("parts");
-      ASSERT_EQ(parts.type, json::Value::Type::kArray);
-      if (op.string == "SEND_F" || op.string == "RECV_B") {
+  for (const Json& list : ranks) {
+    for (const Json& in : list) {
+      const std::string op = in.at("op");
+      const Json& parts = in.at("parts");
+      ASSERT_TRUE(parts.is_array());
+      if (op == "SEND_F" || op == "RECV_B") {
         saw_comm = true;
-        EXPECT_TRUE(parts.array.empty()) << "instructions without compute have \"parts\": []";
-        EXPECT_TRUE(in.find("peer") && in.find("peer")->is_int());
-        EXPECT_TRUE(in.find("ref") && in.find("ref")->find("stage"));
+        EXPECT_TRUE(parts.empty()) << "instructions without compute have \"parts\": []";
+        EXPECT_TRUE(in.contains("peer") && in.at("peer").is_number_integer());
+        EXPECT_TRUE(in.contains("ref") && in.at("ref").contains("stage"));
       }
-      if (op.string == "FB") {
+      if (op == "FB") {
         saw_braid = true;
-        ASSERT_EQ(parts.array.size(), 2u);
+        ASSERT_EQ(parts.size(), 2u);
         for (const char* key : {"pass", "chunk", "stage", "mb"})
-          EXPECT_TRUE(parts.array[0].find(key)) << key;
-        EXPECT_EQ(parts.array[0].find("pass")->string, "F");
+          EXPECT_TRUE(parts[0].contains(key)) << key;
+        EXPECT_EQ(parts[0].at("pass"), "F");
       }
     }
   }
@@ -118,7 +120,6 @@ TEST(ProgramJson, FollowsTheFixedContract) {
 
 TEST(ProgramJson, LayoutIsDerivedFromPartsWhenAbsent) {
   Program prog = make_zb_v(2, 3);
-  json::Value doc = json::parse(to_json(prog));
   // Rewrite without v, stage_rank and stage_chunk: the contract's minimal form.
   std::string minimal = "{\"kind\": \"zb-v\", \"p\": 2, \"m\": 3, \"stages\": 4, \"ranks\": ";
   std::string full = to_json(prog);
@@ -159,16 +160,14 @@ TEST(ProgramJson, ErrorsNameTheFirstBadField) {
   expect_json_error("[1, 2] x", "trailing characters");
 }
 
-TEST(Json, ParsesEscapesNumbersAndNesting) {
-  json::Value v = json::parse(R"({"a": [1, -2.5e2, true, false, null], "s": "q\"\\\n\u00e9"})");
-  ASSERT_EQ(v.find("a")->array.size(), 5u);
-  EXPECT_EQ(v.find("a")->array[1].number, -250);
-  EXPECT_TRUE(v.find("a")->array[2].boolean);
-  EXPECT_EQ(v.find("a")->array[4].type, json::Value::Type::kNull);
-  EXPECT_EQ(v.find("s")->string, "q\"\\\n\xc3\xa9");
-  EXPECT_EQ(json::parse(json::quote("tab\there \"q\"")).string, "tab\there \"q\"");
-  EXPECT_THROW(json::parse("{\"a\" 1}"), std::invalid_argument);
-  EXPECT_THROW(json::parse("01x"), std::invalid_argument);
+TEST(JsonText, WritesInlineWithEscapesAndWrapsOnlyArraysOfContainers) {
+  const OrderedJson v = {{"a", {1, -250, true, false, nullptr}}, {"s", "q\"\\\n\xc3\xa9"}};
+  EXPECT_EQ(json_text(v), "{\"a\": [1, -250, true, false, null], \"s\": \"q\\\"\\\\\\n\xc3\xa9\"}");
+  EXPECT_EQ(Json::parse(json_text(v)).at("s"), "q\"\\\n\xc3\xa9");
+  EXPECT_EQ(Json::parse(json_text(OrderedJson("tab\there \"q\""))), "tab\there \"q\"");
+  const OrderedJson rows = {{"rows", {{{"x", 1}}, {{"x", 2}}}}, {"flat", {1, 2}}};
+  EXPECT_EQ(json_text(rows, 2), "{\"rows\": [\n  {\"x\": 1},\n  {\"x\": 2}\n ], \"flat\": [1, 2]}");
+  EXPECT_EQ(json_text(rows, 1), "{\"rows\": [{\"x\": 1}, {\"x\": 2}], \"flat\": [1, 2]}");
 }
 
 }  // namespace

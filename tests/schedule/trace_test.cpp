@@ -6,17 +6,20 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <cstdio>
 #include <fstream>
 #include <sstream>
 
 #include "schedule/generators.h"
-#include "schedule/json.h"
 #include "schedule/p2p.h"
 #include "schedule/simulate.h"
 
 namespace stp::schedule {
 namespace {
+
+using Json = nlohmann::json;
 
 int count(const std::string& text, const std::string& needle) {
   int n = 0;
@@ -40,29 +43,30 @@ TEST(ChromeTrace, IsJsonWithASlicePerEventAndWaitsSplitOut) {
   SimOptions opt;
   opt.record_timeline = true;
   const Timeline tl = simulate(prog, c, opt).timeline;
-  const json::Value doc = json::parse(to_chrome_trace(tl));
-  const json::Value* events = doc.find("traceEvents");
-  ASSERT_TRUE(events && events->type == json::Value::Type::kArray);
+  const Json doc = Json::parse(to_chrome_trace(tl));
+  ASSERT_TRUE(doc.contains("traceEvents") && doc.at("traceEvents").is_array());
+  const Json& events = doc.at("traceEvents");
   int slices = 0, waits = 0, meta = 0;
   bool saw_bw = false;
-  for (const json::Value& ev : events->array) {
-    const std::string ph = ev.find("ph")->string;
+  for (const Json& ev : events) {
+    const std::string ph = ev.at("ph");
     if (ph == "M") {
       ++meta;
       continue;
     }
     ASSERT_EQ(ph, "X");
-    ASSERT_TRUE(ev.find("ts") && ev.find("dur") && ev.find("pid") && ev.find("tid"));
-    EXPECT_GE(ev.find("dur")->number, 0);
-    if (ev.find("cat")->string == "wait")
+    ASSERT_TRUE(ev.contains("ts") && ev.contains("dur") && ev.contains("pid") &&
+                ev.contains("tid"));
+    EXPECT_GE(ev.at("dur").get<double>(), 0);
+    if (ev.at("cat") == "wait")
       ++waits;
     else
       ++slices;
-    if (ev.find("name")->string == "BW0[0]" && ev.find("pid")->number == 1) {
+    if (ev.at("name") == "BW0[0]" && ev.at("pid") == 1) {
       // rank 0's BW0[0]: the gradient arrives at 5.0 s -> 5e6 us, runs 2 s.
       saw_bw = true;
-      EXPECT_DOUBLE_EQ(ev.find("ts")->number, 5e6);
-      EXPECT_DOUBLE_EQ(ev.find("dur")->number, 2e6);
+      EXPECT_DOUBLE_EQ(ev.at("ts").get<double>(), 5e6);
+      EXPECT_DOUBLE_EQ(ev.at("dur").get<double>(), 2e6);
     }
   }
   EXPECT_TRUE(saw_bw);
@@ -72,13 +76,13 @@ TEST(ChromeTrace, IsJsonWithASlicePerEventAndWaitsSplitOut) {
 }
 
 TEST(ChromeTrace, StacksSeveralTimelinesAsSeparateProcesses) {
-  const json::Value doc =
-      json::parse(to_chrome_trace({simulated(make_1f1b(2, 2)), simulated(make_stp(2, 4))}));
+  const Json doc =
+      Json::parse(to_chrome_trace({simulated(make_1f1b(2, 2)), simulated(make_stp(2, 4))}));
   int names = 0;
-  for (const json::Value& ev : doc.find("traceEvents")->array)
-    if (ev.find("name")->string == "process_name") {
+  for (const Json& ev : doc.at("traceEvents"))
+    if (ev.at("name") == "process_name") {
       ++names;
-      EXPECT_NE(ev.find("args")->find("name")->string.find(" rank "), std::string::npos);
+      EXPECT_NE(ev.at("args").at("name").get<std::string>().find(" rank "), std::string::npos);
     }
   EXPECT_EQ(names, 4);
 }
