@@ -10,8 +10,13 @@
 #define USE_C10D_NCCL
 #endif
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+// The class layout above depends on nccl.h's version: it must be the one torch was built with
+// (gpu-review item 5; cmake/StpDeps.cmake takes the header from the torch wheel).
+static_assert(NCCL_VERSION_CODE == STP_TORCH_NCCL_VERSION_CODE,
+              "nccl.h is not the torch wheel's: reconfigure (cmake/StpDeps.cmake)");
 #endif
 
+#include <algorithm>
 #include <cstdlib>
 #include <exception>
 #include <mutex>
@@ -148,14 +153,21 @@ void CommHandle::wait() {
 // ---- Group ----------------------------------------------------------------------------------
 
 Group::Group(std::string name, std::vector<int> ranks, int my_index,
-             c10::intrusive_ptr<c10d::Backend> backend, std::chrono::milliseconds timeout)
+             c10::intrusive_ptr<c10d::Backend> backend, std::chrono::milliseconds timeout,
+             Carries carries, c10::Device device)
     : name_(std::move(name)),
       ranks_(std::move(ranks)),
       my_index_(my_index),
       backend_(std::move(backend)),
       timeout_(timeout),
-      wait_kind_(backend_ && backend_->getBackendName() == "nccl" ? CommHandle::WaitKind::kStream
-                                                                  : CommHandle::WaitKind::kHost) {}
+      carries_(carries),
+      device_(device),
+      nccl_(backend_ && backend_->getBackendName() == "nccl") {
+  wait_kind_ = nccl_ ? CommHandle::WaitKind::kStream : CommHandle::WaitKind::kHost;
+  STP_ASSERT(!(nccl_ && carries_ == Carries::kHost), "host group ", name_, " on NCCL");
+  STP_ASSERT(carries_ == Carries::kDevice || device_.is_cpu(), "host group ", name_, " on ",
+             device_.str());
+}
 
 Group::~Group() = default;
 
@@ -166,7 +178,19 @@ std::string Group::describe(const char* op, int peer) const {
   return s;
 }
 
+void Group::check_tensor(const at::Tensor& t, const char* op) const {
+  if (carries_ == Carries::kHost)
+    STP_CHECK(t.is_cpu(), op, " of a ", t.device().str(), " tensor on group ", name_,
+              ", which carries host tensors over Gloo (Note [Host and device groups]): move it "
+              "to the CPU or use a device group (tp, dp, pipe)");
+  if (nccl_)
+    STP_CHECK(!t.is_cpu(), op, " of a ", t.device().str(), " tensor on group ", name_,
+              ", which runs on NCCL and carries CUDA tensors only; host scalars go over the "
+              "world or model group");
+}
+
 CommHandle Group::all_reduce_async(at::Tensor& t, c10d::ReduceOp op) {
+  check_tensor(t, "all_reduce");
   if (size() == 1) return {};
   std::vector<at::Tensor> ts{t};
   c10d::AllreduceOptions opts;
@@ -175,18 +199,21 @@ CommHandle Group::all_reduce_async(at::Tensor& t, c10d::ReduceOp op) {
 }
 
 CommHandle Group::send_async(at::Tensor& t, int peer, int tag) {
+  check_tensor(t, "send");
   STP_ASSERT(peer >= 0 && peer < size() && peer != my_index_, "peer ", peer);
   std::vector<at::Tensor> ts{t};
   return {backend_->send(ts, peer, tag), describe("send", peer), timeout_, wait_kind_};
 }
 
 CommHandle Group::recv_async(at::Tensor& t, int peer, int tag) {
+  check_tensor(t, "recv");
   STP_ASSERT(peer >= 0 && peer < size() && peer != my_index_, "peer ", peer);
   std::vector<at::Tensor> ts{t};
   return {backend_->recv(ts, peer, tag), describe("recv", peer), timeout_, wait_kind_};
 }
 
 CommHandle Group::broadcast_async(at::Tensor& t, int root) {
+  check_tensor(t, "broadcast");
   if (size() == 1) return {};
   std::vector<at::Tensor> ts{t};
   c10d::BroadcastOptions opts;
@@ -203,9 +230,50 @@ void Group::barrier() {
 
 double Group::all_reduce_scalar(double x, c10d::ReduceOp op) {
   if (size() == 1) return x;
-  at::Tensor t = at::full({1}, x, at::TensorOptions().dtype(at::kDouble));
+  // On the group's device: NCCL takes CUDA tensors only; item() waits for the reduction.
+  at::Tensor t = at::full({1}, x, at::TensorOptions().dtype(at::kDouble).device(device_));
   all_reduce_async(t, op).wait();
   return t.item<double>();
+}
+
+// ---- PipeChannels -------------------------------------------------------------------------
+
+PipeChannels::PipeChannels(Group& up, Group& down) : up_(up), down_(down) {
+  STP_ASSERT(up.ranks() == down.ranks() && up.rank() == down.rank(), "pipeline channels ",
+             up.name(), " and ", down.name(), " over different ranks");
+}
+
+CommHandle PipeChannels::send_async(at::Tensor& t, int peer) {
+  return (peer > rank() ? up_ : down_).send_async(t, peer, /*tag=*/0);
+}
+
+CommHandle PipeChannels::recv_async(at::Tensor& t, int peer) {
+  return (peer < rank() ? up_ : down_).recv_async(t, peer, /*tag=*/0);
+}
+
+void PipeChannels::warm_up(const at::TensorOptions& like) {
+  const int p = size(), me = rank();
+  if (p == 1) return;
+  // Every rank walks the same sorted pair list, skipping pairs without it: the smallest
+  // unfinished pair is at the head of both its ranks' walks, so the walk cannot deadlock even
+  // when each step blocks until the peer arrives.
+  std::vector<std::pair<int, int>> pairs;
+  for (int i = 0; i + 1 < p; ++i) pairs.emplace_back(i, i + 1);
+  if (p > 2) pairs.emplace_back(0, p - 1);
+  std::sort(pairs.begin(), pairs.end());
+  for (auto [lo, hi] : pairs) {
+    if (me != lo && me != hi) continue;
+    const int peer = me == lo ? hi : lo;
+    at::Tensor out = at::full({1}, static_cast<double>(me), like);
+    at::Tensor in = at::empty({1}, like);
+    // lo -> hi on up, then hi -> lo on down.
+    CommHandle first = me == lo ? send_async(out, peer) : recv_async(in, peer);
+    first.wait();
+    CommHandle second = me == lo ? recv_async(in, peer) : send_async(out, peer);
+    second.wait();
+    STP_CHECK(in.item<double>() == peer, "pipeline warm-up between ranks ", lo, " and ", hi, " of ",
+              up_.name(), " received ", in.item<double>(), " instead of ", peer);
+  }
 }
 
 double Group::all_reduce_sum(double x) { return all_reduce_scalar(x, c10d::ReduceOp::SUM); }
@@ -213,8 +281,13 @@ double Group::all_reduce_max(double x) { return all_reduce_scalar(x, c10d::Reduc
 
 // ---- World ------------------------------------------------------------------------------------
 
-World::World(c10::intrusive_ptr<c10d::Store> store, int rank, int world_size, CommOptions options)
-    : store_(std::move(store)), rank_(rank), world_size_(world_size), options_(options) {
+World::World(c10::intrusive_ptr<c10d::Store> store, int rank, int world_size, CommOptions options,
+             BackendFactory factory)
+    : store_(std::move(store)),
+      rank_(rank),
+      world_size_(world_size),
+      options_(options),
+      factory_(std::move(factory)) {
   check_layout(world_size, options.tp, options.pp);
   STP_CHECK(options.timeout.count() >= 1, "comm timeout=", options.timeout.count(),
             " ms must be >= 1 ms");
@@ -232,11 +305,17 @@ World::World(c10::intrusive_ptr<c10d::Store> store, int rank, int world_size, Co
   for (int p = 0; p < pp; ++p)
     for (int t = 0; t < tp; ++t) model_ranks.push_back(global(t, dp_idx, p));
 
-  world_group_ = make_group("world", all);
-  tp_group_ = make_group(str_cat("tp", pp_idx, ".", dp_idx), tp_ranks);
-  pp_group_ = make_group(str_cat("pp", dp_idx, ".", tp_idx), pp_ranks);
-  dp_group_ = make_group(str_cat("dp", pp_idx, ".", tp_idx), dp_ranks);
-  model_group_ = make_group(str_cat("model", dp_idx), model_ranks);
+  world_group_ = make_group("world", all, Carries::kHost);
+  tp_group_ = make_group(str_cat("tp", pp_idx, ".", dp_idx), tp_ranks, Carries::kDevice);
+  pp_up_ = make_group(str_cat("pp_up", dp_idx, ".", tp_idx), pp_ranks, Carries::kDevice);
+  pp_down_ = make_group(str_cat("pp_down", dp_idx, ".", tp_idx), pp_ranks, Carries::kDevice);
+  dp_group_ = make_group(str_cat("dp", pp_idx, ".", tp_idx), dp_ranks, Carries::kDevice);
+  model_group_ = make_group(str_cat("model", dp_idx), model_ranks, Carries::kHost);
+  pipe_ = std::make_unique<PipeChannels>(*pp_up_, *pp_down_);
+  at::TensorOptions like = at::TensorOptions().dtype(at::kFloat);
+  if (options_.device >= 0)
+    like = like.device(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(options_.device)));
+  pipe_->warm_up(like);
   // Gloo connects a group's full mesh in its constructor, and one side of a pair can finish
   // before the other has read the handshake: a rank that raced ahead and tore its World down
   // would close connections a peer is still setting up ("Connection closed by peer"). No rank
@@ -246,50 +325,62 @@ World::World(c10::intrusive_ptr<c10d::Store> store, int rank, int world_size, Co
 
 World::~World() = default;
 
-std::unique_ptr<Group> World::make_group(const std::string& name, const std::vector<int>& ranks) {
+std::unique_ptr<Group> World::make_group(const std::string& name, const std::vector<int>& ranks,
+                                         Carries carries) {
   int my_index = -1;
   for (std::size_t i = 0; i < ranks.size(); ++i)
     if (ranks[i] == rank_) my_index = static_cast<int>(i);
   STP_ASSERT(my_index >= 0, "rank ", rank_, " not in group ", name);
   c10::intrusive_ptr<c10d::Backend> backend;
   if (ranks.size() > 1) {
-    auto store = c10::make_intrusive<c10d::PrefixStore>("stp/" + name, store_);
-    const int n = static_cast<int>(ranks.size());
-    if (options_.backend == CommBackend::kGloo) {
-      auto opts = c10d::ProcessGroupGloo::Options::create(options_.timeout);
-      // Loopback unless the job spans hosts (then GLOO_SOCKET_IFNAME or the hostname).
-      auto ifname = env("GLOO_SOCKET_IFNAME");
-      auto addr = env("MASTER_ADDR").value_or("127.0.0.1");
-      if (ifname) {
-        opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(*ifname));
-      } else if (is_loopback(addr)) {
-        opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
-      } else {
-        opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
-      }
-      opts->threads = 2;
-      backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, my_index, n, opts);
-    } else {
-#ifdef STP_WITH_NCCL
-      auto opts = c10d::ProcessGroupNCCL::Options::create();
-      opts->timeout = options_.timeout;
-      backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, my_index, n, opts);
-      // Bound to this rank's device (gpu-review item 6); communicators are still made lazily.
-      if (options_.device >= 0)
-        backend->setBoundDeviceId(
-            at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(options_.device)));
-#else
-      STP_CHECK(false,
-                "comm backend nccl requested but stp was built without NCCL "
-                "(configure with the CUDA toolkit and a CUDA LibTorch)");
-#endif
-    }
+    GroupSpec spec{name, ranks, my_index, carries,
+                   c10::make_intrusive<c10d::PrefixStore>("stp/" + name, store_)};
+    backend = factory_ ? factory_(spec) : make_backend(spec);
   }
-  return std::make_unique<Group>(name, ranks, my_index, std::move(backend), options_.timeout);
+  c10::Device device(c10::kCPU);
+  if (carries == Carries::kDevice && options_.device >= 0)
+    device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(options_.device));
+  return std::make_unique<Group>(name, ranks, my_index, std::move(backend), options_.timeout,
+                                 carries, device);
+}
+
+c10::intrusive_ptr<c10d::Backend> World::make_backend(const GroupSpec& spec) const {
+  const int n = static_cast<int>(spec.ranks.size());
+  if (spec.carries == Carries::kHost || options_.backend == CommBackend::kGloo) {
+    auto opts = c10d::ProcessGroupGloo::Options::create(options_.timeout);
+    // Loopback unless the job spans hosts (then GLOO_SOCKET_IFNAME or the hostname).
+    auto ifname = env("GLOO_SOCKET_IFNAME");
+    auto addr = env("MASTER_ADDR").value_or("127.0.0.1");
+    if (ifname) {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForInterface(*ifname));
+    } else if (is_loopback(addr)) {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1"));
+    } else {
+      opts->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+    }
+    opts->threads = 2;
+    return c10::make_intrusive<c10d::ProcessGroupGloo>(spec.store, spec.my_index, n, opts);
+  }
+#ifdef STP_WITH_NCCL
+  auto opts = c10d::ProcessGroupNCCL::Options::create();
+  opts->timeout = options_.timeout;
+  auto backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(spec.store, spec.my_index, n, opts);
+  // Bound to this rank's device (gpu-review item 6); communicators are still made lazily.
+  if (options_.device >= 0)
+    backend->setBoundDeviceId(
+        at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(options_.device)));
+  return backend;
+#else
+  STP_CHECK(false,
+            "comm backend nccl requested but stp was built without NCCL "
+            "(configure with the CUDA toolkit and a CUDA LibTorch)");
+  return {};
+#endif
 }
 
 std::unique_ptr<World> World::in_process(c10::intrusive_ptr<c10d::Store> store, int rank,
-                                         int world_size, const CommOptions& options) {
+                                         int world_size, const CommOptions& options,
+                                         BackendFactory factory) {
   // c10d's FlightRecorder (a process-wide singleton, on by default) inserts each new process
   // group into a std::map before taking its mutex (torch 2.11, FlightRecorderDetail.hpp), so
   // threads as ranks creating groups at once corrupt it (SIGSEGV in _Rb_tree_insert_and_
@@ -297,7 +388,8 @@ std::unique_ptr<World> World::in_process(c10::intrusive_ptr<c10d::Store> store, 
   setenv("TORCH_FR_BUFFER_SIZE", "0", /*overwrite=*/0);
   STP_CHECK(world_size >= 1 && rank >= 0 && rank < world_size, "rank=", rank,
             " must be in [0, world_size=", world_size, ")");
-  return std::unique_ptr<World>(new World(std::move(store), rank, world_size, options));
+  return std::unique_ptr<World>(
+      new World(std::move(store), rank, world_size, options, std::move(factory)));
 }
 
 c10::intrusive_ptr<c10d::Store> World::make_in_memory_store() {
@@ -323,12 +415,13 @@ std::unique_ptr<World> World::connect(const LaunchEnv& env, const CommOptions& o
                                      env.master_addr, ":", env.master_port,
                                      " (MASTER_ADDR/MASTER_PORT): ", msg));
   }
-  return std::unique_ptr<World>(new World(std::move(store), env.rank, env.world_size, options));
+  return std::unique_ptr<World>(
+      new World(std::move(store), env.rank, env.world_size, options, /*factory=*/{}));
 }
 
 void run_in_process(int world_size, const CommOptions& options,
                     const std::function<void(std::unique_ptr<World>)>& fn,
-                    c10::intrusive_ptr<c10d::Store> store) {
+                    c10::intrusive_ptr<c10d::Store> store, BackendFactory factory) {
   if (!store) store = World::make_in_memory_store();
   std::mutex mu;
   std::exception_ptr first;  // guarded by mu
@@ -336,7 +429,7 @@ void run_in_process(int world_size, const CommOptions& options,
   for (int r = 0; r < world_size; ++r) {
     threads.emplace_back([&, r] {
       try {
-        fn(World::in_process(store, r, world_size, options));
+        fn(World::in_process(store, r, world_size, options, factory));
       } catch (...) {
         std::lock_guard<std::mutex> lock(mu);
         if (!first) first = std::current_exception();

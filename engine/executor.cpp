@@ -18,12 +18,6 @@ using schedule::Part;
 using PassKind = schedule::Pass;
 using Key = std::pair<int, int>;  // (stage, mb)
 
-// A P2P message is tagged by its direction and the stage that receives it, so a pair of ranks
-// can have several in flight in any order.
-int p2p_tag(int dir, int recv_stage, int mb, int stages, int m) {
-  return (dir * stages + recv_stage) * m + mb;
-}
-
 }  // namespace
 
 // One part of an instruction being executed: a pass driven unit by unit.
@@ -108,19 +102,18 @@ class Executor::StepRun {
 
   // Returns false when the instruction cannot be posted yet (a send of a future tensor).
   bool post_p2p(const Instr& in) {
-    const int S = prog_.stages(), m = prog_.m;
     const Key key{in.ref.stage, in.ref.mb};
     switch (in.op) {
       case Op::kRecvF: {
         at::Tensor buf = recv_buffer(in.ref);
-        CommHandle h = ex_.pp_.recv_async(buf, in.peer, p2p_tag(0, in.ref.stage, in.ref.mb, S, m));
+        CommHandle h = ex_.pp_.recv_async(buf, in.peer);
         fwd_input_[key] = buf;
         recvs_.emplace(std::make_tuple(0, in.ref.stage, in.ref.mb), std::move(h));
         return true;
       }
       case Op::kRecvB: {
         at::Tensor buf = recv_buffer(in.ref);
-        CommHandle h = ex_.pp_.recv_async(buf, in.peer, p2p_tag(1, in.ref.stage, in.ref.mb, S, m));
+        CommHandle h = ex_.pp_.recv_async(buf, in.peer);
         bwd_grad_[key] = buf;
         recvs_.emplace(std::make_tuple(1, in.ref.stage, in.ref.mb), std::move(h));
         return true;
@@ -128,16 +121,14 @@ class Executor::StepRun {
       case Op::kSendF: {
         auto it = fwd_output_.find(key);
         if (it == fwd_output_.end()) return false;
-        sends_.push_back(
-            ex_.pp_.send_async(it->second, in.peer, p2p_tag(0, in.ref.stage + 1, in.ref.mb, S, m)));
+        sends_.push_back(ex_.pp_.send_async(it->second, in.peer));
         fwd_output_.erase(it);
         return true;
       }
       case Op::kSendB: {
         auto it = bwd_output_.find(key);
         if (it == bwd_output_.end()) return false;
-        sends_.push_back(
-            ex_.pp_.send_async(it->second, in.peer, p2p_tag(1, in.ref.stage - 1, in.ref.mb, S, m)));
+        sends_.push_back(ex_.pp_.send_async(it->second, in.peer));
         bwd_output_.erase(it);
         return true;
       }
@@ -359,7 +350,7 @@ class Executor::StepRun {
   schedule::TimelineEvent* cur_ = nullptr;  // the compute event being measured
 };
 
-Executor::Executor(std::vector<Chunk*> chunks, Group& tp, Group& pp, ActivationStore& store)
+Executor::Executor(std::vector<Chunk*> chunks, Group& tp, PipeChannels& pp, ActivationStore& store)
     : chunks_(std::move(chunks)), tp_(tp), pp_(pp), store_(store) {
   STP_ASSERT(!chunks_.empty(), "executor without chunks");
 }

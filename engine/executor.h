@@ -10,10 +10,12 @@
 //    for it only before its unit k+1. FB with BW fuses W unit k after B unit k.
 //  - Deferred weight gradients go to a FIFO of (chunk, mb); W and FW pop its front and check it
 //    is the part the program names.
-//  - P2P is asynchronous and runs in program order (NCCL pairs send/recv in issue order): a
-//    RECV is posted as soon as every P2P instruction before it is posted — usually a whole
-//    compute instruction ahead — and waited on only by the compute that consumes it; a SEND
-//    starts as soon as its tensor exists and completes in the background (waited at step end).
+//  - P2P is asynchronous and runs in program order on one channel per (pair, direction)
+//    (Note [P2P channels], engine/comm.h: messages pair in issue order, untagged, on Gloo as on
+//    NCCL): a RECV is posted as soon as every P2P instruction before it is posted — usually a
+//    whole compute instruction ahead — and waited on only by the compute that consumes it; a
+//    SEND starts as soon as its tensor exists and completes in the background (waited at step
+//    end).
 //  - OFFLOAD / RELOAD go to the offloader (offload/); a backward waits for its own reload only.
 // Every wait is timed: TP-collective waits are the exposed communication, P2P waits the
 // pipeline idle, reload waits the offload stall.
@@ -41,10 +43,10 @@ namespace stp::engine {
 
 class Executor {
  public:
-  // chunks[c] is local chunk c of this rank (Program::stage_chunk); pp is the pipeline group
-  // whose index is the Program's rank; tp the tensor-parallel group. `store` holds the
+  // chunks[c] is local chunk c of this rank (Program::stage_chunk); pp is the pipeline's
+  // channels, whose index is the Program's rank; tp the tensor-parallel group. `store` holds the
   // activation sets and moves them to host when the program says so.
-  Executor(std::vector<Chunk*> chunks, Group& tp, Group& pp, ActivationStore& store);
+  Executor(std::vector<Chunk*> chunks, Group& tp, PipeChannels& pp, ActivationStore& store);
 
   // Runs `program.ranks[pp.rank()]` over the step's microbatches (size program.m).
   // REQUIRES: schedule::verify(program) passed; chunks match the program's stages.
@@ -60,7 +62,7 @@ class Executor {
 
   std::vector<Chunk*> chunks_;
   Group& tp_;
-  Group& pp_;
+  PipeChannels& pp_;
   ActivationStore& store_;
   bool braid_ = true;
 };

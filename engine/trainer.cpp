@@ -70,7 +70,7 @@ void Trainer::init(ModelFactory model) {
             options_.device, "; set it to the device's index");
   if (world_->size() > 1) resolve_backend(world_->options().backend, first.is_cuda());
   optimizer_ = std::make_unique<AdamW>(params_of(chunks()), options_.optimizer, world_->tp_rank());
-  executor_ = std::make_unique<Executor>(chunks(), world_->tp_group(), world_->pp_group(), store_);
+  executor_ = std::make_unique<Executor>(chunks(), world_->tp_group(), world_->pipe(), store_);
   executor_->set_braiding(options_.braid);
 }
 

@@ -53,7 +53,8 @@ TEST(CommHandle, NcclWaitsOrderTheStreamAndGlooWaitsBlockWithTheTimeout) {
     const bool nccl = std::string(name) == "nccl";
     auto backend = c10::make_intrusive<NamedBackend>(name);
     Group g("tp0", {0, 1}, 0, backend, timeout);
-    at::Tensor t = at::zeros({4});
+    // NCCL groups refuse CPU tensors (Note [Host and device groups]): a meta one stands in.
+    at::Tensor t = nccl ? at::empty({4}, at::TensorOptions().device(at::kMeta)) : at::zeros({4});
     g.all_reduce_async(t).wait();
     EXPECT_EQ(backend->last->waited_with, nccl ? ::kNoTimeout : timeout) << name;
     g.recv_async(t, 1, 0).wait();
@@ -65,6 +66,39 @@ TEST(CommHandle, NcclWaitsOrderTheStreamAndGlooWaitsBlockWithTheTimeout) {
 }
 
 // gpu-review item 6: one GPU per rank (srun / mpirun binding) or one per local rank.
+// Note [Host and device groups]: a host group (Gloo: world, model) refuses a tensor that is
+// not on the CPU, and an NCCL group refuses one that is not on CUDA, each naming the group,
+// before the backend sees it (NCCL's own error names neither the group nor the fix).
+TEST(CommGroup, TensorsOnTheWrongSideOfAGroupAreRefusedByName) {
+  const std::chrono::milliseconds timeout(1000);
+  auto gloo = c10::make_intrusive<NamedBackend>("gloo");
+  Group host("world", {0, 1}, 0, gloo, timeout, Carries::kHost);
+  at::Tensor off_cpu = at::empty({1}, at::TensorOptions().device(at::kMeta));
+  try {
+    host.all_reduce_async(off_cpu);
+    ADD_FAILURE() << "a meta tensor went over a host group";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("group world, which carries host tensors"),
+              std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(gloo->last, nullptr) << "the backend saw the misrouted tensor";
+  at::Tensor cpu = at::zeros({1});
+  host.all_reduce_async(cpu).wait();
+  EXPECT_NE(gloo->last, nullptr);
+
+  auto nccl = c10::make_intrusive<NamedBackend>("nccl");
+  Group device("tp0.0", {0, 1}, 0, nccl, timeout, Carries::kDevice);
+  try {
+    device.all_reduce_async(cpu);
+    ADD_FAILURE() << "a CPU tensor went to an NCCL group";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("group tp0.0, which runs on NCCL"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(nccl->last, nullptr);
+}
+
 TEST(CommDevice, PickCudaDeviceWorksWithOneVisibleGpuPerRank) {
   EXPECT_EQ(pick_cuda_device(0, 1), 0);
   EXPECT_EQ(pick_cuda_device(5, 1), 0);  // the launcher bound one GPU to local rank 5
@@ -108,7 +142,7 @@ TEST(Comm, GroupsFollowMegatronOrderTpFastest) {
     EXPECT_EQ(w.dp_rank(), (r / 2) % 2);
     EXPECT_EQ(w.pp_rank(), r / 4);
     EXPECT_EQ(w.tp_group().ranks(), (std::vector<int>{r - r % 2, r - r % 2 + 1}));
-    EXPECT_EQ(w.pp_group().ranks(), (std::vector<int>{r % 4, r % 4 + 4}));
+    EXPECT_EQ(w.pipe().up().ranks(), (std::vector<int>{r % 4, r % 4 + 4}));
     EXPECT_EQ(w.model_group().size(), 4);
   });
 }
@@ -140,7 +174,7 @@ TEST(Comm, AsyncAllReduceOverlapsWithLocalWork) {
 
 TEST(Comm, SendRecvMatchByTagInAnyOrder) {
   run_ranks(2, layout(1, 2), [](World& w) {
-    Group& pp = w.pp_group();
+    Group& pp = w.pipe().up();
     if (pp.rank() == 0) {
       at::Tensor x = at::arange(6, at::kFloat), y = at::arange(3, at::kFloat) * 10;
       CommHandle h1 = pp.send_async(x, 1, 7);
@@ -170,11 +204,11 @@ TEST(Comm, RepeatedUnderLoadStaysCorrect) {
       h.wait();
       ASSERT_FLOAT_EQ(t[0].item<float>(), 2.0f * i);
       at::Tensor msg = at::full({16}, static_cast<float>(i * 10 + w.pp_rank()));
-      Group& pp = w.pp_group();
+      PipeChannels& pp = w.pipe();
       int peer = 1 - pp.rank();
       at::Tensor in = at::zeros({16});
-      CommHandle r = pp.recv_async(in, peer, i);
-      CommHandle s = pp.send_async(msg, peer, i);
+      CommHandle r = pp.recv_async(in, peer);
+      CommHandle s = pp.send_async(msg, peer);
       s.wait();
       r.wait();
       ASSERT_FLOAT_EQ(in[3].item<float>(), static_cast<float>(i * 10 + peer));

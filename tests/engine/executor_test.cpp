@@ -12,6 +12,7 @@
 
 #include "comm_test_util.h"
 #include "engine/trainer.h"
+#include "fifo_backend.h"
 #include "model_test_util.h"
 #include "models/gpt.h"
 #include "schedule/generators.h"
@@ -30,6 +31,11 @@ struct Job {
   std::string budget = "off";
   bool braid = true;
   int steps = 1;
+  // The transport: Gloo, or the FIFO backend with NCCL's pairing (fifo_backend.h), with the
+  // engine's channels or with both directions of a pair on one communicator.
+  enum class Transport { kGloo, kNcclPairing, kNcclPairingOneChannelPerPair };
+  Transport transport = Transport::kGloo;
+  std::chrono::milliseconds timeout{30000};
 };
 
 struct JobResult {
@@ -73,33 +79,51 @@ JobResult run_job(const models::GptConfig& cfg, const ParamMap& full, const Job&
   CommOptions co;
   co.tp = job.tp;
   co.pp = job.pp;
-  co.timeout = std::chrono::milliseconds(30000);
-  run_in_process(world, co, [&](std::unique_ptr<World> w) {
-    const int r = w->rank();
-    TrainerOptions o;
-    o.schedule = schedule::kind_from_string(job.kind);
-    o.microbatches = job.m;
-    o.tp = job.tp;
-    o.pp = job.pp;
-    o.offload_budget = parse_offload_budget(job.budget);
-    o.braid = job.braid;
-    o.optimizer.lr = 1e-2;
-    o.optimizer.weight_decay = 0.1;
-    o.optimizer.max_grad_norm = 1e9;
-    auto t = std::make_unique<Trainer>(models::gpt_model(cfg), o, std::move(w));
-    for (Chunk* c : t->chunks()) testing::load_full_params(*c, full, t->world().tp_rank(), job.tp);
-    for (const auto& mbs : steps) {
-      double loss = t->step(mbs);
-      if (r == 0) result.losses.push_back(loss);
-    }
-    std::lock_guard<std::mutex> lock(mu);
-    result.stats[r] = t->last_stats().exec;
-    if (r == 0) {
-      result.stage_bytes = t->stage_activation_bytes();
-      result.budget = t->offload_budget_bytes();
-    }
-    trainers[r] = std::move(t);
-  });
+  co.timeout = job.timeout;
+  std::unique_ptr<testing::FifoFabric> fabric;
+  BackendFactory factory;
+  if (job.transport != Job::Transport::kGloo) {
+    testing::FifoFabric::Options fo;
+    fo.timeout = job.timeout;
+    if (job.transport == Job::Transport::kNcclPairingOneChannelPerPair)
+      fo.channel = [](const std::string& group) {
+        for (const char* dir : {"pp_up", "pp_down"})
+          if (group.rfind(dir, 0) == 0) return "pp" + group.substr(std::string(dir).size());
+        return group;
+      };
+    fabric = std::make_unique<testing::FifoFabric>(fo);
+    factory = fabric->factory();
+  }
+  run_in_process(
+      world, co,
+      [&](std::unique_ptr<World> w) {
+        const int r = w->rank();
+        TrainerOptions o;
+        o.schedule = schedule::kind_from_string(job.kind);
+        o.microbatches = job.m;
+        o.tp = job.tp;
+        o.pp = job.pp;
+        o.offload_budget = parse_offload_budget(job.budget);
+        o.braid = job.braid;
+        o.optimizer.lr = 1e-2;
+        o.optimizer.weight_decay = 0.1;
+        o.optimizer.max_grad_norm = 1e9;
+        auto t = std::make_unique<Trainer>(models::gpt_model(cfg), o, std::move(w));
+        for (Chunk* c : t->chunks())
+          testing::load_full_params(*c, full, t->world().tp_rank(), job.tp);
+        for (const auto& mbs : steps) {
+          double loss = t->step(mbs);
+          if (r == 0) result.losses.push_back(loss);
+        }
+        std::lock_guard<std::mutex> lock(mu);
+        result.stats[r] = t->last_stats().exec;
+        if (r == 0) {
+          result.stage_bytes = t->stage_activation_bytes();
+          result.budget = t->offload_budget_bytes();
+        }
+        trainers[r] = std::move(t);
+      },
+      /*store=*/{}, factory);
   std::map<int, std::vector<Chunk*>> by_stage;
   for (int r = 0; r < world; ++r)  // rank = pp_idx * tp + tp_idx: tp ranks in order
     for (Chunk* c : trainers[r]->chunks()) by_stage[c->stage()].push_back(c);
@@ -157,6 +181,95 @@ INSTANTIATE_TEST_SUITE_P(Layouts, AllSchedules,
                            return k + "_tp" + std::to_string(std::get<1>(info.param)) + "_pp" +
                                   std::to_string(std::get<2>(info.param));
                          });
+
+// gpu-review item 2 (b): on a transport with NCCL's pairing (one FIFO per communicator and
+// pair, a send completes only with its recv, tags ignored) every schedule runs on the engine's
+// per-direction pipeline channels and gives the reference's numbers.
+class AllSchedulesOnNcclPairing
+    : public ::testing::TestWithParam<std::tuple<std::string, int, int>> {};
+
+TEST_P(AllSchedulesOnNcclPairing, OneStepMatchesSingleProcessReference) {
+  auto [kind, tp, pp] = GetParam();
+  Job job{kind, tp, pp, std::max(4, 2 * pp)};
+  job.transport = Job::Transport::kNcclPairing;
+  expect_matches_reference(job);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, AllSchedulesOnNcclPairing,
+    ::testing::Values(std::make_tuple("1f1b", 1, 2), std::make_tuple("1f1b-i", 1, 4),
+                      std::make_tuple("zb-h1", 1, 3), std::make_tuple("zb-v", 2, 2),
+                      std::make_tuple("stp", 1, 4), std::make_tuple("stp", 2, 2)),
+    [](const auto& info) {
+      std::string k = std::get<0>(info.param);
+      for (char& ch : k)
+        if (ch == '-') ch = '_';
+      return k + "_tp" + std::to_string(std::get<1>(info.param)) + "_pp" +
+             std::to_string(std::get<2>(info.param));
+    });
+
+// The layout the channels replace: both directions of a pair on one communicator deadlock
+// under NCCL's pairing (the fake proves it can fail), and the error names the stuck messages.
+TEST(Executor, OneChannelPerPairDeadlocksUnderNcclPairing) {
+  Job job{"1f1b", 1, 2, 4};
+  job.transport = Job::Transport::kNcclPairingOneChannelPerPair;
+  job.timeout = std::chrono::milliseconds(1500);
+  models::GptConfig cfg = tiny_config(2);
+  ParamMap full = testing::random_full_params(cfg, 7);
+  try {
+    run_job(cfg, full, job, {microbatches(cfg, job.m, 3)});
+    ADD_FAILURE() << "1F1B with one channel per pair ran to its end under NCCL's pairing";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("deadlock"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("its queue's head is send"), std::string::npos)
+        << e.what();
+  }
+}
+
+// gpu-review item 1: host scalars (loss, grad norm, probes) never reach a device group: NCCL
+// would refuse them. On the FIFO transport with a float32 model, every device-group operation
+// is a float32 activation, gradient or weight gradient, and every float64 scalar went over a
+// host group (world, model).
+TEST(Trainer, HostScalarsTravelOnHostGroupsOnly) {
+  models::GptConfig cfg = tiny_config(4);
+  cfg.dtype = at::kFloat;
+  testing::FifoFabric fabric;
+  CommOptions co;
+  co.tp = 2;
+  co.pp = 2;
+  const int world = 8;  // dp = 2
+  run_in_process(
+      world, co,
+      [&](std::unique_ptr<World> w) {
+        TrainerOptions o;
+        o.schedule = schedule::Kind::kSTP;
+        o.microbatches = 4;
+        o.tp = 2;
+        o.pp = 2;
+        o.offload_budget = parse_offload_budget("80%");
+        Trainer t(models::gpt_model(cfg), o, std::move(w));
+        for (int step = 0; step < 2; ++step)
+          t.step(microbatches(cfg, 4, 10 * t.world().dp_rank() + step));
+      },
+      /*store=*/{}, fabric.factory());
+  std::map<std::string, int> host_ops, device_ops;
+  for (const auto& rec : fabric.records()) {
+    if (rec.carries == Carries::kHost) {
+      ++host_ops[rec.op];
+      EXPECT_TRUE(rec.group == "world" || rec.group.rfind("model", 0) == 0) << rec.group;
+    } else {
+      ++device_ops[rec.op];
+      EXPECT_TRUE(rec.op == "allreduce" || rec.op == "send" || rec.op == "recv")
+          << rec.op << " on " << rec.group;
+      EXPECT_EQ(rec.dtype, at::kFloat) << rec.op << " of " << rec.numel << " elements on "
+                                       << rec.group << ": a host scalar on a device group";
+    }
+  }
+  EXPECT_GT(host_ops["allreduce"], 0);
+  EXPECT_GT(device_ops["allreduce"], 0);  // TP and DP
+  EXPECT_GT(device_ops["send"], 0);       // the pipeline
+  EXPECT_EQ(device_ops["send"], device_ops["recv"]);
+}
 
 TEST(Executor, StpWithLargeMIsExactToo) {
   expect_matches_reference(Job{"stp", 2, 2, 9});  // m >= 3p-1: the reference's own order
@@ -262,7 +375,7 @@ TEST(Executor, BraidedBlockExposesLessCollectiveWaitThanBackToBack) {
   stp::testing::run_ranks(2, co, [&](World& w) {
     models::GptChunk chunk(cfg, 0, 1, w.tp_rank(), 2);
     ActivationStore store;
-    Executor ex({&chunk}, w.tp_group(), w.pp_group(), store);
+    Executor ex({&chunk}, w.tp_group(), w.pipe(), store);
     for (int rep = 0; rep < 8; ++rep) {
       const bool braid = rep % 2 == 0;
       ex.set_braiding(braid);
