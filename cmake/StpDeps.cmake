@@ -37,6 +37,7 @@ if(STP_BUILD_ENGINE)
       message(FATAL_ERROR "stp: cannot find PyTorch with ${_stp_py}; run scripts/setup.sh or pass -DSTP_TORCH_PREFIX=<torch.utils.cmake_prefix_path>")
     endif()
     set(STP_TORCH_PREFIX "${STP_TORCH_PREFIX}" CACHE PATH "torch.utils.cmake_prefix_path")
+    set(STP_TORCH_PYTHON "${_stp_py}" CACHE FILEPATH "the Python whose torch stp builds against")
   endif()
   list(APPEND CMAKE_PREFIX_PATH "${STP_TORCH_PREFIX}")
   # A CUDA LibTorch probes the installed GPUs with try_run unless told the architectures;
@@ -66,12 +67,37 @@ if(NOT STP_WITH_CUDA STREQUAL "OFF")
     message(FATAL_ERROR "STP_WITH_CUDA=ON but CUDA toolkit found=${CUDAToolkit_FOUND}, CUDA LibTorch=${_stp_torch_cuda}")
   endif()
 endif()
+# NCCL (gpu-review item 5): nccl.h from the torch wheel only, never the toolkit's. The layout of
+# c10d's ProcessGroupNCCL classes depends on the header's version (NCCL_HAS_CONFIG and friends in
+# NCCLUtils.hpp; Options::create() is inline), so a header other than the one torch was built
+# with corrupts the heap at group creation. stp calls no NCCL function and links no libnccl:
+# libtorch_cuda loads the wheel's. Configure fails when the header and torch disagree.
 if(STP_HAVE_CUDA)
-  find_path(STP_NCCL_INCLUDE nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} "${STP_TORCH_LIB_DIR}/../../nvidia/nccl/include"
-            "${STP_TORCH_LIB_DIR}/../../nvidia/cu13/include")
-  find_library(STP_NCCL_LIB NAMES nccl libnccl.so.2 HINTS ${CUDAToolkit_LIBRARY_DIR}
-               "${STP_TORCH_LIB_DIR}/../../nvidia/nccl/lib" "${STP_TORCH_LIB_DIR}/../../nvidia/cu13/lib")
-  if(STP_NCCL_INCLUDE AND STP_NCCL_LIB)
+  find_path(STP_TORCH_NCCL_INCLUDE nccl.h
+            PATHS "${STP_TORCH_LIB_DIR}/../../nvidia/nccl/include"
+                  "${STP_TORCH_LIB_DIR}/../../nvidia/cu13/include" NO_DEFAULT_PATH)
+  if(STP_TORCH_NCCL_INCLUDE)
+    file(STRINGS "${STP_TORCH_NCCL_INCLUDE}/nccl.h" _stp_nccl_defs
+         REGEX "^#define NCCL_(MAJOR|MINOR|PATCH) +[0-9]+")
+    foreach(_part MAJOR MINOR PATCH)
+      string(REGEX REPLACE ".*#define NCCL_${_part} +([0-9]+).*" "\\1" _stp_nccl_${_part}
+             "${_stp_nccl_defs}")
+    endforeach()
+    set(STP_NCCL_VERSION "${_stp_nccl_MAJOR}.${_stp_nccl_MINOR}.${_stp_nccl_PATCH}")
+    math(EXPR STP_NCCL_VERSION_CODE
+         "${_stp_nccl_MAJOR} * 10000 + ${_stp_nccl_MINOR} * 100 + ${_stp_nccl_PATCH}")
+    if(STP_TORCH_PYTHON)
+      execute_process(
+        COMMAND ${STP_TORCH_PYTHON} -c
+                "import torch; print('.'.join(map(str, torch.cuda.nccl.version())))"
+        OUTPUT_VARIABLE _stp_torch_nccl OUTPUT_STRIP_TRAILING_WHITESPACE
+        RESULT_VARIABLE _stp_rc ERROR_QUIET)
+      if(_stp_rc EQUAL 0 AND NOT _stp_torch_nccl STREQUAL STP_NCCL_VERSION)
+        message(FATAL_ERROR "stp: ${STP_TORCH_NCCL_INCLUDE}/nccl.h is NCCL ${STP_NCCL_VERSION} "
+                            "but torch was built with NCCL ${_stp_torch_nccl}; reinstall the "
+                            "torch wheel's nvidia-nccl package")
+      endif()
+    endif()
     set(STP_HAVE_NCCL ON)
   endif()
 endif()

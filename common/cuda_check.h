@@ -24,14 +24,4 @@
       ::stp::log_error(::stp::str_cat(#expr, " failed: ", cudaGetErrorString(stp_err_))); \
   } while (0)
 
-#ifdef STP_WITH_NCCL
-#include <nccl.h>
-#define STP_NCCL_CHECK(expr)                                                               \
-  do {                                                                                     \
-    ncclResult_t stp_res_ = (expr);                                                        \
-    if (stp_res_ != ncclSuccess)                                                           \
-      throw std::runtime_error(::stp::str_cat(__FILE__, ":", __LINE__, ": ", #expr,        \
-                                              " failed: ", ncclGetErrorString(stp_res_))); \
-  } while (0)
-#endif
 #endif  // STP_WITH_CUDA
