@@ -16,8 +16,9 @@
 //   m = b1 m + (1-b1) g,   v = b2 v + (1-b2) g^2
 //   w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)
 // with g = clip_coef * grad, clip_coef = min(1, max_grad_norm / (norm + 1e-6)) (as
-// torch.nn.utils.clip_grad_norm_). Param::grad is read, never modified: zeroing it for the next
-// step is the caller's job (Chunk::zero_grad). When the compute dtype is below float32
+// torch.nn.utils.clip_grad_norm_, which also scales Param::grad in place: after a clipped step
+// it holds g). Zeroing it for the next step is the caller's job (Chunk::zero_grad). When the
+// compute dtype is below float32
 // (bfloat16), the step runs on a float32 master copy of the weights with float32 moments and
 // copies the result back into Param::value; float32 and float64 parameters are updated in place
 // with moments of their own dtype. If the global norm is not finite the step is skipped (no
@@ -90,7 +91,15 @@ class AdamW {
     at::Tensor master;      // float32 copy of a low-precision value; undefined otherwise
     at::Tensor exp_avg;     // dtype of the updated weights (master or value)
     at::Tensor exp_avg_sq;  // same
+    at::Tensor step;        // () float32 beside the weights: the fused kernel's step count
   };
+  struct Bucket {  // Note [Fused step]
+    at::ScalarType dtype;
+    c10::Device device;
+    bool decay;
+    std::vector<std::size_t> slots;
+  };
+  std::vector<at::Tensor> grads(const Bucket& b, bool counted) const;
   const at::Tensor& weights(const Slot& s) const {
     return s.master.defined() ? s.master : s.param->value;
   }
@@ -99,6 +108,7 @@ class AdamW {
   int tp_rank_;
   std::int64_t step_ = 0;
   std::vector<Slot> slots_;
+  std::vector<Bucket> buckets_;
 };
 
 // The parameters of several chunks (e.g. the two chunks of a V-shape rank), in order.
