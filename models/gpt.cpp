@@ -119,73 +119,91 @@ std::string layer_unit_name(const char* block, const char* pass, std::int64_t l)
 
 }  // namespace
 
+// What the three passes share: units run once each and in order, then finish() once, then
+// output(); `what_` names the pass in the messages.
+class GptPass : public engine::Pass {
+ public:
+  GptPass(GptChunk& c, engine::ActivationSet& s, const char* what) : c_(c), s_(s), what_(what) {}
+
+  int size() const override { return c_.units(); }
+  at::Tensor output() override {
+    STP_ASSERT(finished_, what_, " output() before finish()");
+    return output_;
+  }
+
+ protected:
+  void start_unit(int k) {
+    STP_ASSERT(k == next_ && k < size(), what_, " unit ", k, " run out of order (next ", next_,
+               " of ", size(), ")");
+    ++next_;
+  }
+  void start_finish() {
+    STP_ASSERT(next_ == size() && !finished_, what_, " finish() after ", next_, " of ", size(),
+               " units");
+    finished_ = true;
+  }
+  std::int64_t first_layer() const { return c_.layers_.first; }
+  std::int64_t last_layer() const { return c_.layers_.first + c_.layers_.count - 1; }
+
+  GptChunk& c_;
+  engine::ActivationSet& s_;
+  at::Tensor output_;  // what output() returns once finished
+
+ private:
+  const char* what_;
+  int next_ = 0;
+  bool finished_ = false;
+};
+
 // Forward: unit 2i = attn-F(first+i), 2i+1 = mlp-F(first+i). x_ is the residual stream: the
 // tensor the previous unit returned, summed over the TP group in place by the executor.
-class GptForwardPass final : public engine::Pass {
+class GptForwardPass final : public GptPass {
  public:
   GptForwardPass(GptChunk& c, engine::ActivationSet& s, at::Tensor tokens, at::Tensor targets,
                  at::Tensor input)
-      : c_(c),
-        s_(s),
+      : GptPass(c, s, "forward"),
         tokens_(std::move(tokens)),
         targets_(std::move(targets)),
         x_(std::move(input)) {}
 
-  int size() const override { return c_.units(); }
   std::string unit_name(int k) const override {
-    return layer_unit_name(k % 2 == 0 ? "attn" : "mlp", "F", c_.layers_.first + k / 2);
+    return layer_unit_name(k % 2 == 0 ? "attn" : "mlp", "F", first_layer() + k / 2);
   }
   at::Tensor run(int k) override {
-    STP_ASSERT(k == next_ && k < size(), "forward unit ", k, " run out of order (next ", next_,
-               " of ", size(), ")");
-    ++next_;
-    const std::int64_t l = c_.layers_.first + k / 2;
+    start_unit(k);
+    const std::int64_t l = first_layer() + k / 2;
     if (k == 0 && c_.is_first_stage()) x_ = c_.embed_forward(tokens_, s_);
     x_ = (k % 2 == 0) ? c_.attn_forward(l, x_, s_) : c_.mlp_forward(l, x_, s_);
     return x_;
   }
   void finish() override {
-    STP_ASSERT(next_ == size() && !finished_, "forward finish() after ", next_, " of ", size(),
-               " units");
-    finished_ = true;
+    start_finish();
     if (c_.is_last_stage()) {
       c_.head_forward(x_, targets_, s_);
     } else {
       output_ = x_;
     }
   }
-  at::Tensor output() override {
-    STP_ASSERT(finished_, "forward output() before finish()");
-    return output_;
-  }
 
  private:
-  GptChunk& c_;
-  engine::ActivationSet& s_;
   at::Tensor tokens_;   // (B, T) int64, first stage
   at::Tensor targets_;  // (B, T) int64, last stage
   at::Tensor x_;        // (B, T, C) residual stream
-  at::Tensor output_;
-  int next_ = 0;
-  bool finished_ = false;
 };
 
 // Activation gradient: unit 2i = mlp-B(last-i), 2i+1 = attn-B(last-i). dres_ is the gradient
 // of the residual stream; pending_ the LayerNorm-output gradient the previous unit returned,
 // summed in place by the executor, whose LayerNorm backward opens this unit.
-class GptBackwardPass final : public engine::Pass {
+class GptBackwardPass final : public GptPass {
  public:
   GptBackwardPass(GptChunk& c, engine::ActivationSet& s, at::Tensor grad_output)
-      : c_(c), s_(s), dres_(std::move(grad_output)) {}
+      : GptPass(c, s, "backward"), dres_(std::move(grad_output)) {}
 
-  int size() const override { return c_.units(); }
   std::string unit_name(int k) const override {
     return layer_unit_name(k % 2 == 0 ? "mlp" : "attn", "B", last_layer() - k / 2);
   }
   at::Tensor run(int k) override {
-    STP_ASSERT(k == next_ && k < size(), "backward unit ", k, " run out of order (next ", next_,
-               " of ", size(), ")");
-    ++next_;
+    start_unit(k);
     const std::int64_t l = last_layer() - k / 2;
     if (k == 0 && c_.is_last_stage()) dres_ = c_.head_backward(s_);
     if (k > 0) dres_ = dres_.add(c_.layernorm_backward(ln_returned_by(k - 1), pending_, s_));
@@ -193,9 +211,7 @@ class GptBackwardPass final : public engine::Pass {
     return pending_;
   }
   void finish() override {
-    STP_ASSERT(next_ == size() && !finished_, "backward finish() after ", next_, " of ", size(),
-               " units");
-    finished_ = true;
+    start_finish();
     dres_ = dres_.add(c_.layernorm_backward(ln_returned_by(size() - 1), pending_, s_));
     pending_ = at::Tensor();
     if (c_.is_first_stage()) {
@@ -204,42 +220,29 @@ class GptBackwardPass final : public engine::Pass {
       output_ = dres_;
     }
   }
-  at::Tensor output() override {
-    STP_ASSERT(finished_, "backward output() before finish()");
-    return output_;
-  }
 
  private:
-  std::int64_t last_layer() const { return c_.layers_.first + c_.layers_.count - 1; }
   // The LayerNorm whose output gradient B unit k returns: ln2 for mlp-B, ln1 for attn-B.
   GptChunk::LayerNormRef ln_returned_by(int k) const {
     const std::int64_t l = last_layer() - k / 2;
     return k % 2 == 0 ? c_.ln2(l) : c_.ln1(l);
   }
 
-  GptChunk& c_;
-  engine::ActivationSet& s_;
   at::Tensor dres_;     // (B, T, C) gradient of the residual stream
   at::Tensor pending_;  // (B, T, C) LayerNorm-output gradient returned by the last unit
-  at::Tensor output_;
-  int next_ = 0;
-  bool finished_ = false;
 };
 
 // Weight gradient: W unit k pairs with B unit k (Note [GPT units]).
-class GptWeightGradPass final : public engine::Pass {
+class GptWeightGradPass final : public GptPass {
  public:
-  GptWeightGradPass(GptChunk& c, engine::ActivationSet& s) : c_(c), s_(s) {}
+  GptWeightGradPass(GptChunk& c, engine::ActivationSet& s) : GptPass(c, s, "weight-gradient") {}
 
-  int size() const override { return c_.units(); }
   std::string unit_name(int k) const override {
     return std::string("W(") + (k % 2 == 0 ? "mlp " : "attn ") +
            std::to_string(last_layer() - k / 2) + ")";
   }
   at::Tensor run(int k) override {
-    STP_ASSERT(k == next_ && k < size(), "weight-gradient unit ", k, " run out of order (next ",
-               next_, " of ", size(), ")");
-    ++next_;
+    start_unit(k);
     const std::int64_t l = last_layer() - k / 2;
     if (k == 0 && c_.is_last_stage()) c_.head_weight_grad(s_);
     if (k > 0) {
@@ -255,23 +258,13 @@ class GptWeightGradPass final : public engine::Pass {
     return at::Tensor();
   }
   void finish() override {
-    STP_ASSERT(next_ == size() && !finished_, "weight-gradient finish() after ", next_, " of ",
-               size(), " units");
-    finished_ = true;
-    c_.layernorm_weight_grad(c_.ln1(c_.layers_.first), s_);  // needs the B pass's finish()
+    start_finish();
+    c_.layernorm_weight_grad(c_.ln1(first_layer()), s_);  // needs the B pass's finish()
     if (c_.is_first_stage()) c_.embed_weight_grad(s_);
     STP_ASSERT(s_.empty(), "activation set (chunk ", s_.chunk(), ", mb ", s_.mb(),
                ") not empty after the weight-gradient pass: ", s_.fields().begin()->first);
   }
-  at::Tensor output() override { return at::Tensor(); }
-
- private:
-  std::int64_t last_layer() const { return c_.layers_.first + c_.layers_.count - 1; }
-
-  GptChunk& c_;
-  engine::ActivationSet& s_;
-  int next_ = 0;
-  bool finished_ = false;
+  at::Tensor output() override { return at::Tensor(); }  // W hands nothing on
 };
 
 std::unique_ptr<engine::Pass> GptChunk::forward(engine::ActivationSet& set,

@@ -107,6 +107,7 @@ class GptChunk final : public engine::Chunk {
   engine::Param& param(const std::string& name);
 
  private:
+  friend class GptPass;
   friend class GptForwardPass;
   friend class GptBackwardPass;
   friend class GptWeightGradPass;
@@ -133,6 +134,8 @@ class GptChunk final : public engine::Chunk {
   at::Tensor attn_forward(std::int64_t l, const at::Tensor& x, engine::ActivationSet& s) const;
   at::Tensor mlp_forward(std::int64_t l, const at::Tensor& x, engine::ActivationSet& s) const;
   void head_forward(const at::Tensor& x, const at::Tensor& targets, engine::ActivationSet& s) const;
+  at::Tensor layernorm_forward(const LayerNormRef& ln, const at::Tensor& x,
+                               engine::ActivationSet& s) const;
 
   at::Tensor head_backward(engine::ActivationSet& s) const;
   at::Tensor mlp_backward(std::int64_t l, const at::Tensor& dres, engine::ActivationSet& s) const;
@@ -140,6 +143,7 @@ class GptChunk final : public engine::Chunk {
   at::Tensor layernorm_backward(const LayerNormRef& ln, const at::Tensor& dy,
                                 engine::ActivationSet& s) const;
 
+  at::Tensor layernorm_output(const LayerNormRef& ln, engine::ActivationSet& s) const;
   void head_weight_grad(engine::ActivationSet& s);
   void mlp_weight_grad(std::int64_t l, engine::ActivationSet& s);
   void attn_weight_grad(std::int64_t l, engine::ActivationSet& s);

@@ -32,11 +32,9 @@ at::Tensor GptChunk::embed_forward(const at::Tensor& tokens, engine::ActivationS
 at::Tensor GptChunk::attn_forward(std::int64_t l, const at::Tensor& x,
                                   engine::ActivationSet& s) const {
   const LayerParams& p = layer(l);
-  ops::LayerNormOut n = ops::layernorm_forward(x, value(p.ln1_w), value(p.ln1_b), cfg_.ln_eps);
-  s.put(field(l, "ln1.xhat"), n.xhat);                             // (B, T, C)
-  s.put(field(l, "ln1.rstd"), n.rstd);                             // (B, T, 1)
-  at::Tensor qkv = ops::linear(n.y, value(p.qkv_w).flatten(0, 1),  // (3*Cl, C)
-                               value(p.qkv_b).flatten());          // (B, T, 3*Cl)
+  at::Tensor y = layernorm_forward(ln1(l), x, s);                // (B, T, C)
+  at::Tensor qkv = ops::linear(y, value(p.qkv_w).flatten(0, 1),  // (3*Cl, C)
+                               value(p.qkv_b).flatten());        // (B, T, 3*Cl)
   ops::AttentionOut a = ops::attention_forward(qkv, heads_local_);
   s.put(field(l, "attn.qkv"), qkv);                       // (B, T, 3*Cl)
   s.put(field(l, "attn.probs"), a.probs);                 // (B, NHl, T, T)
@@ -49,28 +47,33 @@ at::Tensor GptChunk::attn_forward(std::int64_t l, const at::Tensor& x,
 at::Tensor GptChunk::mlp_forward(std::int64_t l, const at::Tensor& x,
                                  engine::ActivationSet& s) const {
   const LayerParams& p = layer(l);
-  ops::LayerNormOut n = ops::layernorm_forward(x, value(p.ln2_w), value(p.ln2_b), cfg_.ln_eps);
-  s.put(field(l, "ln2.xhat"), n.xhat);                                // (B, T, C)
-  s.put(field(l, "ln2.rstd"), n.rstd);                                // (B, T, 1)
-  at::Tensor pre = ops::linear(n.y, value(p.fc1_w), value(p.fc1_b));  // (B, T, Hl)
-  at::Tensor act = ops::gelu_forward(pre);                            // (B, T, Hl)
-  s.put(field(l, "mlp.pre"), pre);                                    // (B, T, Hl)
-  s.put(field(l, "mlp.gelu"), act);                                   // (B, T, Hl)
-  at::Tensor out = at::matmul(act, value(p.fc2_w).t());               // (B, T, C) partial sum
-  if (tp_rank_ == 0) out.add_(x).add_(value(p.fc2_b));                // residual + bias, once
-  return out;                                                         // all-reduce: x + mlp(x)
+  at::Tensor y = layernorm_forward(ln2(l), x, s);                   // (B, T, C)
+  at::Tensor pre = ops::linear(y, value(p.fc1_w), value(p.fc1_b));  // (B, T, Hl)
+  at::Tensor act = ops::gelu_forward(pre);                          // (B, T, Hl)
+  s.put(field(l, "mlp.pre"), pre);                                  // (B, T, Hl)
+  s.put(field(l, "mlp.gelu"), act);                                 // (B, T, Hl)
+  at::Tensor out = at::matmul(act, value(p.fc2_w).t());             // (B, T, C) partial sum
+  if (tp_rank_ == 0) out.add_(x).add_(value(p.fc2_b));              // residual + bias, once
+  return out;                                                       // all-reduce: x + mlp(x)
 }
 
 void GptChunk::head_forward(const at::Tensor& x, const at::Tensor& targets,
                             engine::ActivationSet& s) const {
-  ops::LayerNormOut n = ops::layernorm_forward(x, value(lnf_w_), value(lnf_b_), cfg_.ln_eps);
-  s.put("ln_f.xhat", n.xhat);                               // (B, T, C)
-  s.put("ln_f.rstd", n.rstd);                               // (B, T, 1)
-  at::Tensor logits = at::matmul(n.y, value(head_w_).t());  // (B, T, V)
+  at::Tensor y = layernorm_forward(ln_f(), x, s);         // (B, T, C)
+  at::Tensor logits = at::matmul(y, value(head_w_).t());  // (B, T, V)
   ops::CrossEntropyOut ce = ops::cross_entropy_forward(logits, targets);
   s.put("targets", targets);      // (B, T) int64
   s.put("loss", ce.loss);         // ()
   s.put("head.probs", ce.probs);  // (B, T, V)
+}
+
+// LayerNorm of x with ln's weights; keeps ln.xhat (B, T, C) and ln.rstd (B, T, 1) for the backward.
+at::Tensor GptChunk::layernorm_forward(const LayerNormRef& ln, const at::Tensor& x,
+                                       engine::ActivationSet& s) const {
+  ops::LayerNormOut n = ops::layernorm_forward(x, value(ln.w), value(ln.b), cfg_.ln_eps);
+  s.put(ln.field + ".xhat", n.xhat);  // (B, T, C)
+  s.put(ln.field + ".rstd", n.rstd);  // (B, T, 1)
+  return n.y;                         // (B, T, C)
 }
 
 // ---- activation gradient (mirrored) ----------------------------------------------------------
@@ -122,8 +125,13 @@ at::Tensor GptChunk::layernorm_backward(const LayerNormRef& ln, const at::Tensor
 
 // ---- weight gradients ------------------------------------------------------------------------
 
+// ln's output again, from the kept ln.xhat: the input of the linear layer after it.
+at::Tensor GptChunk::layernorm_output(const LayerNormRef& ln, engine::ActivationSet& s) const {
+  return ops::layernorm_apply(s.get(ln.field + ".xhat"), value(ln.w), value(ln.b));  // (B, T, C)
+}
+
 void GptChunk::head_weight_grad(engine::ActivationSet& s) {
-  at::Tensor y = ops::layernorm_apply(s.get("ln_f.xhat"), value(lnf_w_), value(lnf_b_));  // (B,T,C)
+  at::Tensor y = layernorm_output(ln_f(), s);  // (B, T, C) head input
   ops::linear_weight_grad_(s.get("head.dlogits"), y, grad(head_w_), at::Tensor());
   s.erase("head.dlogits");
   layernorm_weight_grad(ln_f(), s);
@@ -133,8 +141,7 @@ void GptChunk::mlp_weight_grad(std::int64_t l, engine::ActivationSet& s) {
   const LayerParams& p = layer(l);
   ops::linear_weight_grad_(s.get(field(l, "mlp.dout")), s.get(field(l, "mlp.gelu")), grad(p.fc2_w),
                            grad(p.fc2_b));
-  at::Tensor y = ops::layernorm_apply(s.get(field(l, "ln2.xhat")), value(p.ln2_w),
-                                      value(p.ln2_b));  // (B, T, C) fc1 input
+  at::Tensor y = layernorm_output(ln2(l), s);  // (B, T, C) fc1 input
   ops::linear_weight_grad_(s.get(field(l, "mlp.dpre")), y, grad(p.fc1_w), grad(p.fc1_b));
   s.erase(field(l, "mlp.dout"));
   s.erase(field(l, "mlp.gelu"));
@@ -145,8 +152,7 @@ void GptChunk::attn_weight_grad(std::int64_t l, engine::ActivationSet& s) {
   const LayerParams& p = layer(l);
   ops::linear_weight_grad_(s.get(field(l, "attn.dout")), s.get(field(l, "attn.o")), grad(p.proj_w),
                            grad(p.proj_b));
-  at::Tensor y = ops::layernorm_apply(s.get(field(l, "ln1.xhat")), value(p.ln1_w),
-                                      value(p.ln1_b));  // (B, T, C) qkv input
+  at::Tensor y = layernorm_output(ln1(l), s);  // (B, T, C) qkv input
   ops::linear_weight_grad_(s.get(field(l, "attn.dqkv")), y, grad(p.qkv_w).flatten(0, 1),
                            grad(p.qkv_b).flatten());
   s.erase(field(l, "attn.dout"));

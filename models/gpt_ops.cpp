@@ -85,13 +85,30 @@ void linear_weight_grad_(const at::Tensor& dy, const at::Tensor& x, const at::Te
 
 // ---- Attention ---------------------------------------------------------------------------
 
-AttentionOut attention_forward(const at::Tensor& qkv, std::int64_t n_heads) {
+namespace {
+
+// The heads of a fused qkv (B, T, 3*NHl*hd), as the forward and the backward both read them.
+struct Heads {
+  std::int64_t B, T, hd;
+  at::Tensor q, k, v;  // (B, NHl, T, hd) each
+};
+
+Heads split_heads(const at::Tensor& qkv, std::int64_t n_heads) {
   const std::int64_t B = qkv.size(0), T = qkv.size(1);
   const std::int64_t hd = qkv.size(2) / (3 * n_heads);
   at::Tensor qkv5 = qkv.view({B, T, 3, n_heads, hd});  // (B, T, 3, NHl, hd)
-  at::Tensor q = qkv5.select(2, 0).transpose(1, 2);    // (B, NHl, T, hd)
-  at::Tensor k = qkv5.select(2, 1).transpose(1, 2);    // (B, NHl, T, hd)
-  at::Tensor v = qkv5.select(2, 2).transpose(1, 2);    // (B, NHl, T, hd)
+  return {B,
+          T,
+          hd,
+          qkv5.select(2, 0).transpose(1, 2),
+          qkv5.select(2, 1).transpose(1, 2),
+          qkv5.select(2, 2).transpose(1, 2)};
+}
+
+}  // namespace
+
+AttentionOut attention_forward(const at::Tensor& qkv, std::int64_t n_heads) {
+  const auto [B, T, hd, q, k, v] = split_heads(qkv, n_heads);
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   at::Tensor scores = at::matmul(q, k.transpose(-2, -1)).mul_(scale);             // (B, NHl, T, T)
   at::Tensor future = at::ones({T, T}, qkv.options().dtype(at::kBool)).triu_(1);  // (T, T)
@@ -106,12 +123,7 @@ AttentionOut attention_forward(const at::Tensor& qkv, std::int64_t n_heads) {
 
 at::Tensor attention_backward(const at::Tensor& d_o, const at::Tensor& qkv, const at::Tensor& probs,
                               std::int64_t n_heads) {
-  const std::int64_t B = qkv.size(0), T = qkv.size(1);
-  const std::int64_t hd = qkv.size(2) / (3 * n_heads);
-  at::Tensor qkv5 = qkv.view({B, T, 3, n_heads, hd});               // (B, T, 3, NHl, hd)
-  at::Tensor q = qkv5.select(2, 0).transpose(1, 2);                 // (B, NHl, T, hd)
-  at::Tensor k = qkv5.select(2, 1).transpose(1, 2);                 // (B, NHl, T, hd)
-  at::Tensor v = qkv5.select(2, 2).transpose(1, 2);                 // (B, NHl, T, hd)
+  const auto [B, T, hd, q, k, v] = split_heads(qkv, n_heads);
   at::Tensor dout = d_o.view({B, T, n_heads, hd}).transpose(1, 2);  // (B, NHl, T, hd)
   const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
   at::Tensor dprobs = at::matmul(dout, v.transpose(-2, -1));  // (B, NHl, T, T)
