@@ -9,8 +9,6 @@
 namespace stp::schedule {
 
 Program make_1f1b(int p, int m) {
-  STP_CHECK(p >= 1, "pp=", p, " must be >= 1");
-  STP_CHECK(m >= 1, "microbatches=", m, " must be >= 1 for the 1f1b schedule");
   Program prog = empty_program("1f1b", p, m, 1, Placement::kLoop);
   for (int r = 0; r < p; ++r) {
     RankBuilder b(prog, r, m);

@@ -15,8 +15,6 @@ namespace stp::schedule {
 // rank 0 fuses them instead, which with TP would hide rank 0's all-reduce but not the others'
 // and leave rank 0 waiting T_AR per microbatch.
 Program make_zb_h1(int p, int m) {
-  STP_CHECK(p >= 1, "pp=", p, " must be >= 1");
-  STP_CHECK(m >= 1, "microbatches=", m, " must be >= 1 for the zb-h1 schedule");
   Program prog = empty_program("zb-h1", p, m, 1, Placement::kLoop);
   for (int r = 0; r < p; ++r) {
     RankBuilder b(prog, r, m);
@@ -55,8 +53,7 @@ Program make_zb_h1(int p, int m) {
 // (one FIFO across chunks, as the executor keeps); PyTorch names them per chunk instead, which
 // changes which W fills a cool-down slot but not when a slot runs.
 Program make_zb_v(int p, int m) {
-  STP_CHECK(p >= 1, "pp=", p, " must be >= 1");
-  STP_CHECK(m >= 1, "microbatches=", m, " must be >= 1 for the zb-v schedule");
+  check_counts(p, m, "zb-v");
   const int n = std::max(m, 2 * p - 1);
   Program prog = empty_program("zb-v", p, n, 2, Placement::kV);
   for (int r = 0; r < p; ++r) {

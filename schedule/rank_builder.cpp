@@ -4,7 +4,13 @@
 
 namespace stp::schedule {
 
+void check_counts(int p, int m, const char* kind) {
+  STP_CHECK(p >= 1, "pp=", p, " must be >= 1");
+  STP_CHECK(m >= 1, "microbatches=", m, " must be >= 1 for the ", kind, " schedule");
+}
+
 Program empty_program(const char* kind, int p, int m, int v, Placement placement) {
+  check_counts(p, m, kind);
   STP_ASSERT(placement == Placement::kLoop || v == 2, "V placement needs v=2, got v=", v);
   Program prog;
   prog.kind = kind;

@@ -24,7 +24,12 @@ enum class Placement {
   kV,     // v = 2: chunk 0 of rank r is stage r, chunk 1 is stage 2p-1-r
 };
 
-// A Program with the layout filled in and p empty instruction lists.
+// The preconditions of a generator that takes any p >= 1 and m >= 1; the message names the
+// value and the schedule `kind`.
+void check_counts(int p, int m, const char* kind);
+
+// A Program with the layout filled in and p empty instruction lists; check_counts(p, m, kind)
+// first.
 Program empty_program(const char* kind, int p, int m, int v, Placement placement);
 
 class RankBuilder {

@@ -260,31 +260,25 @@ class Simulator final : public Interpreter::Observer {
 
 }  // namespace
 
-double SimResult::max_idle() const {
-  double x = 0;
-  for (const RankStats& r : ranks) x = std::max(x, r.idle);
+namespace {
+
+// The largest `field` over the ranks (0 when there are none).
+template <class T>
+T max_over(const std::vector<RankStats>& ranks, T RankStats::*field) {
+  T x = 0;
+  for (const RankStats& r : ranks) x = std::max(x, r.*field);
   return x;
 }
-double SimResult::max_exposed_tp() const {
-  double x = 0;
-  for (const RankStats& r : ranks) x = std::max(x, r.exposed_tp);
-  return x;
-}
-int SimResult::max_peak_sets() const {
-  int x = 0;
-  for (const RankStats& r : ranks) x = std::max(x, r.peak_sets);
-  return x;
-}
+
+}  // namespace
+
+double SimResult::max_idle() const { return max_over(ranks, &RankStats::idle); }
+double SimResult::max_exposed_tp() const { return max_over(ranks, &RankStats::exposed_tp); }
+int SimResult::max_peak_sets() const { return max_over(ranks, &RankStats::peak_sets); }
 int SimResult::max_peak_sets_until_w() const {
-  int x = 0;
-  for (const RankStats& r : ranks) x = std::max(x, r.peak_sets_until_w);
-  return x;
+  return max_over(ranks, &RankStats::peak_sets_until_w);
 }
-double SimResult::max_peak_bytes() const {
-  double x = 0;
-  for (const RankStats& r : ranks) x = std::max(x, r.peak_bytes);
-  return x;
-}
+double SimResult::max_peak_bytes() const { return max_over(ranks, &RankStats::peak_bytes); }
 
 SimResult simulate(const Program& program, const CostModel& costs, const SimOptions& options) {
   return Simulator(program, costs, options).run();
