@@ -2,6 +2,7 @@
 // with offload off and on, and under a sweep of offload budgets, each measurement next to the
 // simulator's and the planner's prediction (train/train_bench.h). Without a launcher the ranks
 // run as threads of this process; under `stp run -n N --` each process is one rank.
+#include <cstdio>
 #include <sstream>
 
 #include "cli.h"
@@ -46,6 +47,13 @@ std::vector<std::string> split_list(const std::string& text) {
   return out;
 }
 
+// The lead rank prints the benchmark's table and the files it wrote; other ranks print nothing.
+template <class Result>
+int print_result(const Result& res, std::string (*table)(const Result&), const std::string& wrote) {
+  if (res.lead) std::printf("\n%swrote %s\n", table(res).c_str(), wrote.c_str());
+  return 0;
+}
+
 int bench_train(const std::vector<std::string>& args) {
   ConfigArgs config;
   train::TrainBenchOptions o;
@@ -61,12 +69,9 @@ int bench_train(const std::vector<std::string>& args) {
   add_run_options(app, o.steps, o.warmup, o.out_dir, "run", "results.json, runs/*/timeline.svg");
   if (int rc = parse(app, args); rc >= 0) return rc;
   o.kinds = split_list(kinds);
-  auto res = train::run_train_bench(config.resolve(), o);
-  if (!res.lead) return 0;
-  std::printf("\n%s", train::train_bench_table(res).c_str());
-  std::printf("wrote %s/results.json and %s/runs/<kind>-<off|on>/timeline.svg\n", o.out_dir.c_str(),
-              o.out_dir.c_str());
-  return 0;
+  return print_result(
+      train::run_train_bench(config.resolve(), o), train::train_bench_table,
+      str_cat(o.out_dir, "/results.json and ", o.out_dir, "/runs/<kind>-<off|on>/timeline.svg"));
 }
 
 int bench_budget(const std::vector<std::string>& args) {
@@ -85,11 +90,8 @@ int bench_budget(const std::vector<std::string>& args) {
   add_run_options(app, o.steps, o.warmup, o.out_dir, "budget", "results.json, budget.svg");
   if (int rc = parse(app, args); rc >= 0) return rc;
   o.budgets = split_list(budgets);
-  auto res = train::run_budget_sweep(config.resolve(), o);
-  if (!res.lead) return 0;
-  std::printf("\n%s", train::budget_sweep_table(res).c_str());
-  std::printf("wrote %s/results.json and %s/budget.svg\n", o.out_dir.c_str(), o.out_dir.c_str());
-  return 0;
+  return print_result(train::run_budget_sweep(config.resolve(), o), train::budget_sweep_table,
+                      str_cat(o.out_dir, "/results.json and ", o.out_dir, "/budget.svg"));
 }
 
 STP_REGISTER_COMMAND("bench train",

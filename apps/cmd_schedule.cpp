@@ -58,6 +58,20 @@ struct CostFlags {
   }
 };
 
+// The flags that name the program, shared by both commands.
+struct ProgramFlags {
+  std::string kind;  // empty: --kind is required
+  int pp = 0, microbatches = 0, chunks = 0;
+
+  void add_to(CLI::App& app, const std::string& kind_help, const std::string& chunks_help) {
+    CLI::Option* k = app.add_option("--kind", kind, kind_help);
+    if (kind.empty()) k->required();
+    app.add_option("--pp", pp, "pipeline ranks p (>= 1)")->required();
+    app.add_option("--microbatches", microbatches, "microbatches m per step")->required();
+    app.add_option("--chunks", chunks, chunks_help);
+  }
+};
+
 std::vector<sch::Kind> kinds_from(const std::string& kind) {
   if (kind == "all") return sch::all_kinds();
   return {sch::kind_from_string(kind)};
@@ -73,14 +87,13 @@ void emit(const std::string& out, const std::string& text) {
 
 int run_schedule(const std::vector<std::string>& args) {
   CLI::App app("Print or draw one pipeline schedule", "stp schedule");
-  std::string kind, format = "text", out;
-  int pp = 0, microbatches = 0, chunks = 0;
+  std::string format = "text", out;
+  ProgramFlags flags;
+  auto& [kind, pp, microbatches, chunks] = flags;
   bool with_comm = false;
   CostFlags cost;
-  app.add_option("--kind", kind, "1f1b, 1f1b-i, zb-h1, zb-v or stp")->required();
-  app.add_option("--pp", pp, "pipeline ranks p (>= 1)")->required();
-  app.add_option("--microbatches", microbatches, "microbatches m per step")->required();
-  app.add_option("--chunks", chunks, "chunks per rank v (1f1b-i only; default 2)");
+  flags.add_to(app, "1f1b, 1f1b-i, zb-h1, zb-v or stp",
+               "chunks per rank v (1f1b-i only; default 2)");
   app.add_option("--format", format, "text, json, svg or trace (Chrome/Perfetto JSON)");
   app.add_option("--out", out, "write to FILE instead of stdout");
   app.add_flag("--with-comm", with_comm, "text: also list P2P and offload instructions");
@@ -121,14 +134,13 @@ void print_rank_table(const sch::SimResult& sim) {
 int run_simulate(const std::vector<std::string>& args) {
   CLI::App app("Simulate schedules under a cost model, beside the seed table's formulas",
                "stp simulate");
-  std::string kind = "all", svg, trace;
-  int pp = 0, microbatches = 0, chunks = 0;
+  std::string svg, trace;
+  ProgramFlags flags{"all"};
+  auto& [kind, pp, microbatches, chunks] = flags;
   bool per_rank = false;
   CostFlags cost;
-  app.add_option("--kind", kind, "all, 1f1b, 1f1b-i, zb-h1, zb-v or stp");
-  app.add_option("--pp", pp, "pipeline ranks p (>= 1)")->required();
-  app.add_option("--microbatches", microbatches, "microbatches m per step")->required();
-  app.add_option("--chunks", chunks, "chunks per rank for 1f1b-i (default 2)");
+  flags.add_to(app, "all, 1f1b, 1f1b-i, zb-h1, zb-v or stp",
+               "chunks per rank for 1f1b-i (default 2)");
   app.add_option("--svg", svg, "draw the simulated timelines to FILE");
   app.add_option("--trace", trace, "write the simulated timelines as a Chrome trace to FILE");
   app.add_flag("--per-rank", per_rank, "also print each rank's figures");

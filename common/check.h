@@ -33,6 +33,9 @@ std::string str_cat(const Args&... args) {
   return os.str();
 }
 
+// printf-style formatting into a string of any length: for table rows and fixed-width figures.
+std::string str_printf(const char* format, ...) __attribute__((format(printf, 1, 2)));
+
 // Writes "stp: error: <msg>" to stderr. Never throws; for destructors and callbacks.
 void log_error(const std::string& msg) noexcept;
 

@@ -297,7 +297,44 @@ const char* kPredictionNote =
     "(engine::fit_costs, pooled over the measured steps of every pipeline rank); P2P latency and\n"
     "braided-compute slowdown are not modelled. planned: the offload planner's simulated peak.\n";
 
+// The results.json document of `stp bench train`.
+json train_bench_doc(const TrainBenchResult& res) {
+  json runs = json::array();
+  for (std::size_t i = 0; i < res.runs.size(); ++i) {
+    json j = run_json(res.runs[i]);
+    j["ratio"] = i < res.ratio.size() ? res.ratio[i] : 0.0;
+    runs.push_back(j);
+  }
+  return json{{"benchmark", "stp bench train"}, {"setup", res.setup},
+              {"baseline", res.baseline},       {"on_budget", res.on_budget},
+              {"prediction", kPredictionNote},  {"runs", runs}};
+}
+
+// The results.json document of `stp bench budget`.
+json budget_sweep_doc(const BudgetSweepResult& res) {
+  json points = json::array();
+  for (const auto& pt : res.points) {
+    json j = run_json(pt.run);
+    j["feasible"] = pt.feasible;
+    j["minimum"] = pt.minimum;
+    j["floor_bytes"] = pt.floor_bytes;
+    j["planner_seconds"] = pt.planner_seconds;
+    points.push_back(j);
+  }
+  return json{{"benchmark", "stp bench budget"},
+              {"setup", res.setup},
+              {"kind", res.kind},
+              {"unconstrained_peak_bytes", res.unconstrained_peak_bytes},
+              {"minimum_budget_bytes", res.minimum_budget_bytes},
+              {"prediction", kPredictionNote},
+              {"points", points}};
+}
+
 }  // namespace
+
+std::string train_bench_json(const TrainBenchResult& res) { return train_bench_doc(res).dump(); }
+
+std::string budget_sweep_json(const BudgetSweepResult& res) { return budget_sweep_doc(res).dump(); }
 
 TrainBenchResult run_train_bench(const TrainConfig& config, const TrainBenchOptions& o) {
   check_counts(o.warmup, o.steps);
@@ -338,25 +375,20 @@ TrainBenchResult run_train_bench(const TrainConfig& config, const TrainBenchOpti
     }
   res.baseline = res.runs[base].kind + " " + res.runs[base].budget;
   for (const auto& r : res.runs) res.ratio.push_back(r.tokens_per_s / res.runs[base].tokens_per_s);
-  json doc = json::parse(train_bench_json(res));
-  write_file(o.out_dir + "/results.json", doc.dump(2) + "\n");
+  write_file(o.out_dir + "/results.json", train_bench_doc(res).dump(2) + "\n");
   return res;
 }
 
 std::string train_bench_table(const TrainBenchResult& res) {
   std::string out = str_cat("stp bench train: ", res.setup, "\n");
-  char line[320];
-  std::snprintf(line, sizeof line,
-                "%-7s %-7s %10s %9s %6s %7s %7s %7s %6s %5s %6s %5s %10s %10s %10s\n", "kind",
-                "offload", "budget", "tok/s", "ratio", "step s", "prog s", "sim s", "comm%", "sim",
-                "idle%", "sim", "act peak", "planned", "offloaded");
-  out += line;
+  out += str_printf("%-7s %-7s %10s %9s %6s %7s %7s %7s %6s %5s %6s %5s %10s %10s %10s\n", "kind",
+                    "offload", "budget", "tok/s", "ratio", "step s", "prog s", "sim s", "comm%",
+                    "sim", "idle%", "sim", "act peak", "planned", "offloaded");
   bool any_min = false;
   for (std::size_t i = 0; i < res.runs.size(); ++i) {
     const BenchRun& r = res.runs[i];
     any_min = any_min || r.budget == "min";
-    std::snprintf(
-        line, sizeof line,
+    out += str_printf(
         "%-7s %-7s %10s %9.0f %5.2fx %7.3f %7.3f %7.3f %6.1f %5.1f %6.1f %5.1f %10s %10s %10s\n",
         r.kind.c_str(), r.budget.c_str(),
         r.budget_bytes > 0 ? format_bytes(static_cast<double>(r.budget_bytes)).c_str() : "-",
@@ -366,7 +398,6 @@ std::string train_bench_table(const TrainBenchResult& res) {
         format_bytes(static_cast<double>(r.peak_activation_bytes)).c_str(),
         format_bytes(static_cast<double>(r.planned_peak_bytes)).c_str(),
         format_bytes(static_cast<double>(r.offloaded_bytes)).c_str());
-    out += line;
   }
   out += str_cat(
       "tok/s: job tokens / whole step (program + gradient reduction + AdamW); ratio: against ",
@@ -382,19 +413,6 @@ std::string train_bench_table(const TrainBenchResult& res) {
       "bytes per step, worst rank.\n",
       kPredictionNote);
   return out;
-}
-
-std::string train_bench_json(const TrainBenchResult& res) {
-  json runs = json::array();
-  for (std::size_t i = 0; i < res.runs.size(); ++i) {
-    json j = run_json(res.runs[i]);
-    j["ratio"] = i < res.ratio.size() ? res.ratio[i] : 0.0;
-    runs.push_back(j);
-  }
-  return json{{"benchmark", "stp bench train"}, {"setup", res.setup},
-              {"baseline", res.baseline},       {"on_budget", res.on_budget},
-              {"prediction", kPredictionNote},  {"runs", runs}}
-      .dump();
 }
 
 BudgetSweepResult run_budget_sweep(const TrainConfig& config, const BudgetSweepOptions& o) {
@@ -461,32 +479,30 @@ BudgetSweepResult run_budget_sweep(const TrainConfig& config, const BudgetSweepO
   add(at_floor.run.budget, std::move(at_floor));
   res.points.back().minimum = true;
   if (!res.lead) return res;
-  write_file(o.out_dir + "/results.json", json::parse(budget_sweep_json(res)).dump(2) + "\n");
+  write_file(o.out_dir + "/results.json", budget_sweep_doc(res).dump(2) + "\n");
   write_file(o.out_dir + "/budget.svg", budget_sweep_svg(res));
   return res;
 }
 
 std::string budget_sweep_table(const BudgetSweepResult& res) {
   std::string out = str_cat("stp bench budget: ", res.kind, ", ", res.setup, "\n");
-  char line[320];
-  std::snprintf(line, sizeof line, "%-10s %10s %10s %10s %10s %7s %7s %7s %6s\n", "budget", "bytes",
-                "act peak", "planned", "offloaded", "prog s", "sim s", "plan s", "reload%");
-  out += line;
+  out += str_printf("%-10s %10s %10s %10s %10s %7s %7s %7s %6s\n", "budget", "bytes", "act peak",
+                    "planned", "offloaded", "prog s", "sim s", "plan s", "reload%");
   for (const auto& pt : res.points) {
     const BenchRun& r = pt.run;
     if (!pt.feasible) {
-      std::snprintf(line, sizeof line, "%-10s infeasible: below the smallest feasible budget %s\n",
-                    r.budget.c_str(), format_bytes(static_cast<double>(pt.floor_bytes)).c_str());
+      out +=
+          str_printf("%-10s infeasible: below the smallest feasible budget %s\n", r.budget.c_str(),
+                     format_bytes(static_cast<double>(pt.floor_bytes)).c_str());
     } else {
-      std::snprintf(line, sizeof line, "%-10s %10s %10s %10s %10s %7.3f %7.3f %7.3f %6.1f%s\n",
-                    r.budget.c_str(), format_bytes(static_cast<double>(r.budget_bytes)).c_str(),
-                    format_bytes(static_cast<double>(r.peak_activation_bytes)).c_str(),
-                    format_bytes(static_cast<double>(r.planned_peak_bytes)).c_str(),
-                    format_bytes(static_cast<double>(r.offloaded_bytes)).c_str(), r.program_seconds,
-                    r.predicted_seconds, pt.planner_seconds, 100 * r.reload_wait,
-                    pt.minimum ? "  <- smallest feasible" : "");
+      out += str_printf("%-10s %10s %10s %10s %10s %7.3f %7.3f %7.3f %6.1f%s\n", r.budget.c_str(),
+                        format_bytes(static_cast<double>(r.budget_bytes)).c_str(),
+                        format_bytes(static_cast<double>(r.peak_activation_bytes)).c_str(),
+                        format_bytes(static_cast<double>(r.planned_peak_bytes)).c_str(),
+                        format_bytes(static_cast<double>(r.offloaded_bytes)).c_str(),
+                        r.program_seconds, r.predicted_seconds, pt.planner_seconds,
+                        100 * r.reload_wait, pt.minimum ? "  <- smallest feasible" : "");
     }
-    out += line;
   }
   out += str_cat(
       "unconstrained peak (planner) ",
@@ -497,26 +513,6 @@ std::string budget_sweep_table(const BudgetSweepResult& res) {
       "slowdown).\n",
       kPredictionNote);
   return out;
-}
-
-std::string budget_sweep_json(const BudgetSweepResult& res) {
-  json points = json::array();
-  for (const auto& pt : res.points) {
-    json j = run_json(pt.run);
-    j["feasible"] = pt.feasible;
-    j["minimum"] = pt.minimum;
-    j["floor_bytes"] = pt.floor_bytes;
-    j["planner_seconds"] = pt.planner_seconds;
-    points.push_back(j);
-  }
-  return json{{"benchmark", "stp bench budget"},
-              {"setup", res.setup},
-              {"kind", res.kind},
-              {"unconstrained_peak_bytes", res.unconstrained_peak_bytes},
-              {"minimum_budget_bytes", res.minimum_budget_bytes},
-              {"prediction", kPredictionNote},
-              {"points", points}}
-      .dump();
 }
 
 std::string budget_sweep_svg(const BudgetSweepResult& res) {

@@ -1,6 +1,9 @@
 #include "cli_test_util.h"
 
+#include <gtest/gtest.h>
 #include <sys/wait.h>
+
+#include <algorithm>
 
 #include <array>
 #include <cstdio>
@@ -19,6 +22,21 @@ CliResult run_cli(const std::string& args) {
   int status = pclose(pipe);
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return result;
+}
+
+int lines(const std::string& output) {
+  return static_cast<int>(std::count(output.begin(), output.end(), '\n'));
+}
+
+void expect_rejected(const std::string& args, const std::string& needle) {
+  CliResult r = run_cli(args);
+  EXPECT_EQ(r.exit_code, 2) << args << "\n" << r.output;
+  EXPECT_EQ(lines(r.output), 1) << args << "\n" << r.output;
+  EXPECT_NE(r.output.find(needle), std::string::npos) << args << "\n" << r.output;
+}
+
+void expect_rejected(const std::vector<Rejection>& cases) {
+  for (const Rejection& c : cases) expect_rejected(c.args, c.needle);
 }
 
 }  // namespace stp::testing

@@ -396,22 +396,8 @@ TEST(Run, BareStpIsThisBinaryEvenOffPath) {
   EXPECT_NE(r.output.find("[r1] usage: stp <command>"), std::string::npos) << r.output;
 }
 
-struct BadCase {
-  std::string args;
-  std::string must_contain;
-};
-
-void expect_one_line_exit_two(const std::vector<BadCase>& cases) {
-  for (const auto& c : cases) {
-    CliResult r = run_cli(c.args);
-    EXPECT_EQ(r.exit_code, 2) << c.args << "\n" << r.output;
-    EXPECT_EQ(lines_of(r.output).size(), 1u) << c.args << "\n" << r.output;
-    EXPECT_NE(r.output.find(c.must_contain), std::string::npos) << c.args << "\n" << r.output;
-  }
-}
-
 TEST(Run, BadOptionsAreOneLineWithExitTwo) {
-  expect_one_line_exit_two({
+  expect_rejected({
       {"run -n 0 -- true", "-n=0 must be in [1, 1024]"},
       {"run -n 5000 -- true", "-n=5000 must be in [1, 1024]"},
       {"run -- true", "--nproc-per-node is required"},
@@ -426,7 +412,7 @@ TEST(Run, AMissingOrBadProgramIsOneLineWithExitTwo) {
   int fd = mkstemp(file);
   ASSERT_GE(fd, 0);
   close(fd);
-  expect_one_line_exit_two({
+  expect_rejected({
       {"run -n 2", "missing PROGRAM"},
       {"run -n 2 -- no_such_program_stp_test",
        "'no_such_program_stp_test' is not an executable on PATH"},

@@ -22,11 +22,7 @@ namespace stp::checkpoint {
 namespace {
 namespace fs = std::filesystem;
 
-using stp::testing::expect_invalid;
-using stp::testing::kPython;
-using stp::testing::read_bytes;
-using stp::testing::TempDir;
-using stp::testing::write_bytes;
+using namespace stp::testing;  // TempDir, read/write_bytes, expect_invalid, kPython
 
 CheckpointInfo info_for(int tp, int pp, int dp = 1, int n_layers = 4) {
   CheckpointInfo info;

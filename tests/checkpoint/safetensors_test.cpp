@@ -18,11 +18,7 @@ namespace stp::checkpoint {
 namespace {
 namespace fs = std::filesystem;
 
-using stp::testing::expect_invalid;
-using stp::testing::kPython;
-using stp::testing::read_bytes;
-using stp::testing::TempDir;
-using stp::testing::write_bytes;
+using namespace stp::testing;  // TempDir, read/write_bytes, expect_invalid, kPython
 
 // A file from a raw header (padded with spaces) and `data_bytes` zero bytes of data.
 void write_raw(const fs::path& p, std::string header, std::size_t data_bytes) {

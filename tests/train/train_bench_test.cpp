@@ -20,7 +20,16 @@ namespace {
 namespace fs = std::filesystem;
 using stp::testing::fresh_temp_dir;
 
-std::string temp_dir(const std::string& name) { return fresh_temp_dir("train_bench", name); }
+// Options of a quiet one-step run that writes into a fresh temporary folder `name`.
+template <class Options>
+Options one_step(int warmup, const std::string& name) {
+  Options o;
+  o.warmup = warmup;
+  o.steps = 1;
+  o.out_dir = fresh_temp_dir("train_bench", name);
+  o.progress = false;
+  return o;
+}
 
 // tp 2 x pp 2, one layer per stage of a V schedule, tens of milliseconds a step.
 TrainConfig tiny() {
@@ -72,13 +81,9 @@ void expect_offload(const BenchRun& r) {
 }
 
 TEST(TrainBench, RowsPerKindAndOffloadWithPredictions) {
-  TrainBenchOptions o;
+  auto o = one_step<TrainBenchOptions>(1, "train");
   o.kinds = {"1f1b-i", "stp"};
   o.on_budget = "80%";
-  o.warmup = 1;
-  o.steps = 1;
-  o.out_dir = temp_dir("train");
-  o.progress = false;
   TrainBenchResult res = run_train_bench(tiny(), o);
   ASSERT_TRUE(res.lead);
   ASSERT_EQ(res.runs.size(), 4u);
@@ -125,12 +130,8 @@ TEST(TrainBench, BadOptionsNameTheValue) {
 }
 
 TEST(BudgetSweep, DescendsToTheSmallestFeasibleBudget) {
-  BudgetSweepOptions o;
+  auto o = one_step<BudgetSweepOptions>(0, "budget");
   o.budgets = {"100%", "90%"};
-  o.warmup = 0;
-  o.steps = 1;
-  o.out_dir = temp_dir("budget");
-  o.progress = false;
   BudgetSweepResult res = run_budget_sweep(tiny(), o);
   ASSERT_TRUE(res.lead);
   EXPECT_EQ(res.kind, "stp");
@@ -161,12 +162,8 @@ TEST(BudgetSweep, DescendsToTheSmallestFeasibleBudget) {
 }
 
 TEST(BudgetSweep, InfeasibleBudgetIsReportedWithTheFloor) {
-  BudgetSweepOptions o;
+  auto o = one_step<BudgetSweepOptions>(0, "floor");
   o.budgets = {"1KiB"};
-  o.warmup = 0;
-  o.steps = 1;
-  o.out_dir = temp_dir("floor");
-  o.progress = false;
   TrainConfig c = tiny();
   c.schedule.kind = "1f1b-i";
   BudgetSweepResult res = run_budget_sweep(c, o);
