@@ -76,6 +76,11 @@ class CommHandle {
   void wait();
   // Non-blocking: true once the operation completed.
   bool done() const;
+  // True when dropping the handle unwaited frees nothing early: the operation completed, or
+  // (kStream) the backend recorded its stream on the tensors, so the caching allocator keeps
+  // their memory until the operation finished (NCCL does for send and recv) and its watchdog
+  // reports a failure.
+  bool droppable() const { return wait_kind_ == WaitKind::kStream || done(); }
 
  private:
   c10::intrusive_ptr<c10d::Work> work_;

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <deque>
 #include <tuple>
+#include <vector>
 
 #include "common/check.h"
 #include "common/clock.h"
@@ -63,6 +64,7 @@ class Executor::StepRun {
       cur_ = nullptr;
       ev.end = now_seconds() - t0;
       stats_.events.push_back(std::move(ev));
+      release_sends();
     }
     // Sends complete in the background; the step ends when they have.
     double w0 = now_seconds();
@@ -98,6 +100,13 @@ class Executor::StepRun {
       const Instr& in = instrs_[p2p_cursor_];
       if (!post_p2p(in)) break;
     }
+  }
+
+  // A sent tensor lives as long as its handle: drop every handle that no longer needs it
+  // (gpu-review item 12), so sent activations and gradients leave memory as soon as the
+  // transfer allows instead of at the end of the step.
+  void release_sends() {
+    std::erase_if(sends_, [](const CommHandle& h) { return h.droppable(); });
   }
 
   // Returns false when the instruction cannot be posted yet (a send of a future tensor).

@@ -14,8 +14,9 @@
 //    (Note [P2P channels], engine/comm.h: messages pair in issue order, untagged, on Gloo as on
 //    NCCL): a RECV is posted as soon as every P2P instruction before it is posted — usually a
 //    whole compute instruction ahead — and waited on only by the compute that consumes it; a
-//    SEND starts as soon as its tensor exists and completes in the background (waited at step
-//    end).
+//    SEND starts as soon as its tensor exists and completes in the background: its handle,
+//    which keeps the tensor alive, is dropped after the first compute instruction that finds
+//    it droppable (CommHandle::droppable), and the rest are waited for at step end.
 //  - OFFLOAD / RELOAD go to the offloader (offload/); a backward waits for its own reload only.
 // Every wait is timed: TP-collective waits are the exposed communication, P2P waits the
 // pipeline idle, reload waits the offload stall.

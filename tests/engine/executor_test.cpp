@@ -45,6 +45,7 @@ struct JobResult {
   std::vector<StepStats> stats;  // per global rank, last step
   std::vector<std::int64_t> stage_bytes;
   std::int64_t budget = 0;
+  int max_live_sends = -1;  // FIFO transports: FifoFabric::max_live_sends
 };
 
 // Gathers a full tensor per name from the chunks of every (stage, tp rank).
@@ -129,6 +130,7 @@ JobResult run_job(const models::GptConfig& cfg, const ParamMap& full, const Job&
     for (Chunk* c : trainers[r]->chunks()) by_stage[c->stage()].push_back(c);
   result.grads = gather(by_stage, false);
   result.params = gather(by_stage, true);
+  if (fabric) result.max_live_sends = fabric->max_live_sends();
   return result;
 }
 
@@ -207,6 +209,19 @@ INSTANTIATE_TEST_SUITE_P(
       return k + "_tp" + std::to_string(std::get<1>(info.param)) + "_pp" +
              std::to_string(std::get<2>(info.param));
     });
+
+// gpu-review item 12: a sent activation or gradient leaves memory once its transfer completed,
+// not at the end of the step. In 1F1B at p = 2 with m = 16 each rank sends 16 tensors; when a
+// rank sends one, at most the few of the warm-up may still be in flight.
+TEST(Executor, SentTensorsAreFreedOnceTheirTransferCompleted) {
+  Job job{"1f1b", 1, 2, 16};
+  job.transport = Job::Transport::kNcclPairing;
+  models::GptConfig cfg = tiny_config(2);
+  ParamMap full = testing::random_full_params(cfg, 7);
+  JobResult got = run_job(cfg, full, job, {microbatches(cfg, job.m, 3)});
+  EXPECT_GE(got.max_live_sends, 0);
+  EXPECT_LE(got.max_live_sends, 3) << "sent tensors are held until the end of the step";
+}
 
 // The layout the channels replace: both directions of a pair on one communicator deadlock
 // under NCCL's pairing (the fake proves it can fail), and the error names the stuck messages.

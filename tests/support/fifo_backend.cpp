@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
+#include <algorithm>
 #include <deque>
 #include <sstream>
 #include <stdexcept>
@@ -116,6 +117,13 @@ class FifoFabric::Backend : public c10d::Backend {
       fabric_->records_.push_back({group_, carries_, kNames[op->kind],
                                    op->tensor.defined() ? op->tensor.scalar_type() : at::kByte,
                                    op->tensor.defined() ? op->tensor.numel() : 0});
+      if (op->kind == Op::kSend) {
+        auto& sent = fabric_->sent_[str_cat(group_, "@", op->rank)];
+        std::erase_if(sent, [](const auto& w) { return w.expired(); });
+        fabric_->max_live_sends_ =
+            std::max(fabric_->max_live_sends_, static_cast<int>(sent.size()));
+        sent.emplace_back(op->tensor.storage().getWeakStorageImpl());
+      }
     }
     fabric_->post(channel_, op);
     return c10::make_intrusive<Work>(fabric_, op);
@@ -151,6 +159,11 @@ engine::BackendFactory FifoFabric::factory() {
 std::vector<FifoFabric::Record> FifoFabric::records() const {
   std::lock_guard<std::mutex> lock(mu_);
   return records_;
+}
+
+int FifoFabric::max_live_sends() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return max_live_sends_;
 }
 
 void FifoFabric::post(const std::string& channel, const std::shared_ptr<Op>& op) {

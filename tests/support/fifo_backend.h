@@ -58,6 +58,10 @@ class FifoFabric {
   // The World's backend factory: every group of every rank gets a FIFO backend.
   engine::BackendFactory factory();
   std::vector<Record> records() const;
+  // The most earlier sends of one rank on one group whose tensors were still alive (referenced
+  // by anyone: the sender's handles, the activation store) when that rank posted another send:
+  // how long senders keep what they sent.
+  int max_live_sends() const;
 
   struct Op;
   class Backend;
@@ -75,6 +79,9 @@ class FifoFabric {
   std::condition_variable cv_;
   std::map<std::string, std::unique_ptr<Channel>> channels_;  // guarded by mu_
   std::vector<Record> records_;                               // guarded by mu_
+  // (group, rank) -> the storages of its sends; guarded by mu_
+  std::map<std::string, std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>>> sent_;
+  int max_live_sends_ = 0;  // guarded by mu_
 };
 
 }  // namespace stp::testing
