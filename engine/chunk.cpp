@@ -5,6 +5,8 @@
 
 namespace stp::engine {
 
+double Chunk::loss(const ActivationSet& set) const { return loss_tensor(set).item<double>(); }
+
 void Chunk::zero_grad() {
   for (Param& p : params()) {
     if (p.grad.defined()) {

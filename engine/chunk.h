@@ -90,8 +90,12 @@ class Chunk {
   // Weight-gradient pass; units pair one-to-one with backward()'s. Empties `set` when done.
   virtual std::unique_ptr<Pass> weight_grad(ActivationSet& set) = 0;
 
-  // Last stage only: the unscaled mean loss of the microbatch whose forward wrote `set`.
-  virtual double loss(const ActivationSet& set) const = 0;
+  // Last stage only: the unscaled mean loss of the microbatch whose forward wrote `set`, as a
+  // 0-dim tensor on the model's device. The executor sums these on the device and reads the sum
+  // once per step: a host read per microbatch would stall the host until the whole forward ran.
+  virtual at::Tensor loss_tensor(const ActivationSet& set) const = 0;
+  // The same as a number (a host sync: for tests and tools, not the step).
+  double loss(const ActivationSet& set) const;
 
   // Shape of the activation this chunk receives from the previous stage (and of its gradient).
   virtual std::vector<std::int64_t> input_shape(std::int64_t batch) const = 0;

@@ -75,6 +75,7 @@ class Executor::StepRun {
     STP_ASSERT(
         fwd_input_.empty() && bwd_grad_.empty() && fwd_output_.empty() && bwd_output_.empty(),
         "tensors left over at the end of the step");
+    if (loss_sum_.defined()) stats_.loss_sum = loss_sum_.item<double>();  // the step's one read
     stats_.seconds = now_seconds() - t0;
     stats_.peak_activation_bytes = ex_.store_.peak_bytes();
     stats_.peak_activation_sets = ex_.store_.peak_sets();
@@ -233,7 +234,8 @@ class Executor::StepRun {
         lane.pass = c.forward(set, mbs_.at(mb), input);
         lane.on_finish = [this, &c, &set, s, mb, lane_pass = lane.pass.get()] {
           if (c.is_last_stage()) {
-            stats_.loss_sum += c.loss(set);
+            at::Tensor l = c.loss_tensor(set).detach().to(at::kDouble);
+            loss_sum_ = loss_sum_.defined() ? loss_sum_.add(l) : l;  // stays on the device
             ++stats_.losses;
             return;
           }
@@ -353,6 +355,7 @@ class Executor::StepRun {
   std::map<Key, at::Tensor> bwd_output_;  // (stage, mb): input gradient waiting for its SEND_B
   std::map<std::tuple<int, int, int>, CommHandle> recvs_;  // (dir, stage, mb): posted receives
   std::vector<CommHandle> sends_;
+  at::Tensor loss_sum_;  // last stage: the microbatch losses summed on the device
   std::deque<std::pair<int, int>> w_fifo_;  // deferred W: (chunk, mb), oldest first
   std::size_t p2p_cursor_ = 0;              // first instruction whose P2P is not posted
   StepStats stats_;

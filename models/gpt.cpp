@@ -100,9 +100,9 @@ GptChunk::LayerNormRef GptChunk::ln2(std::int64_t l) const {
 }
 GptChunk::LayerNormRef GptChunk::ln_f() const { return {"ln_f", lnf_w_, lnf_b_}; }
 
-double GptChunk::loss(const engine::ActivationSet& set) const {
+at::Tensor GptChunk::loss_tensor(const engine::ActivationSet& set) const {
   STP_ASSERT(is_last_stage(), "loss() on stage ", stage_, " of ", stages_);
-  return set.get("loss").item<double>();
+  return set.get("loss");
 }
 
 std::vector<std::int64_t> GptChunk::input_shape(std::int64_t batch) const {

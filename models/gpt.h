@@ -87,7 +87,7 @@ class GptChunk final : public engine::Chunk {
   std::unique_ptr<engine::Pass> backward(engine::ActivationSet& set,
                                          at::Tensor grad_output) override;
   std::unique_ptr<engine::Pass> weight_grad(engine::ActivationSet& set) override;
-  double loss(const engine::ActivationSet& set) const override;
+  at::Tensor loss_tensor(const engine::ActivationSet& set) const override;
   std::vector<std::int64_t> input_shape(std::int64_t batch) const override;
   std::vector<engine::Param>& params() override { return params_; }
 
