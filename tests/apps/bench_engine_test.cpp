@@ -31,11 +31,8 @@ TEST(BenchTrainCli, TinyRunPrintsTheTableAndWritesResults) {
   const std::string dir = temp_dir("train");
   CliResult r = run_tiny("bench train --kinds 1f1b-i --budget 70%", dir);
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("kind    offload     budget     tok/s  ratio"), std::string::npos)
-      << r.output;
-  EXPECT_NE(r.output.find("\n1f1b-i  off"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("\n1f1b-i  70%"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("4 ranks as threads"), std::string::npos) << r.output;
+  expect_contains(r.output, {"kind    offload     budget     tok/s  ratio", "\n1f1b-i  off",
+                             "\n1f1b-i  70%", "4 ranks as threads"});
   EXPECT_TRUE(fs::exists(dir + "/results.json")) << r.output;
   EXPECT_TRUE(fs::exists(dir + "/runs/1f1b-i-on/timeline.svg")) << r.output;
   fs::remove_all(dir);
@@ -45,8 +42,7 @@ TEST(BenchTrainCli, RanksAsProcessesUnderStpRun) {
   const std::string dir = temp_dir("launched");
   CliResult r = run_tiny("run -n 4 -- stp bench train --kinds zb-v --budget 90%", dir);
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("4 ranks as processes"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("[r0] zb-v    90%"), std::string::npos) << r.output;
+  expect_contains(r.output, {"4 ranks as processes", "[r0] zb-v    90%"});
   EXPECT_TRUE(fs::exists(dir + "/results.json")) << r.output;
   fs::remove_all(dir);
 }
@@ -55,8 +51,7 @@ TEST(BenchBudgetCli, SweepEndsAtTheSmallestFeasibleBudget) {
   const std::string dir = temp_dir("budget");
   CliResult r = run_tiny("bench budget --budgets 100% --set schedule.kind=1f1b-i", dir);
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("\n100%"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("<- smallest feasible"), std::string::npos) << r.output;
+  expect_contains(r.output, {"\n100%", "<- smallest feasible"});
   EXPECT_TRUE(fs::exists(dir + "/budget.svg")) << r.output;
   EXPECT_TRUE(fs::exists(dir + "/results.json")) << r.output;
   fs::remove_all(dir);

@@ -24,6 +24,12 @@ CliResult run_cli(const std::string& args) {
   return result;
 }
 
+void expect_contains(const std::string& output, const std::vector<std::string>& needles) {
+  for (const std::string& needle : needles)
+    EXPECT_NE(output.find(needle), std::string::npos) << "missing '" << needle << "' in\n"
+                                                      << output;
+}
+
 int lines(const std::string& output) {
   return static_cast<int>(std::count(output.begin(), output.end(), '\n'));
 }

@@ -14,6 +14,9 @@ struct CliResult {
 // Runs `STP_CLI <args>` through /bin/sh (args are passed verbatim to the shell).
 CliResult run_cli(const std::string& args);
 
+// Each of `needles` occurs in `output` (a failure names the needle and shows the output).
+void expect_contains(const std::string& output, const std::vector<std::string>& needles);
+
 // The number of lines in `output` (its newline characters).
 int lines(const std::string& output);
 
