@@ -11,6 +11,7 @@
 
 #include "common/check.h"
 #include "data/corpus.h"
+#include "data/token_shards.h"
 
 namespace stp::data {
 namespace fs = std::filesystem;
@@ -73,10 +74,121 @@ std::string hex64(std::uint64_t v) {
   return buf;
 }
 
+// A shard folder's files whose name says "val" (llm.c's fineweb_val_000000.bin, nanoGPT's
+// val.bin, prepare_data.py's val_000000.bin): trained on, but the user likely meant otherwise.
+std::string validation_split_note(const std::string& folder,
+                                  const std::vector<std::string>& files) {
+  std::vector<std::string> named;
+  for (const std::string& f : files) {
+    const std::string name = fs::path(f).filename().string();
+    if (name.find("val") != std::string::npos) named.push_back(name);
+  }
+  if (named.empty()) return "";
+  return str_cat("folder ", folder, " includes ", named.size(), " shard",
+                 named.size() == 1 ? "" : "s", " named like a validation split (e.g. ", named[0],
+                 "), trained on like the others; name the training shards with a glob such as '",
+                 (fs::path(folder) / "*train*.bin").string(), "' to leave ",
+                 named.size() == 1 ? "it" : "them", " out");
+}
+
+void load_text(const DataSource& source, Dataset& ds) {
+  const ByteTokenizer tok;
+  std::vector<Token>& tokens = ds.text_tokens;
+  if (source.path.empty()) {
+    tok.encode_append(generate_corpus(source.corpus_seed, source.corpus_bytes), tokens);
+    ds.files = 1;
+    ds.description = str_cat("generated corpus (", source.corpus_bytes, " bytes, seed ",
+                             source.corpus_seed, ")");
+  } else {
+    const fs::path path(source.path);
+    std::error_code ec;
+    const fs::file_status st = fs::status(path, ec);
+    STP_CHECK(fs::exists(st), "data path '", source.path, "' does not exist");
+    if (fs::is_regular_file(st)) {
+      tok.encode_append(read_file(path), tokens);
+      ds.files = 1;
+      ds.description = str_cat("file ", source.path);
+    } else {
+      STP_CHECK(fs::is_directory(st), "data path '", source.path,
+                "' is neither a regular file nor a folder");
+      for (const fs::path& f : list_files(path)) {
+        const std::string text = read_file(f);
+        if (looks_binary(text)) {
+          ++ds.skipped_binary;
+          if (ds.skipped_examples.size() < kSkippedExamples) {
+            ds.skipped_examples.push_back(f.lexically_relative(path).string());
+          }
+          continue;
+        }
+        ++ds.files;
+        if (text.empty()) continue;
+        if (!tokens.empty()) tokens.push_back(ByteTokenizer::kEos);
+        tok.encode_append(text, tokens);
+      }
+      ds.description = str_cat("folder ", source.path);
+      STP_CHECK(ds.files > 0, "data folder '", source.path, "' contains no text files (",
+                ds.skipped_binary, " binary files skipped)");
+      ds.description = str_cat(ds.files, " text files under ", source.path);
+    }
+  }
+  STP_CHECK(!tokens.empty(), "dataset ", ds.description, " is empty (0 tokens)");
+  STP_CHECK(source.vocab <= 0 || source.vocab >= ByteTokenizer::kVocabSize, "vocabulary ",
+            source.vocab,
+            " is too small for the byte tokenizer (needs >= ", ByteTokenizer::kVocabSize, ")");
+  ds.spans.push_back({reinterpret_cast<const std::byte*>(tokens.data()),
+                      static_cast<std::int64_t>(tokens.size()), 2, ""});
+  ds.num_tokens = static_cast<std::int64_t>(tokens.size());
+  ds.fingerprint = "fnv1a64:" + hex64(fnv1a64(tokens));
+}
+
+void load_shards(const DataSource& source, Dataset& ds) {
+  STP_CHECK(!source.path.empty(), "data format ", to_string(source.format),
+            " needs a path: a shard file, a folder of *.bin shards or a glob");
+  const std::vector<std::string> files = list_shard_files(source.path);
+  const ShardFormat format =
+      source.format == DataFormat::kLlmc ? ShardFormat::kLlmc : ShardFormat::kNanoGpt;
+  OpenedShards shards = open_shards(files, format, source.vocab);
+  bool u16 = false, u32 = false;
+  for (const TokenSpan& s : shards.spans) (s.width == 2 ? u16 : u32) = true;
+  const char* kind = format == ShardFormat::kLlmc ? "llm.c" : "nanoGPT";
+  const char* width = u16 && u32 ? "uint16 and uint32" : (u32 ? "uint32" : "uint16");
+  const std::int64_t n = static_cast<std::int64_t>(files.size());
+  ds.files = n;
+  if (fs::is_directory(source.path)) {
+    ds.description =
+        str_cat(n, " ", kind, " shard", n == 1 ? "" : "s", " (", width, ") in ", source.path);
+    ds.shard_note = validation_split_note(source.path, files);
+  } else if (fs::is_regular_file(source.path)) {
+    ds.description = str_cat(kind, " shard ", source.path, " (", width, ")");
+  } else {
+    ds.description =
+        str_cat(n, " ", kind, " shard", n == 1 ? "" : "s", " (", width, ") matching ", source.path);
+  }
+  ds.spans = std::move(shards.spans);
+  ds.maps = std::move(shards.maps);
+  ds.num_tokens = shards.tokens;
+  ds.fingerprint = "shards64:" + hex64(shards.fingerprint);
+}
+
 }  // namespace
 
+const char* to_string(DataFormat format) {
+  switch (format) {
+    case DataFormat::kBytes: return "bytes";
+    case DataFormat::kLlmc: return "llmc";
+    case DataFormat::kNanoGpt: return "nanogpt";
+  }
+  return "?";
+}
+
+DataFormat data_format_from_string(const std::string& name) {
+  for (DataFormat f : {DataFormat::kBytes, DataFormat::kLlmc, DataFormat::kNanoGpt})
+    if (name == to_string(f)) return f;
+  STP_CHECK(false, "data format '", name, "' must be one of bytes | llmc | nanogpt");
+}
+
 std::string Dataset::warning() const {
-  if (skipped_binary == 0) return "";
+  if (skipped_binary == 0) return shard_note;
   std::string s = str_cat("skipped ", skipped_binary, " binary file",
                           skipped_binary == 1 ? "" : "s", " in ", description, " (e.g. ");
   for (std::size_t i = 0; i < skipped_examples.size(); ++i) {
@@ -87,46 +199,12 @@ std::string Dataset::warning() const {
 
 std::shared_ptr<const Dataset> load_dataset(const DataSource& source) {
   auto ds = std::make_shared<Dataset>();
-  const ByteTokenizer tok;
-  if (source.path.empty()) {
-    tok.encode_append(generate_corpus(source.corpus_seed, source.corpus_bytes), ds->tokens);
-    ds->files = 1;
-    ds->description = str_cat("generated corpus (", source.corpus_bytes, " bytes, seed ",
-                              source.corpus_seed, ")");
+  ds->format = source.format;
+  if (source.format == DataFormat::kBytes) {
+    load_text(source, *ds);
   } else {
-    const fs::path path(source.path);
-    std::error_code ec;
-    const fs::file_status st = fs::status(path, ec);
-    STP_CHECK(fs::exists(st), "data path '", source.path, "' does not exist");
-    if (fs::is_regular_file(st)) {
-      tok.encode_append(read_file(path), ds->tokens);
-      ds->files = 1;
-      ds->description = str_cat("file ", source.path);
-    } else {
-      STP_CHECK(fs::is_directory(st), "data path '", source.path,
-                "' is neither a regular file nor a folder");
-      for (const fs::path& f : list_files(path)) {
-        const std::string text = read_file(f);
-        if (looks_binary(text)) {
-          ++ds->skipped_binary;
-          if (ds->skipped_examples.size() < kSkippedExamples) {
-            ds->skipped_examples.push_back(f.lexically_relative(path).string());
-          }
-          continue;
-        }
-        ++ds->files;
-        if (text.empty()) continue;
-        if (!ds->tokens.empty()) ds->tokens.push_back(ByteTokenizer::kEos);
-        tok.encode_append(text, ds->tokens);
-      }
-      ds->description = str_cat("folder ", source.path);
-      STP_CHECK(ds->files > 0, "data folder '", source.path, "' contains no text files (",
-                ds->skipped_binary, " binary files skipped)");
-      ds->description = str_cat(ds->files, " text files under ", source.path);
-    }
+    load_shards(source, *ds);
   }
-  STP_CHECK(!ds->tokens.empty(), "dataset ", ds->description, " is empty (0 tokens)");
-  ds->fingerprint = fnv1a64(ds->tokens);
   return ds;
 }
 
@@ -142,14 +220,35 @@ DataLoader::DataLoader(std::shared_ptr<const Dataset> dataset, const LoaderOptio
             " must be in [1, ", kMaxDp, "]");
   STP_CHECK(options_.dp_rank >= 0 && options_.dp_rank < options_.dp_size,
             "data dp_rank=", options_.dp_rank, " must be in [0, dp_size=", options_.dp_size, ")");
-  const auto n = static_cast<std::int64_t>(dataset_->tokens.size());
-  STP_CHECK(n >= T + 1, "dataset ", dataset_->description, " has ", n,
-            " tokens, fewer than one window of seq_len+1=", T + 1, " (lower seq_len or add data)");
-  num_windows_ = (n - 1) / T;
+  // Windows per span (Note [Windows, shards and positions]); a span too short for one window
+  // is refused, every such shard on its own line.
+  std::string too_short;
+  first_window_.push_back(0);
+  for (const TokenSpan& span : dataset_->spans) {
+    if (span.size < T + 1) {
+      too_short += span.path.empty()
+                       ? str_cat("dataset ", dataset_->description, " has ", span.size,
+                                 " tokens, fewer than one window of seq_len+1=", T + 1,
+                                 " (lower seq_len or add data)")
+                       : str_cat(too_short.empty() ? "" : "\n", "shard '", span.path, "' has ",
+                                 span.size, " tokens, fewer than one window of seq_len+1=", T + 1,
+                                 " (lower seq_len, or merge or drop the shard)");
+    }
+    first_window_.push_back(first_window_.back() + std::max<std::int64_t>(0, (span.size - 1) / T));
+  }
+  STP_CHECK(too_short.empty(), too_short);
+  num_windows_ = first_window_.back();
   windows_per_rank_ = num_windows_ / options_.dp_size;
   STP_CHECK(windows_per_rank_ >= 1, "dataset ", dataset_->description, " has ", num_windows_,
             " windows of seq_len=", T, ", fewer than dp_size=", options_.dp_size,
             " (each data-parallel rank needs at least one)");
+}
+
+void DataLoader::read_window(std::int64_t w, std::int64_t* out) const {
+  // The span holding window w: the last one whose first window is <= w.
+  const auto it = std::upper_bound(first_window_.begin(), first_window_.end(), w) - 1;
+  const auto s = static_cast<std::size_t>(it - first_window_.begin());
+  dataset_->spans[s].copy((w - *it) * options_.seq_len, options_.seq_len + 1, out);
 }
 
 const std::vector<std::int64_t>& DataLoader::permutation(std::int64_t epoch) const {
@@ -200,13 +299,11 @@ engine::MicroBatch DataLoader::next_batch(std::int64_t batch) {
   at::Tensor targets = at::empty({batch, T}, at::kLong);  // (B, T)
   std::int64_t* tk = tokens.data_ptr<std::int64_t>();
   std::int64_t* tg = targets.data_ptr<std::int64_t>();
-  const Token* src = dataset_->tokens.data();
+  std::vector<std::int64_t> window(static_cast<std::size_t>(T + 1));  // (T+1,)
   for (std::int64_t b = 0; b < batch; ++b) {
-    const Token* w = src + windows[static_cast<std::size_t>(b)] * T;
-    for (std::int64_t t = 0; t < T; ++t) {
-      tk[b * T + t] = w[t];
-      tg[b * T + t] = w[t + 1];
-    }
+    read_window(windows[static_cast<std::size_t>(b)], window.data());
+    std::copy_n(window.begin(), T, tk + b * T);
+    std::copy_n(window.begin() + 1, T, tg + b * T);
   }
   position_.index += batch;
   position_.epoch += position_.index / windows_per_rank_;
@@ -237,8 +334,8 @@ nlohmann::json DataLoader::position_json() const {
           {"seq_len", options_.seq_len},
           {"dp_size", options_.dp_size},
           {"seed", options_.seed},
-          {"dataset_tokens", static_cast<std::int64_t>(dataset_->tokens.size())},
-          {"dataset_fingerprint", "fnv1a64:" + hex64(dataset_->fingerprint)}};
+          {"dataset_tokens", dataset_->num_tokens},
+          {"dataset_fingerprint", dataset_->fingerprint}};
 }
 
 void DataLoader::restore_position_json(const nlohmann::json& saved) {

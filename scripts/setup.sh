@@ -46,6 +46,17 @@ else
   $SUDO "$STP_VENV/bin/pip" install --quiet "torch==$TORCH_VERSION" numpy safetensors
 fi
 
+# --- Python packages the scripts and tests use, in the same env ---------------
+# (checked on their own: a machine that already had torch gets them too)
+#   tokenizers: scripts/prepare_data.py's BPE tokenizer (tests/data runs the script)
+PY_PKGS=(numpy safetensors tokenizers)
+if "$STP_VENV/bin/python" -c "import numpy, safetensors, tokenizers" 2>/dev/null; then
+  say "python packages: all present (${PY_PKGS[*]})"
+else
+  say "installing python packages into $STP_VENV: ${PY_PKGS[*]}"
+  $SUDO "$STP_VENV/bin/pip" install --quiet "${PY_PKGS[@]}"
+fi
+
 # --- ccache at machine level -----------------------------------------------
 if [ ! -d "$CCACHE_DIR" ]; then
   say "creating ccache directory $CCACHE_DIR"

@@ -134,7 +134,8 @@ constexpr double kInfD = std::numeric_limits<double>::infinity();
 const std::vector<Field>& fields() {
   static const std::vector<Field> table = {
       int_field("model", "vocab", M(model.vocab), 1, 1 << 24, "tokens",
-                "vocabulary size; the byte tokenizer needs >= 258"),
+                "vocabulary size; the byte tokenizer needs >= 258, token shards more than their "
+                "largest id"),
       int_field("model", "seq_len", M(model.seq_len), 1, 1 << 20, "tokens",
                 "sequence length of every sample"),
       int_field("model", "d_model", M(model.d_model), 1, 1 << 16, "-", "residual width C"),
@@ -178,8 +179,12 @@ const std::vector<Field>& fields() {
                  "decoupled weight decay (matrices and embeddings only)"),
       real_field("optimizer", "clip", M(optimizer.clip), 0, kInfD, "-",
                  "global gradient-norm clip; 0 disables"),
+      string_field("data", "format", M(data.format), {"bytes", "llmc", "nanogpt"}, "-",
+                   "bytes: text through the byte tokenizer; llmc: llm.c token shards (uint16 or "
+                   "uint32); nanogpt: headerless uint16 .bin files (docs/data.md)"),
       string_field("data", "path", M(data.path), {}, "path",
-                   "text file or folder of text files; empty: the generated corpus"),
+                   "bytes: text file or folder of text files, empty: the generated corpus; "
+                   "llmc/nanogpt: a shard file, a folder of *.bin shards or a glob"),
       int_field("data", "corpus_bytes", M(data.corpus_bytes), 1024, 1ll << 34, "bytes",
                 "size of the generated corpus"),
       int_field("run", "steps", M(run.steps), 1, kInf, "steps", "optimizer steps to run"),
@@ -291,8 +296,13 @@ void TrainConfig::validate() const {
             stp::schedule::min_microbatches(kind, pp, 0, m));
   STP_CHECK(optimizer.min_lr <= optimizer.lr, "optimizer.min_lr=", optimizer.min_lr,
             " must be <= optimizer.lr=", optimizer.lr);
-  STP_CHECK(model.vocab >= data::ByteTokenizer::kVocabSize, "model.vocab=", model.vocab,
-            " must be >= ", data::ByteTokenizer::kVocabSize, " for the byte tokenizer");
+  if (data.format == "bytes") {
+    STP_CHECK(model.vocab >= data::ByteTokenizer::kVocabSize, "model.vocab=", model.vocab,
+              " must be >= ", data::ByteTokenizer::kVocabSize, " for the byte tokenizer");
+  } else {
+    STP_CHECK(!data.path.empty(), "data.format=", data.format,
+              " needs data.path: a shard file, a folder of *.bin shards or a glob");
+  }
 }
 
 std::string TrainConfig::to_json() const {

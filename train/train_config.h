@@ -57,7 +57,9 @@ struct OptimizerSection {
 };
 
 struct DataSection {
-  std::string path;                     // text file or folder; empty: the generated corpus
+  std::string format = "bytes";  // bytes (text), llmc or nanogpt (token shards; docs/data.md)
+  std::string path;  // bytes: text file or folder, empty: the generated corpus; shards: a shard
+                     // file, a folder of *.bin shards or a glob
   std::int64_t corpus_bytes = 4 << 20;  // size of the generated corpus
 };
 

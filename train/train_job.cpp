@@ -119,6 +119,10 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
   STP_CHECK(cfg.parallel.dp == 0 || cfg.parallel.dp * per_replica == env.world_size,
             "parallel.dp=", cfg.parallel.dp, " x tp x pp = ", cfg.parallel.dp * per_replica,
             " ranks, but the job has ", env.world_size);
+  // The data is opened and validated (every shard; enough windows for seq_len and dp) before
+  // anything is built, so bad data costs one line and nothing else.
+  const std::shared_ptr<const data::Dataset> dataset = data::load_dataset(data_source(cfg));
+  data::DataLoader(dataset, loader_options(cfg, 0, env.world_size / per_replica));
   // A checkpoint to resume from is found and verified (layout, model, this rank's checksum)
   // before anything is built, so a bad one costs one line and nothing else.
   checkpoint::CheckpointInfo info;
@@ -144,8 +148,8 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
     say(str_cat("cpu threads: ", threads.count, " per rank (", threads.source, ")\n"));
 
   const data::LoaderOptions lo = loader_options(cfg, world.dp_rank(), world.dp());
-  data::DataLoader loader(data_source(cfg), lo);
-  say(str_cat("data: ", loader.dataset().description, ", ", loader.dataset().tokens.size(),
+  data::DataLoader loader(dataset, lo);
+  say(str_cat("data: ", loader.dataset().description, ", ", loader.dataset().num_tokens,
               " tokens, ", loader.num_windows(), " windows of ", lo.seq_len, "\n"));
   if (!loader.dataset().warning().empty()) say(str_cat("data: ", loader.dataset().warning(), "\n"));
 

@@ -58,7 +58,9 @@ at::Device train_device(const TrainConfig& c, int local_rank) {
 
 data::DataSource data_source(const TrainConfig& c) {
   data::DataSource src;
+  src.format = data::data_format_from_string(c.data.format);
   src.path = c.data.path;
+  src.vocab = c.model.vocab;
   src.corpus_bytes = c.data.corpus_bytes;
   return src;
 }

@@ -133,7 +133,7 @@ LoaderOptions opts(std::int64_t seq_len, std::uint64_t seed = 1, int dp_rank = 0
 TEST(Data, RowsAreWindowsWithTargetsShiftedByOne) {
   auto ds = small_corpus();
   DataLoader loader(ds, opts(16));
-  EXPECT_EQ(loader.num_windows(), (static_cast<std::int64_t>(ds->tokens.size()) - 1) / 16);
+  EXPECT_EQ(loader.num_windows(), (static_cast<std::int64_t>(ds->text_tokens.size()) - 1) / 16);
   const std::vector<std::int64_t> windows = loader.peek_windows(5);
   const engine::MicroBatch mb = loader.next_batch(5);
   ASSERT_EQ(mb.tokens.sizes(), (std::vector<std::int64_t>{5, 16}));
@@ -142,8 +142,8 @@ TEST(Data, RowsAreWindowsWithTargetsShiftedByOne) {
   for (int b = 0; b < 5; ++b) {
     for (int t = 0; t < 16; ++t) {
       const std::int64_t start = windows[static_cast<std::size_t>(b)] * 16;
-      EXPECT_EQ(mb.tokens[b][t].item<std::int64_t>(), ds->tokens[start + t]);
-      EXPECT_EQ(mb.targets[b][t].item<std::int64_t>(), ds->tokens[start + t + 1]);
+      EXPECT_EQ(mb.tokens[b][t].item<std::int64_t>(), ds->text_tokens[start + t]);
+      EXPECT_EQ(mb.targets[b][t].item<std::int64_t>(), ds->text_tokens[start + t + 1]);
     }
   }
 }
@@ -256,7 +256,7 @@ TEST(Data, FolderIsReadRecursivelyInSortedOrderSkippingBinaryAndHidden) {
   src.path = dir.path.string();
   auto ds = load_dataset(src);
   const ByteTokenizer tok;
-  EXPECT_EQ(tok.decode(ds->tokens), "aa<eos>bbb<eos>c");
+  EXPECT_EQ(tok.decode(ds->text_tokens), "aa<eos>bbb<eos>c");
   EXPECT_EQ(ds->files, 4);  // a, b, empty, sub/c
   EXPECT_EQ(ds->skipped_binary, 1);
   EXPECT_NE(ds->warning().find("skipped 1 binary file"), std::string::npos) << ds->warning();
@@ -269,7 +269,7 @@ TEST(Data, SingleFileIsOneDocument) {
   DataSource src;
   src.path = (dir.path / "t.txt").string();
   auto ds = load_dataset(src);
-  EXPECT_EQ(ByteTokenizer().decode(ds->tokens), "hello world\n");
+  EXPECT_EQ(ByteTokenizer().decode(ds->text_tokens), "hello world\n");
   EXPECT_TRUE(ds->warning().empty());
   DataLoader loader(ds, opts(11));
   EXPECT_EQ(loader.num_windows(), 1);
