@@ -38,8 +38,8 @@
 //
 // Saved fields (ActivationSet, per layer l; "layers.l." prefix), who writes, who reads:
 //   ln1.xhat (B,T,C) F -> B, W        ln1.rstd (B,T,1) F -> B     ln1.dy (B,T,C) B -> W
-//   attn.qkv (B,T,3*Cl) F -> B        attn.probs (B,NHl,T,T) F -> B
-//   attn.o (B,T,Cl) F -> W            attn.dout (B,T,C) B -> W     attn.dqkv (B,T,3*Cl) B -> W
+//   attn.qkv (B,T,3*Cl) F -> B        attn.lse (B,NHl,T) F -> B (Note [Fused attention])
+//   attn.o (B,T,Cl) F -> B, W            attn.dout (B,T,C) B -> W     attn.dqkv (B,T,3*Cl) B -> W
 //   ln2.xhat, ln2.rstd, ln2.dy        like ln1
 //   mlp.pre (B,T,Hl) F -> B           mlp.gelu (B,T,Hl) F -> W
 //   mlp.dout (B,T,C) B -> W           mlp.dpre (B,T,Hl) B -> W

@@ -37,7 +37,7 @@ at::Tensor GptChunk::attn_forward(std::int64_t l, const at::Tensor& x,
                                value(p.qkv_b).flatten());        // (B, T, 3*Cl)
   ops::AttentionOut a = ops::attention_forward(qkv, heads_local_);
   s.put(field(l, "attn.qkv"), qkv);                       // (B, T, 3*Cl)
-  s.put(field(l, "attn.probs"), a.probs);                 // (B, NHl, T, T)
+  s.put(field(l, "attn.lse"), a.lse);                     // (B, NHl, T)
   s.put(field(l, "attn.o"), a.o);                         // (B, T, Cl)
   at::Tensor out = at::matmul(a.o, value(p.proj_w).t());  // (B, T, C) partial sum
   if (tp_rank_ == 0) out.add_(x).add_(value(p.proj_b));   // residual + bias, once
@@ -106,10 +106,11 @@ at::Tensor GptChunk::attn_backward(std::int64_t l, const at::Tensor& dres,
   const LayerParams& p = layer(l);
   s.put(field(l, "attn.dout"), dres);                                  // (B, T, C)
   at::Tensor d_o = ops::linear_backward_input(dres, value(p.proj_w));  // (B, T, Cl)
-  at::Tensor dqkv = ops::attention_backward(d_o, s.get(field(l, "attn.qkv")),
-                                            s.get(field(l, "attn.probs")), heads_local_);
+  at::Tensor dqkv =
+      ops::attention_backward(d_o, s.get(field(l, "attn.qkv")), s.get(field(l, "attn.o")),
+                              s.get(field(l, "attn.lse")), heads_local_);
   s.erase(field(l, "attn.qkv"));
-  s.erase(field(l, "attn.probs"));
+  s.erase(field(l, "attn.lse"));
   s.put(field(l, "attn.dqkv"), dqkv);                                     // (B, T, 3*Cl)
   return ops::linear_backward_input(dqkv, value(p.qkv_w).flatten(0, 1));  // (B, T, C) partial
 }

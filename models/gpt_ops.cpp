@@ -3,11 +3,20 @@
 // Narrow per-operator headers instead of <ATen/ATen.h> (about 3x faster to compile); tensor
 // arithmetic is written with methods (x.mul(y)) since the operators need the full header.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/_scaled_dot_product_efficient_attention.h>
+#include <ATen/ops/_scaled_dot_product_efficient_attention_backward.h>
+#include <ATen/ops/_scaled_dot_product_flash_attention.h>
+#include <ATen/ops/_scaled_dot_product_flash_attention_backward.h>
+#include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu.h>
+#include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu_backward.h>
+#include <ATen/ops/_softmax_backward_data.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/gelu_backward.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/log_softmax.h>
+#include <ATen/ops/logsumexp.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/ones.h>
@@ -16,6 +25,7 @@
 
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 namespace stp::models::ops {
 
@@ -107,33 +117,113 @@ Heads split_heads(const at::Tensor& qkv, std::int64_t n_heads) {
 
 }  // namespace
 
-AttentionOut attention_forward(const at::Tensor& qkv, std::int64_t n_heads) {
-  const auto [B, T, hd, q, k, v] = split_heads(qkv, n_heads);
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)).mul_(scale);             // (B, NHl, T, T)
-  at::Tensor future = at::ones({T, T}, qkv.options().dtype(at::kBool)).triu_(1);  // (T, T)
-  scores.masked_fill_(future, -std::numeric_limits<double>::infinity());
-  AttentionOut out;
-  out.probs = at::softmax(scores, -1, acc_dtype(qkv.scalar_type())).to(qkv.scalar_type());
-  out.o = at::matmul(out.probs, v)             // (B, NHl, T, hd)
-              .transpose(1, 2)                 // (B, T, NHl, hd)
-              .reshape({B, T, n_heads * hd});  // (B, T, NHl*hd)
-  return out;
+namespace {
+
+// Which kernel runs the attention of a (B, NHl, T, hd) problem (Note [Fused attention]).
+enum class AttentionKernel { kCpuFlash, kCudaFlash, kCudaEfficient, kExplicit };
+
+AttentionKernel pick_kernel(const at::Tensor& qkv, std::int64_t hd) {
+  if (!qkv.is_cuda()) return AttentionKernel::kCpuFlash;
+  const at::ScalarType t = qkv.scalar_type();
+  if ((t == at::kBFloat16 || t == at::kHalf) && hd % 8 == 0 && hd <= 256)
+    return AttentionKernel::kCudaFlash;
+  if (t != at::kDouble && hd % 8 == 0) return AttentionKernel::kCudaEfficient;
+  return AttentionKernel::kExplicit;
 }
 
-at::Tensor attention_backward(const at::Tensor& d_o, const at::Tensor& qkv, const at::Tensor& probs,
-                              std::int64_t n_heads) {
+// (B, NHl, T, T) scaled scores with the future masked to -inf, in the accumulation dtype.
+at::Tensor causal_scores(const at::Tensor& q, const at::Tensor& k, double scale) {
+  const std::int64_t T = q.size(2);
+  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)).to(acc_dtype(q.scalar_type()));
+  scores.mul_(scale);
+  at::Tensor future = at::ones({T, T}, q.options().dtype(at::kBool)).triu_(1);  // (T, T)
+  return scores.masked_fill_(future, -std::numeric_limits<double>::infinity());
+}
+
+}  // namespace
+
+AttentionOut attention_forward(const at::Tensor& qkv, std::int64_t n_heads) {
+  const auto [B, T, hd, q, k, v] = split_heads(qkv, n_heads);
+  at::Tensor out;  // (B, NHl, T, hd)
+  AttentionOut res;
+  switch (pick_kernel(qkv, hd)) {
+    case AttentionKernel::kCpuFlash:
+      std::tie(out, res.lse) = at::_scaled_dot_product_flash_attention_for_cpu(
+          q, k, v, /*dropout_p=*/0.0, /*is_causal=*/true);
+      break;
+    case AttentionKernel::kCudaFlash: {
+      auto r = at::_scaled_dot_product_flash_attention(q, k, v, /*dropout_p=*/0.0,
+                                                       /*is_causal=*/true);
+      out = std::get<0>(r);
+      res.lse = std::get<1>(r);
+      break;
+    }
+    case AttentionKernel::kCudaEfficient: {
+      auto r = at::_scaled_dot_product_efficient_attention(q, k, v, /*attn_bias=*/std::nullopt,
+                                                           /*compute_log_sumexp=*/true,
+                                                           /*dropout_p=*/0.0, /*is_causal=*/true);
+      out = std::get<0>(r);
+      res.lse = std::get<1>(r);
+      break;
+    }
+    case AttentionKernel::kExplicit: {
+      at::Tensor scores = causal_scores(q, k, 1.0 / std::sqrt(static_cast<double>(hd)));
+      res.lse = scores.logsumexp(-1);                                // (B, NHl, T)
+      at::Tensor probs = scores.sub_(res.lse.unsqueeze(-1)).exp_();  // (B, NHl, T, T)
+      out = at::matmul(probs.to(qkv.scalar_type()), v);
+      break;
+    }
+  }
+  res.o = out.transpose(1, 2)                  // (B, T, NHl, hd)
+              .reshape({B, T, n_heads * hd});  // (B, T, NHl*hd)
+  return res;
+}
+
+at::Tensor attention_backward(const at::Tensor& d_o, const at::Tensor& qkv, const at::Tensor& o,
+                              const at::Tensor& lse, std::int64_t n_heads) {
   const auto [B, T, hd, q, k, v] = split_heads(qkv, n_heads);
   at::Tensor dout = d_o.view({B, T, n_heads, hd}).transpose(1, 2);  // (B, NHl, T, hd)
-  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
-  at::Tensor dprobs = at::matmul(dout, v.transpose(-2, -1));  // (B, NHl, T, T)
-  at::Tensor dv = at::matmul(probs.transpose(-2, -1), dout);  // (B, NHl, T, hd)
-  // softmax backward: ds = p * (dp - sum_j dp_j p_j); masked entries have p = 0, so ds = 0.
-  at::Tensor pdp = probs.mul(dprobs);                                      // (B, NHl, T, T)
-  at::Tensor dscores = pdp.sub(probs.mul(pdp.sum(-1, /*keepdim=*/true)));  // (B, NHl, T, T)
-  dscores.mul_(scale);
-  at::Tensor dq = at::matmul(dscores, k);                    // (B, NHl, T, hd)
-  at::Tensor dk = at::matmul(dscores.transpose(-2, -1), q);  // (B, NHl, T, hd)
+  at::Tensor out = o.view({B, T, n_heads, hd}).transpose(1, 2);     // (B, NHl, T, hd)
+  at::Tensor dq, dk, dv;                                            // (B, NHl, T, hd) each
+  switch (pick_kernel(qkv, hd)) {
+    case AttentionKernel::kCpuFlash:
+      std::tie(dq, dk, dv) = at::_scaled_dot_product_flash_attention_for_cpu_backward(
+          dout, q, k, v, out, lse, /*dropout_p=*/0.0, /*is_causal=*/true);
+      break;
+    case AttentionKernel::kCudaFlash: {
+      // Dense (not varlen): no cumulative sequence lengths; without dropout the philox state
+      // is never read.
+      at::Tensor none_long = at::empty({}, at::TensorOptions().dtype(at::kLong));
+      std::tie(dq, dk, dv) = at::_scaled_dot_product_flash_attention_backward(
+          dout, q, k, v, out, lse, /*cum_seq_q=*/at::Tensor(), /*cum_seq_k=*/at::Tensor(),
+          /*max_q=*/T, /*max_k=*/T, /*dropout_p=*/0.0, /*is_causal=*/true, none_long, none_long);
+      break;
+    }
+    case AttentionKernel::kCudaEfficient: {
+      at::Tensor none_long = at::empty({}, at::TensorOptions().dtype(at::kLong));
+      auto r = at::_scaled_dot_product_efficient_attention_backward(
+          dout, q, k, v, /*attn_bias=*/at::Tensor(), out, lse, none_long, none_long,
+          /*dropout_p=*/0.0, /*grad_input_mask=*/{true, true, true, false}, /*is_causal=*/true);
+      dq = std::get<0>(r);
+      dk = std::get<1>(r);
+      dv = std::get<2>(r);
+      break;
+    }
+    case AttentionKernel::kExplicit: {
+      // The probabilities again from q, k and the saved log-sum-exp (what the fused kernels
+      // do tile by tile), then the softmax backward in one kernel with float accumulation.
+      const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+      at::Tensor probs = causal_scores(q, k, scale).sub_(lse.unsqueeze(-1)).exp_();
+      at::Tensor dprobs = at::matmul(dout, v.transpose(-2, -1)).to(probs.scalar_type());
+      dv = at::matmul(probs.to(qkv.scalar_type()).transpose(-2, -1), dout);
+      at::Tensor dscores = at::_softmax_backward_data(dprobs, probs, -1, probs.scalar_type())
+                               .mul_(scale)
+                               .to(qkv.scalar_type());
+      dq = at::matmul(dscores, k);
+      dk = at::matmul(dscores.transpose(-2, -1), q);
+      break;
+    }
+  }
   return at::stack({dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)},
                    2)                   // (B,T,3,NHl,hd)
       .view({B, T, 3 * n_heads * hd});  // (B, T, 3*NHl*hd)

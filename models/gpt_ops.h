@@ -44,16 +44,25 @@ void linear_weight_grad_(const at::Tensor& dy, const at::Tensor& x, const at::Te
                          const at::Tensor& db);
 
 // ---- Causal multi-head self-attention ----------------------------------------------------
-// qkv (B, T, 3*NHl*hd) laid out as (B, T, 3, NHl, hd). Returns o (B, T, NHl*hd), the heads
-// concatenated, and probs (B, NHl, T, T) = softmax(q k^T / sqrt(hd) + causal mask).
+// Note [Fused attention]
+// o = softmax(q k^T / sqrt(hd) + causal mask) v per head, by ATen's fused scaled-dot-product
+// kernels: the CPU flash kernel on the CPU (every dtype, float64 included); on CUDA flash for
+// bfloat16/float16 with hd % 8 == 0 and hd <= 256, memory-efficient for float32, and an
+// explicit path otherwise (float64). None keeps the (B, NHl, T, T) probabilities: the forward
+// returns the output and each query's log-sum-exp, and the backward recomputes what it needs
+// from q, k, v, o and the log-sum-exp (flash's recomputation), so the saved bytes grow
+// linearly with T. The explicit path also saves only the log-sum-exp and runs its softmax
+// backward as one kernel with float accumulation (_softmax_backward_data).
+//
+// qkv (B, T, 3*NHl*hd) laid out as (B, T, 3, NHl, hd).
 struct AttentionOut {
-  at::Tensor o;      // (B, T, NHl*hd)
-  at::Tensor probs;  // (B, NHl, T, T)
+  at::Tensor o;    // (B, T, NHl*hd): the heads concatenated
+  at::Tensor lse;  // (B, NHl, T'): each query's log-sum-exp (T' >= T: kernel-specific padding)
 };
 AttentionOut attention_forward(const at::Tensor& qkv, std::int64_t n_heads);
-// dqkv (B, T, 3*NHl*hd) from do (B, T, NHl*hd) and the saved qkv and probs.
-at::Tensor attention_backward(const at::Tensor& d_o, const at::Tensor& qkv, const at::Tensor& probs,
-                              std::int64_t n_heads);
+// dqkv (B, T, 3*NHl*hd) from do (B, T, NHl*hd) and the saved qkv, o and lse.
+at::Tensor attention_backward(const at::Tensor& d_o, const at::Tensor& qkv, const at::Tensor& o,
+                              const at::Tensor& lse, std::int64_t n_heads);
 
 // ---- GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) -------------
 at::Tensor gelu_forward(const at::Tensor& x);

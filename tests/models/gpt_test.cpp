@@ -407,11 +407,26 @@ TEST(GptOps, AttentionBackwardMatchesAutograd) {
     o.backward(d_o);
     ops::AttentionOut a = ops::attention_forward(qkv.detach(), NH);
     EXPECT_LE(rel_error(a.o, o.detach()), kTol) << "T=" << T;
-    at::Tensor dqkv = ops::attention_backward(d_o, qkv.detach(), a.probs, NH);
+    EXPECT_EQ(a.lse.sizes(), (std::vector<std::int64_t>{B, NH, T}));
+    at::Tensor dqkv = ops::attention_backward(d_o, qkv.detach(), a.o, a.lse, NH);
     EXPECT_LE(rel_error(dqkv, qkv.grad()), kTol) << "T=" << T;
     // Causality: a later position never influences an earlier output.
-    EXPECT_EQ(a.probs.triu(1).abs().sum().item<double>(), 0.0);
+    at::Tensor later = qkv.detach().clone();
+    later.narrow(1, T - 1, 1).add_(1.0);
+    ops::AttentionOut b = ops::attention_forward(later, NH);
+    EXPECT_TRUE(at::equal(b.o.narrow(1, 0, T - 1), a.o.narrow(1, 0, T - 1))) << "T=" << T;
   }
+}
+
+// Note [Fused attention]: the set keeps no (T, T) probabilities, so a layer's saved bytes grow
+// linearly with the sequence length: doubling T doubles them exactly.
+TEST(GptOps, AttentionSavesBytesLinearInTheSequenceLength) {
+  auto saved = [](std::int64_t T) {
+    ops::AttentionOut a = ops::attention_forward(at::randn({2, T, 3 * 4 * 8}, at::kFloat), 4);
+    return a.o.numel() * a.o.element_size() + a.lse.numel() * a.lse.element_size();
+  };
+  EXPECT_EQ(saved(512), 2 * saved(256));
+  EXPECT_EQ(saved(256), 2 * saved(128));
 }
 
 TEST(GptOps, GeluAndCrossEntropyMatchAutograd) {

@@ -328,17 +328,17 @@ TEST(UnitsMemory, SetHoldsExactlyWhatTheRemainingPassesRead) {
   auto f = ch.forward(set, mb, {});
   testing::run_lockstep({f.get()});
   EXPECT_EQ(keys(set), (std::set<std::string>{
-                           "emb.tokens", "head.probs", "layers.0.attn.o", "layers.0.attn.probs",
+                           "emb.tokens", "head.probs", "layers.0.attn.lse", "layers.0.attn.o",
                            "layers.0.attn.qkv", "layers.0.ln1.rstd", "layers.0.ln1.xhat",
                            "layers.0.ln2.rstd", "layers.0.ln2.xhat", "layers.0.mlp.gelu",
                            "layers.0.mlp.pre", "ln_f.rstd", "ln_f.xhat", "loss", "targets"}));
   std::int64_t bytes = 0;
   for (const auto& [_, t] : set.fields()) bytes += t.numel() * t.element_size();
   EXPECT_EQ(set.bytes(), bytes);
-  // (B,T,C) xhat x3, (B,T,1) rstd x3, qkv (B,T,3C), probs (B,NH,T,T), o (B,T,C), pre and gelu
+  // (B,T,C) xhat x3, (B,T,1) rstd x3, qkv (B,T,3C), lse (B,NH,T), o (B,T,C), pre and gelu
   // (B,T,4C), head.probs (B,T,V), tokens and targets (B,T), loss ().
   const std::int64_t BT = 2 * 5;
-  EXPECT_EQ(bytes, 8 * (3 * BT * 12 + 3 * BT + BT * 36 + 2 * 4 * 5 * 5 + BT * 12 + 2 * BT * 48 +
+  EXPECT_EQ(bytes, 8 * (3 * BT * 12 + 3 * BT + BT * 36 + 2 * 4 * 5 + BT * 12 + 2 * BT * 48 +
                         BT * 7 + 2 * BT + 1));
   // Every field is read later: without it the backward or the weight gradient fails.
   for (const std::string& k : keys(set)) {
