@@ -15,8 +15,8 @@ namespace stp::offload {
 
 const char* to_string(Direction dir) { return dir == Direction::kD2H ? "D2H" : "H2D"; }
 
-std::unique_ptr<CopyEngine> make_cuda_copy_engine(
-    const CopyEngineOptions& options);  // cuda_copy_engine.cpp
+std::unique_ptr<CopyEngine> make_cuda_copy_engine(const CopyEngineOptions& options,
+                                                  DeviceOps ops);  // cuda_copy_engine.cpp
 
 namespace {
 
@@ -67,6 +67,7 @@ class HostCopyEngine final : public CopyEngine {
 
   Backend backend() const override { return Backend::kHost; }
   StreamHandle stream(Direction) const override { return nullptr; }
+  int device() const override { return -1; }
 
  private:
   struct Batch {
@@ -151,7 +152,7 @@ class HostCopyEngine final : public CopyEngine {
 
 }  // namespace
 
-std::unique_ptr<CopyEngine> make_copy_engine(const CopyEngineOptions& options) {
+std::unique_ptr<CopyEngine> make_copy_engine(const CopyEngineOptions& options, DeviceOps ops) {
   STP_CHECK(options.threads >= 1 && options.threads <= 64, "copy engine threads=", options.threads,
             " must be in [1, 64]");
   STP_CHECK(options.min_piece_bytes >= 4096,
@@ -159,7 +160,7 @@ std::unique_ptr<CopyEngine> make_copy_engine(const CopyEngineOptions& options) {
   STP_CHECK(options.chunk_bytes >= (64 << 10), "copy engine chunk_bytes=", options.chunk_bytes,
             " must be >= 65536");
   if (allocator::resolve_backend(options.backend) == Backend::kCuda)
-    return make_cuda_copy_engine(options);
+    return make_cuda_copy_engine(options, std::move(ops));
   return std::make_unique<HostCopyEngine>(options);
 }
 

@@ -5,10 +5,11 @@
 // after this copy"). Copies of one direction start in submission order.
 //
 //   CUDA backend: one non-blocking stream per direction, so D2H and H2D run on separate DMA
-//   engines at once; a batch waits for CUDA `after` events with cudaStreamWaitEvent (no host
-//   wait; a pending host event is waited for on the submitting thread), is issued as
-//   cudaMemcpyAsync pieces of at most chunk_bytes, and is followed by an event from the pool.
-//   Host memory must come from the pinned pool for the copies to be asynchronous.
+//   engines at once; a batch waits for CUDA `after` events with a stream wait (no host wait; a
+//   pending host event is waited for on the submitting thread), is issued as cudaMemcpyAsync
+//   pieces of at most chunk_bytes, and is followed by an event recorded on its stream. The
+//   event calls go through the DeviceOps table (device_ops.h, Note [Offload streams]). Host
+//   memory must come from the pinned pool for the copies to be asynchronous.
 //
 //   Host backend: `threads` worker threads bound to the pool's NUMA node play the DMA engines.
 //   A batch is cut into up to 4 pieces per worker, each >= min_piece_bytes, taken by the workers
@@ -31,6 +32,7 @@
 #include "allocator/backend.h"
 #include "allocator/copy_event.h"
 #include "allocator/numa.h"
+#include "offload/device_ops.h"
 
 namespace stp::offload {
 
@@ -76,9 +78,13 @@ class CopyEngine {
   virtual Backend backend() const = 0;
   // CUDA: the stream of a direction (to order other work after it); host: nullptr.
   virtual StreamHandle stream(Direction dir) const = 0;
+  // CUDA: the device the streams belong to; host: -1.
+  virtual int device() const = 0;
 };
 
-// Validates the options (std::invalid_argument naming the field and its range).
-std::unique_ptr<CopyEngine> make_copy_engine(const CopyEngineOptions& options);
+// Validates the options (std::invalid_argument naming the field and its range). The CUDA
+// backend makes its stream and event calls through `ops`.
+std::unique_ptr<CopyEngine> make_copy_engine(const CopyEngineOptions& options,
+                                             DeviceOps ops = runtime_device_ops());
 
 }  // namespace stp::offload

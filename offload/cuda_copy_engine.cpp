@@ -1,5 +1,8 @@
-// The CUDA backend of CopyEngine: one non-blocking stream per direction (copy_engine.h).
+// The CUDA backend of CopyEngine: one non-blocking stream per direction (copy_engine.h). Every
+// event and stream-synchronising call goes through DeviceOps (Note [Offload streams]).
+#include <algorithm>
 #include <memory>
+#include <utility>
 
 #include "common/check.h"
 #include "offload/copy_engine.h"
@@ -8,6 +11,7 @@
 #include <cuda_runtime_api.h>
 
 #include "common/cuda_check.h"
+#include "offload/cuda_device_guard.h"
 #endif
 
 namespace stp::offload {
@@ -15,41 +19,33 @@ namespace stp::offload {
 #ifdef STP_WITH_CUDA
 namespace {
 
-// Makes `device` current for a scope and restores the caller's device.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) {
-    STP_CUDA_CHECK(cudaGetDevice(&previous_));
-    if (previous_ != device) STP_CUDA_CHECK(cudaSetDevice(device));
-  }
-  ~DeviceGuard() { STP_CUDA_WARN(cudaSetDevice(previous_)); }
-
- private:
-  int previous_ = 0;
-};
-
 class CudaCopyEngine final : public CopyEngine {
  public:
-  explicit CudaCopyEngine(const CopyEngineOptions& options) : options_(options) {
-    DeviceGuard guard(options.device);
+  CudaCopyEngine(const CopyEngineOptions& options, DeviceOps ops)
+      : options_(options), ops_(std::move(ops)) {
+    CudaDeviceGuard guard(options.device);
     STP_CUDA_CHECK(cudaStreamCreateWithFlags(&d2h_, cudaStreamNonBlocking));
     STP_CUDA_CHECK(cudaStreamCreateWithFlags(&h2d_, cudaStreamNonBlocking));
   }
 
   ~CudaCopyEngine() override {
-    STP_CUDA_WARN(cudaStreamSynchronize(d2h_));
-    STP_CUDA_WARN(cudaStreamSynchronize(h2d_));
+    try {
+      synchronize();  // teardown: no copy may outlive its streams
+    } catch (const std::exception& e) {
+      log_error(str_cat("cuda copy engine teardown: ", e.what()));
+    }
     STP_CUDA_WARN(cudaStreamDestroy(d2h_));
     STP_CUDA_WARN(cudaStreamDestroy(h2d_));
   }
 
   CopyEvent copy(Direction dir, std::span<const CopyRegion> regions,
                  std::span<const CopyEvent> after) override {
-    DeviceGuard guard(options_.device);
+    CudaDeviceGuard guard(options_.device);
     cudaStream_t s = dir == Direction::kD2H ? d2h_ : h2d_;
-    // The copy stream waits for each prerequisite (e.g. the forward that wrote the buffers on
-    // the compute stream); a host event can only be waited for here, on the host.
-    for (const CopyEvent& e : after) e.block_stream(s);
+    // The copy stream waits for each prerequisite (the forward that wrote the buffers, the
+    // allocation of a reload's memory, the D2H that filled a reload's host blocks); a host
+    // event can only be waited for here, on the host.
+    for (const CopyEvent& e : after) ops_.wait(e, s);
     const cudaMemcpyKind kind =
         dir == Direction::kD2H ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice;
     for (const CopyRegion& r : regions) {
@@ -60,33 +56,34 @@ class CudaCopyEngine final : public CopyEngine {
       }
     }
     // Consumers (the pool, the offloader, the compute stream) wait for this event.
-    return CopyEvent::record(s);
+    return ops_.record(s, options_.device);
   }
 
   void synchronize() override {
-    DeviceGuard guard(options_.device);
-    STP_CUDA_CHECK(cudaStreamSynchronize(d2h_));
-    STP_CUDA_CHECK(cudaStreamSynchronize(h2d_));
+    ops_.synchronize_stream(d2h_, options_.device);
+    ops_.synchronize_stream(h2d_, options_.device);
   }
 
   Backend backend() const override { return Backend::kCuda; }
   StreamHandle stream(Direction dir) const override { return dir == Direction::kD2H ? d2h_ : h2d_; }
+  int device() const override { return options_.device; }
 
  private:
   const CopyEngineOptions options_;
+  const DeviceOps ops_;
   cudaStream_t d2h_ = nullptr;  // device -> host copies, in submission order
   cudaStream_t h2d_ = nullptr;  // host -> device copies, in submission order
 };
 
 }  // namespace
 
-std::unique_ptr<CopyEngine> make_cuda_copy_engine(const CopyEngineOptions& options) {
-  return std::make_unique<CudaCopyEngine>(options);
+std::unique_ptr<CopyEngine> make_cuda_copy_engine(const CopyEngineOptions& options, DeviceOps ops) {
+  return std::make_unique<CudaCopyEngine>(options, std::move(ops));
 }
 
 #else  // !STP_WITH_CUDA
 
-std::unique_ptr<CopyEngine> make_cuda_copy_engine(const CopyEngineOptions&) {
+std::unique_ptr<CopyEngine> make_cuda_copy_engine(const CopyEngineOptions&, DeviceOps) {
   STP_ASSERT(false, "CUDA copy engine requested in a build without CUDA");
 }
 

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <exception>
 #include <set>
+#include <utility>
 
 #include "common/check.h"
 
@@ -26,8 +27,12 @@ std::string name_of(ActivationKey key) {
 
 }  // namespace
 
-Offloader::Offloader(allocator::PinnedHostPool& pool, CopyEngine& copies)
-    : pool_(pool), copies_(copies) {}
+Offloader::Offloader(allocator::PinnedHostPool& pool, CopyEngine& copies, DeviceOps ops)
+    : pool_(pool),
+      copies_(copies),
+      ops_(std::move(ops)),
+      stream_ordered_(copies.backend() == Backend::kCuda && static_cast<bool>(ops_.record_stream)) {
+}
 
 Offloader::~Offloader() {
   try {
@@ -60,6 +65,8 @@ void Offloader::offload(ActivationKey key, std::vector<SavedBuffer> buffers, Cop
               "; needs bytes > 0 and a device pointer");
     STP_CHECK(names.insert(b.name).second, "offload of ", name_of(key), ": buffer name '", b.name,
               "' appears twice");
+    STP_CHECK(!stream_ordered_ || b.storage != nullptr, "offload of ", name_of(key), ": buffer '",
+              b.name, "' has no storage; the stream-ordered release records the D2H stream on it");
   }
 
   Set set;
@@ -81,30 +88,63 @@ void Offloader::offload(ActivationKey key, std::vector<SavedBuffer> buffers, Cop
   // The D2H starts after `ready`: the forward that wrote the buffers has finished with them.
   set.d2h = copies_.copy(Direction::kD2H, regions, std::span<const CopyEvent>(&ready, 1));
   set.state = SetState::kToHost;
-  device_.add(set.bytes);  // the offloader now decides when this device memory goes
+  device_.add(set.bytes);  // busy until the host sees the D2H complete (Note [Offload lifetime])
   host_bytes_ += set.bytes;
   ++stats_.offloads;
-  sets_.emplace(key, std::move(set));
+  Set& added = sets_.emplace(key, std::move(set)).first->second;
+  if (stream_ordered_) {
+    if (std::exception_ptr error = release_in_stream_order(added)) std::rethrow_exception(error);
+  }
+}
+
+// The allocator learns that the D2H stream reads each source, then the engine drops it: the
+// memory goes back in stream order, reused only after the copy, and no host wait is needed to
+// keep the device budget (Note [Offload lifetime]). A buffer whose record_stream failed is not
+// released (its memory must outlive the copy); the engine keeps it until the set leaves.
+std::exception_ptr Offloader::release_in_stream_order(Set& set) {
+  const StreamHandle d2h = copies_.stream(Direction::kD2H);
+  std::exception_ptr first_error;
+  for (Buffer& b : set.buffers) {
+    try {
+      ops_.record_stream(b.saved.storage, d2h, copies_.device());
+      if (b.saved.release) b.saved.release();
+    } catch (...) {
+      if (!first_error) first_error = std::current_exception();
+    }
+    b.saved.release = nullptr;
+    b.saved.device_ptr = nullptr;
+    b.saved.storage = nullptr;
+  }
+  return first_error;
+}
+
+// kToHost -> kOnHost once the D2H completed: the host-observed release runs here (nothing is
+// left to release after a stream-ordered one) and the set's device bytes leave the account.
+std::exception_ptr Offloader::finish_offload(Set& set) {
+  std::exception_ptr first_error;
+  set.state = SetState::kOnHost;
+  for (Buffer& b : set.buffers) {
+    if (b.saved.release) {
+      try {
+        b.saved.release();  // the engine drops its device buffer (Note [Offload lifetime])
+      } catch (...) {
+        if (!first_error) first_error = std::current_exception();
+      }
+    }
+    b.saved.release = nullptr;
+    b.saved.device_ptr = nullptr;
+  }
+  device_.sub(set.bytes);
+  stats_.offloaded_bytes += set.bytes;
+  return first_error;
 }
 
 void Offloader::poll() {
   std::exception_ptr first_error;
   for (auto& [key, set] : sets_) {
     if (set.state != SetState::kToHost || !set.d2h.query()) continue;
-    set.state = SetState::kOnHost;
-    for (Buffer& b : set.buffers) {
-      if (b.saved.release) {
-        try {
-          b.saved.release();  // the engine drops its device buffer (Note [Offload lifetime])
-        } catch (...) {
-          if (!first_error) first_error = std::current_exception();
-        }
-      }
-      b.saved.release = nullptr;
-      b.saved.device_ptr = nullptr;
-    }
-    device_.sub(set.bytes);
-    stats_.offloaded_bytes += set.bytes;
+    std::exception_ptr error = finish_offload(set);
+    if (!first_error) first_error = error;
   }
   if (first_error) std::rethrow_exception(first_error);
 }
@@ -114,7 +154,7 @@ void Offloader::reload(ActivationKey key, const AllocateFn& allocate, StreamHand
   Set& set = find(key, "reload");
   STP_CHECK(set.state == SetState::kToHost || set.state == SetState::kOnHost, "reload of ",
             name_of(key), ": already reloading (state ", to_string(set.state), ")");
-  if (set.state == SetState::kToHost) {
+  if (set.state == SetState::kToHost && !stream_ordered_) {
     // The D2H is still running, so the device buffers were never released: keep them and
     // drop the host copy once the D2H is done with the blocks (Note [Offload lifetime]).
     free_host_blocks(set, {set.d2h});
@@ -123,6 +163,12 @@ void Offloader::reload(ActivationKey key, const AllocateFn& allocate, StreamHand
     set.state = SetState::kToDevice;
     ++stats_.cancelled;
     return;
+  }
+  if (set.state == SetState::kToHost) {
+    // Stream-ordered: the originals already went back to the allocator, which reuses them only
+    // after the D2H. Bring the set back from the blocks that D2H is still filling: the H2D
+    // below waits for it on the copy stream.
+    if (std::exception_ptr error = finish_offload(set)) std::rethrow_exception(error);
   }
   STP_CHECK(static_cast<bool>(allocate), "reload of ", name_of(key), ": no allocate function");
   std::int64_t allocated = 0;
@@ -144,7 +190,11 @@ void Offloader::reload(ActivationKey key, const AllocateFn& allocate, StreamHand
   std::vector<CopyEvent> after;
   // CUDA: the new memory is the alloc stream's; the H2D must not overwrite it before the work
   // already queued there (which may still use the memory's previous owner) has run.
-  if (copies_.backend() == Backend::kCuda) after.push_back(CopyEvent::record(alloc_stream));
+  if (copies_.backend() == Backend::kCuda)
+    after.push_back(ops_.record(alloc_stream, copies_.device()));
+  // The H2D reads the blocks the set's D2H wrote: never before that copy completed (it has
+  // when the host saw the set on host; it may still run after a stream-ordered release).
+  after.push_back(set.d2h);
   std::vector<CopyRegion> regions;
   regions.reserve(set.buffers.size());
   for (const Buffer& b : set.buffers)
@@ -169,9 +219,9 @@ double Offloader::wait_impl(ActivationKey key, StreamHandle stream, bool host_wa
   // memory a copy still reads (Note [Offload lifetime]). Otherwise after the H2D.
   CopyEvent& done = set.cancelled ? set.d2h : set.h2d;
   if (host_wait || copies_.backend() != Backend::kCuda)
-    done.synchronize();
+    ops_.synchronize(done);
   else
-    done.block_stream(stream);  // the consumer's stream waits for the copy; no host wait
+    ops_.wait(done, stream);  // the consumer's stream waits for the copy; no host wait
   double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   device_.sub(set.bytes);  // the engine holds these buffers from here on
   sets_.erase(key);
