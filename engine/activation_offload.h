@@ -1,7 +1,8 @@
 // ActivationOffload: moves the tensors of an ActivationSet to pinned host memory and back
 // through offload::Offloader (Note [Offload lifetime] in offload/offloader.h). The engine side of
 // offload: it turns named at::Tensors into the raw buffers the offload library moves, and
-// device buffers it hands back into tensors again.
+// device buffers it hands back into tensors again. Which stream each step runs on and who waits
+// for whom: Note [Offload streams] in offload/device_ops.h, and docs/gpu.md.
 //
 // Thread-safety: one rank's executor thread.
 #pragma once
@@ -10,6 +11,7 @@
 #include <memory>
 
 #include "engine/activation_set.h"
+#include "offload/device_ops.h"
 
 namespace stp::offload {
 class Offloader;
@@ -29,16 +31,26 @@ class ActivationOffload {
   virtual void start_offload(ActivationSet& set) = 0;
   // Starts copying the fields back into fresh device tensors.
   virtual void start_reload(ActivationSet& set) = 0;
-  // Blocks (CPU) or orders the compute stream (CUDA) until `set`'s reload completed, and
-  // restores its fields. Returns the seconds the calling thread was blocked.
+  // Blocks (CPU) or orders the compute stream (CUDA: a stream wait, the host does not block)
+  // until `set`'s reload completed, and restores its fields. Returns the seconds the calling
+  // thread was blocked.
   virtual double wait_reload(ActivationSet& set) = 0;
   // Releases the device memory of offloads whose copy completed (their fields become undefined
   // tensors). Cheap; the store calls it between instructions.
   virtual void poll() = 0;
   // Host wait until every copy in flight completed, then poll(): frees the device memory of
-  // every offload started so far. Returns the seconds blocked.
+  // every offload started so far. Returns the seconds blocked. For the host copy engine's
+  // budget, tests and teardown; never needed with a stream-ordered release.
   virtual double drain() = 0;
+  // True when start_offload() already released the fields in stream order (CUDA): the device
+  // memory of an offload never waits for a host poll, so drain() could free nothing more.
+  virtual bool releases_in_stream_order() const = 0;
 };
+
+// The engine's DeviceOps (offload/device_ops.h): the CUDA runtime's calls, with LibTorch's
+// current stream of a device (c10::cuda::getCurrentCUDAStream) and its caching allocator's
+// recordStream (a storage handle is a c10::StorageImpl*). Without CUDA: runtime_device_ops().
+offload::DeviceOps torch_device_ops();
 
 // The offload library's implementation: a PinnedHostPool of `host_capacity_bytes`, a CopyEngine
 // (CUDA streams when tensors live on a GPU, worker threads otherwise) and an Offloader.
@@ -48,10 +60,20 @@ class ActivationOffload {
 // a field holds its original tensor until the D2H completed, an undefined tensor while on host,
 // and the reload's new tensor from start_reload() on (read only after wait_reload()). So
 // ActivationSet::bytes() is always exactly the device memory the set holds.
+//
+// On CUDA every event is recorded on, and every wait made by, the current stream of the
+// model's device `device` (ops.current_stream(device)), whichever device the calling thread
+// has current; a field's storage is recorded on the D2H stream and the field dropped as soon as
+// its copy is queued (stream-ordered release), and a reload is consumed through a stream wait.
 class PooledActivationOffload final : public ActivationOffload {
  public:
-  // REQUIRES: host_capacity_bytes >= 1. `cuda`: tensors are on the current CUDA device.
-  PooledActivationOffload(std::int64_t host_capacity_bytes, bool cuda);
+  // REQUIRES: host_capacity_bytes >= 1. `device`: the CUDA device the set's tensors live on,
+  // or -1 for tensors on the CPU (the host copy engine's worker threads).
+  PooledActivationOffload(std::int64_t host_capacity_bytes, int device);
+  // The seam for tests: `copies` (its backend() says CUDA or host) and `ops` stand in for the
+  // copy engine and the device calls, so a CPU test drives the CUDA path with a fake device.
+  PooledActivationOffload(std::int64_t host_capacity_bytes, int device, offload::DeviceOps ops,
+                          std::unique_ptr<offload::CopyEngine> copies);
   ~PooledActivationOffload() override;
 
   void start_offload(ActivationSet& set) override;
@@ -59,6 +81,7 @@ class PooledActivationOffload final : public ActivationOffload {
   double wait_reload(ActivationSet& set) override;
   void poll() override;
   double drain() override;
+  bool releases_in_stream_order() const override;
 
   std::int64_t host_bytes() const;
 

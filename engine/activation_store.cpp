@@ -15,13 +15,16 @@ void ActivationStore::set_budget(std::int64_t budget_bytes, std::vector<std::int
   set_bytes_ = std::move(set_bytes);
 }
 
-// The budget guard (Note [Activation store]: what is counted, and why drain() is a host wait on
-// CUDA). Sets created during the current instruction are still empty (their forward fills them),
-// so they count at their expected size until the instruction ends (account()). No re-check after
+// The budget guard (Note [Activation store]: what is counted, and why only the CPU waits).
+// Sets created during the current instruction are still empty (their forward fills them), so
+// they count at their expected size until the instruction ends (account()). No re-check after
 // the drain: if it freed too little, the caller goes ahead over the budget.
 double ActivationStore::make_room(int chunk) {
   if (!offload_ || budget_bytes_ <= 0 || chunk >= static_cast<int>(set_bytes_.size())) return 0;
   if (current_bytes() + pending_bytes_ + set_bytes_[chunk] <= budget_bytes_) return 0;
+  // CUDA: offloads were released in stream order when their D2H was queued; a host wait would
+  // free nothing and stall the host (gpu-review item 9).
+  if (offload_->releases_in_stream_order()) return 0;
   return offload_->drain();
 }
 
@@ -46,7 +49,7 @@ ActivationSet& ActivationStore::acquire(int chunk, int mb, double* waited) {
     host_link_wait_ = 0;
   }
   if (e.where == Where::kToDevice) {
-    // A host wait for the H2D on CUDA too (Note [Activation store], gpu-review item 8).
+    // CUDA: the compute stream waits for the H2D; CPU: the host does (Note [Activation store]).
     double w = offload_->wait_reload(e.set);
     if (waited) *waited += w;
     e.where = Where::kDevice;
@@ -84,8 +87,8 @@ void ActivationStore::reload(int chunk, int mb) {
 }
 
 // Exact because a set's fields are its device memory at every moment of an offload round trip
-// (engine/activation_offload.h). The poll() is where offloaded sets' device memory is freed
-// (Note [Activation store]).
+// (engine/activation_offload.h). On the CPU the poll() is where offloaded sets' device memory
+// is freed (Note [Activation store]).
 std::int64_t ActivationStore::current_bytes() const {
   if (offload_) offload_->poll();
   std::int64_t bytes = 0;

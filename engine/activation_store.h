@@ -13,16 +13,20 @@
 // [Offload lifetime]); the store sees them only through ActivationSet::bytes():
 //
 //   create()            ─►  kDevice    resident: the forward fills the fields, B and W read them
-//   offload()           ─►  kHost      start_offload() queued the D2H of every field. Two offloader
-//                                      states hide here: kToHost (the copy runs; the fields still
-//                                      hold their tensors, which still count) and kOnHost (a
-//                                      poll() saw the D2H complete and dropped the tensors: the
-//                                      names stay, the fields are undefined, bytes() is 0)
+//   offload()           ─►  kHost      start_offload() queued the D2H of every field. On CUDA
+//                                      the fields are dropped at once (stream-ordered release:
+//                                      the names stay, the fields are undefined, bytes() is 0).
+//                                      On CPU two offloader states hide here: kToHost (the copy
+//                                      runs; the fields still hold their tensors, which still
+//                                      count) and kOnHost (a poll() saw the D2H complete and
+//                                      dropped the tensors)
 //   reload()            ─►  kToDevice  start_reload() allocated new tensors at once (they count)
-//                                      and queued the H2D into them: not to be read yet. If the
-//                                      D2H was still running, the offloader cancels the round
-//                                      trip instead and the fields keep their original tensors
-//   acquire()           ─►  kDevice    wait_reload() returned: the H2D completed
+//                                      and queued the H2D into them: not to be read yet. On CPU,
+//                                      if the D2H was still running, the offloader cancels the
+//                                      round trip instead and the fields keep their original
+//                                      tensors
+//   acquire()           ─►  kDevice    wait_reload() returned: the H2D completed (CPU) or the
+//                                      compute stream waits for it (CUDA)
 //   release_if_empty()  ─►  (gone)     only from kDevice, once B/W erased every field
 //
 // acquire() of a kHost set, offload() of a set that is not kDevice and reload() of one that is
@@ -32,52 +36,50 @@
 // left behind at the end of a step.
 //
 // Who waits on what. Every method runs on the rank's executor thread; the copies run on the
-// CopyEngine (CUDA: one stream per direction; CPU: worker threads).
+// CopyEngine (CUDA: one stream per direction; CPU: worker threads). On CUDA "compute" is the
+// current stream of the model's device (Note [Offload streams] in offload/device_ops.h).
 //   - The D2H waits for the forward that wrote the set: on CUDA for an event recorded on the
-//     legacy default stream in start_offload(); on CPU for nothing (the forward ran on this
-//     thread).
-//   - The executor thread frees an offloaded set's device memory: poll(), which account() (after
-//     every compute instruction) and make_room() call, runs the release closures of the sets
-//     whose D2H event has completed. Nothing is freed in stream order.
-//   - The H2D waits, on CUDA, for an event recorded on the legacy default stream in reload(),
-//     that is for all compute queued before the RELOAD (its target memory was just allocated).
-//   - acquire() waits for the H2D on the host, on both backends: wait_reload() ->
-//     Offloader::wait(key) -> CopyEvent::synchronize().
+//     compute stream in start_offload(); on CPU for nothing (the forward ran on this thread).
+//   - A set's device memory is released
+//       CUDA: in start_offload(), right after its D2H was queued: each field's storage is
+//         recorded on the D2H stream (the caching allocator's recordStream) and the field
+//         dropped, so the allocator reuses the memory only after the copy, in stream order;
+//       CPU: by poll(), which account() (after every compute instruction) and make_room()
+//         call, once the host saw the D2H complete.
+//   - The H2D waits for an event recorded on the compute stream in reload() (all compute
+//     queued before the RELOAD: its target memory was just allocated there) and for the set's
+//     D2H (the host blocks it reads). On CPU a RELOAD while the D2H still runs cancels the
+//     round trip instead (the originals were not released yet).
+//   - acquire() consumes a reload: on CUDA the compute stream waits for the H2D's event (no
+//     host wait: wait_reload() -> Offloader::wait(key, stream)); on CPU the host waits.
 //   - The pinned pool reuses a set's host blocks only after its D2H and H2D events completed.
 //
 // The device budget (set_budget). A limit on the bytes the sets hold, enforced only with an
 // offloader attached and budget_bytes > 0, and only for chunks given an expected set size.
 // make_room() counts current_bytes() (bytes() of every live set after a poll(): resident sets,
-// offloads whose D2H was not yet seen complete, reloads' new tensors) plus pending_bytes_ (the
-// expected size of every set created or reloaded since the last account(): a new set is empty
-// until its forward runs, and a braided FF creates two before either runs) plus the expected
-// size of the set about to be created or reloaded. If that exceeds the budget, drain() waits on
-// the host for every copy in flight (both directions, every set) and polls. There is no second
-// check: when the drain freed too little (nothing was in flight, or the expected sizes were
-// wrong) the create or reload goes ahead over the budget; the overshoot shows in peak_bytes() and
-// is not an error. The drain's seconds go to create()'s *waited, or, for reload(), to the next
-// acquire()'s *waited (the executor reports both as reload wait).
-// Not counted: weights, gradients, P2P buffers, autograd temporaries, allocator caching; a field
+// offloads not yet released, reloads' new tensors) plus pending_bytes_ (the expected size of
+// every set created or reloaded since the last account(): a new set is empty until its forward
+// runs, and a braided FF creates two before either runs) plus the expected size of the set
+// about to be created or reloaded. If that exceeds the budget:
+//   CUDA (stream-ordered release): nothing to wait for. Every offload left the count when its
+//     D2H was queued, and the allocator hands its memory to later allocations as soon as the
+//     copy ran, in stream order; a host synchronisation could free nothing more.
+//   CPU: drain() waits on the host for every copy in flight (both directions, every set) and
+//     polls. Its seconds go to create()'s *waited, or, for reload(), to the next acquire()'s
+//     *waited (the executor reports both as reload wait).
+// There is no second check: when too little could be freed (nothing was in flight, or the
+// expected sizes were wrong) the create or reload goes ahead over the budget; the overshoot shows
+// in peak_bytes() and is not an error.
+// Not counted: weights, gradients, P2P buffers, autograd temporaries, allocator caching, and on
+// CUDA the memory of released offloads whose D2H has not run yet (the allocator keeps it until
+// then: the host may be ahead of the device, so the budget is one in stream order); a field
 // sharing storage with another tensor counts in full. peak_bytes() is sampled at account(), not
 // a device high-water mark. A reloaded set counts twice (its new tensors and its expected size)
 // until the next account(), which OFFLOAD and RELOAD instructions do not call: conservative, it
 // can only cause an early drain.
 //
-// Known wrong on CUDA today (gpu-review items 8 and 9; not fixed here):
-//   - Reloads wait on the host (item 8). acquire() of a reloaded set blocks the executor thread
-//     in cudaEventSynchronize on the H2D, which was queued behind all compute issued before the
-//     RELOAD, so every backward of a reloaded set drains the GPU's queue. The stream wait
-//     Offloader::wait(key, stream) exists and is not used.
-//   - The budget is enforced by host synchronisation (item 9). drain() is a
-//     cudaStreamSynchronize of both copy streams, and device memory comes back only when the
-//     host polls a completed D2H (no recordStream, no stream-ordered free). Today the other host
-//     waits keep the host close to the GPU; once they are gone the host runs ahead, D2Hs look
-//     pending and every over-budget create() or reload() becomes a full host synchronisation.
-//   - The events above are recorded on the legacy default stream of the calling thread's current
-//     device (item 3): right only while nothing sets a current stream.
-//   - A cancelled round trip (RELOAD while the D2H still ran) hands back the original tensors:
-//     acquire()'s wait then waits for that D2H, which still reads them (Note [Offload
-//     lifetime]); before that fix a backward that freed them let a copy worker read freed memory.
+// A cancelled round trip (CPU: RELOAD while the D2H still ran) hands back the original tensors:
+// acquire()'s wait then waits for that D2H, which still reads them (Note [Offload lifetime]).
 //
 // Thread-safety: one rank's executor thread.
 #pragma once
@@ -106,7 +108,8 @@ class ActivationStore {
 
   // Makes the device budget a hard limit: a set of local chunk c is expected to take
   // set_bytes[c]; before one is created while offloads are still copying out and the budget
-  // would be exceeded, create() waits for those copies (the planner's timing was optimistic).
+  // would be exceeded, create() waits for those copies on the CPU (the planner's timing was
+  // optimistic); on CUDA offloads are released in stream order and nothing waits.
   void set_budget(std::int64_t budget_bytes, std::vector<std::int64_t> set_bytes);
 
   // REQUIRES: no live set for (chunk, mb). Adds the seconds it waited for the host link (see

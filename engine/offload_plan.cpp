@@ -109,4 +109,13 @@ OffloadPlan plan_activation_offload(const schedule::Program& program,
   return out;
 }
 
+double time_after_warmup(const std::function<void()>& pass, const PassTimer& timer) {
+  pass();  // warm-up: first-use costs (handles, allocator growth, caches) stay out of the time
+  timer.device_sync();
+  const double t0 = timer.now();
+  pass();
+  timer.device_sync();  // the pass's kernels ran, not just their launches
+  return timer.now() - t0;
+}
+
 }  // namespace stp::engine

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -61,5 +62,24 @@ OffloadPlan plan_activation_offload(const schedule::Program& program,
                                     const std::vector<double>& stage_forward_seconds,
                                     double w_held_fraction, const OffloadBudget& budget,
                                     double host_gbps);
+
+// Note [Planner timing]
+// ~~~~~~~~~~~~~~~~~~~~~
+// The planner's per-stage forward time comes from timing one forward of microbatch 0 in the
+// first step. On CUDA a host clock read right after launching kernels says when they were
+// queued, not when they ran, and the process's first CUDA work also pays for cuBLAS handles and
+// the allocator's growth. So the pass runs once untimed (the warm-up), then once between two
+// clock readings, each preceded by a device synchronisation:
+//
+//   pass()  sync()  t0 = now()  pass()  sync()  t1 = now()      -> t1 - t0
+//
+// On the CPU sync() is a no-op (the pass ran on the calling thread).
+struct PassTimer {
+  std::function<double()> now;        // seconds on a monotonic clock
+  std::function<void()> device_sync;  // returns when the device ran all work queued so far
+};
+
+// The seconds one run of `pass` takes, measured as Note [Planner timing] says (two runs).
+double time_after_warmup(const std::function<void()>& pass, const PassTimer& timer);
 
 }  // namespace stp::engine

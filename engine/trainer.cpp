@@ -2,7 +2,13 @@
 
 #include <ATen/ATen.h>
 
+#ifdef STP_WITH_CUDA
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
+
 #include <chrono>
+#include <optional>
 
 #include "common/check.h"
 #include "common/clock.h"
@@ -69,6 +75,18 @@ void Trainer::init(ModelFactory model) {
             "the model's parameters are on ", first.device(), " but TrainerOptions::device is ",
             options_.device, "; set it to the device's index");
   if (world_->size() > 1) resolve_backend(world_->options().backend, first.is_cuda());
+  device_ = first.device();
+  probe_timer_.now = now_seconds;
+  probe_timer_.device_sync = [device = device_] {
+#ifdef STP_WITH_CUDA
+    if (device.is_cuda()) {
+      c10::cuda::CUDAGuard guard(device);
+      c10::cuda::device_synchronize();  // timing only (STYLE.md item 6)
+    }
+#else
+    (void)device;
+#endif
+  };
   optimizer_ = std::make_unique<AdamW>(params_of(chunks()), options_.optimizer, world_->tp_rank());
   executor_ = std::make_unique<Executor>(chunks(), world_->tp_group(), world_->pipe(), store_);
   executor_->set_braiding(options_.braid);
@@ -95,14 +113,25 @@ std::vector<MicroBatch> Trainer::split(const MicroBatch& batch) const {
 
 double Trainer::step(const MicroBatch& batch) { return step(split(batch)); }
 
+void Trainer::set_probe_timer(PassTimer timer) {
+  STP_CHECK(!planned_, "set_probe_timer() after the first step: the probe has already run");
+  probe_timer_ = std::move(timer);
+}
+
 double Trainer::step(const std::vector<MicroBatch>& given) {
   const double t0 = now_seconds();
   STP_CHECK(static_cast<int>(given.size()) == options_.microbatches, "step() got ", given.size(),
             " microbatches; the trainer was built for microbatches=", options_.microbatches);
+#ifdef STP_WITH_CUDA
+  // The model's device is current for the whole step, whichever device the calling thread had
+  // (threads as ranks, an embedder's thread): its current stream is the compute stream every
+  // event and stream wait of the step uses (Note [Offload streams] in offload/device_ops.h).
+  std::optional<c10::cuda::CUDAGuard> on_device;
+  if (device_.is_cuda()) on_device.emplace(device_);
+#endif
   // Microbatches live where the model does.
-  const at::Device device = chunks_.front()->params().front().value.device();
   std::vector<MicroBatch> mbs;
-  for (const auto& mb : given) mbs.push_back({mb.tokens.to(device), mb.targets.to(device)});
+  for (const auto& mb : given) mbs.push_back({mb.tokens.to(device_), mb.targets.to(device_)});
   if (!planned_) {
     probe_activation_bytes(mbs);
     plan_offload();
@@ -143,7 +172,8 @@ void Trainer::reduce_gradients() {
 // Exact activation bytes per stage, from one forward and one backward (W deferred) of
 // microbatch 0 per local chunk (outputs discarded; collectives are skipped since only sizes
 // matter; the gradients it leaves are zeroed by the step), shared with every rank so each can
-// plan the whole pipeline: the set's bytes after F, and the share a deferred W still holds.
+// plan the whole pipeline: the set's bytes after F, the forward's seconds (after a warm-up
+// forward, Note [Planner timing]) and the share a deferred W still holds.
 void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
   const int S = program_.stages();
   // Per stage: set bytes after F, forward seconds, bytes a deferred W still holds after B.
@@ -156,11 +186,18 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
     at::Tensor input;
     if (!c.is_first_stage())
       input = at::zeros(c.input_shape(mbs[0].tokens.size(0)), c.params().front().value.options());
-    const double t0 = now_seconds();
-    auto pass = c.forward(set, mbs[0], input);
-    for (int k = 0; k < pass->size(); ++k) pass->run(k);
-    pass->finish();
-    const double forward_seconds = now_seconds() - t0;
+    // A warm-up forward, then a timed one on device-synchronised clocks (Note [Planner
+    // timing]); the backward below reads the timed forward's set.
+    std::unique_ptr<Pass> pass;
+    const double forward_seconds = time_after_warmup(
+        [&] {
+          pass.reset();  // drop the warm-up's pass before its set is replaced
+          set = ActivationSet(program_.stage_chunk[s], 0);
+          pass = c.forward(set, mbs[0], input);
+          for (int k = 0; k < pass->size(); ++k) pass->run(k);
+          pass->finish();
+        },
+        probe_timer_);
     const double full = static_cast<double>(set.bytes());
     at::Tensor grad;
     if (!c.is_last_stage()) grad = at::zeros_like(pass->output());
@@ -197,8 +234,8 @@ void Trainer::plan_offload() {
   if (!plan_.offloads) return;
   program_ = std::move(plan_.program);
   plan_.program = schedule::Program();
-  const bool cuda = chunks_.front()->params().front().value.is_cuda();
-  offload_ = std::make_unique<PooledActivationOffload>(plan_.host_bytes_per_rank, cuda);
+  offload_ = std::make_unique<PooledActivationOffload>(plan_.host_bytes_per_rank,
+                                                       device_.is_cuda() ? device_.index() : -1);
   store_.attach_offload(offload_.get());
   std::vector<std::int64_t> local(program_.v, 0);
   for (int s = 0; s < program_.stages(); ++s)

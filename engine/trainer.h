@@ -87,9 +87,16 @@ class Trainer {
   // Activation bytes the planner assumed per stage (probed from one forward) and the device
   // budget it planned for (0: offload off).
   const std::vector<std::int64_t>& stage_activation_bytes() const { return stage_bytes_; }
+  // Forward seconds per stage the planner assumed (probed by the first step, Note [Planner
+  // timing] in engine/offload_plan.h).
+  const std::vector<double>& stage_forward_seconds() const { return stage_seconds_; }
   std::int64_t offload_budget_bytes() const { return budget_bytes_; }
   // The offload plan's figures (simulated; its program is program()), set by the first step.
   const OffloadPlan& offload_plan() const { return plan_; }
+  // Test hook: the clock and device synchronisation the first step's probe times each stage's
+  // forward with (default: now_seconds, and a device synchronisation when the model is on a
+  // GPU). REQUIRES: called before the first step.
+  void set_probe_timer(PassTimer timer);
 
  private:
   void init(ModelFactory model);
@@ -100,6 +107,10 @@ class Trainer {
 
   TrainerOptions options_;
   std::unique_ptr<World> world_;
+  // Where the model's parameters live. On CUDA, step() makes it the current device, and every
+  // stream and event of the step is its current stream's (Note [Offload streams]).
+  at::Device device_ = at::kCPU;
+  PassTimer probe_timer_;
   schedule::Program program_;
   std::vector<std::unique_ptr<Chunk>> chunks_;  // local chunk c
   std::unique_ptr<AdamW> optimizer_;

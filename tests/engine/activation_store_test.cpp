@@ -139,9 +139,11 @@ class FakeOffload final : public ActivationOffload {
     complete();
     return drain_seconds;
   }
+  bool releases_in_stream_order() const override { return stream_ordered; }
 
   int offloads = 0, reloads = 0, waits = 0, polls = 0, drains = 0;
   bool copies_done = false;     // poll() finds every copy in flight completed
+  bool stream_ordered = false;  // what releases_in_stream_order() says (false: the host path)
   double drain_seconds = 0.25;  // what drain() reports as blocked
   double wait_seconds = 0.125;  // what wait_reload() reports as blocked
 
@@ -260,7 +262,7 @@ TEST(ActivationStore, ResetStepRequiresNoLiveSetsAndStartsNewPeaks) {
 class ActivationStoreOffload : public ::testing::Test {
  protected:
   explicit ActivationStoreOffload(std::int64_t host_bytes = 64 * kMiB)
-      : offload_(host_bytes, /*cuda=*/false) {
+      : offload_(host_bytes, /*device=*/-1) {
     store_.attach_offload(&offload_);
   }
 
@@ -533,6 +535,22 @@ TEST_F(ActivationStoreBudget, WhenNothingCanBeFreedTheCreateGoesAheadOverTheBudg
   EXPECT_EQ(fake_.drains, 1);
   EXPECT_EQ(store_.live_sets(), 3);
   EXPECT_EQ(store_.peak_bytes(), 3 * kSet);
+}
+
+TEST_F(ActivationStoreBudget, AStreamOrderedReleaseIsNeverDrained) {
+  // CUDA: offloads leave the count when their D2H is queued and the allocator reuses their
+  // memory in stream order; a host wait could free nothing, so over the budget nothing waits.
+  fake_.stream_ordered = true;
+  store_.set_budget(2 * kSet, {kSet});
+  forward(0, 0);
+  forward(0, 1);
+  store_.offload(0, 0);
+  double waited = 0;
+  forward(0, 2, &waited);
+  store_.reload(0, 0);
+  store_.acquire(0, 1, &waited);
+  EXPECT_EQ(fake_.drains, 0);
+  EXPECT_EQ(waited, 0);
 }
 
 TEST_F(ActivationStoreBudget, NoBudgetOrAnUnsizedChunkIsNotLimited) {
