@@ -83,7 +83,7 @@ void expect_offload(const BenchRun& r) {
 TEST(TrainBench, RowsPerKindAndOffloadWithPredictions) {
   auto o = one_step<TrainBenchOptions>(1, "train");
   o.kinds = {"1f1b-i", "stp"};
-  o.on_budget = "80%";
+  o.on_budget = "90%";
   TrainBenchResult res = run_train_bench(tiny(), o);
   ASSERT_TRUE(res.lead);
   ASSERT_EQ(res.runs.size(), 4u);
@@ -94,13 +94,13 @@ TEST(TrainBench, RowsPerKindAndOffloadWithPredictions) {
   for (std::size_t i = 0; i < res.runs.size(); ++i) {
     const BenchRun& r = res.runs[i];
     EXPECT_EQ(r.kind, kinds[i]);
-    EXPECT_EQ(r.budget, i % 2 == 0 ? "off" : "80%");
+    EXPECT_EQ(r.budget, i % 2 == 0 ? "off" : "90%");
     EXPECT_TRUE(finite_positive(res.ratio[i]));
     expect_measured(r);
     expect_offload(r);
   }
-  EXPECT_TRUE(res.runs[1].offloads) << "80% of the peak must make the planner offload";
-  EXPECT_TRUE(res.runs[3].offloads) << "80% of the peak must make the planner offload";
+  EXPECT_TRUE(res.runs[1].offloads) << "90% of the peak must make the planner offload";
+  EXPECT_TRUE(res.runs[3].offloads) << "90% of the peak must make the planner offload";
   // The same data and model under every run: the first step's loss agrees.
   EXPECT_NEAR(res.runs[0].first_loss, res.runs[3].first_loss, 1e-4);
 
