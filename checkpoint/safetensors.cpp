@@ -100,16 +100,9 @@ std::string shape_str(const std::vector<std::int64_t>& shape) {
   return s + "]";
 }
 
-struct Entry {
-  std::string name;
-  const DtypeInfo* dtype;
-  std::vector<std::int64_t> shape;
-  std::uint64_t begin, end;
-};
-
 // Parses and validates one header entry (everything that does not need the other entries).
-Entry parse_entry(const std::string& path, const std::string& name, const nlohmann::json& v,
-                  std::uint64_t data_bytes) {
+SafetensorsEntry parse_entry(const std::string& path, const std::string& name,
+                             const nlohmann::json& v, std::uint64_t data_bytes) {
   const std::string where = str_cat(path, ": tensor '", name, "'");
   STP_CHECK(v.is_object(), where, " header entry is not a JSON object");
   STP_CHECK(v.contains("dtype") && v["dtype"].is_string(), where, " has no dtype string");
@@ -117,7 +110,7 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
   const DtypeInfo* info = find_dtype(dt);
   STP_CHECK(info != nullptr, where, " has unknown dtype '", dt, "'");
   STP_CHECK(v.contains("shape") && v["shape"].is_array(), where, " has no shape array");
-  Entry e{name, info, {}, 0, 0};
+  SafetensorsEntry e{name, info->type, {}, 0, 0};
   std::uint64_t numel = 1;
   for (const nlohmann::json& d : v["shape"]) {
     STP_CHECK(d.is_number_unsigned(), where, " shape ", v["shape"].dump(),
@@ -209,16 +202,14 @@ FileDigest write_safetensors(const std::string& path, const TensorMap& tensors,
   return {static_cast<std::int64_t>(sizeof len + text.size() + offset), hash.digest()};
 }
 
-SafetensorsContents read_safetensors(const std::string& path) {
-  Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-  STP_CHECK(f.fd >= 0, path, ": cannot open: ", std::strerror(errno));
-  struct stat st {};
-  STP_CHECK(::fstat(f.fd, &st) == 0, path, ": cannot stat: ", std::strerror(errno));
-  const auto file_bytes = static_cast<std::uint64_t>(st.st_size);
+namespace {
+
+// The validated header of `path`, open as `fd`, of `file_bytes` bytes.
+SafetensorsHeader parse_header(const std::string& path, int fd, std::uint64_t file_bytes) {
   STP_CHECK(file_bytes >= 8, path, ": ", file_bytes,
             " bytes is too short for a safetensors file (needs an 8-byte header length)");
   unsigned char len[8];
-  STP_CHECK(read_at(f.fd, len, 8, 0, path), path, ": short read of the header length");
+  STP_CHECK(read_at(fd, len, 8, 0, path), path, ": short read of the header length");
   std::uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= static_cast<std::uint64_t>(len[i]) << (8 * i);
   STP_CHECK(n >= 2 && n <= kMaxHeaderBytes, path, ": header length ", n, " must be in [2, ",
@@ -226,7 +217,7 @@ SafetensorsContents read_safetensors(const std::string& path) {
   STP_CHECK(n <= file_bytes - 8, path, ": header length ", n, " exceeds the ", file_bytes - 8,
             " bytes after it (file truncated or corrupt)");
   std::string text(n, '\0');
-  STP_CHECK(read_at(f.fd, text.data(), n, 8, path), path, ": short read of the header");
+  STP_CHECK(read_at(fd, text.data(), n, 8, path), path, ": short read of the header");
   STP_CHECK(text[0] == '{', path, ": header does not start with '{' (not a safetensors file)");
   nlohmann::json header;
   try {
@@ -236,9 +227,9 @@ SafetensorsContents read_safetensors(const std::string& path) {
   }
   STP_CHECK(header.is_object(), path, ": header is not a JSON object");
 
-  SafetensorsContents out;
+  SafetensorsHeader out;
   const std::uint64_t data_bytes = file_bytes - 8 - n;
-  std::vector<Entry> entries;
+  std::vector<SafetensorsEntry>& entries = out.entries;
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") {
       STP_CHECK(it.value().is_object(), path, ": __metadata__ is not a JSON object");
@@ -253,12 +244,13 @@ SafetensorsContents read_safetensors(const std::string& path) {
   }
   // The data section must be covered exactly: sorted by offset, each entry starts where the
   // previous one ended (no overlap, no gap), and the last one ends at the end of the file.
-  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  std::sort(entries.begin(), entries.end(),
+            [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
+              return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+            });
   std::uint64_t expect = 0;
   for (std::size_t i = 0; i < entries.size(); ++i) {
-    const Entry& e = entries[i];
+    const SafetensorsEntry& e = entries[i];
     STP_CHECK(e.begin >= expect, path, ": tensors '", entries[i - 1].name, "' and '", e.name,
               "' overlap (data_offsets [", entries[i - 1].begin, ", ", entries[i - 1].end,
               "] and [", e.begin, ", ", e.end, "])");
@@ -270,11 +262,43 @@ SafetensorsContents read_safetensors(const std::string& path) {
             " but the data section has ", data_bytes, " bytes (",
             expect < data_bytes ? "trailing bytes" : "file truncated", ")");
 
-  for (const Entry& e : entries) {
-    at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(e.dtype->type));
+  out.data_start = 8 + n;
+  return out;
+}
+
+// Opens `path` for reading; `file_bytes` receives its size.
+int open_for_read(const std::string& path, std::uint64_t& file_bytes) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  STP_CHECK(fd >= 0, path, ": cannot open: ", std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    STP_CHECK(false, path, ": cannot stat: ", std::strerror(err));
+  }
+  file_bytes = static_cast<std::uint64_t>(st.st_size);
+  return fd;
+}
+
+}  // namespace
+
+SafetensorsHeader read_safetensors_header(const std::string& path) {
+  std::uint64_t file_bytes = 0;
+  Fd f{open_for_read(path, file_bytes)};
+  return parse_header(path, f.fd, file_bytes);
+}
+
+SafetensorsContents read_safetensors(const std::string& path) {
+  std::uint64_t file_bytes = 0;
+  Fd f{open_for_read(path, file_bytes)};
+  SafetensorsHeader header = parse_header(path, f.fd, file_bytes);
+  SafetensorsContents out;
+  out.metadata = std::move(header.metadata);
+  for (const SafetensorsEntry& e : header.entries) {
+    at::Tensor t = at::empty(e.shape, at::TensorOptions().dtype(e.dtype));
     const std::uint64_t bytes = e.end - e.begin;
     if (bytes > 0) {
-      STP_CHECK(read_at(f.fd, t.data_ptr(), bytes, 8 + n + e.begin, path), path,
+      STP_CHECK(read_at(f.fd, t.data_ptr(), bytes, header.data_start + e.begin, path), path,
                 ": short read of tensor '", e.name, "' (file changed while reading?)");
     }
     out.tensors.emplace(e.name, std::move(t));

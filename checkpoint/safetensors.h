@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace stp::checkpoint {
 
@@ -48,6 +49,22 @@ FileDigest write_safetensors(const std::string& path, const TensorMap& tensors,
 
 // Reads and validates `path` (see the contract above).
 SafetensorsContents read_safetensors(const std::string& path);
+
+// One tensor of a safetensors header: its bytes lie at file offset data_start + [begin, end).
+struct SafetensorsEntry {
+  std::string name;
+  at::ScalarType dtype = at::kFloat;
+  std::vector<std::int64_t> shape;
+  std::uint64_t begin = 0, end = 0;
+};
+struct SafetensorsHeader {
+  std::vector<SafetensorsEntry> entries;  // sorted by offset; they cover the data exactly
+  StringMap metadata;
+  std::uint64_t data_start = 0;  // file offset of the data section (8 + header length)
+};
+// Reads and validates only the header of `path` (the same checks as read_safetensors, which
+// never needs the data to fail), for readers that map the file rather than copy it.
+SafetensorsHeader read_safetensors_header(const std::string& path);
 
 // "F32" for at::kFloat etc.; throws std::invalid_argument for a dtype safetensors cannot hold.
 std::string safetensors_dtype(at::ScalarType type);

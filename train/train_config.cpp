@@ -13,6 +13,7 @@
 #include <sstream>
 #include <thread>
 
+#include "checkpoint/hf.h"
 #include "common/check.h"
 #include "data/tokenizer.h"
 #include "schedule/generators.h"
@@ -148,6 +149,11 @@ const std::vector<Field>& fields() {
       string_field("model", "dtype", M(model.dtype), {"float32", "float64", "bfloat16"}, "-",
                    "compute dtype (optimizer state is float32 or wider)"),
       int_field("model", "init_seed", M(model.init_seed), 0, kInf, "-", "weight init seed"),
+      string_field("model", "init_from", M(model.init_from), {}, "path",
+                   "a Hugging Face GPT2LMHeadModel folder to start from (config.json + "
+                   "safetensors); its shape sets vocab, d_model, n_heads, n_layers and "
+                   "mlp_hidden; seq_len must be <= its n_positions (docs/checkpoints.md); empty: "
+                   "random init"),
       int_field("parallel", "tp", M(parallel.tp), 1, 1024, "ranks", "tensor-parallel size"),
       int_field("parallel", "pp", M(parallel.pp), 1, 1024, "ranks", "pipeline-parallel size"),
       int_field("parallel", "dp", M(parallel.dp), 0, 1 << 20, "ranks",
@@ -337,6 +343,21 @@ CpuThreads cpu_threads(std::int64_t requested, const engine::LaunchEnv& env, int
   return resolve_cpu_threads(requested, env.omp_num_threads, cores, local_ranks);
 }
 
+void apply_init_from_shape(TrainConfig& c) {
+  const models::GptConfig hf = checkpoint::read_gpt2_config(c.model.init_from);
+  c.model.vocab = hf.vocab;
+  c.model.d_model = hf.d_model;
+  c.model.n_heads = hf.n_heads;
+  c.model.n_layers = hf.n_layers;
+  c.model.mlp_hidden = hf.mlp_hidden;
+  STP_CHECK(c.model.seq_len <= hf.seq_len, "model.seq_len=", c.model.seq_len,
+            " is longer than model.init_from's n_positions=", hf.seq_len, " (", c.model.init_from,
+            "/config.json); use model.seq_len in [1, ", hf.seq_len, "]");
+  STP_CHECK(std::abs(hf.ln_eps - models::GptConfig{}.ln_eps) <= 1e-12, c.model.init_from,
+            "/config.json: layer_norm_epsilon=", hf.ln_eps, " is not supported: stp train's GPT ",
+            "uses ", models::GptConfig{}.ln_eps);
+}
+
 TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {
   TrainConfig cfg;
   if (!path.empty()) {
@@ -347,6 +368,7 @@ TrainConfig load_config(const std::string& path, const std::vector<std::string>&
     cfg.apply_json(text.str(), path);
   }
   for (const auto& s : overrides) cfg.apply_override(s);
+  if (!cfg.model.init_from.empty()) apply_init_from_shape(cfg);
   cfg.validate();
   return cfg;
 }

@@ -24,6 +24,7 @@ struct ModelSection {
   std::int64_t mlp_hidden = 0;  // 0: 4*d_model
   std::string dtype = "float32";
   std::int64_t init_seed = 1234;
+  std::string init_from;  // a Hugging Face model folder to start from; empty: init_seed's init
 };
 
 struct ParallelSection {
@@ -102,6 +103,11 @@ struct TrainConfig {
 // (none when empty), then each `section.key=value` override in order; validated. Throws
 // std::invalid_argument naming an unreadable file, a bad field or value.
 TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides);
+
+// model.init_from set: the model's shape (vocab, d_model, n_heads, n_layers, mlp_hidden) comes
+// from that Hugging Face folder's config.json (load_config calls it after the overrides).
+// Throws std::invalid_argument for a folder stp's GPT cannot hold, or seq_len > n_positions.
+void apply_init_from_shape(TrainConfig& config);
 
 std::string config_reference_markdown();
 

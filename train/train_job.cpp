@@ -13,6 +13,7 @@
 #include <optional>
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/hf.h"
 #include "common/check.h"
 #include "common/file.h"
 #include "data/data.h"
@@ -28,7 +29,27 @@ namespace {
 
 using nlohmann::json;
 
-json model_json(const TrainConfig& c) { return json::parse(c.to_json()).at("model"); }
+// The model's identity in a checkpoint: where its first weights came from is not part of it.
+json model_json(const TrainConfig& c) {
+  json m = json::parse(c.to_json()).at("model");
+  m.erase("init_from");
+  return m;
+}
+
+// model.init_from: every parameter's TP shard read from the mapped Hugging Face folder (and the
+// optimizer's float32 master copy, for bfloat16 parameters, from the same full-precision view).
+void load_init_from(engine::Trainer& t, const checkpoint::HfImport& hf) {
+  std::map<std::string, at::Tensor> state = t.optimizer().state_dict();  // aliases the masters
+  const int tp_rank = t.world().tp_rank(), tp = t.world().tp();
+  for (engine::Chunk* c : t.chunks()) {
+    for (engine::Param& p : c->params()) {
+      const at::Tensor src = hf.shard(p.name, p.shard_dim, tp_rank, tp);
+      p.value.copy_(src);
+      auto master = state.find(p.name + ".master");
+      if (master != state.end()) master->second.copy_(src);
+    }
+  }
+}
 
 // Linear warm-up, then cosine decay from lr to min_lr over the remaining steps.
 double lr_at(const OptimizerSection& o, std::int64_t step, std::int64_t total) {
@@ -136,6 +157,10 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
     if (resume_from)
       resumed = checkpoint::load_checkpoint(*resume_from, env.rank, info.layout, info.model);
   }
+  // model.init_from is opened (mapped) and matched against the model before anything is built.
+  std::optional<checkpoint::HfImport> init_from;
+  if (!cfg.model.init_from.empty() && !resume_from)
+    init_from = checkpoint::HfImport::gpt2(cfg.model.init_from, gpt_config(cfg));
   const at::Device device = train_device(cfg, env.local_rank);
   engine::Trainer trainer(models::gpt_model(gpt_config(cfg), device), trainer_options(cfg, device));
   engine::World& world = trainer.world();
@@ -169,6 +194,11 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
     say(str_cat("resumed from ", *resume_from, " (step ", step, ")\n"));
   } else if (opts.resume) {
     say(str_cat("--resume: no complete checkpoint in ", ckpt_dir, "; starting at step 0\n"));
+  }
+  if (init_from) {
+    load_init_from(trainer, *init_from);
+    say(str_cat("model: initialised from ", init_from->dir(), " (", init_from->architecture(), ", ",
+                init_from->size(), " tensors)\n"));
   }
   result.first_step = step;
   const std::int64_t total = cfg.run.steps;

@@ -1,0 +1,401 @@
+#include "checkpoint/hf.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "checkpoint/checkpoint.h"
+#include "common/check.h"
+#include "common/file.h"
+#include "data/mapped_file.h"
+#include "models/gpt_params.h"
+
+namespace stp::checkpoint {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kGpt2Arch = "GPT2LMHeadModel";
+
+std::string shape_str(at::IntArrayRef shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+json read_json_file(const std::string& path, const std::string& what) {
+  std::ifstream in(path);
+  STP_CHECK(in.good(), path, ": cannot read the ", what, " (not a Hugging Face model folder?)");
+  std::stringstream text;
+  text << in.rdbuf();
+  try {
+    json j = json::parse(text.str());
+    STP_CHECK(j.is_object(), path, ": the ", what, " is not a JSON object");
+    return j;
+  } catch (const json::parse_error& e) {
+    STP_CHECK(false, path, ": the ", what, " is not valid JSON: ", e.what());
+  }
+  return {};
+}
+
+// config.json's integer field `key` (>= lo); `fallback` when absent or null and fallback >= 0.
+std::int64_t int_field(const json& c, const std::string& where, const char* key, std::int64_t lo,
+                       std::int64_t fallback = -1) {
+  if (!c.contains(key) || c[key].is_null()) {
+    STP_CHECK(fallback >= 0, where, ": config.json has no '", key, "'");
+    return fallback;
+  }
+  STP_CHECK(c[key].is_number_integer() && c[key].get<std::int64_t>() >= lo, where, ": config.json ",
+            key, "=", c[key].dump(), " must be an integer >= ", lo);
+  return c[key].get<std::int64_t>();
+}
+
+// Refuses config.json's `key` unless absent or equal to `want` (what stp's model computes).
+void require_value(const json& c, const std::string& where, const char* key, const json& want,
+                   const char* why) {
+  if (!c.contains(key) || c[key].is_null() || c[key] == want) return;
+  STP_CHECK(false, where, ": config.json ", key, "=", c[key].dump(), " is not supported: stp's ",
+            why, " (needs ", want.dump(), ")");
+}
+
+}  // namespace
+
+at::Tensor hf_to_stp(const at::Tensor& hf, const HfTensorMap& row) {
+  switch (row.layout) {
+    case HfLayout::kSame: return hf;
+    case HfLayout::kConv1D: return hf.t();
+    case HfLayout::kConv1DQkv: return hf.t().view(row.stp_shape);  // (3C, C) -> (3, C, C)
+    case HfLayout::kQkvBias: return hf.view(row.stp_shape);        // (3C) -> (3, C)
+    case HfLayout::kFirstRows: return hf.narrow(0, 0, row.stp_shape[0]);
+  }
+  STP_ASSERT(false, "unknown HfLayout for ", row.stp);
+  return {};
+}
+
+at::Tensor stp_to_hf(const at::Tensor& full, const HfTensorMap& row) {
+  switch (row.layout) {
+    case HfLayout::kSame:
+    case HfLayout::kFirstRows: return full.contiguous();  // export writes seq_len positions
+    case HfLayout::kConv1D: return full.t().contiguous();
+    case HfLayout::kConv1DQkv: return full.reshape({-1, full.size(-1)}).t().contiguous();
+    case HfLayout::kQkvBias: return full.reshape({-1}).contiguous();
+  }
+  STP_ASSERT(false, "unknown HfLayout for ", row.stp);
+  return {};
+}
+
+// ---- GPT-2 -----------------------------------------------------------------------------------
+
+models::GptConfig read_gpt2_config(const std::string& dir) {
+  const json c = read_json_file(dir + "/config.json", "model config");
+  const std::string where = dir + "/config.json";
+  std::string arch = c.value("model_type", std::string());
+  if (c.contains("architectures") && c["architectures"].is_array() && !c["architectures"].empty() &&
+      c["architectures"][0].is_string())
+    arch = c["architectures"][0].get<std::string>();
+  STP_CHECK(arch == kGpt2Arch, where, ": architecture '", arch, "' is not supported for stp's GPT",
+            " (supported: ", kGpt2Arch, ")");
+  // gelu_pytorch_tanh is the same function as gelu_new.
+  if (c.value("activation_function", json()) != "gelu_pytorch_tanh")
+    require_value(c, where, "activation_function", "gelu_new", "GPT uses tanh-approximated GELU");
+  require_value(c, where, "scale_attn_weights", true, "attention scales scores by 1/sqrt(hd)");
+  require_value(c, where, "scale_attn_by_inverse_layer_idx", false,
+                "attention does not scale by the layer index");
+  require_value(c, where, "add_cross_attention", false, "GPT has no cross-attention");
+  models::GptConfig g;
+  g.vocab = int_field(c, where, "vocab_size", 1);
+  g.seq_len = int_field(c, where, "n_positions", 1);
+  g.d_model = int_field(c, where, "n_embd", 1);
+  g.n_heads = int_field(c, where, "n_head", 1);
+  g.n_layers = int_field(c, where, "n_layer", 1);
+  g.mlp_hidden = int_field(c, where, "n_inner", 1, 0);
+  if (c.contains("layer_norm_epsilon")) {
+    STP_CHECK(c["layer_norm_epsilon"].is_number() && c["layer_norm_epsilon"].get<double>() > 0,
+              where, ": config.json layer_norm_epsilon=", c["layer_norm_epsilon"].dump(),
+              " must be a number > 0");
+    g.ln_eps = c["layer_norm_epsilon"].get<double>();
+  }
+  STP_CHECK(g.d_model % g.n_heads == 0, where, ": config.json n_embd=", g.d_model,
+            " is not divisible by n_head=", g.n_heads);
+  return g;
+}
+
+std::vector<HfTensorMap> gpt2_tensor_map(const models::GptConfig& cfg, std::int64_t n_positions,
+                                         const std::string& prefix) {
+  const std::int64_t V = cfg.vocab, T = cfg.seq_len, C = cfg.d_model, H = cfg.hidden();
+  using L = HfLayout;
+  std::vector<HfTensorMap> rows = {
+      {"wte", prefix + "wte.weight", L::kSame, {V, C}, {V, C}, ""},
+      {"wpe", prefix + "wpe.weight", L::kFirstRows, {n_positions, C}, {T, C}, ""},
+  };
+  for (std::int64_t l = 0; l < cfg.n_layers; ++l) {
+    const std::string s = "layers." + std::to_string(l) + ".";
+    const std::string h = prefix + "h." + std::to_string(l) + ".";
+    const std::vector<HfTensorMap> layer = {
+        {s + "ln1.w", h + "ln_1.weight", L::kSame, {C}, {C}, ""},
+        {s + "ln1.b", h + "ln_1.bias", L::kSame, {C}, {C}, ""},
+        {s + "attn.qkv.w", h + "attn.c_attn.weight", L::kConv1DQkv, {C, 3 * C}, {3, C, C}, ""},
+        {s + "attn.qkv.b", h + "attn.c_attn.bias", L::kQkvBias, {3 * C}, {3, C}, ""},
+        {s + "attn.proj.w", h + "attn.c_proj.weight", L::kConv1D, {C, C}, {C, C}, ""},
+        {s + "attn.proj.b", h + "attn.c_proj.bias", L::kSame, {C}, {C}, ""},
+        {s + "ln2.w", h + "ln_2.weight", L::kSame, {C}, {C}, ""},
+        {s + "ln2.b", h + "ln_2.bias", L::kSame, {C}, {C}, ""},
+        {s + "mlp.fc1.w", h + "mlp.c_fc.weight", L::kConv1D, {C, H}, {H, C}, ""},
+        {s + "mlp.fc1.b", h + "mlp.c_fc.bias", L::kSame, {H}, {H}, ""},
+        {s + "mlp.fc2.w", h + "mlp.c_proj.weight", L::kConv1D, {H, C}, {C, H}, ""},
+        {s + "mlp.fc2.b", h + "mlp.c_proj.bias", L::kSame, {C}, {C}, ""},
+    };
+    rows.insert(rows.end(), layer.begin(), layer.end());
+  }
+  rows.push_back({"ln_f.w", prefix + "ln_f.weight", L::kSame, {C}, {C}, ""});
+  rows.push_back({"ln_f.b", prefix + "ln_f.bias", L::kSame, {C}, {C}, ""});
+  // GPT2LMHeadModel ties the head to wte and save_pretrained then omits lm_head.weight.
+  rows.push_back({"lm_head.w", "lm_head.weight", L::kSame, {V, C}, {V, C}, prefix + "wte.weight"});
+  return rows;
+}
+
+// ---- HfImport ----------------------------------------------------------------------------
+
+void HfImport::open(const std::string& dir) {
+  dir_ = dir;
+  const std::string single = dir + "/model.safetensors";
+  const std::string index = dir + "/model.safetensors.index.json";
+  std::map<std::string, std::string> weight_map;  // HF name -> file, from the index
+  if (fs::exists(single)) {
+    file_names_.push_back("model.safetensors");
+  } else {
+    STP_CHECK(fs::exists(index), dir, ": has neither model.safetensors nor ",
+              "model.safetensors.index.json (save the model with safe_serialization=True; ",
+              "pytorch_model.bin is not read)");
+    const json j = read_json_file(index, "safetensors index");
+    STP_CHECK(j.contains("weight_map") && j["weight_map"].is_object(), index,
+              ": has no weight_map object");
+    std::set<std::string> names;
+    for (auto& [name, file] : j["weight_map"].items()) {
+      STP_CHECK(file.is_string(), index, ": weight_map['", name, "'] is not a file name");
+      const std::string f = file.get<std::string>();
+      STP_CHECK(f.find('/') == std::string::npos, index, ": weight_map['", name, "']='", f,
+                "' must be a file in the folder");
+      weight_map[name] = f;
+      if (names.insert(f).second) file_names_.push_back(f);
+    }
+  }
+  for (std::size_t i = 0; i < file_names_.size(); ++i) {
+    const std::string path = dir + "/" + file_names_[i];
+    STP_CHECK(fs::exists(path), dir, ": ", file_names_[i],
+              " is missing (named by model.safetensors.index.json)");
+    SafetensorsHeader header = read_safetensors_header(path);
+    files_.push_back(std::make_shared<const data::MappedFile>(path));
+    for (SafetensorsEntry& e : header.entries) {
+      auto it = stored_.find(e.name);
+      STP_CHECK(it == stored_.end(), dir, ": tensor '", e.name, "' is stored twice (in ",
+                file_names_[it->second.file], " and ", file_names_[i], ")");
+      if (!weight_map.empty()) {
+        auto w = weight_map.find(e.name);
+        STP_CHECK(w != weight_map.end() && w->second == file_names_[i], path, ": tensor '", e.name,
+                  "' is not listed for this file in model.safetensors.index.json");
+      }
+      const std::string name = e.name;
+      stored_[name] = Stored{static_cast<int>(i), std::move(e), header.data_start};
+    }
+  }
+  for (const auto& [name, file] : weight_map)
+    STP_CHECK(stored_.count(name), dir, ": tensor '", name, "' listed in the index is not in ",
+              file);
+}
+
+at::Tensor HfImport::stored(const std::string& hf_name) const {
+  const Stored& s = stored_.at(hf_name);
+  std::shared_ptr<const data::MappedFile> file = files_[s.file];
+  if (s.entry.end == s.entry.begin) return at::empty(s.entry.shape, at::dtype(s.entry.dtype));
+  // The mapping is read-only: the view is only ever read (copied into parameters).
+  void* p = const_cast<std::byte*>(file->data() + s.data_start + s.entry.begin);
+  return at::from_blob(
+      p, s.entry.shape, [file](void*) {}, at::TensorOptions().dtype(s.entry.dtype));
+}
+
+void HfImport::match(const std::vector<HfTensorMap>& rows,
+                     const std::vector<std::string>& skippable) {
+  std::set<std::string> used;
+  for (const HfTensorMap& row : rows) {
+    std::string name = row.hf;
+    if (!stored_.count(name) && !row.tied_to.empty()) name = row.tied_to;
+    auto it = stored_.find(name);
+    STP_CHECK(it != stored_.end(), dir_, ": tensor '", row.hf, "' is missing (", architecture_,
+              " needs it for stp's ", row.stp, ")");
+    STP_CHECK(it->second.entry.shape == row.hf_shape, dir_, ": tensor '", name, "' has shape ",
+              shape_str(it->second.entry.shape), ", expected ", shape_str(row.hf_shape),
+              " from config.json");
+    const at::ScalarType t = it->second.entry.dtype;
+    STP_CHECK(at::isFloatingType(t), dir_, ": tensor '", name, "' has dtype ", t,
+              "; a floating-point dtype was expected");
+    used.insert(name);
+    HfTensorMap resolved = row;
+    resolved.hf = name;
+    rows_[row.stp] = resolved;
+  }
+  for (const auto& [name, s] : stored_) {
+    if (used.count(name)) continue;
+    bool skip = false;
+    for (const std::string& suffix : skippable)
+      skip = skip || (name.size() >= suffix.size() &&
+                      name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0);
+    STP_CHECK(skip, dir_, ": tensor '", name, "' (shape ", shape_str(s.entry.shape),
+              ") has no place in stp's model for this ", architecture_,
+              " (a different architecture or more layers than config.json says)");
+  }
+}
+
+HfImport HfImport::gpt2(const std::string& dir, const models::GptConfig& cfg) {
+  const models::GptConfig file = read_gpt2_config(dir);
+  const std::string where = dir + "/config.json";
+  auto same = [&](const char* hf_key, std::int64_t theirs, const char* stp_key, std::int64_t ours) {
+    STP_CHECK(theirs == ours, where, ": ", hf_key, "=", theirs, " but stp's model.", stp_key, "=",
+              ours);
+  };
+  same("vocab_size", file.vocab, "vocab", cfg.vocab);
+  same("n_embd", file.d_model, "d_model", cfg.d_model);
+  same("n_head", file.n_heads, "n_heads", cfg.n_heads);
+  same("n_layer", file.n_layers, "n_layers", cfg.n_layers);
+  same("n_inner (MLP hidden)", file.hidden(), "mlp_hidden", cfg.hidden());
+  STP_CHECK(cfg.seq_len <= file.seq_len, where, ": n_positions=", file.seq_len,
+            " is shorter than stp's model.seq_len=", cfg.seq_len);
+  STP_CHECK(std::abs(file.ln_eps - cfg.ln_eps) <= 1e-12 * cfg.ln_eps, where,
+            ": layer_norm_epsilon=", file.ln_eps, " but stp's GPT uses ", cfg.ln_eps);
+  HfImport imp;
+  imp.architecture_ = kGpt2Arch;
+  imp.open(dir);
+  const std::string prefix =
+      imp.stored_.count("transformer.wte.weight") || !imp.stored_.count("wte.weight")
+          ? "transformer."
+          : "";
+  imp.match(gpt2_tensor_map(cfg, file.seq_len, prefix), {".attn.bias", ".attn.masked_bias"});
+  return imp;
+}
+
+at::Tensor HfImport::full(const std::string& stp_name) const {
+  auto it = rows_.find(stp_name);
+  STP_CHECK(it != rows_.end(), dir_, ": stp parameter '", stp_name, "' has no ", architecture_,
+            " tensor");
+  return hf_to_stp(stored(it->second.hf), it->second);
+}
+
+at::Tensor HfImport::shard(const std::string& stp_name, int shard_dim, int tp_rank,
+                           int tp_size) const {
+  at::Tensor f = full(stp_name);
+  if (shard_dim < 0) return f;
+  const std::int64_t n = f.size(shard_dim);
+  STP_CHECK(n % tp_size == 0, stp_name, ": dim ", shard_dim, " of size ", n,
+            " is not divisible by tp=", tp_size);
+  return f.narrow(shard_dim, tp_rank * (n / tp_size), n / tp_size);
+}
+
+// ---- export ------------------------------------------------------------------------------
+
+std::int64_t write_gpt2_folder(const std::string& out, const models::GptConfig& cfg,
+                               const TensorMap& full) {
+  cfg.validate();
+  const std::vector<HfTensorMap> rows = gpt2_tensor_map(cfg, cfg.seq_len);
+  auto get = [&](const std::string& name) -> const at::Tensor& {
+    auto it = full.find(name);
+    STP_CHECK(it != full.end(), "export: parameter '", name, "' is missing");
+    return it->second;
+  };
+  const bool tied = at::equal(get("wte"), get("lm_head.w"));
+  TensorMap hf;
+  at::ScalarType dtype = get("wte").scalar_type();
+  for (const HfTensorMap& row : rows) {
+    const at::Tensor& t = get(row.stp);
+    STP_CHECK(t.sizes().vec() == row.stp_shape, "export: parameter '", row.stp, "' has shape ",
+              shape_str(t.sizes()), ", expected ", shape_str(row.stp_shape));
+    if (row.stp == "lm_head.w" && tied) continue;
+    hf[row.hf] = stp_to_hf(t.cpu(), row);
+  }
+  fs::create_directories(out);
+  write_safetensors(out + "/model.safetensors", hf, {{"format", "pt"}});
+  const bool gpt2_vocab = cfg.vocab == 50257;  // GPT-2's tokenizer: <|endoftext|> is 50256
+  json c = {
+      {"architectures", {kGpt2Arch}},
+      {"model_type", "gpt2"},
+      {"vocab_size", cfg.vocab},
+      {"n_positions", cfg.seq_len},
+      {"n_embd", cfg.d_model},
+      {"n_head", cfg.n_heads},
+      {"n_layer", cfg.n_layers},
+      {"n_inner", cfg.mlp_hidden > 0 ? json(cfg.mlp_hidden) : json(nullptr)},
+      {"activation_function", "gelu_new"},
+      {"layer_norm_epsilon", cfg.ln_eps},
+      {"resid_pdrop", 0.0},
+      {"embd_pdrop", 0.0},
+      {"attn_pdrop", 0.0},
+      {"scale_attn_weights", true},
+      {"scale_attn_by_inverse_layer_idx", false},
+      {"reorder_and_upcast_attn", false},
+      {"initializer_range", 0.02},
+      {"tie_word_embeddings", tied},
+      {"bos_token_id", gpt2_vocab ? json(50256) : json(nullptr)},
+      {"eos_token_id", gpt2_vocab ? json(50256) : json(nullptr)},
+      {"dtype", models::dtype_name(dtype)},
+  };
+  write_file(out + "/config.json", c.dump(2) + "\n");
+  return static_cast<std::int64_t>(hf.size());
+}
+
+HfExportResult export_checkpoint_to_hf(const std::string& checkpoint, const std::string& out) {
+  const Manifest m = read_manifest(checkpoint);
+  const json& model = m.info.model;
+  const std::string arch = model.value("arch", std::string("gpt"));
+  STP_CHECK(arch == "gpt", checkpoint, ": model.arch='", arch,
+            "' cannot be exported yet (supported: gpt, as ", kGpt2Arch, ")");
+  models::GptConfig cfg;
+  try {
+    cfg.vocab = model.at("vocab").get<std::int64_t>();
+    cfg.seq_len = model.at("seq_len").get<std::int64_t>();
+    cfg.d_model = model.at("d_model").get<std::int64_t>();
+    cfg.n_heads = model.at("n_heads").get<std::int64_t>();
+    cfg.n_layers = model.at("n_layers").get<std::int64_t>();
+    cfg.mlp_hidden = model.value("mlp_hidden", std::int64_t{0});
+    cfg.dtype = models::parse_dtype(model.value("dtype", std::string("float32")));
+  } catch (const json::exception& e) {
+    STP_CHECK(false, checkpoint, "/manifest.json: model config is incomplete: ", e.what());
+  }
+  cfg.validate();
+  const CheckpointLayout& lay = m.info.layout;
+  // Global rank = (pp_idx * dp + dp_idx) * tp + tp_idx (engine/comm.h): the DP-0 replica.
+  std::map<std::string, std::vector<at::Tensor>> shards;  // name -> by tp rank
+  HfExportResult r;
+  for (int rank = 0; rank < lay.world; ++rank) {
+    const int tp_idx = rank % lay.tp, dp_idx = (rank / lay.tp) % lay.dp;
+    if (dp_idx != 0) continue;
+    TensorMap t = load_shard(checkpoint, m, rank);
+    ++r.ranks_read;
+    for (auto& [name, value] : t) {
+      if (name.rfind("param/", 0) != 0) continue;
+      auto& v = shards[name.substr(6)];
+      if (v.size() < static_cast<std::size_t>(lay.tp)) v.resize(lay.tp);
+      v[tp_idx] = value;
+    }
+  }
+  TensorMap full;
+  for (const models::ParamSpec& spec : models::gpt_param_specs(cfg)) {
+    auto it = shards.find(spec.name);
+    STP_CHECK(it != shards.end(), checkpoint, ": has no parameter '", spec.name,
+              "' (not a GPT checkpoint?)");
+    for (int i = 0; i < lay.tp; ++i)
+      STP_CHECK(it->second[i].defined(), checkpoint, ": parameter '", spec.name,
+                "' has no shard from tp rank ", i);
+    full[spec.name] =
+        spec.shard_dim < 0 ? it->second[0] : at::cat(it->second, spec.shard_dim).contiguous();
+  }
+  r.architecture = kGpt2Arch;
+  r.config = cfg;
+  r.tensors = write_gpt2_folder(out, cfg, full);
+  return r;
+}
+
+}  // namespace stp::checkpoint

@@ -1,0 +1,129 @@
+// Hugging Face model folders in and out: a folder `transformers` writes with save_pretrained
+// (config.json, and model.safetensors or shards listed in model.safetensors.index.json) read
+// into stp's parameters by name, and stp parameters written back as such a folder.
+//
+// Note [HF tensor maps]
+// A model family is a table of HfTensorMap rows, one per stp parameter: the HF tensor it comes
+// from, the HF shape expected, and how the HF layout maps onto stp's (out, in) layout
+// (HfLayout). Import reads each row through a zero-copy view of the memory-mapped file, so a
+// rank that slices its TP shard out of the view touches only the pages of that slice; export
+// applies the inverse of the same row. GPT-2 (GPT2LMHeadModel) is the table gpt2_tensor_map;
+// another family (Llama: q/k/v/o, gate/up/down, RMSNorm weights; see docs/checkpoints.md) is
+// another table, a config reader and an HfImport factory beside gpt2()'s.
+//
+// Every mismatch is one line naming the file, the tensor or config field, the expected and the
+// found value (std::invalid_argument).
+//
+// Thread-safety: an HfImport is immutable after construction; any thread may read views.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "checkpoint/safetensors.h"
+#include "models/gpt_config.h"
+
+namespace stp::data {
+class MappedFile;
+}
+
+namespace stp::checkpoint {
+
+// How an HF tensor is laid out relative to stp's full tensor.
+enum class HfLayout {
+  kSame,       // identical
+  kConv1D,     // GPT-2's Conv1D stores (in, out); stp stores (out, in): a transpose
+  kConv1DQkv,  // c_attn.weight (C, 3C), columns [q | k | v] -> stp's qkv.w (3, C, C)
+  kQkvBias,    // c_attn.bias (3C) -> stp's qkv.b (3, C)
+  kFirstRows,  // wpe (n_positions, C) -> stp's (seq_len, C): the first seq_len rows
+};
+
+struct HfTensorMap {
+  std::string stp;                      // stp parameter name ("layers.3.attn.qkv.w")
+  std::string hf;                       // HF tensor name ("transformer.h.3.attn.c_attn.weight")
+  HfLayout layout = HfLayout::kSame;    //
+  std::vector<std::int64_t> hf_shape;   // expected in the HF file
+  std::vector<std::int64_t> stp_shape;  // stp's full shape
+  std::string tied_to;  // HF tensor read when `hf` is absent (a tied lm_head: wte); "" required
+};
+
+// stp's full tensor from the HF tensor (a view when the layout allows; no copy).
+at::Tensor hf_to_stp(const at::Tensor& hf, const HfTensorMap& row);
+// The HF tensor from stp's full tensor, contiguous.
+at::Tensor stp_to_hf(const at::Tensor& full, const HfTensorMap& row);
+
+// GPT-2 <-> stp's GPT (Note [GPT parameter layout]). Reads `dir`/config.json and checks that it
+// describes a GPT2LMHeadModel stp's GPT computes exactly: gelu_new (tanh) activation, scaled
+// attention not scaled by layer index, no cross-attention. Returns its shape as a GptConfig:
+// vocab_size, n_positions (as seq_len), n_embd, n_head, n_layer, n_inner (0 when null),
+// layer_norm_epsilon. Dropout probabilities are ignored (stp has no dropout).
+models::GptConfig read_gpt2_config(const std::string& dir);
+// The rows for `cfg` (its seq_len rows of wpe out of `n_positions`), HF names with `prefix`
+// ("transformer." as GPT2LMHeadModel saves them, "" in the original OpenAI files).
+std::vector<HfTensorMap> gpt2_tensor_map(const models::GptConfig& cfg, std::int64_t n_positions,
+                                         const std::string& prefix = "transformer.");
+
+// An HF folder opened and matched against a tensor map.
+class HfImport {
+ public:
+  // GPT2LMHeadModel in `dir` for stp's GPT of shape `cfg`: config.json must give cfg's vocab,
+  // d_model, n_heads, n_layers, hidden and ln_eps, and n_positions >= cfg.seq_len; every
+  // tensor must be there with its shape and no other tensor may be (GPT-2's causal-mask
+  // buffers attn.bias / attn.masked_bias are skipped).
+  static HfImport gpt2(const std::string& dir, const models::GptConfig& cfg);
+
+  // stp's full tensor `stp_name`, a read-only view of the mapped file (no copy; writing
+  // through it faults). Throws std::invalid_argument for a name the map lacks.
+  at::Tensor full(const std::string& stp_name) const;
+  // The TP rank's slice of full() along shard_dim (-1: all of it), still a view.
+  at::Tensor shard(const std::string& stp_name, int shard_dim, int tp_rank, int tp_size) const;
+
+  const std::string& dir() const { return dir_; }
+  const std::string& architecture() const { return architecture_; }
+  std::size_t size() const { return rows_.size(); }  // stp tensors mapped
+
+ private:
+  struct Stored {  // one HF tensor: where its bytes are
+    int file = 0;
+    SafetensorsEntry entry;
+    std::uint64_t data_start = 0;
+  };
+  HfImport() = default;
+  void open(const std::string& dir);  // maps the safetensors files, reads their headers
+  at::Tensor stored(const std::string& hf_name) const;
+  void match(const std::vector<HfTensorMap>& rows, const std::vector<std::string>& skippable);
+
+  std::string dir_;
+  std::string architecture_;
+  std::vector<std::string> file_names_;
+  std::vector<std::shared_ptr<const data::MappedFile>> files_;
+  std::map<std::string, Stored> stored_;     // HF name -> bytes
+  std::map<std::string, HfTensorMap> rows_;  // stp name -> row
+};
+
+// Writes `out` (created if missing) as a GPT2LMHeadModel folder: config.json and
+// model.safetensors, tensors in the dtype of `full`. `full` holds every parameter of
+// gpt_param_specs(cfg) as full (unsharded) CPU tensors. The head is tied
+// (tie_word_embeddings) when lm_head.w equals wte exactly, else written as lm_head.weight.
+// n_positions is cfg.seq_len. Returns the number of tensors written.
+std::int64_t write_gpt2_folder(const std::string& out, const models::GptConfig& cfg,
+                               const TensorMap& full);
+
+struct HfExportResult {
+  std::string architecture;  // "GPT2LMHeadModel"
+  std::int64_t tensors = 0;  // written
+  std::int64_t ranks_read = 0;
+  models::GptConfig config;
+};
+// An stp checkpoint folder (DIR/step_N, any tp x pp x dp layout) as an HF folder at `out`:
+// every parameter's TP shards (from the DP-rank-0 replica, each shard's checksum verified)
+// concatenated along its shard dimension, then write_gpt2_folder.
+HfExportResult export_checkpoint_to_hf(const std::string& checkpoint, const std::string& out);
+
+}  // namespace stp::checkpoint
