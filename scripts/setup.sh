@@ -49,8 +49,9 @@ fi
 # --- Python packages the scripts and tests use, in the same env ---------------
 # (checked on their own: a machine that already had torch gets them too)
 #   tokenizers: scripts/prepare_data.py's BPE tokenizer (tests/data runs the script)
-PY_PKGS=(numpy safetensors tokenizers)
-if "$STP_VENV/bin/python" -c "import numpy, safetensors, tokenizers" 2>/dev/null; then
+#   transformers: the outside client of the Hugging Face import/export tests (tests/checkpoint)
+PY_PKGS=(numpy safetensors tokenizers transformers)
+if "$STP_VENV/bin/python" -c "import numpy, safetensors, tokenizers, transformers" 2>/dev/null; then
   say "python packages: all present (${PY_PKGS[*]})"
 else
   say "installing python packages into $STP_VENV: ${PY_PKGS[*]}"
