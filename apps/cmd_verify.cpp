@@ -5,6 +5,7 @@
 #include "cli.h"
 #include "command.h"
 #include "common/bytes.h"
+#include "common/check.h"
 #include "engine/comm_options.h"
 #include "train/verify_layout.h"
 
@@ -24,15 +25,27 @@ int verify(const std::vector<std::string>& args) {
                  "off, bytes (2GiB) or a % of the unconstrained peak");
   app.add_option("--tolerance", a.tolerance, "largest accepted relative error");
   app.add_option("--seed", a.seed, "model and data seed");
+  app.add_option("--model", a.model, "gpt (default) or llama");
+  app.add_option("--kv-heads", a.kv_heads,
+                 "llama: key/value heads, dividing the 4*tp query heads (0: half of them; fewer "
+                 "than tp: replicated over TP)");
+  app.add_option("--rope-theta", a.rope_theta, "llama: rotary base (default 10000)");
+  app.add_flag("--tie-embeddings", a.tie_embeddings,
+               "llama: the LM head reuses the token embedding (one stage: --pp 1, 1f1b or zb-h1)");
   app.add_option("--threads", a.threads,
                  "CPU threads per rank (0: OMP_NUM_THREADS if set, else the cores / the ranks)");
   if (int rc = parse(app, args); rc >= 0) return rc;
 
   const train::VerifyReport r = train::verify_layout(a, engine::launch_env_from_environment());
   if (!r.lead) return 0;  // rank 0 reports for the job
+  std::string model;      // the GPT's line is unchanged
+  if (a.model == "llama")
+    model =
+        str_printf("model=llama kv_heads=%lld rope_theta=%g%s ", static_cast<long long>(r.kv_heads),
+                   a.rope_theta, a.tie_embeddings ? " tied_embeddings" : "");
   std::printf(
-      "stp verify: schedule=%s tp=%d pp=%d microbatches=%d offload=%s (float64, %lld layers)\n",
-      a.schedule.c_str(), a.tp, a.pp, r.microbatches, a.budget.c_str(),
+      "stp verify: %sschedule=%s tp=%d pp=%d microbatches=%d offload=%s (float64, %lld layers)\n",
+      model.c_str(), a.schedule.c_str(), a.tp, a.pp, r.microbatches, a.budget.c_str(),
       static_cast<long long>(r.layers));
   std::printf("  activation peak %s per rank (measured), %s offloaded and reloaded\n",
               format_bytes(static_cast<double>(r.peak_bytes)).c_str(),

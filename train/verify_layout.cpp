@@ -13,6 +13,7 @@
 #include "engine/comm.h"
 #include "engine/trainer.h"
 #include "models/gpt.h"
+#include "models/llama.h"
 #include "schedule/generators.h"
 #include "train/train_config.h"
 
@@ -37,12 +38,39 @@ GptConfig verify_config(const VerifyOptions& a, int stages) {
   return c;
 }
 
-std::vector<MicroBatch> verify_batches(const GptConfig& c, int m, std::uint64_t seed) {
+// The Llama of the same size: 4*tp query heads of size 2 (rotary needs an even size).
+models::LlamaConfig verify_llama_config(const VerifyOptions& a, int stages) {
+  models::LlamaConfig c;
+  c.vocab = 37;
+  c.seq_len = 8;
+  c.n_heads = 4 * a.tp;
+  c.d_model = 2 * c.n_heads;
+  c.n_kv_heads = a.kv_heads > 0 ? a.kv_heads : c.n_heads / 2;
+  c.ffn_hidden = 3 * c.d_model;
+  c.n_layers = stages + 1;
+  c.rope_theta = a.rope_theta;
+  c.tie_embeddings = a.tie_embeddings;
+  c.dtype = at::kDouble;
+  c.init_std = 0.3;
+  c.seed = a.seed;
+  STP_CHECK(a.kv_heads >= 0 && c.n_heads % c.n_kv_heads == 0, "--kv-heads=", a.kv_heads,
+            " must divide the model's 4*tp=", c.n_heads, " query heads (0: half of them)");
+  STP_CHECK(std::isfinite(a.rope_theta) && a.rope_theta > 0, "--rope-theta=", a.rope_theta,
+            " must be > 0");
+  STP_CHECK(!a.tie_embeddings || stages == 1,
+            "--tie-embeddings needs one pipeline stage, but pp=", a.pp, " with schedule ",
+            a.schedule, " has ", stages, " (use --pp 1 with 1f1b or zb-h1)");
+  c.validate_layout(stages, a.tp);
+  return c;
+}
+
+std::vector<MicroBatch> verify_batches(std::int64_t vocab, std::int64_t seq_len, int m,
+                                       std::uint64_t seed) {
   at::Generator gen = at::detail::createCPUGenerator(seed);
   std::vector<MicroBatch> mbs;
   for (int i = 0; i < m; ++i)
-    mbs.push_back({at::randint(c.vocab, {2, c.seq_len}, gen, at::kLong),
-                   at::randint(c.vocab, {2, c.seq_len}, gen, at::kLong)});
+    mbs.push_back({at::randint(vocab, {2, seq_len}, gen, at::kLong),
+                   at::randint(vocab, {2, seq_len}, gen, at::kLong)});
   return mbs;
 }
 
@@ -53,8 +81,9 @@ struct Reference {
   std::map<std::string, at::Tensor> grads;
 };
 
-Reference run_reference(const GptConfig& c, const std::vector<MicroBatch>& mbs) {
-  models::GptChunk chunk(c, 0, 1, 0, 1);
+Reference run_reference(const engine::ModelFactory& model, const std::vector<MicroBatch>& mbs) {
+  std::unique_ptr<engine::Chunk> whole = model(0, 1, 0, 1);
+  engine::Chunk& chunk = *whole;
   chunk.zero_grad();
   Reference ref;
   for (std::size_t i = 0; i < mbs.size(); ++i) {
@@ -110,11 +139,12 @@ engine::TrainerOptions verify_trainer_options(const VerifyOptions& a) {
 }
 
 // Every rank of a launched job: one Trainer per process, figures reduced over the world.
-void run_launched(const VerifyOptions& a, const GptConfig& cfg, const std::vector<MicroBatch>& mbs,
-                  const Reference& ref, const engine::LaunchEnv& env, VerifyReport& errors) {
+void run_launched(const VerifyOptions& a, const engine::ModelFactory& model,
+                  const std::vector<MicroBatch>& mbs, const Reference& ref,
+                  const engine::LaunchEnv& env, VerifyReport& errors) {
   STP_CHECK(env.world_size == a.tp * a.pp, "stp verify runs with world size tp*pp=", a.tp * a.pp,
             " but the launcher started ", env.world_size, " ranks");
-  engine::Trainer t(models::gpt_model(cfg), verify_trainer_options(a));
+  engine::Trainer t(model, verify_trainer_options(a));
   errors.loss = t.step(mbs);
   compare_shards(t, ref, errors);
   auto& wg = t.world().world_group();
@@ -128,7 +158,7 @@ void run_launched(const VerifyOptions& a, const GptConfig& cfg, const std::vecto
 }
 
 // The whole job as threads of this process (engine::run_in_process).
-void run_as_threads(const VerifyOptions& a, const GptConfig& cfg,
+void run_as_threads(const VerifyOptions& a, const engine::ModelFactory& model,
                     const std::vector<MicroBatch>& mbs, const Reference& ref, int cpu_threads,
                     VerifyReport& errors) {
   engine::CommOptions co;
@@ -138,7 +168,7 @@ void run_as_threads(const VerifyOptions& a, const GptConfig& cfg,
   engine::run_in_process(a.tp * a.pp, co, [&](std::unique_ptr<engine::World> world) {
     at::set_num_threads(cpu_threads);  // OpenMP's thread count is per thread
     const int r = world->rank();
-    engine::Trainer t(models::gpt_model(cfg), verify_trainer_options(a), std::move(world));
+    engine::Trainer t(model, verify_trainer_options(a), std::move(world));
     const double l = t.step(mbs);
     VerifyReport mine;
     compare_shards(t, ref, mine);
@@ -164,20 +194,37 @@ VerifyReport verify_layout(const VerifyOptions& options, const engine::LaunchEnv
   STP_CHECK(a.tolerance > 0, "--tolerance=", a.tolerance, " must be > 0");
   if (a.microbatches == 0)
     a.microbatches = schedule::min_microbatches(kind, a.pp, 0, kMinDefaultMicrobatches);
-  const GptConfig cfg = verify_config(a, a.pp * schedule::default_chunks(kind));
-  const auto mbs = verify_batches(cfg, a.microbatches, a.seed + 1);
+  STP_CHECK(a.model == "gpt" || a.model == "llama", "--model='", a.model,
+            "' is unknown; use gpt or llama");
+  STP_CHECK(a.model == "llama" || (a.kv_heads == 0 && a.rope_theta == VerifyOptions().rope_theta &&
+                                   !a.tie_embeddings),
+            "--kv-heads, --rope-theta and --tie-embeddings apply to --model llama, not --model ",
+            a.model);
+  const int stages = a.pp * schedule::default_chunks(kind);
+  const GptConfig cfg = verify_config(a, stages);
+  engine::ModelFactory model;
+  std::int64_t kv_heads = 0;
+  if (a.model == "llama") {
+    const models::LlamaConfig lc = verify_llama_config(a, stages);
+    model = models::llama_model(lc);
+    kv_heads = lc.kv_heads();
+  } else {
+    model = models::gpt_model(cfg);
+  }
+  const auto mbs = verify_batches(cfg.vocab, cfg.seq_len, a.microbatches, a.seed + 1);
   // Launched: one rank per process. Otherwise tp*pp rank threads share this process's cores.
   const int threads = cpu_threads(a.threads, env, env.launched ? 0 : a.tp * a.pp).count;
   at::set_num_threads(threads);
-  const Reference ref = run_reference(cfg, mbs);
+  const Reference ref = run_reference(model, mbs);
 
   VerifyReport r;
   if (env.launched)
-    run_launched(a, cfg, mbs, ref, env, r);
+    run_launched(a, model, mbs, ref, env, r);
   else
-    run_as_threads(a, cfg, mbs, ref, threads, r);
+    run_as_threads(a, model, mbs, ref, threads, r);
   r.microbatches = a.microbatches;
-  r.layers = cfg.n_layers;
+  r.layers = cfg.n_layers;  // the same layer count for both models
+  r.kv_heads = kv_heads;
   r.reference_loss = ref.loss;
   r.loss_diff = std::abs(r.loss - ref.loss);
   r.ok = r.loss_diff <= a.tolerance * std::max(1.0, std::abs(ref.loss)) && r.max_rel <= a.tolerance;

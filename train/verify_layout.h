@@ -1,5 +1,6 @@
 // verify_layout: one training step of a TP x PP layout, schedule and offload budget on a small
-// random float64 GPT, against the same step as a single-process reference (one chunk, TP 1, no
+// random float64 model (the GPT, or a Llama with the chosen key/value heads, rotary base and
+// embedding tying), against the same step as a single-process reference (one chunk, TP 1, no
 // pipeline): the loss difference and the largest relative gradient error over all parameters.
 // `stp verify` prints the report; a layout is trusted when both are within the tolerance.
 //
@@ -23,13 +24,19 @@ struct VerifyOptions {
   std::string budget = "off";    // engine::parse_offload_budget
   double tolerance = 1e-9;       // > 0
   std::uint64_t seed = 1;
-  int threads = 0;  // CPU intra-op threads per rank; 0: cpu_threads' default
+  int threads = 0;            // CPU intra-op threads per rank; 0: cpu_threads' default
+  std::string model = "gpt";  // gpt or llama
+  // Llama only. The model has 4*tp query heads of size 2.
+  int kv_heads = 0;             // key/value heads, dividing 4*tp; 0: half the query heads
+  double rope_theta = 10000.0;  // rotary base; > 0
+  bool tie_embeddings = false;  // needs one stage (pp 1, a one-chunk schedule)
 };
 
 struct VerifyReport {
   bool lead = true;  // this process prints (rank 0, or the only process)
   int microbatches = 0;
   std::int64_t layers = 0;
+  std::int64_t kv_heads = 0;         // llama: the key/value heads it ran with
   std::int64_t peak_bytes = 0;       // measured activation peak, max over ranks
   std::int64_t offloaded_bytes = 0;  // measured, sum over ranks
   double loss = 0, reference_loss = 0, loss_diff = 0;
