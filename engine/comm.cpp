@@ -22,6 +22,7 @@ static_assert(NCCL_VERSION_CODE == STP_TORCH_NCCL_VERSION_CODE,
 #include <mutex>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "common/check.h"
 
@@ -96,9 +97,7 @@ const char* to_string(CommBackend backend) {
 
 CommBackend resolve_backend(CommBackend requested, bool cuda) {
   if (requested == CommBackend::kAuto) return cuda ? CommBackend::kNccl : CommBackend::kGloo;
-  STP_CHECK(!(requested == CommBackend::kGloo && cuda),
-            "comm backend gloo with a model on a CUDA device: Gloo's P2P cannot carry CUDA "
-            "tensors; use nccl or auto");
+  // Gloo with CUDA stages through host memory (Note [Gloo with CUDA tensors]).
   STP_CHECK(!(requested == CommBackend::kNccl && !cuda),
             "comm backend nccl with a model on the CPU: NCCL needs CUDA tensors; use gloo or auto");
   return requested;
@@ -148,6 +147,7 @@ void CommHandle::wait() {
     throw std::runtime_error(
         str_cat(what_, " failed or timed out after ", timeout_.count(), " ms: ", msg));
   }
+  if (then_) std::exchange(then_, nullptr)();
 }
 
 // ---- Group ----------------------------------------------------------------------------------
@@ -198,10 +198,18 @@ CommHandle Group::all_reduce_async(at::Tensor& t, c10d::ReduceOp op) {
   return {backend_->allreduce(ts, opts), describe("all_reduce"), timeout_, wait_kind_};
 }
 
+bool Group::stages(const at::Tensor& t) const { return !nccl_ && (t.is_cuda() || stage_all_); }
+
+// Host memory for a staged message: pinned for a CUDA tensor, so the copies use the DMA engine.
+at::Tensor Group::host_buffer(const at::Tensor& t) const {
+  return at::empty(t.sizes(), t.options().device(at::kCPU).pinned_memory(t.is_cuda()));
+}
+
 CommHandle Group::send_async(at::Tensor& t, int peer, int tag) {
   check_tensor(t, "send");
   STP_ASSERT(peer >= 0 && peer < size() && peer != my_index_, "peer ", peer);
   std::vector<at::Tensor> ts{t};
+  if (stages(t)) ts[0] = host_buffer(t).copy_(t);  // the backend's work keeps it alive
   return {backend_->send(ts, peer, tag), describe("send", peer), timeout_, wait_kind_};
 }
 
@@ -209,7 +217,11 @@ CommHandle Group::recv_async(at::Tensor& t, int peer, int tag) {
   check_tensor(t, "recv");
   STP_ASSERT(peer >= 0 && peer < size() && peer != my_index_, "peer ", peer);
   std::vector<at::Tensor> ts{t};
-  return {backend_->recv(ts, peer, tag), describe("recv", peer), timeout_, wait_kind_};
+  const bool staged = stages(t);
+  if (staged) ts[0] = host_buffer(t);
+  CommHandle h{backend_->recv(ts, peer, tag), describe("recv", peer), timeout_, wait_kind_};
+  if (staged) h.then([dst = t, src = ts[0]]() mutable { dst.copy_(src); });
+  return h;
 }
 
 CommHandle Group::broadcast_async(at::Tensor& t, int root) {

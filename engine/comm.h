@@ -21,6 +21,14 @@
 // Group checks each tensor against what it carries and names the group when one is misrouted;
 // its scalar helpers allocate on the group's own device.
 //
+// Note [Gloo with CUDA tensors]
+// Several ranks on one GPU cannot use NCCL (it refuses two ranks on one device), so a job may
+// run Gloo with a model on CUDA: slow, for checking the CUDA executor, streams and offload on
+// one card. Gloo's collectives stage CUDA tensors through host memory themselves; its send and
+// recv would hand a device pointer to the TCP transport, so a Group stages them: a send copies
+// the tensor into pinned host memory first (the copy waits for the current stream), a receive
+// lands in host memory and is copied to the device inside wait().
+//
 // Note [P2P channels]
 // NCCL runs every unbatched send/recv between two ranks of one process group on one
 // communicator and one stream, in issue order, and a send cannot complete before its peer
@@ -80,13 +88,17 @@ class CommHandle {
   // (kStream) the backend recorded its stream on the tensors, so the caching allocator keeps
   // their memory until the operation finished (NCCL does for send and recv) and its watchdog
   // reports a failure.
-  bool droppable() const { return wait_kind_ == WaitKind::kStream || done(); }
+  bool droppable() const { return !then_ && (wait_kind_ == WaitKind::kStream || done()); }
+  // Runs `fn` once the operation completed, inside wait() (a staged receive's copy to the
+  // device).
+  void then(std::function<void()> fn) { then_ = std::move(fn); }
 
  private:
   c10::intrusive_ptr<c10d::Work> work_;
   std::string what_;  // "all_reduce on group tp0 (ranks 0,1)"
   std::chrono::milliseconds timeout_{0};
   WaitKind wait_kind_ = WaitKind::kHost;
+  std::function<void()> then_;
 };
 
 // What a group's tensors live on (Note [Host and device groups]).
@@ -117,6 +129,9 @@ class Group {
   CommHandle broadcast_async(at::Tensor& t, int root);
   void barrier();
 
+  // Test seam for Note [Gloo with CUDA tensors]: stage every send and recv, CPU tensors too.
+  void stage_all_p2p_for_testing() { stage_all_ = true; }
+
   // Convenience: blocking sum / max of one double (grad norms, losses, error bounds).
   double all_reduce_sum(double x);
   double all_reduce_max(double x);
@@ -124,6 +139,8 @@ class Group {
  private:
   std::string describe(const char* op, int peer = -1) const;
   void check_tensor(const at::Tensor& t, const char* op) const;
+  bool stages(const at::Tensor& t) const;  // Note [Gloo with CUDA tensors]
+  at::Tensor host_buffer(const at::Tensor& t) const;
   double all_reduce_scalar(double x, c10d::ReduceOp op);
 
   std::string name_;
@@ -135,6 +152,7 @@ class Group {
   Carries carries_;
   c10::Device device_;
   bool nccl_;
+  bool stage_all_ = false;
 };
 
 // The pipeline's two P2P channels over the same ranks (Note [P2P channels]).

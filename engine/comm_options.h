@@ -8,14 +8,15 @@
 
 namespace stp::engine {
 
-// kAuto: NCCL when the model lives on a CUDA device, Gloo when it lives on the CPU.
+// kAuto: NCCL when the model lives on a CUDA device, Gloo when it lives on the CPU. kGloo with
+// a CUDA model stages through host memory (engine/comm.h, Note [Gloo with CUDA tensors]).
 enum class CommBackend { kAuto, kGloo, kNccl };
 
 const char* to_string(CommBackend backend);  // "auto", "gloo", "nccl"
 
-// The backend a model on a CUDA device (`cuda`) or on the CPU gets. Throws
-// std::invalid_argument for a pair that cannot work: Gloo's P2P cannot carry CUDA tensors, and
-// NCCL needs them.
+// The backend a model on a CUDA device (`cuda`) or on the CPU gets. Gloo with a CUDA model
+// stages every message through host memory (slow: for several ranks on one GPU, where NCCL
+// refuses). Throws std::invalid_argument for NCCL with a CPU model (NCCL needs CUDA tensors).
 CommBackend resolve_backend(CommBackend requested, bool cuda);
 
 // The CUDA device of the rank with this LOCAL_RANK: local_rank when the process sees several

@@ -120,7 +120,8 @@ TEST(CommDevice, TheBackendFollowsTheModelsDevice) {
   EXPECT_EQ(resolve_backend(CommBackend::kAuto, true), CommBackend::kNccl);
   EXPECT_EQ(resolve_backend(CommBackend::kGloo, false), CommBackend::kGloo);
   EXPECT_EQ(resolve_backend(CommBackend::kNccl, true), CommBackend::kNccl);
-  EXPECT_THROW(resolve_backend(CommBackend::kGloo, true), std::invalid_argument);
+  // Gloo with a CUDA model stages through host memory (Note [Gloo with CUDA tensors]).
+  EXPECT_EQ(resolve_backend(CommBackend::kGloo, true), CommBackend::kGloo);
   EXPECT_THROW(resolve_backend(CommBackend::kNccl, false), std::invalid_argument);
   EXPECT_STREQ(to_string(CommBackend::kAuto), "auto");
 }
@@ -191,6 +192,30 @@ TEST(Comm, SendRecvMatchByTagInAnyOrder) {
       EXPECT_FLOAT_EQ(y[2].item<float>(), 20.0f);
     }
     pp.barrier();
+  });
+}
+
+// Note [Gloo with CUDA tensors]: a staged send copies into host memory before Gloo sees it, and
+// a staged receive lands in host memory and reaches its tensor inside wait(), not before.
+TEST(Comm, StagedSendAndRecvDeliverIntoTheTensorAtTheWait) {
+  run_ranks(2, layout(1, 2), [](World& w) {
+    Group& up = w.pipe().up();
+    up.stage_all_p2p_for_testing();
+    if (up.rank() == 0) {
+      at::Tensor x = at::arange(12, at::kDouble).view({3, 4});
+      CommHandle h = up.send_async(x, 1, 0);
+      x.zero_();  // the message was copied out at the send: this does not reach the peer
+      h.wait();
+      w.world_group().barrier();
+    } else {
+      at::Tensor y = at::full({3, 4}, -1.0, at::kDouble);
+      CommHandle h = up.recv_async(y, 0, 0);
+      EXPECT_FALSE(h.droppable()) << "a staged receive must be waited for its copy to run";
+      w.world_group().barrier();  // the peer's send went out (Gloo's recv completes only in wait)
+      EXPECT_EQ(y[0][0].item<double>(), -1.0) << "written before wait()";
+      h.wait();
+      EXPECT_TRUE(at::equal(y, at::arange(12, at::kDouble).view({3, 4})));
+    }
   });
 }
 

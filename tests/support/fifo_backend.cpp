@@ -23,6 +23,7 @@ struct FifoFabric::Op {
   std::string group;
   std::string channel;
   bool done = false;
+  bool waited = false;
   std::string error;
 
   std::string describe() const {
@@ -124,6 +125,12 @@ class FifoFabric::Backend : public c10d::Backend {
             std::max(fabric_->max_live_sends_, static_cast<int>(sent.size()));
         sent.emplace_back(op->tensor.storage().getWeakStorageImpl());
       }
+      if (op->kind == Op::kAllReduce) {
+        auto& open = fabric_->unwaited_[str_cat(group_, "@", op->rank)];
+        std::erase_if(open, [](const auto& o) { return o->waited; });
+        fabric_->max_in_flight_ = std::max(fabric_->max_in_flight_, static_cast<int>(open.size()));
+        open.push_back(op);
+      }
     }
     fabric_->post(channel_, op);
     return c10::make_intrusive<Work>(fabric_, op);
@@ -159,6 +166,11 @@ engine::BackendFactory FifoFabric::factory() {
 std::vector<FifoFabric::Record> FifoFabric::records() const {
   std::lock_guard<std::mutex> lock(mu_);
   return records_;
+}
+
+int FifoFabric::max_collectives_in_flight() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return max_in_flight_;
 }
 
 int FifoFabric::max_live_sends() const {
@@ -267,6 +279,7 @@ std::string FifoFabric::stuck(const Op& op) const {
 bool FifoFabric::wait(const std::shared_ptr<Op>& op, std::chrono::milliseconds timeout) {
   if (timeout == ::kNoTimeout) timeout = options_.timeout;
   std::unique_lock<std::mutex> lock(mu_);
+  op->waited = true;
   if (!cv_.wait_for(lock, timeout, [&] { return op->done; }))
     throw std::runtime_error(
         str_cat("fifo backend: ", stuck(*op), " within ", timeout.count(), " ms (deadlock)"));

@@ -62,6 +62,10 @@ class FifoFabric {
   // by anyone: the sender's handles, the activation store) when that rank posted another send:
   // how long senders keep what they sent.
   int max_live_sends() const;
+  // The most collectives of one rank on one group posted and not yet waited for when that rank
+  // posted another: 0 when every collective is waited for before the next one starts (no
+  // overlap), >= 1 when a collective is in flight while the rank computes and starts the next.
+  int max_collectives_in_flight() const;
 
   struct Op;
   class Backend;
@@ -82,6 +86,9 @@ class FifoFabric {
   // (group, rank) -> the storages of its sends; guarded by mu_
   std::map<std::string, std::vector<c10::weak_intrusive_ptr<c10::StorageImpl>>> sent_;
   int max_live_sends_ = 0;  // guarded by mu_
+  // (group, rank) -> its collectives not yet waited for; guarded by mu_
+  std::map<std::string, std::vector<std::shared_ptr<Op>>> unwaited_;
+  int max_in_flight_ = 0;  // guarded by mu_
 };
 
 }  // namespace stp::testing
