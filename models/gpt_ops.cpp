@@ -10,6 +10,7 @@
 #include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu.h>
 #include <ATen/ops/_scaled_dot_product_flash_attention_for_cpu_backward.h>
 #include <ATen/ops/_softmax_backward_data.h>
+#include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/gelu.h>
@@ -23,6 +24,7 @@
 #include <ATen/ops/softmax.h>
 #include <ATen/ops/stack.h>
 
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <tuple>
@@ -81,14 +83,35 @@ at::Tensor linear_backward_input(const at::Tensor& dy, const at::Tensor& w) {
   return at::matmul(dy, w);
 }
 
+namespace {
+
+// float32 weight gradients of bfloat16 weights: on CUDA, cuBLAS accumulates dy^T x straight
+// into the float32 gradient (addmm's out_dtype form, CUDA only in 2.11), with no bfloat16
+// rounding of each microbatch's product and no temporary. Returns false where that form is
+// not available (the CPU; a CUDA build that refuses it is remembered after the first try).
+bool accumulate_in_place_(const at::Tensor& dw, const at::Tensor& dy2, const at::Tensor& x2) {
+  static std::atomic<bool> cuda_refuses{false};
+  if (!dw.is_cuda() || dw.scalar_type() != at::kFloat || cuda_refuses.load()) return false;
+  try {
+    at::Tensor out = dw;
+    at::addmm_out(out, dw, dy2.t(), x2, at::kFloat);
+    return true;
+  } catch (const c10::Error&) {
+    cuda_refuses.store(true);
+    return false;
+  }
+}
+
+}  // namespace
+
 void linear_weight_grad_(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& dw,
                          const at::Tensor& db) {
   at::Tensor dy2 = dy.reshape({-1, dy.size(-1)});  // (N, out)
   at::Tensor x2 = x.reshape({-1, x.size(-1)});     // (N, in)
   if (dw.scalar_type() == dy.scalar_type()) {
     dw.addmm_(dy2.t(), x2);
-  } else {
-    dw.add_(at::mm(dy2.t(), x2));  // wider accumulator (float32 grads of bfloat16 weights)
+  } else if (!accumulate_in_place_(dw, dy2, x2)) {
+    dw.add_(at::mm(dy2.t(), x2));  // a bfloat16 product, then the float32 add
   }
   if (db.defined()) db.add_(dy2.sum(0, /*keepdim=*/false, db.scalar_type()));
 }

@@ -299,6 +299,38 @@ TEST(Trainer, HostScalarsTravelOnHostGroupsOnly) {
   EXPECT_EQ(device_ops["send"], device_ops["recv"]);
 }
 
+// Issue #14 item 5: bfloat16 training follows float32. Bfloat16 activations and weights with
+// float32 master weights, moments and weight gradients (accumulated without a bfloat16
+// rounding of the sum), fp32 LayerNorm statistics, softmax and loss: over 30 steps memorising
+// one batch the loss stays within 3 % of the float32 run's at every step.
+TEST(Trainer, Bfloat16LossFollowsFloat32) {
+  auto losses = [](at::ScalarType dtype) {
+    models::GptConfig cfg = testing::make_config(29, 16, 32, 4, 2);
+    cfg.dtype = dtype;
+    const auto mbs = microbatches(cfg, 2, 5);
+    std::vector<double> out;
+    CommOptions co;
+    run_in_process(1, co, [&](std::unique_ptr<World> w) {
+      TrainerOptions o;
+      o.schedule = schedule::Kind::k1F1B;
+      o.microbatches = 2;
+      o.optimizer.lr = 3e-3;
+      Trainer t(models::gpt_model(cfg), o, std::move(w));
+      for (int step = 0; step < 30; ++step) out.push_back(t.step(mbs));
+    });
+    return out;
+  };
+  const std::vector<double> f32 = losses(at::kFloat), bf16 = losses(at::kBFloat16);
+  ASSERT_LT(f32.back(), 0.7 * f32.front()) << "the run must learn for the comparison to mean much";
+  double worst = 0;
+  for (std::size_t i = 0; i < f32.size(); ++i) {
+    EXPECT_NEAR(bf16[i], f32[i], 0.03 * f32[i]) << "step " << i + 1;
+    worst = std::max(worst, std::abs(bf16[i] - f32[i]) / f32[i]);
+  }
+  std::printf("bf16 vs fp32 loss over %zu steps: %.4f -> %.4f vs %.4f -> %.4f, worst %.2f %%\n",
+              f32.size(), bf16.front(), bf16.back(), f32.front(), f32.back(), 100 * worst);
+}
+
 TEST(Executor, StpWithLargeMIsExactToo) {
   expect_matches_reference(Job{"stp", 2, 2, 9});  // m >= 3p-1: the reference's own order
 }
