@@ -57,7 +57,7 @@ TEST(TrainCli, UnknownKeyIsOneLine) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(r.output,
             "stp train: error: --set: unknown key 'model.layers' (model has: vocab, seq_len, "
-            "d_model, n_heads, n_layers, mlp_hidden, dtype, init_seed)\n");
+            "d_model, n_heads, n_layers, mlp_hidden, dtype, init_seed, init_from)\n");
 }
 
 TEST(TrainCli, OutOfRangeAndBadFileAreOneLineEach) {
