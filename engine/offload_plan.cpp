@@ -13,7 +13,8 @@ namespace stp::engine {
 OffloadBudget parse_offload_budget(const std::string& text) {
   OffloadBudget b;
   if (text == "off" || text == "none" || text.empty()) return b;
-  const char* kForms = "use off, a size such as 512MiB or 2GiB, or a percentage such as 60%";
+  if (text == "auto") return OffloadBudget::automatic();
+  const char* kForms = "use off, auto, a size such as 512MiB or 2GiB, or a percentage such as 60%";
   if (text.back() == '%') {
     std::size_t used = 0;
     double p = 0;
@@ -55,7 +56,8 @@ std::string to_string(const OffloadBudget& budget) {
   switch (budget.kind) {
     case OffloadBudget::Kind::kOff: return "off";
     case OffloadBudget::Kind::kBytes: return std::to_string(budget.bytes);
-    case OffloadBudget::Kind::kPercent: return str_cat(budget.percent, "%");
+    case OffloadBudget::Kind::kPercent:
+      return budget.floor_if_below ? "auto" : str_cat(budget.percent, "%");
   }
   return "off";
 }
@@ -87,17 +89,21 @@ OffloadPlan plan_activation_offload(const schedule::Program& program,
   const double peak = schedule::simulate(program, costs).max_peak_bytes();
   double budget_bytes = b.kind == OffloadBudget::Kind::kBytes ? static_cast<double>(b.bytes)
                                                               : peak * b.percent / 100.0;
-  out.budget_bytes = static_cast<std::int64_t>(budget_bytes);
+  out.budget_bytes = out.asked_bytes = static_cast<std::int64_t>(budget_bytes);
   out.peak_bytes_before = out.peak_bytes_after = static_cast<std::int64_t>(peak);
   if (budget_bytes >= peak) return out;
   offload::Plan plan;
   try {
     plan = offload::plan_offload(program, costs, budget_bytes);
   } catch (const std::invalid_argument& e) {
-    const double minimum = offload::minimum_budget(program, costs);
-    if (budget_bytes < minimum)
-      throw OffloadBudgetTooSmall(e.what(), static_cast<std::int64_t>(std::ceil(minimum)));
-    throw;
+    const double minimum = std::ceil(offload::minimum_budget(program, costs));
+    if (budget_bytes >= minimum) throw;
+    if (!b.floor_if_below)
+      throw OffloadBudgetTooSmall(e.what(), static_cast<std::int64_t>(minimum));
+    out.at_floor = true;
+    out.budget_bytes = static_cast<std::int64_t>(std::min(minimum, peak));
+    if (minimum >= peak) return out;  // nothing offloadable lowers the peak: run without
+    plan = offload::plan_offload(program, costs, minimum);
   }
   out.program = std::move(plan.program);
   out.offloads = !plan.sets.empty();

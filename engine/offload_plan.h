@@ -14,24 +14,28 @@
 namespace stp::engine {
 
 // The device budget for activations: off, a size in bytes, or a percentage of the simulated
-// peak without offload. Parsed once from its text form ("off", "512MiB", "60%").
+// peak without offload. Parsed once from its text form ("off", "512MiB", "60%", "auto").
+// "auto" (the training config's default) is 80 % of the peak, or the smallest feasible budget
+// when 80 % is below it: a default never refuses a run; a budget the user wrote does.
 struct OffloadBudget {
   enum class Kind { kOff, kBytes, kPercent } kind = Kind::kOff;
-  std::int64_t bytes = 0;  // kBytes, > 0
-  double percent = 0;      // kPercent, (0, 100]
+  std::int64_t bytes = 0;       // kBytes, > 0
+  double percent = 0;           // kPercent, (0, 100]
+  bool floor_if_below = false;  // "auto": plan at the floor instead of refusing
 
   static OffloadBudget off() { return {}; }
   static OffloadBudget of_bytes(std::int64_t bytes) { return {Kind::kBytes, bytes, 0}; }
   static OffloadBudget of_percent(double percent) { return {Kind::kPercent, 0, percent}; }
+  static OffloadBudget automatic() { return {Kind::kPercent, 0, 80, true}; }
   bool is_off() const { return kind == Kind::kOff; }
   // Throws std::invalid_argument naming the value and its range.
   void validate() const;
 };
 
-// "off" | "<size>" (4096, 512MiB, 2GiB, 1.5GB) | "<p>%" with 0 < p <= 100. Throws
+// "off" | "<size>" (4096, 512MiB, 2GiB, 1.5GB) | "<p>%" with 0 < p <= 100 | "auto". Throws
 // std::invalid_argument naming the text and the accepted forms.
 OffloadBudget parse_offload_budget(const std::string& text);
-// The text form parse_offload_budget reads back ("off", "536870912", "60%").
+// The text form parse_offload_budget reads back ("off", "536870912", "60%", "auto").
 std::string to_string(const OffloadBudget& budget);
 
 // The budget is below the smallest one the planner can reach; minimum_bytes is that one.
@@ -49,6 +53,10 @@ struct OffloadPlan {
   std::int64_t peak_bytes_after = 0;
   std::int64_t host_bytes_per_rank = 0;  // pinned pool capacity a rank needs
   double slowdown = 0;                   // simulated step-time increase, fraction
+  // "auto" asked for less than the smallest feasible budget: the plan runs at that floor
+  // (budget_bytes) instead of the asked-for bytes.
+  bool at_floor = false;
+  std::int64_t asked_bytes = 0;  // what the budget asked for (budget_bytes unless at_floor)
 };
 
 // stage_bytes[s]: activation bytes of one microbatch's set on stage s; stage_forward_seconds[s]:
@@ -56,7 +64,8 @@ struct OffloadPlan {
 // each, the usual transformer ratio); w_held_fraction: the share of a set a deferred W keeps after
 // its B (CostModel::w_held_fraction), so the plan budgets what the executor really holds. A
 // percentage budget is of the simulated peak without
-// offload. Throws OffloadBudgetTooSmall for a budget below the smallest feasible one, naming it.
+// offload. Throws OffloadBudgetTooSmall for a budget below the smallest feasible one, naming it,
+// unless the budget is "auto" (floor_if_below): then the plan runs at that floor (at_floor).
 OffloadPlan plan_activation_offload(const schedule::Program& program,
                                     const std::vector<std::int64_t>& stage_bytes,
                                     const std::vector<double>& stage_forward_seconds,

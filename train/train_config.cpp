@@ -169,8 +169,9 @@ const std::vector<Field>& fields() {
       bool_field("schedule", "braid", M(schedule.braid),
                  "interleave the units of braided instructions (false: run them back to back)"),
       string_field("offload", "budget", M(offload.budget), {}, "bytes or %",
-                   "device memory for activations: off, a size (512MiB, 2GiB) or a percentage of "
-                   "the unconstrained peak (80%)"),
+                   "device memory for activations: auto (80% of the unconstrained peak, or the "
+                   "smallest feasible budget when that is below it), off, a size (512MiB, 2GiB) "
+                   "or a percentage of the peak (refused below the floor)"),
       real_field("offload", "host_gbps", M(offload.host_gbps), 0.001, kInfD, "GB/s",
                  "host-link bandwidth the planner assumes"),
       real_field("optimizer", "lr", M(optimizer.lr), 0, 10, "-", "peak learning rate"),

@@ -42,8 +42,8 @@ struct ScheduleSection {
 };
 
 struct OffloadSection {
-  std::string budget = "80%";  // "off", bytes ("512MiB"), or % of the unconstrained peak
-  double host_gbps = 20.0;     // host link bandwidth the planner assumes, GB/s
+  std::string budget = "auto";  // off, auto, bytes ("512MiB") or % of the unconstrained peak
+  double host_gbps = 20.0;      // host link bandwidth the planner assumes, GB/s
 };
 
 struct OptimizerSection {

@@ -223,7 +223,17 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
     trainer.step(mbs);
     ++step;
     ++ran;
-    if (first && trainer.offload_plan().budget_bytes > 0) {
+    if (first && trainer.offload_plan().at_floor) {
+      const engine::OffloadPlan& plan = trainer.offload_plan();
+      say(plan.offloads
+              ? str_cat("offload: budget auto: 80% of the peak (", plan.asked_bytes,
+                        " bytes) is below the smallest feasible budget; running at ",
+                        plan.budget_bytes, " bytes (set offload.budget to choose)\n")
+              : str_cat("offload: budget auto: no offloadable set lowers this layout's peak of ",
+                        plan.peak_bytes_before, " bytes; running without offload\n"));
+    }
+    if (first && trainer.offload_plan().budget_bytes > 0 &&
+        (trainer.offload_plan().offloads || !trainer.offload_plan().at_floor)) {
       const engine::OffloadPlan& plan = trainer.offload_plan();
       char pct[32];
       std::snprintf(pct, sizeof pct, "%+.1f%%", 100 * plan.slowdown);

@@ -331,6 +331,29 @@ TEST(Trainer, Bfloat16LossFollowsFloat32) {
               f32.size(), bf16.front(), bf16.back(), f32.front(), f32.back(), 100 * worst);
 }
 
+// Issue #15 item 7: the default budget ("auto", 80 % of the peak) never refuses a run. Where
+// 80 % is below the floor it runs at the floor (zb-v here: its floor is 83 %), where nothing
+// offloadable lowers the peak it runs without offload (1F1B on one rank); a budget the user
+// wrote still refuses, naming the floor.
+TEST(Executor, TheAutoBudgetRunsAtTheFloorInsteadOfRefusing) {
+  {
+    models::GptConfig cfg = tiny_config(4);
+    ParamMap full = testing::random_full_params(cfg, 7);
+    const auto mbs = microbatches(cfg, 4, 3);
+    try {
+      run_job(cfg, full, Job{"zb-v", 1, 2, 4, "80%"}, {mbs});
+      ADD_FAILURE() << "80 % is below zb-v's floor here: the planner must refuse it";
+    } catch (const OffloadBudgetTooSmall& e) {
+      EXPECT_NE(std::string(e.what()).find("smallest feasible budget"), std::string::npos);
+    }
+  }
+  expect_matches_reference(Job{"zb-v", 1, 2, 4, "auto"});
+  expect_matches_reference(Job{"1f1b", 1, 1, 4, "auto"});
+  EXPECT_EQ(to_string(parse_offload_budget("auto")), "auto");
+  EXPECT_TRUE(parse_offload_budget("auto").floor_if_below);
+  EXPECT_FALSE(parse_offload_budget("80%").floor_if_below);
+}
+
 TEST(Executor, StpWithLargeMIsExactToo) {
   expect_matches_reference(Job{"stp", 2, 2, 9});  // m >= 3p-1: the reference's own order
 }
