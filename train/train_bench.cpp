@@ -77,9 +77,9 @@ class BenchJob {
     const int dp = world_size_ / static_cast<int>(c.parallel.tp * c.parallel.pp);
     return str_cat("tp=", c.parallel.tp, " pp=", c.parallel.pp, " dp=", dp,
                    ", m=", c.schedule.microbatches, " x ", c.schedule.micro_batch_size, " seqs x ",
-                   c.model.seq_len, " tokens (", tokens_per_step(c, dp),
-                   " tokens/step), GPT d_model=", c.model.d_model, " layers=", c.model.n_layers,
-                   " ", c.model.dtype, ", ", world_size_,
+                   c.model.seq_len, " tokens (", tokens_per_step(c, dp), " tokens/step), ",
+                   c.model.arch == "llama" ? "Llama" : "GPT", " d_model=", c.model.d_model,
+                   " layers=", c.model.n_layers, " ", c.model.dtype, ", ", world_size_,
                    threads_ ? " ranks as threads" : " ranks as processes", " on ", c.run.device);
   }
 
@@ -167,12 +167,12 @@ Outcome measure(BenchJob& job, TrainConfig cfg, const std::string& budget, int w
   cfg.offload.budget = budget == "off" ? "100%" : budget;
   const at::Device device = train_device(cfg, job.local_rank());
   const engine::TrainerOptions to = trainer_options(cfg, device);
-  const models::GptConfig gcfg = gpt_config(cfg);
+  const engine::ModelFactory model = model_factory(cfg, device);
   std::mutex mu;
   job.run([&](std::unique_ptr<engine::World> world) {
     const int rank = world->rank();
     const bool lead = rank == 0;
-    engine::Trainer t(models::gpt_model(gcfg, device), to, std::move(world));
+    engine::Trainer t(model, to, std::move(world));
     engine::World& w = t.world();
     data::DataLoader loader(job.dataset(), loader_options(cfg, w.dp_rank(), w.dp()));
     const int m = static_cast<int>(cfg.schedule.microbatches);
@@ -430,8 +430,9 @@ BudgetSweepResult run_budget_sweep(const TrainConfig& config, const BudgetSweepO
   res.kind = config.schedule.kind;
   res.setup = job.setup(config);
   res.layout = str_cat(res.kind, " tp=", config.parallel.tp, " pp=", config.parallel.pp,
-                       " m=", config.schedule.microbatches, ", GPT d_model=", config.model.d_model,
-                       " x ", config.model.n_layers, " layers");
+                       " m=", config.schedule.microbatches, ", ",
+                       config.model.arch == "llama" ? "Llama" : "GPT",
+                       " d_model=", config.model.d_model, " x ", config.model.n_layers, " layers");
   if (res.lead && o.progress)
     std::printf("stp bench budget: %s, %s; %d warm-up + %d measured steps per budget\n",
                 res.kind.c_str(), res.setup.c_str(), o.warmup, o.steps);

@@ -16,6 +16,7 @@
 #include "checkpoint/hf.h"
 #include "common/check.h"
 #include "data/tokenizer.h"
+#include "models/llama_config.h"
 #include "schedule/generators.h"
 
 namespace stp::train {
@@ -134,6 +135,9 @@ constexpr double kInfD = std::numeric_limits<double>::infinity();
 
 const std::vector<Field>& fields() {
   static const std::vector<Field> table = {
+      string_field("model", "arch", M(model.arch), {"gpt", "llama"}, "-",
+                   "gpt (LayerNorm, GELU, learned positions) or llama (RMSNorm, SwiGLU, rotary, "
+                   "grouped-query attention, no biases; docs/model.md)"),
       int_field("model", "vocab", M(model.vocab), 1, 1 << 24, "tokens",
                 "vocabulary size; the byte tokenizer needs >= 258, token shards more than their "
                 "largest id"),
@@ -145,7 +149,14 @@ const std::vector<Field>& fields() {
       int_field("model", "n_layers", M(model.n_layers), 1, 1 << 12, "-",
                 "transformer blocks; >= the number of pipeline stages"),
       int_field("model", "mlp_hidden", M(model.mlp_hidden), 0, 1 << 20, "-",
-                "MLP hidden size; 0 means 4*d_model"),
+                "MLP hidden size; 0 means 4*d_model (gpt), 8*d_model/3 rounded up to 256 (llama)"),
+      int_field("model", "n_kv_heads", M(model.n_kv_heads), 0, 1 << 12, "-",
+                "llama: key/value heads, dividing n_heads; split over TP when >= parallel.tp, "
+                "replicated when fewer; 0 means n_heads"),
+      real_field("model", "rope_theta", M(model.rope_theta), 1e-6, kInfD, "-",
+                 "llama: rotary embedding base"),
+      bool_field("model", "tie_embeddings", M(model.tie_embeddings),
+                 "llama: the LM head reuses the token embedding (needs one pipeline stage)"),
       string_field("model", "dtype", M(model.dtype), {"float32", "float64", "bfloat16"}, "-",
                    "compute dtype (optimizer state is float32 or wider)"),
       int_field("model", "init_seed", M(model.init_seed), 0, kInf, "-", "weight init seed"),
@@ -287,7 +298,33 @@ void TrainConfig::validate() const {
             " must be divisible by model.n_heads=", model.n_heads);
   STP_CHECK(model.n_heads % parallel.tp == 0, "model.n_heads=", model.n_heads,
             " must be divisible by parallel.tp=", parallel.tp);
+  const bool llama = model.arch == "llama";
+  STP_CHECK(llama || (model.n_kv_heads == 0 && model.rope_theta == ModelSection{}.rope_theta &&
+                      !model.tie_embeddings),
+            "model.n_kv_heads, model.rope_theta and model.tie_embeddings apply to "
+            "model.arch=llama, not model.arch=",
+            model.arch);
+  STP_CHECK(!llama || model.init_from.empty(),
+            "model.init_from imports GPT-2 folders only; it needs model.arch=gpt");
+  const std::int64_t kv = model.n_kv_heads > 0 ? model.n_kv_heads : model.n_heads;
+  if (llama) {
+    STP_CHECK((model.d_model / model.n_heads) % 2 == 0,
+              "model.d_model/model.n_heads=", model.d_model / model.n_heads,
+              " must be even for rotary embeddings");
+    STP_CHECK(model.n_heads % kv == 0, "model.n_kv_heads=", kv,
+              " must divide model.n_heads=", model.n_heads);
+    STP_CHECK(kv >= parallel.tp ? kv % parallel.tp == 0 : parallel.tp % kv == 0,
+              "model.n_kv_heads=", kv, " and parallel.tp=", parallel.tp,
+              " must divide one another (split over TP when n_kv_heads >= tp, replicated when "
+              "fewer)");
+  }
   std::int64_t hidden = model.mlp_hidden > 0 ? model.mlp_hidden : 4 * model.d_model;
+  if (llama) {
+    models::LlamaConfig lc;  // Llama's default width rule
+    lc.d_model = model.d_model;
+    lc.ffn_hidden = model.mlp_hidden;
+    hidden = lc.hidden();
+  }
   STP_CHECK(hidden % parallel.tp == 0, "MLP hidden size ", hidden,
             " must be divisible by parallel.tp=", parallel.tp);
   std::int64_t stages = parallel.pp * (schedule.kind == "zb-v" || schedule.kind == "stp"
@@ -295,6 +332,9 @@ void TrainConfig::validate() const {
                                            : (schedule.kind == "1f1b-i" ? schedule.chunks : 1));
   STP_CHECK(model.n_layers >= stages, "model.n_layers=", model.n_layers, " must be >= ", stages,
             " pipeline stages (pp=", parallel.pp, " with schedule ", schedule.kind, ")");
+  STP_CHECK(!model.tie_embeddings || stages == 1, "model.tie_embeddings=true needs one pipeline ",
+            "stage, but pp=", parallel.pp, " with schedule ", schedule.kind, " has ", stages,
+            " (use parallel.pp=1 with 1f1b or zb-h1)");
   const auto kind = stp::schedule::kind_from_string(schedule.kind);
   const int pp = static_cast<int>(parallel.pp), m = static_cast<int>(schedule.microbatches);
   STP_CHECK(stp::schedule::accepts_microbatches(kind, pp, m), "schedule.microbatches=", m,

@@ -16,12 +16,16 @@
 namespace stp::train {
 
 struct ModelSection {
+  std::string arch = "gpt";  // gpt or llama (models/llama.h)
   std::int64_t vocab = 258;  // the byte tokenizer's: 256 bytes + 2 specials
   std::int64_t seq_len = 64;
   std::int64_t d_model = 128;
   std::int64_t n_heads = 4;
   std::int64_t n_layers = 4;
-  std::int64_t mlp_hidden = 0;  // 0: 4*d_model
+  std::int64_t mlp_hidden = 0;  // 0: 4*d_model (gpt), 8*d_model/3 rounded up to 256 (llama)
+  std::int64_t n_kv_heads = 0;  // llama: key/value heads; 0: n_heads
+  double rope_theta = 10000;    // llama: rotary base
+  bool tie_embeddings = false;  // llama: the LM head reuses the embedding (one stage only)
   std::string dtype = "float32";
   std::int64_t init_seed = 1234;
   std::string init_from;  // a Hugging Face model folder to start from; empty: init_seed's init

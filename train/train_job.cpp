@@ -33,6 +33,9 @@ using nlohmann::json;
 json model_json(const TrainConfig& c) {
   json m = json::parse(c.to_json()).at("model");
   m.erase("init_from");
+  // A GPT's manifest stays what it was before the Llama keys existed: older checkpoints resume.
+  if (c.model.arch == "gpt")
+    for (const char* k : {"arch", "n_kv_heads", "rope_theta", "tie_embeddings"}) m.erase(k);
   return m;
 }
 
@@ -162,7 +165,7 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
   if (!cfg.model.init_from.empty() && !resume_from)
     init_from = checkpoint::HfImport::gpt2(cfg.model.init_from, gpt_config(cfg));
   const at::Device device = train_device(cfg, env.local_rank);
-  engine::Trainer trainer(models::gpt_model(gpt_config(cfg), device), trainer_options(cfg, device));
+  engine::Trainer trainer(model_factory(cfg, device), trainer_options(cfg, device));
   engine::World& world = trainer.world();
   const bool lead = world.rank() == 0;
   auto say = [&](const std::string& text) {  // rank 0's lines go to the caller's sink

@@ -2,6 +2,8 @@
 
 #include "common/check.h"
 #include "common/cuda_check.h"
+#include "models/gpt.h"
+#include "models/llama.h"
 
 namespace stp::train {
 
@@ -16,6 +18,27 @@ models::GptConfig gpt_config(const TrainConfig& c) {
   g.dtype = models::parse_dtype(c.model.dtype);
   g.seed = static_cast<std::uint64_t>(c.model.init_seed);
   return g;
+}
+
+models::LlamaConfig llama_config(const TrainConfig& c) {
+  models::LlamaConfig l;
+  l.vocab = c.model.vocab;
+  l.seq_len = c.model.seq_len;
+  l.d_model = c.model.d_model;
+  l.n_heads = c.model.n_heads;
+  l.n_kv_heads = c.model.n_kv_heads;
+  l.n_layers = c.model.n_layers;
+  l.ffn_hidden = c.model.mlp_hidden;
+  l.rope_theta = c.model.rope_theta;
+  l.tie_embeddings = c.model.tie_embeddings;
+  l.dtype = models::parse_dtype(c.model.dtype);
+  l.seed = static_cast<std::uint64_t>(c.model.init_seed);
+  return l;
+}
+
+engine::ModelFactory model_factory(const TrainConfig& c, const at::Device& device) {
+  if (c.model.arch == "llama") return models::llama_model(llama_config(c), device);
+  return models::gpt_model(gpt_config(c), device);
 }
 
 engine::TrainerOptions trainer_options(const TrainConfig& c, const at::Device& device) {

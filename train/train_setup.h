@@ -12,12 +12,17 @@
 #include "data/data.h"
 #include "engine/trainer.h"
 #include "models/gpt_config.h"
+#include "models/llama_config.h"
 #include "train/train_config.h"
 
 namespace stp::train {
 
 // The model section as a GptConfig.
 models::GptConfig gpt_config(const TrainConfig& config);
+// The model section as a LlamaConfig (mlp_hidden is its ffn_hidden).
+models::LlamaConfig llama_config(const TrainConfig& config);
+// The Trainer's model for model.arch (gpt or llama) on `device`.
+engine::ModelFactory model_factory(const TrainConfig& config, const at::Device& device);
 
 // Schedule, layout, offload, optimizer and communication options for a model on `device`
 // (train_device; the backend follows it). The learning rate is the peak; `stp train` sets the

@@ -56,8 +56,9 @@ TEST(TrainCli, UnknownKeyIsOneLine) {
   CliResult r = run_cli("train --set model.layers=3");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(r.output,
-            "stp train: error: --set: unknown key 'model.layers' (model has: vocab, seq_len, "
-            "d_model, n_heads, n_layers, mlp_hidden, dtype, init_seed, init_from)\n");
+            "stp train: error: --set: unknown key 'model.layers' (model has: arch, vocab, "
+            "seq_len, d_model, n_heads, n_layers, mlp_hidden, n_kv_heads, rope_theta, "
+            "tie_embeddings, dtype, init_seed, init_from)\n");
 }
 
 TEST(TrainCli, OutOfRangeAndBadFileAreOneLineEach) {
