@@ -8,6 +8,7 @@
 #include <cmath>
 
 #include "common/check.h"
+#include "models/chunk_inputs.h"
 #include "models/gpt_params.h"
 
 namespace stp::models {
@@ -269,44 +270,18 @@ class GptWeightGradPass final : public GptPass {
 
 std::unique_ptr<engine::Pass> GptChunk::forward(engine::ActivationSet& set,
                                                 const engine::MicroBatch& mb, at::Tensor input) {
-  at::Tensor tokens, targets;
-  std::int64_t B = -1, T = -1;
-  if (is_first_stage()) {
-    STP_CHECK(mb.tokens.defined() && mb.tokens.dim() == 2 && mb.tokens.scalar_type() == at::kLong,
-              "microbatch tokens must be a (B, T) int64 tensor on the first stage");
-    B = mb.tokens.size(0);
-    T = mb.tokens.size(1);
-    tokens = mb.tokens.to(params_[wte_].value.device());
-  } else {
-    STP_CHECK(input.defined() && input.dim() == 3 && input.size(2) == cfg_.d_model, "stage ",
-              stage_, " needs a (B, T, C=", cfg_.d_model, ") input activation");
-    STP_CHECK(input.scalar_type() == cfg_.dtype, "input dtype=", c10::toString(input.scalar_type()),
-              " must be the model dtype ", dtype_name(cfg_.dtype));
-    B = input.size(0);
-    T = input.size(1);
-  }
-  STP_CHECK(B >= 1, "microbatch size B=", B, " must be >= 1");
-  STP_CHECK(T >= 1 && T <= cfg_.seq_len, "sequence length T=", T,
-            " is out of range [1, seq_len=", cfg_.seq_len, "]");
-  if (is_last_stage()) {
-    STP_CHECK(mb.targets.defined() && mb.targets.scalar_type() == at::kLong &&
-                  mb.targets.dim() == 2 && mb.targets.size(0) == B && mb.targets.size(1) == T,
-              "microbatch targets must be a (B=", B, ", T=", T, ") int64 tensor on the last stage");
-    targets = mb.targets.to(params_[head_w_].value.device());
-  }
-  return std::make_unique<GptForwardPass>(*this, set, tokens, targets, input);
+  ForwardInputs in = check_forward_inputs(*this, mb, input, cfg_.d_model, cfg_.seq_len, cfg_.dtype,
+                                          params_.front().value.device());
+  return std::make_unique<GptForwardPass>(*this, set, in.tokens, in.targets, input);
 }
 
 std::unique_ptr<engine::Pass> GptChunk::backward(engine::ActivationSet& set,
                                                  at::Tensor grad_output) {
-  if (!is_last_stage()) {
-    const at::Tensor& xhat =
-        set.get("layers." + std::to_string(layers_.first + layers_.count - 1) + ".ln2.xhat");
-    STP_CHECK(grad_output.defined() && grad_output.sizes() == xhat.sizes() &&
-                  grad_output.scalar_type() == cfg_.dtype,
-              "stage ", stage_, " needs a grad_output of the shape and dtype of its output ",
-              xhat.sizes(), " ", dtype_name(cfg_.dtype));
-  }
+  if (!is_last_stage())
+    check_grad_output(
+        *this, grad_output,
+        set.get("layers." + std::to_string(layers_.first + layers_.count - 1) + ".ln2.xhat"),
+        cfg_.dtype);
   return std::make_unique<GptBackwardPass>(*this, set, std::move(grad_output));
 }
 

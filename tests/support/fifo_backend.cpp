@@ -26,10 +26,14 @@ struct FifoFabric::Op {
   bool waited = false;
   std::string error;
 
-  std::string describe() const {
+  const char* name() const {
     static const char* kNames[] = {"send", "recv", "allreduce", "broadcast", "barrier"};
+    return kNames[kind];
+  }
+
+  std::string describe() const {
     std::ostringstream os;
-    os << kNames[kind];
+    os << name();
     if (kind == kSend) os << " to " << peer;
     if (kind == kRecv) os << " from " << peer;
     os << " by rank " << rank << " of " << group;
@@ -113,9 +117,8 @@ class FifoFabric::Backend : public c10d::Backend {
   }
   c10::intrusive_ptr<c10d::Work> post(const std::shared_ptr<Op>& op) {
     {
-      static const char* kNames[] = {"send", "recv", "allreduce", "broadcast", "barrier"};
       std::lock_guard<std::mutex> lock(fabric_->mu_);
-      fabric_->records_.push_back({group_, carries_, kNames[op->kind],
+      fabric_->records_.push_back({group_, carries_, op->name(),
                                    op->tensor.defined() ? op->tensor.scalar_type() : at::kByte,
                                    op->tensor.defined() ? op->tensor.numel() : 0});
       if (op->kind == Op::kSend) {
