@@ -15,6 +15,7 @@
 #include "engine/activation_offload.h"
 #include "engine/comm.h"
 #include "engine/executor.h"
+#include "engine/grad_buckets.h"
 #include "engine/offload_plan.h"
 #include "schedule/generators.h"
 #include "schedule/verify.h"
@@ -27,6 +28,7 @@ void TrainerOptions::validate() const {
   STP_CHECK(chunks >= 0, "chunks=", chunks, " must be >= 0 (0: the schedule's default)");
   STP_CHECK(host_gbps > 0, "host_gbps=", host_gbps, " must be > 0");
   STP_CHECK(device >= -1, "device=", device, " must be a CUDA device index >= 0, or -1 (CPU)");
+  STP_CHECK(grad_bucket_bytes >= 1, "grad_bucket_bytes=", grad_bucket_bytes, " must be >= 1");
   STP_CHECK(comm_timeout.count() >= 1, "comm_timeout=", comm_timeout.count(), " ms must be >= 1");
   optimizer.validate();
   offload_budget.validate();
@@ -87,6 +89,8 @@ void Trainer::init(ModelFactory model) {
     (void)device;
 #endif
   };
+  for (auto* c : chunks()) c->zero_grad();  // a gradient for every parameter, to bucket
+  grad_buckets_ = std::make_unique<GradBuckets>(params_of(chunks()), options_.grad_bucket_bytes);
   optimizer_ = std::make_unique<AdamW>(params_of(chunks()), options_.optimizer, world_->tp_rank());
   executor_ = std::make_unique<Executor>(chunks(), world_->tp_group(), world_->pipe(), store_);
   executor_->set_braiding(options_.braid);
@@ -158,15 +162,7 @@ double Trainer::step(const std::vector<MicroBatch>& given) {
 // gradient is that of the mean over all m * dp microbatches of the job.
 void Trainer::reduce_gradients() {
   const double scale = 1.0 / (static_cast<double>(options_.microbatches) * world_->dp());
-  std::vector<CommHandle> pending;
-  for (auto* c : chunks()) {
-    for (auto& p : c->params()) {
-      if (world_->dp() > 1) pending.push_back(world_->dp_group().all_reduce_async(p.grad));
-    }
-  }
-  for (auto& h : pending) h.wait();
-  for (auto* c : chunks())
-    for (auto& p : c->params()) p.grad.mul_(scale);
+  grad_buckets_->reduce(&world_->dp_group(), scale);
 }
 
 // Exact activation bytes per stage, from one forward and one backward (W deferred) of

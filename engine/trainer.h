@@ -48,6 +48,9 @@ struct TrainerOptions {
   std::chrono::milliseconds comm_timeout{120000};
   CommBackend backend = CommBackend::kAuto;  // auto: NCCL for a model on a GPU, else Gloo
   int device = -1;  // the CUDA device this rank's model lives on (pick_cuda_device); -1: CPU
+  // Gradients are reduced over DP in flat buckets of at most this many bytes (Note [Gradient
+  // buckets] in engine/grad_buckets.h; 25 MiB, as DDP).
+  std::int64_t grad_bucket_bytes = 25LL << 20;
 
   // Throws std::invalid_argument naming the first bad field and its legal range.
   void validate() const;
@@ -114,6 +117,7 @@ class Trainer {
   schedule::Program program_;
   std::vector<std::unique_ptr<Chunk>> chunks_;  // local chunk c
   std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<class GradBuckets> grad_buckets_;  // every Param::grad views one of its buffers
   ActivationStore store_;
   std::unique_ptr<class ActivationOffload> offload_;
   std::unique_ptr<Executor> executor_;
