@@ -70,7 +70,12 @@ GradBuckets::GradBuckets(std::vector<Param*> params, std::int64_t bucket_bytes) 
   }
 }
 
-void GradBuckets::reduce(Group* group, double scale) {
+void GradBuckets::zero() {
+  check_views();
+  for (Bucket& b : buckets_) b.flat.zero_();
+}
+
+void GradBuckets::check_views() const {
   for (const Bucket& b : buckets_) {
     const auto* base = static_cast<const char*>(b.flat.data_ptr());
     const auto* end = base + b.flat.nbytes();
@@ -82,6 +87,10 @@ void GradBuckets::reduce(Group* group, double scale) {
                                "accumulate into Param::grad in place)");
     }
   }
+}
+
+void GradBuckets::reduce(Group* group, double scale) {
+  check_views();
   if (group != nullptr && group->size() > 1) {
     std::vector<CommHandle> pending;
     pending.reserve(buckets_.size());

@@ -45,13 +45,19 @@ class GradBuckets {
   GradBuckets(std::vector<Param*> params, std::int64_t bucket_bytes = kDefaultBucketBytes);
 
   // Sums every bucket over `group` (nullptr or a group of one: no communication), then
-  // multiplies by `scale`. Throws std::logic_error when a Param::grad no longer views its bucket.
+  // multiplies by `scale`. Throws std::logic_error when a Param::grad no longer views its bucket
+  // (as zero() does).
   void reduce(Group* group, double scale);
+
+  // Zeroes every gradient: one fill per bucket.
+  void zero();
 
   int buckets() const { return static_cast<int>(buckets_.size()); }
   const at::Tensor& bucket(int i) const { return buckets_[i].flat; }
 
  private:
+  void check_views() const;  // std::logic_error naming a gradient that left its bucket
+
   struct Bucket {
     at::Tensor flat;
     std::vector<Param*> params;

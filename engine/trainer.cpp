@@ -141,7 +141,7 @@ double Trainer::step(const std::vector<MicroBatch>& given) {
     plan_offload();
     planned_ = true;
   }
-  for (auto* c : chunks()) c->zero_grad();
+  grad_buckets_->zero();
   TrainStepStats st;
   st.exec = executor_->run(program_, mbs);
   reduce_gradients();

@@ -98,6 +98,13 @@ TEST(GradBuckets, ReduceEqualsThePerParameterLoop) {
   });
 }
 
+TEST(GradBuckets, ZeroClearsEveryGradient) {
+  auto ps = make_params(1);
+  GradBuckets b(pointers(ps), 100);
+  b.zero();
+  for (auto& p : ps) EXPECT_EQ(p.grad.abs().sum().item<double>(), 0.0) << p.name;
+}
+
 TEST(GradBuckets, WithoutAGroupOnlyScales) {
   auto ps = make_params(1);
   std::vector<at::Tensor> before;
