@@ -268,7 +268,7 @@ class Check:
         if self.prebuilt_mode not in ("auto", "always", "never"):
             raise SystemExit(f"gpu_check: STP_GPU_CHECK_PREBUILT={self.prebuilt_mode} must be "
                              "auto, always or never")
-        self.stp_given = e("STP_GPU_CHECK_STP") or ""
+        self.stp_given = os.path.abspath(e("STP_GPU_CHECK_STP")) if e("STP_GPU_CHECK_STP") else ""
         self.py = self.find_python()
         self.gpu_seen = self.quiet(["nvidia-smi", "-L"]) is not None
         mode = e("STP_GPU_CHECK_MODE") or ""

@@ -11,9 +11,9 @@
 #
 #   bench/gpu_deps.sh                      download the .debs (replacing older ones), list sizes
 #   bench/gpu_deps.sh --prebuilt DIR       also copy DIR/apps/stp and DIR's gpu test binaries
-#                                          (a CUDA build made here, up to date: checked with
-#                                          ninja -n) into .gpu-debs/prebuilt/, with the sha256
-#                                          of every source file (SOURCES.sha256)
+#                                          (a CUDA build made here, brought up to date
+#                                          first) into .gpu-debs/prebuilt/, with the sha256 of
+#                                          every source file (SOURCES.sha256)
 #   bench/gpu_deps.sh --list               only list what .gpu-debs/ holds and its size
 #   bench/gpu_deps.sh --clean              remove .gpu-debs/
 #
@@ -135,10 +135,11 @@ stage_prebuilt() {
   for t in $(ninja -C "$b" -t targets all 2>/dev/null | sed -n 's/^\(stp_[A-Za-z0-9_]*\(_gpu\|_cuda_tests\)\): phony$/\1/p'); do
     targets+=("$t")
   done
-  # Stale binaries would be matched against sources they were not built from.
-  if ! ninja -C "$b" -n "${targets[@]}" 2>/dev/null | grep -q 'no work to do'; then
-    echo "gpu_deps.sh: --prebuilt $b is not up to date: ninja -C $b ${targets[*]}" >&2; exit 2
-  fi
+  # Stale binaries would be matched against sources they were not built from: bring them up to
+  # date first (`ninja -n` cannot tell: CMake's glob check always reruns first).
+  echo "gpu_deps.sh: ninja -C $b ${targets[*]}"
+  ninja -C "$b" "${targets[@]}" >/dev/null ||
+    { echo "gpu_deps.sh: --prebuilt $b: the build failed (ninja -C $b ${targets[*]})" >&2; exit 2; }
   local dst=$DEST/prebuilt
   rm -rf "$dst"
   mkdir -p "$dst"
