@@ -616,11 +616,19 @@ class Check:
             return False, f"{len(changed)} source files differ from the prebuilt's ({' '.join(changed[:5])})"
         return True, f"sources match ({len(want)} files)"
 
-    def use_prebuilt(self, why):
+    def prebuilt_command(self):
+        """The carried binary under env LD_LIBRARY_PATH=<torch's and the wheels' libraries, the
+        unpacked .debs'>, and the libraries it still cannot find here (ldd)."""
         libs = self.torch_lib_path()
         path = ":".join(filter(None, [libs, f"{self.prefix}/usr/lib/x86_64-linux-gnu",
                                       "/usr/local/cuda/lib64", os.environ.get("LD_LIBRARY_PATH", "")]))
-        self.stp = ["env", f"LD_LIBRARY_PATH={path}", os.path.join(self.prebuilt_dir(), "stp")]
+        exe = os.path.join(self.prebuilt_dir(), "stp")
+        ldd = self.quiet(["env", f"LD_LIBRARY_PATH={path}", "ldd", exe]) or ""
+        missing = [l.split()[0] for l in ldd.splitlines() if "not found" in l]
+        return ["env", f"LD_LIBRARY_PATH={path}", exe], missing
+
+    def use_prebuilt(self, why, cmd=None):
+        self.stp = cmd or self.prebuilt_command()[0]
         info = ""
         try:
             info = next((l.split(" ", 1)[1].strip() for l in open(os.path.join(self.prebuilt_dir(), "BUILD_INFO.txt"))
@@ -640,9 +648,12 @@ class Check:
         matches, why = self.prebuilt_matches()
         if not self.dry and ((matches and self.prebuilt_mode != "never") or
                              (self.prebuilt_mode == "always" and "no prebuilt" not in why)):
-            self.use_prebuilt(why)
-            self.record("build", "skipped", 0, "prebuilt carried: " + why)
-            return
+            cmd, missing = self.prebuilt_command()
+            if not missing:
+                self.use_prebuilt(why, cmd)
+                self.record("build", "skipped", 0, "prebuilt carried: " + why)
+                return
+            why = f"the carried binary misses {' '.join(missing)} here"
         if self.prebuilt_mode != "never" and not self.dry:
             self.say(f"   building here: {why}")
         configured = os.path.exists(os.path.join(self.build, "CMakeCache.txt"))
