@@ -319,6 +319,7 @@ class Check:
         self.bench, self.runs, self.baseline, self.verify = [], [], [], {}
         self.stp = []  # the command that runs stp (a binary, maybe under env LD_LIBRARY_PATH=...)
         self.built_here = False
+        self.prebuilt_env = []  # env LD_LIBRARY_PATH=... when the carried binaries run
         self.console = None
         self.child = None
         self.last_secs = 0
@@ -629,6 +630,7 @@ class Check:
 
     def use_prebuilt(self, why, cmd=None):
         self.stp = cmd or self.prebuilt_command()[0]
+        self.prebuilt_env = self.stp[:-1]
         info = ""
         try:
             info = next((l.split(" ", 1)[1].strip() for l in open(os.path.join(self.prebuilt_dir(), "BUILD_INFO.txt"))
@@ -715,11 +717,11 @@ class Check:
             rc = self.run("tests", 180, ["ctest", "--test-dir", self.build, "-L", "gpu",
                                          "--output-on-failure", "--timeout", "120", "--no-tests=error"])
             t = parse_ctest(self.read_log("tests"))
-        elif self.stp and self.stp[0] == "env":  # the carried prebuilt gpu test binaries
+        elif self.prebuilt_env:  # the carried prebuilt gpu test binaries, run directly
             rc = 0
             bins = sorted(glob.glob(os.path.join(self.prebuilt_dir(), "stp_*tests*")))
             for b in bins:
-                rc = self.run("tests", 150, self.stp[:2] + [b]) or rc
+                rc = self.run("tests", 150, self.prebuilt_env + [b]) or rc
             t = parse_gtest(self.read_log("tests")) if bins else None
             if not bins:
                 rc = 125
