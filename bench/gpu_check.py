@@ -1279,5 +1279,16 @@ class Check:
             self.fallback_prebuilt()
 
 
+def run_main(argv, environ):
+    """Bad arguments and settings say so in one line and exit 2 (SystemExit with a message)."""
+    try:
+        return Check(argv, environ).main()
+    except SystemExit as e:
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            return 2
+        raise
+
+
 if __name__ == "__main__":
-    sys.exit(Check(sys.argv[1:], os.environ).main())
+    sys.exit(run_main(sys.argv[1:], os.environ))

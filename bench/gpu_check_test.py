@@ -80,6 +80,11 @@ class Parsers(unittest.TestCase):
                 f.write(f"{h['a.cpp']}  a.cpp\n")
             self.assertEqual(gpu_check.read_source_manifest(man), {"a.cpp": h["a.cpp"]})
 
+    def test_bad_arguments_exit_2(self):
+        self.assertEqual(gpu_check.run_main(["--only", "nope"], {}), 2)
+        self.assertEqual(gpu_check.run_main(["--frobnicate"], {}), 2)
+        self.assertEqual(gpu_check.run_main(["--dry-run"], {"STP_GPU_CHECK_STEPS": "x"}), 2)
+
     def test_model_size(self):
         self.assertAlmostEqual(gpu_check.gpt_params(2048, 24, 2048) / 1e9, 1.21, places=2)
 
