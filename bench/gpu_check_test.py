@@ -2,6 +2,7 @@
 """Unit tests of bench/gpu_check.py's parsers (standard library; ctest gpu_check_parsers)."""
 
 import os
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -84,6 +85,25 @@ class Parsers(unittest.TestCase):
         self.assertEqual(gpu_check.run_main(["--only", "nope"], {}), 2)
         self.assertEqual(gpu_check.run_main(["--frobnicate"], {}), 2)
         self.assertEqual(gpu_check.run_main(["--dry-run"], {"STP_GPU_CHECK_STEPS": "x"}), 2)
+
+    def test_dry_run_lists_every_gpu_command(self):
+        env = dict(os.environ, STP_GPU_CHECK_MODE="gpu", STP_GPU_CHECK_PYTHON=sys.executable)
+        r = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "gpu_check.py"),
+                            "--dry-run"], capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for needle in ("-DSTP_WITH_CUDA=ON", "stp_cli", "ctest --test-dir", "-L gpu",
+                       "run -n 4 -- stp verify --tp 2 --pp 2 --schedule stp --offload-budget 60% "
+                       "--device cuda",
+                       "--device cuda --comm nccl",
+                       "bench copy --backend cuda --bytes 256MiB",
+                       "--set model.seq_len=2048", "--set model.dtype=bfloat16",
+                       "--set offload.budget=off", "--set offload.budget=75%",
+                       "--set offload.budget=50%",
+                       "torch_baseline.py --device cuda", "--precision bf16-master,autocast"):
+            self.assertIn(needle, r.stdout)
+        # The headline pair first: off, the baseline, then the budgets.
+        self.assertLess(r.stdout.index("offload.budget=off"), r.stdout.index("torch_baseline.py"))
+        self.assertLess(r.stdout.index("torch_baseline.py"), r.stdout.index("offload.budget=75%"))
 
     def test_model_size(self):
         self.assertAlmostEqual(gpu_check.gpt_params(2048, 24, 2048) / 1e9, 1.21, places=2)
