@@ -34,6 +34,13 @@ int verify(const std::vector<std::string>& args) {
                "llama: the LM head reuses the token embedding (one stage: --pp 1, 1f1b or zb-h1)");
   app.add_option("--threads", a.threads,
                  "CPU threads per rank (0: OMP_NUM_THREADS if set, else the cores / the ranks)");
+  app.add_option(
+      "--device", a.device,
+      "cpu (default) or cuda: every rank's model, executor, streams and offload on a GPU "
+      "(local rank r on GPU r modulo the visible ones; still float64)");
+  app.add_option("--comm", a.comm,
+                 "auto (default), gloo or nccl; auto takes gloo when several ranks share one GPU "
+                 "(gloo stages CUDA tensors through pinned host memory; NCCL refuses that)");
   if (int rc = parse(app, args); rc >= 0) return rc;
 
   const train::VerifyReport r = train::verify_layout(a, engine::launch_env_from_environment());
@@ -43,10 +50,11 @@ int verify(const std::vector<std::string>& args) {
     model =
         str_printf("model=llama kv_heads=%lld rope_theta=%g%s ", static_cast<long long>(r.kv_heads),
                    a.rope_theta, a.tie_embeddings ? " tied_embeddings" : "");
+  const std::string where = r.where == "cpu" ? "" : ", " + r.where;  // the CPU line is unchanged
   std::printf(
-      "stp verify: %sschedule=%s tp=%d pp=%d microbatches=%d offload=%s (float64, %lld layers)\n",
+      "stp verify: %sschedule=%s tp=%d pp=%d microbatches=%d offload=%s (float64, %lld layers%s)\n",
       model.c_str(), a.schedule.c_str(), a.tp, a.pp, r.microbatches, a.budget.c_str(),
-      static_cast<long long>(r.layers));
+      static_cast<long long>(r.layers), where.c_str());
   std::printf("  activation peak %s per rank (measured), %s offloaded and reloaded\n",
               format_bytes(static_cast<double>(r.peak_bytes)).c_str(),
               format_bytes(static_cast<double>(r.offloaded_bytes)).c_str());

@@ -3,11 +3,17 @@
 # downloads the Debian packages that the GPU machine may lack into .gpu-debs/ (git-ignored
 # through .git/info/exclude), so the call can carry them and bench/gpu_check.sh can unpack them
 # with `dpkg -x` into a prefix (/tmp/stp-deps, never /). Optionally stages a stripped copy of
-# binaries built here as a fallback for a failed build on the device.
+# the stp binary and the gpu test binaries built here: bench/gpu_check.py then skips the build on
+# the device when the sources it was built from match the device's copy file for file (it saves
+# the configure and cold build, a minute or more of the eight; the torch here and there is the
+# same 2.11+cu130 and stp compiles no CUDA kernels of its own), and falls back to it when a build
+# there fails.
 #
 #   bench/gpu_deps.sh                      download the .debs (replacing older ones), list sizes
 #   bench/gpu_deps.sh --prebuilt DIR       also copy DIR/apps/stp and DIR's gpu test binaries
-#                                          (a CUDA build made here) into .gpu-debs/prebuilt/
+#                                          (a CUDA build made here, brought up to date
+#                                          first) into .gpu-debs/prebuilt/, with the sha256 of
+#                                          every source file (SOURCES.sha256)
 #   bench/gpu_deps.sh --list               only list what .gpu-debs/ holds and its size
 #   bench/gpu_deps.sh --clean              remove .gpu-debs/
 #
@@ -120,18 +126,33 @@ stage_prebuilt() {
   local b=$1
   [[ -d $b ]] || { echo "gpu_deps.sh: --prebuilt $b: no such directory" >&2; exit 2; }
   [[ -x $b/apps/stp ]] || { echo "gpu_deps.sh: --prebuilt $b: no apps/stp (ninja -C $b stp_cli)" >&2; exit 2; }
-  if ! grep -q -- '-DSTP_WITH_CUDA=1' "$b/build.ninja" 2>/dev/null; then
+  if ! grep -q -- '-DSTP_WITH_CUDA=1' "$b/build.ninja" 2>/dev/null &&
+     ! grep -q -- 'STP_WITH_CUDA=1' "$b/build.ninja" 2>/dev/null; then
     echo "gpu_deps.sh: --prebuilt $b is not a CUDA build (STP_WITH_CUDA); refusing" >&2; exit 2
   fi
+  # The gpu-labelled test executables: stp_add_tests(... LABELS gpu) and rooms' NAME_gpu.
+  local targets=(stp_cli) t
+  for t in $(ninja -C "$b" -t targets all 2>/dev/null | sed -n 's/^\(stp_[A-Za-z0-9_]*\(_gpu\|_cuda_tests\)\): phony$/\1/p'); do
+    targets+=("$t")
+  done
+  # Stale binaries would be matched against sources they were not built from: bring them up to
+  # date first (`ninja -n` cannot tell: CMake's glob check always reruns first).
+  echo "gpu_deps.sh: ninja -C $b ${targets[*]}"
+  ninja -C "$b" "${targets[@]}" >/dev/null ||
+    { echo "gpu_deps.sh: --prebuilt $b: the build failed (ninja -C $b ${targets[*]})" >&2; exit 2; }
   local dst=$DEST/prebuilt
   rm -rf "$dst"
   mkdir -p "$dst"
   cp "$b/apps/stp" "$dst/stp"
   local t
-  for t in "$b"/tests/*/stp_*cuda_tests "$b"/tests/*/stp_*gpu_tests; do
-    [[ -x $t ]] && cp "$t" "$dst/"
+  for t in "${targets[@]:1}"; do
+    t=$(find "$b/tests" -type f -name "$t" -perm -u+x | head -n 1)
+    [[ -n $t ]] && cp "$t" "$dst/"
   done
   strip --strip-debug "$dst"/* 2>/dev/null || true
+  # Every file a build reads from the tree, as sha256sum prints it ("<hash>  <path>").
+  (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard |
+     grep -zE '(\.(cpp|h|hpp|cu|cuh|cmake|in)|CMakeLists\.txt)$' | xargs -0 sha256sum) >"$dst/SOURCES.sha256"
   {
     echo "built_in $b"
     (cd "$ROOT" && echo "source $(git rev-parse HEAD 2>/dev/null || echo unknown)" &&

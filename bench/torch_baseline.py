@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Plain PyTorch training loop for the same GPT and batch that `stp train` runs.
 
-The baseline that bench/gpu_check.sh puts next to stp's tokens/s: a standard nn.Module GPT with
+The baseline that bench/gpu_check.py puts next to stp's tokens/s: a standard nn.Module GPT with
 the shapes of stp's default model (models/gpt_params.cpp, docs/model.md) -- token + position
 embeddings, pre-LayerNorm blocks (causal self-attention with biases, GELU-tanh MLP), final
 LayerNorm, untied head without bias, mean cross-entropy -- trained the way a PyTorch user would:
@@ -10,21 +10,23 @@ grad-norm clip 1.0, AdamW(betas 0.9/0.95, weight decay 0.1 on matrices and embed
 stp). Nothing from stp is imported.
 
 Precision (--precision, comma list; every precision runs with every attention kind):
-  autocast     fp32 parameters, gradients and AdamW state; matmuls in bf16 under torch.autocast
-               (the standard PyTorch mixed-precision recipe; default).
   bf16-master  bf16 parameters and activations, a fp32 master copy with fp32 AdamW state, as stp
                does with model.dtype=bfloat16 (its gradients accumulate in fp32; here they are
-               bf16 per micro-step and summed into the fp32 master gradient).
+               bf16 per micro-step and summed into the fp32 master gradient). The like-for-like
+               recipe, and the default.
+  autocast     fp32 parameters, gradients and AdamW state; matmuls in bf16 under torch.autocast
+               (the standard PyTorch mixed-precision recipe: a labelled extra line).
   fp32         everything in fp32 (for checks on the CPU).
 Attention (--attention, comma list; each runs in turn in this process):
-  sdpa         F.scaled_dot_product_attention(is_causal=True) (flash/efficient kernels on GPUs).
-  explicit     softmax(QK^T/sqrt(hd) + causal mask) V with the softmax in fp32 -- what stp's
-               model computes today, for a like-for-like comparison.
+  sdpa         F.scaled_dot_product_attention(is_causal=True) (flash/efficient kernels on GPUs):
+               what stp's model runs (ATen's flash kernel for bf16, Note [Fused attention]).
+  explicit     softmax(QK^T/sqrt(hd) + causal mask) V with the softmax in fp32, saving the
+               (B, heads, T, T) probabilities: stp's attention before the fused kernels.
 
 Each timed step is synchronised and measured with a host clock; the first --warmup steps are not
 timed. Prints one JSON line per attention kind (also appended to --json-out):
   {"bench":"torch_baseline", ..., "step_seconds_median":..., "tokens_per_s":..., ...}
-tokens_per_s = tokens per optimizer step / median step seconds, the figure gpu_check.sh computes
+tokens_per_s = tokens per optimizer step / median step seconds, the figure gpu_check.py computes
 for stp from metrics.jsonl. Exit status: 0 ok, 3 out of memory (the JSON line says so), 2 bad
 arguments.
 
@@ -122,7 +124,7 @@ def parse_args(argv):
     p.add_argument("--microbatches", type=int, default=4, help="microbatches per optimizer step")
     p.add_argument("--steps", type=int, default=8, help="optimizer steps, warm-up included")
     p.add_argument("--warmup", type=int, default=2, help="first steps not timed")
-    p.add_argument("--precision", default="autocast",
+    p.add_argument("--precision", default="bf16-master",
                    help="comma list of autocast, bf16-master, fp32 (each with every --attention)")
     p.add_argument("--attention", default="sdpa", help="comma list of sdpa, explicit")
     p.add_argument("--lr", type=float, default=3e-4)

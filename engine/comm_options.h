@@ -13,6 +13,9 @@ namespace stp::engine {
 enum class CommBackend { kAuto, kGloo, kNccl };
 
 const char* to_string(CommBackend backend);  // "auto", "gloo", "nccl"
+// The inverse of to_string. Throws std::invalid_argument naming `what` (the flag or key that
+// held the text) and the three legal values.
+CommBackend comm_backend_from_string(const std::string& text, const std::string& what);
 
 // The backend a model on a CUDA device (`cuda`) or on the CPU gets. Gloo with a CUDA model
 // stages every message through host memory (slow: for several ranks on one GPU, where NCCL

@@ -17,6 +17,10 @@
 #include "schedule/generators.h"
 #include "train/train_config.h"
 
+#ifdef STP_WITH_CUDA
+#include "common/cuda_check.h"
+#endif
+
 namespace stp::train {
 namespace {
 
@@ -24,6 +28,40 @@ using engine::MicroBatch;
 using models::GptConfig;
 
 constexpr int kMinDefaultMicrobatches = 4;  // a default step accumulates several microbatches
+
+#ifdef STP_WITH_CUDA
+constexpr bool kCudaBuilt = true;
+#else
+constexpr bool kCudaBuilt = false;
+#endif
+
+// CUDA devices this process sees (0 without CUDA in the build or without a GPU).
+int visible_cuda_devices() {
+#ifdef STP_WITH_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky "no device" error
+    return 0;
+  }
+  return count;
+#else
+  return 0;
+#endif
+}
+
+// Makes `device` current for the calling thread (each rank thread, or the launched process).
+void use_device(int device) {
+#ifdef STP_WITH_CUDA
+  if (device >= 0) STP_CUDA_CHECK(cudaSetDevice(device));
+#else
+  (void)device;
+#endif
+}
+
+at::Device torch_device(int device) {
+  return device < 0 ? at::Device(at::kCPU)
+                    : at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device));
+}
 
 GptConfig verify_config(const VerifyOptions& a, int stages) {
   GptConfig c;
@@ -116,7 +154,7 @@ void compare_shards(engine::Trainer& t, const Reference& ref, VerifyReport& e) {
         want = want.narrow(p.shard_dim, tr * n, n);
       }
       double denom = want.norm().item<double>();
-      double err = (p.grad - want).norm().item<double>() / (denom > 0 ? denom : 1.0);
+      double err = (p.grad.to(at::kCPU) - want).norm().item<double>() / (denom > 0 ? denom : 1.0);
       if (!(err <= e.max_rel)) {  // also catches NaN
         e.max_rel = std::isnan(err) ? INFINITY : err;
         e.worst = p.name;
@@ -125,8 +163,11 @@ void compare_shards(engine::Trainer& t, const Reference& ref, VerifyReport& e) {
   }
 }
 
-engine::TrainerOptions verify_trainer_options(const VerifyOptions& a) {
+engine::TrainerOptions verify_trainer_options(const VerifyOptions& a,
+                                              const VerifyPlacement& place) {
   engine::TrainerOptions o;
+  o.device = place.device;
+  o.backend = place.backend;
   o.schedule = schedule::kind_from_string(a.schedule);
   o.tp = a.tp;
   o.pp = a.pp;
@@ -139,12 +180,13 @@ engine::TrainerOptions verify_trainer_options(const VerifyOptions& a) {
 }
 
 // Every rank of a launched job: one Trainer per process, figures reduced over the world.
-void run_launched(const VerifyOptions& a, const engine::ModelFactory& model,
-                  const std::vector<MicroBatch>& mbs, const Reference& ref,
-                  const engine::LaunchEnv& env, VerifyReport& errors) {
+void run_launched(const VerifyOptions& a, const VerifyPlacement& place,
+                  const engine::ModelFactory& model, const std::vector<MicroBatch>& mbs,
+                  const Reference& ref, const engine::LaunchEnv& env, VerifyReport& errors) {
   STP_CHECK(env.world_size == a.tp * a.pp, "stp verify runs with world size tp*pp=", a.tp * a.pp,
             " but the launcher started ", env.world_size, " ranks");
-  engine::Trainer t(model, verify_trainer_options(a));
+  use_device(place.device);
+  engine::Trainer t(model, verify_trainer_options(a, place));
   errors.loss = t.step(mbs);
   compare_shards(t, ref, errors);
   auto& wg = t.world().world_group();
@@ -158,17 +200,21 @@ void run_launched(const VerifyOptions& a, const engine::ModelFactory& model,
 }
 
 // The whole job as threads of this process (engine::run_in_process).
-void run_as_threads(const VerifyOptions& a, const engine::ModelFactory& model,
-                    const std::vector<MicroBatch>& mbs, const Reference& ref, int cpu_threads,
-                    VerifyReport& errors) {
+void run_as_threads(const VerifyOptions& a, const VerifyPlacement& place,
+                    const engine::ModelFactory& model, const std::vector<MicroBatch>& mbs,
+                    const Reference& ref, int cpu_threads, VerifyReport& errors) {
   engine::CommOptions co;
   co.tp = a.tp;
   co.pp = a.pp;
+  co.backend = place.backend;
+  co.device = place.device;
   std::mutex mu;
+  use_device(place.device);  // the World's warm-up runs on this thread's device too
   engine::run_in_process(a.tp * a.pp, co, [&](std::unique_ptr<engine::World> world) {
     at::set_num_threads(cpu_threads);  // OpenMP's thread count is per thread
+    use_device(place.device);          // so is CUDA's current device
     const int r = world->rank();
-    engine::Trainer t(model, verify_trainer_options(a), std::move(world));
+    engine::Trainer t(model, verify_trainer_options(a, place), std::move(world));
     const double l = t.step(mbs);
     VerifyReport mine;
     compare_shards(t, ref, mine);
@@ -185,8 +231,50 @@ void run_as_threads(const VerifyOptions& a, const engine::ModelFactory& model,
 
 }  // namespace
 
+VerifyPlacement verify_placement(const VerifyOptions& a, const engine::LaunchEnv& env,
+                                 int visible_devices, bool cuda_built) {
+  using engine::CommBackend;
+  STP_CHECK(a.device == "cpu" || a.device == "cuda", "--device='", a.device,
+            "' is unknown; use cpu or cuda");
+  const CommBackend requested = engine::comm_backend_from_string(a.comm, "--comm");
+  VerifyPlacement p;
+  if (a.device == "cpu") {
+    STP_CHECK(requested != CommBackend::kNccl,
+              "--comm nccl needs --device cuda (NCCL carries CUDA tensors only); use --comm gloo "
+              "or auto on the CPU");
+    return p;
+  }
+  STP_CHECK(cuda_built,
+            "--device cuda: this stp was built without CUDA (configure with -DSTP_WITH_CUDA=ON); "
+            "use --device cpu");
+  STP_CHECK(visible_devices > 0,
+            "--device cuda: this process sees no CUDA device (no GPU, or CUDA_VISIBLE_DEVICES "
+            "hides them); use --device cpu");
+  int local_ranks = a.tp * a.pp;  // as threads: every rank on GPU 0
+  p.device = 0;
+  p.ranks_per_device = local_ranks;
+  if (env.launched) {
+    local_ranks = env.local_world_size > 0 ? env.local_world_size : env.world_size;
+    p.device = visible_devices == 1 ? 0 : env.local_rank % visible_devices;
+    p.ranks_per_device = (local_ranks + visible_devices - 1) / visible_devices;
+  }
+  if (p.ranks_per_device > 1) {
+    STP_CHECK(requested != CommBackend::kNccl, "--comm nccl: ", p.ranks_per_device,
+              " ranks share GPU ", p.device, " (", local_ranks, " ranks on this host, ",
+              visible_devices,
+              " visible GPUs) and NCCL refuses two ranks on one device; use --comm gloo or auto");
+    p.backend = CommBackend::kGloo;
+  } else {
+    p.backend = requested == CommBackend::kAuto ? CommBackend::kNccl : requested;
+  }
+  return p;
+}
+
 VerifyReport verify_layout(const VerifyOptions& options, const engine::LaunchEnv& env) {
   VerifyOptions a = options;
+  // (The CPU path never asks the CUDA runtime: no driver initialisation on a GPU machine.)
+  const VerifyPlacement place =
+      verify_placement(a, env, a.device == "cuda" ? visible_cuda_devices() : 0, kCudaBuilt);
   const auto kind = schedule::kind_from_string(a.schedule);
   STP_CHECK(a.threads >= 0 && a.threads <= kMaxCpuThreads, "--threads=", a.threads,
             " is out of range [0, ", kMaxCpuThreads,
@@ -202,26 +290,31 @@ VerifyReport verify_layout(const VerifyOptions& options, const engine::LaunchEnv
             a.model);
   const int stages = a.pp * schedule::default_chunks(kind);
   const GptConfig cfg = verify_config(a, stages);
-  engine::ModelFactory model;
+  engine::ModelFactory model, reference_model;  // on the device, and the reference's on the CPU
   std::int64_t kv_heads = 0;
   if (a.model == "llama") {
     const models::LlamaConfig lc = verify_llama_config(a, stages);
-    model = models::llama_model(lc);
+    model = models::llama_model(lc, torch_device(place.device));
+    reference_model = models::llama_model(lc);
     kv_heads = lc.kv_heads();
   } else {
-    model = models::gpt_model(cfg);
+    model = models::gpt_model(cfg, torch_device(place.device));
+    reference_model = models::gpt_model(cfg);
   }
   const auto mbs = verify_batches(cfg.vocab, cfg.seq_len, a.microbatches, a.seed + 1);
   // Launched: one rank per process. Otherwise tp*pp rank threads share this process's cores.
   const int threads = cpu_threads(a.threads, env, env.launched ? 0 : a.tp * a.pp).count;
   at::set_num_threads(threads);
-  const Reference ref = run_reference(model, mbs);
+  const Reference ref = run_reference(reference_model, mbs);
 
   VerifyReport r;
   if (env.launched)
-    run_launched(a, model, mbs, ref, env, r);
+    run_launched(a, place, model, mbs, ref, env, r);
   else
-    run_as_threads(a, model, mbs, ref, threads, r);
+    run_as_threads(a, place, model, mbs, ref, threads, r);
+  r.where = place.device < 0
+                ? "cpu"
+                : str_cat("cuda:", place.device, ", ", engine::to_string(place.backend));
   r.microbatches = a.microbatches;
   r.layers = cfg.n_layers;  // the same layer count for both models
   r.kv_heads = kv_heads;

@@ -7,6 +7,20 @@
 // Without a launcher (LaunchEnv::launched false) the tp*pp ranks run as threads of this process;
 // under `stp run -n N`, torchrun, mpirun or srun each process is one rank (N must equal tp*pp),
 // compares its own shards, and the figures are reduced over the world.
+//
+// Note [Verify on one GPU]
+// With --device cuda every rank's model, executor, streams and activation offload run on a CUDA
+// device, in float64 like the reference (cuBLAS double GEMMs; the attention takes the explicit
+// path of Note [Fused attention], which is the one it takes for float64 on CUDA), so the
+// tolerance stays 1e-9: the only differences from the CPU reference are summation orders and
+// atomics, ~1e-15 relative. The reference itself always runs on the CPU. Where the ranks go
+// (verify_placement): launched, local rank r uses GPU r modulo the visible GPUs (a process that
+// sees one GPU uses it: srun / mpirun binding, or every rank of `stp run` on one card); as
+// threads, every rank uses GPU 0. When several ranks share a GPU, --comm auto takes Gloo, whose
+// groups stage CUDA tensors through pinned host memory (Note [Gloo with CUDA tensors] in
+// engine/comm.h), and --comm nccl refuses, since NCCL refuses two ranks on one device ("Duplicate
+// GPU detected"). Without a visible GPU --device cuda refuses in one line. A process that sees
+// one GPU while LOCAL_WORLD_SIZE > 1 is taken to share it with its local peers.
 #pragma once
 
 #include <cstdint>
@@ -30,7 +44,24 @@ struct VerifyOptions {
   int kv_heads = 0;             // key/value heads, dividing 4*tp; 0: half the query heads
   double rope_theta = 10000.0;  // rotary base; > 0
   bool tie_embeddings = false;  // needs one stage (pp 1, a one-chunk schedule)
+  std::string device = "cpu";   // cpu or cuda (Note [Verify on one GPU])
+  std::string comm = "auto";    // auto, gloo or nccl (engine::comm_backend_from_string)
 };
+
+// Where this process's ranks run (Note [Verify on one GPU]).
+struct VerifyPlacement {
+  int device = -1;  // the CUDA device of this process's ranks; -1: the CPU
+  engine::CommBackend backend = engine::CommBackend::kGloo;  // resolved: gloo or nccl
+  int ranks_per_device = 1;  // ranks of this host on each GPU (at most; CPU: 1)
+};
+
+// The placement for `options` in `env` when this process sees `visible_devices` CUDA devices
+// (allocator::cuda_device_available and cudaGetDeviceCount in verify_layout; any number in the
+// tests). `cuda_built` is false when this build has no CUDA. Throws std::invalid_argument in one
+// line naming the flag: an unknown --device or --comm, --device cuda without a GPU (or without
+// CUDA in the build), --comm nccl on the CPU or with several ranks on one GPU.
+VerifyPlacement verify_placement(const VerifyOptions& options, const engine::LaunchEnv& env,
+                                 int visible_devices, bool cuda_built);
 
 struct VerifyReport {
   bool lead = true;  // this process prints (rank 0, or the only process)
@@ -43,6 +74,7 @@ struct VerifyReport {
   double max_rel = 0;  // largest relative gradient error
   std::string worst;   // the parameter it was found at
   bool ok = false;     // both within the tolerance
+  std::string where;   // "cpu" or "cuda:N, gloo" (the device and the comm backend)
 };
 
 // Throws std::invalid_argument naming a bad option (and a launch that does not match tp*pp).
