@@ -221,19 +221,19 @@ class Search {
   void add_candidate(int s, int mb, bool w_held, double bytes, int from, int from_pos, int to,
                      int to_pos) {
     if (bytes <= 0 || from < 0 || to < 0 || to_pos - from_pos < 2) return;
-    Candidate c;
-    c.rank = prog_.stage_rank[s];
-    c.chunk = prog_.stage_chunk[s];
-    c.stage = s;
-    c.mb = mb;
-    c.w_held = w_held;
-    c.f_instr = from;
-    c.b_instr = to;
-    c.f_pos = from_pos;
-    c.b_pos = to_pos;
-    c.bytes = bytes;
-    c.transfer =
+    const double transfer =
         (costs_.host_bandwidth > 0 ? bytes / costs_.host_bandwidth : 0) + costs_.host_latency;
+    const Candidate c{.rank = prog_.stage_rank[s],
+                      .chunk = prog_.stage_chunk[s],
+                      .stage = s,
+                      .mb = mb,
+                      .w_held = w_held,
+                      .f_instr = from,
+                      .b_instr = to,
+                      .f_pos = from_pos,
+                      .b_pos = to_pos,
+                      .bytes = bytes,
+                      .transfer = transfer};
     cands_.push_back(c);
   }
 

@@ -354,9 +354,7 @@ TEST(Offload, WhatADeferredWHoldsGoesToHostAndTheWWaitsForItsReload) {
   c.act_bytes = 100;
   c.w_held_fraction = 1.5;
   c.host_bandwidth = 75;  // the 150 held bytes: 2 s per copy
-  SimOptions opt;
-  opt.record_timeline = opt.record_memory = true;
-  const SimResult s = simulate(prog, c, opt);
+  const SimResult s = simulate(prog, c, SimOptions{.record_timeline = true, .record_memory = true});
   // F0 [0,1]; B0 [1,2] (150 held); D2H [2,4]; F1 [2,3]; BW1 [3,5]; H2D [5,7]; W0 [7,8].
   EXPECT_DOUBLE_EQ(s.makespan, 8.0);
   EXPECT_DOUBLE_EQ(s.ranks[0].reload_wait, 2.0);
@@ -364,13 +362,10 @@ TEST(Offload, WhatADeferredWHoldsGoesToHostAndTheWWaitsForItsReload) {
   // 100 @1, 150 @2, 250 @3, 100 @4 (the held bytes left), 0 @5, 150 @5 (reload), 0 @8.
   EXPECT_DOUBLE_EQ(s.ranks[0].peak_bytes, 250.0);
   EXPECT_EQ(s.ranks[0].peak_sets_until_w, 2);
-  const std::vector<std::pair<double, double>> want = {{1, 100}, {2, 150}, {3, 250},
-                                                       {4, 100}, {5, 150}, {8, 0}};
-  ASSERT_EQ(s.ranks[0].memory.size(), want.size());
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    EXPECT_DOUBLE_EQ(s.ranks[0].memory[i].time, want[i].first) << i;
-    EXPECT_DOUBLE_EQ(s.ranks[0].memory[i].bytes, want[i].second) << i;
-  }
+  std::vector<std::pair<double, double>> got;
+  for (const MemorySample& m : s.ranks[0].memory) got.emplace_back(m.time, m.bytes);
+  EXPECT_EQ(got, (std::vector<std::pair<double, double>>{
+                     {1, 100}, {2, 150}, {3, 250}, {4, 100}, {5, 150}, {8, 0}}));
   for (const TimelineEvent& ev : s.timeline.events)
     if (ev.name == "W0[0]") {
       EXPECT_DOUBLE_EQ(ev.reload_wait, 2.0);
