@@ -46,8 +46,13 @@ std::string plan_json(const offload::Plan& p) {
   using Json = nlohmann::ordered_json;  // members in the order written
   Json sets = Json::array();
   for (const offload::PlannedSet& s : p.sets)
-    sets.push_back(Json{
-        {"rank", s.rank}, {"chunk", s.chunk}, {"stage", s.stage}, {"mb", s.mb}, {"lead", s.lead}});
+    sets.push_back(Json{{"rank", s.rank},
+                        {"chunk", s.chunk},
+                        {"stage", s.stage},
+                        {"mb", s.mb},
+                        {"lead", s.lead},
+                        {"trip", s.w_held ? "b_to_w" : "f_to_b"},
+                        {"bytes", json_number(s.bytes)}});
   return Json{{"budget_bytes", json_number(p.budget_bytes)},
               {"peak_bytes_before", json_number(p.peak_bytes_before)},
               {"peak_bytes_after", json_number(p.peak_bytes_after)},
@@ -56,6 +61,8 @@ std::string plan_json(const offload::Plan& p) {
               {"slowdown", json_number(p.slowdown())},
               {"host_bytes", json_number(p.host_bytes)},
               {"candidates", p.candidates},
+              {"kept_bytes", json_number(p.kept_bytes)},
+              {"offloaded_bytes", json_number(p.offloaded_bytes)},
               {"sets", std::move(sets)}}
       .dump();
 }
@@ -156,6 +163,27 @@ void print_sweep(const PlanArgs& a, const schedule::Program& program,
   std::printf("wrote %s\n", a.sweep_svg.c_str());
 }
 
+// What a user asks first: does it fit and at what price, how low can it go and why, how much
+// pinned host memory it takes.
+std::string answer_first(const schedule::Program& program, const schedule::CostModel& costs,
+                         const offload::Plan& plan) {
+  std::string out;
+  char line[512];
+  std::snprintf(line, sizeof line,
+                "fits in %s per rank at %+.2f %% predicted (without offload: %s, %.4f s); "
+                "host pool %s per rank\n",
+                format_bytes(plan.peak_bytes_after).c_str(), 100 * plan.slowdown(),
+                format_bytes(plan.peak_bytes_before).c_str(), plan.step_before,
+                format_bytes(plan.host_bytes).c_str());
+  out += line;
+  const double floor = offload::minimum_budget(program, costs);
+  const offload::Plan at_floor = offload::plan_offload(program, costs, floor);
+  std::snprintf(line, sizeof line, "floor %s per rank at %+.2f %% predicted, where ",
+                format_bytes(floor).c_str(), 100 * at_floor.slowdown());
+  out += line + offload::to_text(offload::peak_moment(at_floor.program, costs)) + "\n";
+  return out;
+}
+
 // `stp plan`: one plan as text or JSON, and its simulated timeline when asked.
 void print_plan(const PlanArgs& a, const schedule::Program& program,
                 const schedule::CostModel& costs, const std::string& set_text,
@@ -166,9 +194,10 @@ void print_plan(const PlanArgs& a, const schedule::Program& program,
   } else {
     std::printf(
         "stp plan: %s p=%d m=%d, activation set %s, host link %.1f GB/s, "
-        "t_f=%g t_b=%g t_w=%g t_ar=%g s\n%s",
+        "t_f=%g t_b=%g t_w=%g t_ar=%g s, W holds %g of a set\n%s",
         a.kind.c_str(), a.pp, a.microbatches, set_text.c_str(), a.pcie_gbps, costs.t_f, costs.t_b,
-        costs.t_w, costs.t_ar, offload::to_text(plan).c_str());
+        costs.t_w, costs.t_ar, costs.w_held_fraction, answer_first(program, costs, plan).c_str());
+    std::printf("%s", offload::to_text(plan).c_str());
   }
   if (a.svg.empty()) return;
   schedule::SimOptions so;

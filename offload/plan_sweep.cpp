@@ -19,7 +19,7 @@ Sweep sweep_budgets(const schedule::Program& program, const schedule::CostModel&
   schedule::SimResult base = schedule::simulate(program, costs);
   sw.peak_bytes = base.max_peak_bytes();
   sw.step = base.makespan;
-  sw.min_budget = minimum_budget(program, costs);
+  sw.min_budget = minimum_budget(program, costs, options);
   std::vector<double> budgets;
   for (int i = 0; i < points; ++i)
     budgets.push_back(sw.peak_bytes - (sw.peak_bytes - sw.min_budget) * i / (points - 1));
@@ -35,6 +35,8 @@ Sweep sweep_budgets(const schedule::Program& program, const schedule::CostModel&
       pt.slowdown = plan.slowdown();
       pt.sets = static_cast<int>(plan.sets.size());
       pt.host_bytes = plan.host_bytes;
+      pt.kept_bytes = plan.kept_bytes;
+      pt.offloaded_bytes = plan.offloaded_bytes;
     } catch (const std::invalid_argument&) {
       pt.feasible = false;  // below the smallest feasible budget
     }
@@ -44,14 +46,17 @@ Sweep sweep_budgets(const schedule::Program& program, const schedule::CostModel&
 }
 
 std::string to_table(const Sweep& sw) {
-  std::string out = "budget        feasible  sets  peak          step (s)   slowdown  host pool\n";
+  std::string out =
+      "budget        feasible  sets  peak          step (s)   slowdown  host pool     "
+      "kept/step     offloaded/step\n";
   char line[256];
   for (const SweepPoint& p : sw.points) {
     if (p.feasible)
-      std::snprintf(line, sizeof line, "%-13s yes       %-5d %-13s %-10.4f %+7.2f %%  %s\n",
-                    format_bytes(p.budget_bytes).c_str(), p.sets,
-                    format_bytes(p.peak_bytes).c_str(), p.step, 100 * p.slowdown,
-                    format_bytes(p.host_bytes).c_str());
+      std::snprintf(
+          line, sizeof line, "%-13s yes       %-5d %-13s %-10.4f %+7.2f %%  %-13s %-13s %s\n",
+          format_bytes(p.budget_bytes).c_str(), p.sets, format_bytes(p.peak_bytes).c_str(), p.step,
+          100 * p.slowdown, format_bytes(p.host_bytes).c_str(), format_bytes(p.kept_bytes).c_str(),
+          format_bytes(p.offloaded_bytes).c_str());
     else
       std::snprintf(line, sizeof line, "%-13s no        (below the minimum %s)\n",
                     format_bytes(p.budget_bytes).c_str(), format_bytes(sw.min_budget).c_str());
@@ -83,6 +88,16 @@ std::string to_svg(const Sweep& sw, const std::string& title) {
   chart.title = title;
   chart.x_label = "device activation budget per rank (GiB)";
   chart.panels.push_back({"predicted step time (s)", {planned, off, floor}, false});
+  ChartSeries kept{"kept on the device", {}, {}, "#1b9e9e", false, true};
+  ChartSeries moved{"offloaded to host", {}, {}, "#7570b3", false, true};
+  for (auto it = sw.points.rbegin(); it != sw.points.rend(); ++it)
+    if (it->feasible) {
+      kept.x.push_back(it->budget_bytes / kGiB);
+      kept.y.push_back(it->kept_bytes / kGiB);
+      moved.x.push_back(it->budget_bytes / kGiB);
+      moved.y.push_back(it->offloaded_bytes / kGiB);
+    }
+  chart.panels.push_back({"activation bytes per step, all ranks (GiB)", {kept, moved}, true});
   return to_svg(chart);
 }
 

@@ -15,11 +15,13 @@ namespace stp::offload {
 struct SweepPoint {
   double budget_bytes = 0;
   bool feasible = false;
-  double peak_bytes = 0;  // planned peak, max over ranks (feasible points)
-  double step = 0;        // planned step time, seconds (feasible points)
-  double slowdown = 0;    // step / plan-free step - 1
-  int sets = 0;           // offloaded sets
-  double host_bytes = 0;  // pinned host bytes per rank
+  double peak_bytes = 0;       // planned peak, max over ranks (feasible points)
+  double step = 0;             // planned step time, seconds (feasible points)
+  double slowdown = 0;         // step / plan-free step - 1
+  int sets = 0;                // planned trips to host (forward sets and what deferred Ws hold)
+  double host_bytes = 0;       // pinned host bytes per rank
+  double kept_bytes = 0;       // Plan::kept_bytes: per step, all ranks, stay on the device
+  double offloaded_bytes = 0;  // Plan::offloaded_bytes: per step, all ranks, go to host
 };
 
 struct Sweep {

@@ -32,13 +32,15 @@ bool fits_all(const SimResult& sim, double budget) {
 
 std::string bytes_text(double b) { return format_bytes(b); }
 
-// A set the plan may offload, located in the input Program.
+// A trip the plan may make, located in the input Program: a set from its forward to its
+// backward, or (w_held) what a deferred W holds from its B to its W.
 struct Candidate {
   int rank = 0, chunk = 0, stage = 0, mb = 0;
-  int f_instr = 0, b_instr = 0;  // indices in program.ranks[rank]
+  bool w_held = false;           // the second trip: B to W
+  int f_instr = 0, b_instr = 0;  // indices in program.ranks[rank]: the producer, the consumer
   int f_pos = 0, b_pos = 0;      // positions among the rank's compute instructions
-  double transfer = 0;           // seconds of one copy of the set over the host link
-  double idle = 0;               // forward end to backward start in the plan-free simulation
+  double bytes = 0;              // bytes the trip moves
+  double transfer = 0;           // seconds of one copy over the host link
   int max_lead() const { return b_pos - 1 - f_pos; }
 };
 
@@ -59,7 +61,9 @@ class Search {
 
   // The input with the offloads of `lead` (one entry per candidate) inserted; new_index maps
   // [rank][input index] to the index in the result.
-  Program build(const std::vector<int>& lead, std::vector<std::vector<int>>* new_index) const {
+  // copy_of, when given, maps [rank][result index] of each OFFLOAD / RELOAD to its candidate.
+  Program build(const std::vector<int>& lead, std::vector<std::vector<int>>* new_index,
+                std::vector<std::vector<int>>* copy_of = nullptr) const {
     Program out = prog_;
     std::vector<std::vector<std::vector<int>>> offloads(prog_.p),
         reloads(prog_.p);  // [r][i] -> cands
@@ -75,6 +79,13 @@ class Search {
       reloads[k.rank][anchor].push_back(static_cast<int>(c));
     }
     if (new_index) new_index->assign(prog_.p, {});
+    if (copy_of) copy_of->assign(prog_.p, {});
+    auto push_copy = [&](std::vector<Instr>& list, int r, Op op, int c) {
+      list.push_back(copy_instr(op, cands_[c]));
+      if (!copy_of) return;
+      (*copy_of)[r].resize(list.size(), -1);
+      (*copy_of)[r].back() = c;
+    };
     for (int r = 0; r < prog_.p; ++r) {
       auto& list = out.ranks[r];
       list.clear();
@@ -82,12 +93,12 @@ class Search {
       for (std::size_t i = 0; i < prog_.ranks[r].size(); ++i) {
         if (new_index) (*new_index)[r][i] = static_cast<int>(list.size());
         list.push_back(prog_.ranks[r][i]);
-        for (int c : offloads[r][i]) list.push_back(copy_instr(Op::kOffload, cands_[c]));
+        for (int c : offloads[r][i]) push_copy(list, r, Op::kOffload, c);
         // The reload needed first goes first on the H2D channel.
         std::vector<int>& rl = reloads[r][i];
         std::sort(rl.begin(), rl.end(),
                   [&](int a, int b) { return cands_[a].b_pos < cands_[b].b_pos; });
-        for (int c : rl) list.push_back(copy_instr(Op::kReload, cands_[c]));
+        for (int c : rl) push_copy(list, r, Op::kReload, c);
       }
     }
     return out;
@@ -143,10 +154,8 @@ class Search {
   // Bytes of the smallest candidate set (the step of a descent).
   double smallest_set() const {
     double low = 0;
-    for (const Candidate& k : cands_) {
-      double b = schedule::set_bytes(costs_, k.stage) * costs_.offload_fraction;
-      if (low == 0 || b < low) low = b;
-    }
+    for (const Candidate& k : cands_)
+      if (low == 0 || k.bytes < low) low = k.bytes;
     return low;
   }
 
@@ -169,7 +178,7 @@ class Search {
     const int S = prog_.stages(), m = prog_.m;
     compute_.assign(prog_.p, {});
     std::vector<int> f_instr(static_cast<std::size_t>(S) * m, -1), b_instr(f_instr);
-    std::vector<int> f_pos(f_instr), b_pos(f_instr);
+    std::vector<int> f_pos(f_instr), b_pos(f_instr), w_instr(f_instr), w_pos(f_instr);
     for (int r = 0; r < prog_.p; ++r) {
       const auto& list = prog_.ranks[r];
       for (std::size_t i = 0; i < list.size(); ++i) {
@@ -188,30 +197,44 @@ class Search {
           } else if (part.pass == Pass::kB || part.pass == Pass::kBW) {
             b_instr[k] = static_cast<int>(i);
             b_pos[k] = pos;
+          } else if (part.pass == Pass::kW) {
+            w_instr[k] = static_cast<int>(i);
+            w_pos[k] = pos;
           }
         }
       }
     }
     for (int s = 0; s < S; ++s) {
       const double bytes = schedule::set_bytes(costs_, s) * costs_.offload_fraction;
-      if (bytes <= 0) continue;  // nothing to gain
       for (int mb = 0; mb < m; ++mb) {
         const std::size_t k = static_cast<std::size_t>(s) * m + mb;
-        if (f_instr[k] < 0 || b_instr[k] < 0 || b_pos[k] - f_pos[k] < 2) continue;
-        Candidate c;
-        c.rank = prog_.stage_rank[s];
-        c.chunk = prog_.stage_chunk[s];
-        c.stage = s;
-        c.mb = mb;
-        c.f_instr = f_instr[k];
-        c.b_instr = b_instr[k];
-        c.f_pos = f_pos[k];
-        c.b_pos = b_pos[k];
-        c.transfer =
-            (costs_.host_bandwidth > 0 ? bytes / costs_.host_bandwidth : 0) + costs_.host_latency;
-        cands_.push_back(c);
+        add_candidate(s, mb, false, bytes, f_instr[k], f_pos[k], b_instr[k], b_pos[k]);
+        if (options_.w_held_trips)
+          add_candidate(s, mb, true, bytes * costs_.w_held_fraction, b_instr[k], b_pos[k],
+                        w_instr[k], w_pos[k]);
       }
     }
+  }
+
+  // A trip from compute instruction `from` (position from_pos) to `to`, when it moves bytes
+  // and at least one compute instruction lies in between (else an offload only costs time).
+  void add_candidate(int s, int mb, bool w_held, double bytes, int from, int from_pos, int to,
+                     int to_pos) {
+    if (bytes <= 0 || from < 0 || to < 0 || to_pos - from_pos < 2) return;
+    const double transfer =
+        (costs_.host_bandwidth > 0 ? bytes / costs_.host_bandwidth : 0) + costs_.host_latency;
+    const Candidate c{.rank = prog_.stage_rank[s],
+                      .chunk = prog_.stage_chunk[s],
+                      .stage = s,
+                      .mb = mb,
+                      .w_held = w_held,
+                      .f_instr = from,
+                      .b_instr = to,
+                      .f_pos = from_pos,
+                      .b_pos = to_pos,
+                      .bytes = bytes,
+                      .transfer = transfer};
+    cands_.push_back(c);
   }
 
   const Program& prog_;
@@ -384,15 +407,18 @@ void reload_earlier(Search& search, std::vector<int>& lead, double budget) {
   }
 }
 
-// Most bytes a rank holds on host at once: each offloaded set from its OFFLOAD's start to its
-// RELOAD's end.
-double host_footprint(const CostModel& costs, const SimResult& sim, int p) {
+// Most bytes a rank holds on host at once: each trip from its OFFLOAD's start to its RELOAD's
+// end. copy_of: the candidate of each copy instruction (Search::build).
+double host_footprint(const std::vector<Candidate>& cands, const SimResult& sim,
+                      const std::vector<std::vector<int>>& copy_of, int p) {
   double most = 0;
   for (int r = 0; r < p; ++r) {
     std::vector<std::pair<double, double>> changes;  // (time, +-bytes)
     for (const schedule::TimelineEvent& ev : sim.timeline.events) {
-      if (ev.rank != r || ev.parts.empty()) continue;
-      const double bytes = schedule::set_bytes(costs, ev.parts[0].stage) * costs.offload_fraction;
+      if (ev.rank != r || ev.index < 0 || ev.index >= static_cast<int>(copy_of[r].size()) ||
+          copy_of[r][ev.index] < 0)
+        continue;
+      const double bytes = cands[copy_of[r][ev.index]].bytes;
       if (ev.category == std::string(schedule::kCategoryOffload))
         changes.push_back({ev.start, bytes});
       if (ev.category == std::string(schedule::kCategoryReload))
@@ -410,9 +436,9 @@ double host_footprint(const CostModel& costs, const SimResult& sim, int p) {
 
 }  // namespace
 
-double minimum_budget(const Program& program, const CostModel& costs) {
+double minimum_budget(const Program& program, const CostModel& costs, const PlanOptions& options) {
   check_inputs(program, costs);
-  Search search(program, costs, PlanOptions{});
+  Search search(program, costs, options);
   return lowest_peak(descend(search, search.idle_without_offload(), search.smallest_set()));
 }
 
@@ -459,25 +485,140 @@ Plan plan_offload(const Program& program, const CostModel& costs, double budget,
     reload_earlier(search, lead, budget);
   }
 
-  plan.program = search.build(lead, nullptr);
+  std::vector<std::vector<int>> copy_of;
+  plan.program = search.build(lead, nullptr, &copy_of);
   schedule::SimOptions so;
   so.record_timeline = true;
   SimResult sim = schedule::simulate(plan.program, costs, so);
   plan.step_after = sim.makespan;
   plan.peak_bytes_after = sim.max_peak_bytes();
   for (const auto& r : sim.ranks) plan.rank_peak_after.push_back(r.peak_bytes);
-  plan.host_bytes = host_footprint(costs, sim, program.p);
+  plan.host_bytes = host_footprint(cands, sim, copy_of, program.p);
+  for (int st = 0; st < program.stages(); ++st)
+    plan.kept_bytes += program.m * schedule::set_bytes(costs, st);
+  for (const auto& rank : program.ranks)
+    for (const Instr& in : rank)
+      for (const schedule::Part& part : in.parts)
+        if (part.pass == Pass::kB)
+          plan.kept_bytes += schedule::set_bytes(costs, part.stage) * costs.w_held_fraction;
+  for (std::size_t c = 0; c < n; ++c)
+    if (lead[c] != kNotOffloaded) plan.offloaded_bytes += cands[c].bytes;
+  plan.kept_bytes -= plan.offloaded_bytes;
   for (std::size_t c = 0; c < n; ++c)
     if (lead[c] != kNotOffloaded)
-      plan.sets.push_back(
-          {cands[c].rank, cands[c].chunk, cands[c].stage, cands[c].mb, lead[c], idle[c]});
+      plan.sets.push_back({cands[c].rank, cands[c].chunk, cands[c].stage, cands[c].mb,
+                           cands[c].w_held, lead[c], idle[c], cands[c].bytes});
   std::sort(plan.sets.begin(), plan.sets.end(), [](const PlannedSet& a, const PlannedSet& b) {
-    return std::tie(a.rank, a.stage, a.mb) < std::tie(b.rank, b.stage, b.mb);
+    return std::tie(a.rank, a.stage, a.mb, a.w_held) < std::tie(b.rank, b.stage, b.mb, b.w_held);
   });
   plan.simulations = search.simulations() + 1;
   STP_ASSERT(schedule::find_error(plan.program).empty(), schedule::find_error(plan.program));
   STP_ASSERT(fits_all(sim, budget), "planned peak ", sim.max_peak_bytes(), " over budget ", budget);
   return plan;
+}
+
+PeakMoment peak_moment(const Program& program, const CostModel& costs) {
+  check_inputs(program, costs);
+  schedule::SimOptions so;
+  so.record_timeline = so.record_memory = true;
+  const SimResult sim = schedule::simulate(program, costs, so);
+  PeakMoment out;
+  out.bytes = sim.max_peak_bytes();
+  for (std::size_t r = 0; r < sim.ranks.size(); ++r)
+    if (sim.ranks[r].peak_bytes == out.bytes) {
+      out.rank = static_cast<int>(r);
+      break;
+    }
+  const schedule::RankStats& rs = sim.ranks[out.rank];
+  for (const schedule::MemorySample& m : rs.memory)
+    if (m.bytes == out.bytes) {
+      out.time = m.time;
+      break;
+    }
+  // Per instruction of the rank: [start, end] of computes and copies; a RELOAD's destination
+  // is allocated when the rank issues it, at the end of the compute before it.
+  const auto& list = program.ranks[out.rank];
+  std::vector<double> start(list.size(), 0), end(list.size(), 0);
+  for (const schedule::TimelineEvent& ev : sim.timeline.events)
+    if (ev.rank == out.rank && ev.index >= 0) {
+      start[ev.index] = ev.start;
+      end[ev.index] = ev.end;
+    }
+  // One entry per set: its state changes (time, state, resident share of the set), in order.
+  struct Change {
+    double time;
+    const char* state;
+    double share;
+  };
+  std::map<std::pair<int, int>, std::vector<Change>> changes;  // (stage, mb)
+  std::map<std::pair<int, int>, bool> after_b;
+  double clock = 0;  // when the rank issues the next instruction
+  const double off = 1 - costs.offload_fraction, held = costs.w_held_fraction;
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const Instr& in = list[i];
+    if (in.is_compute()) {
+      for (const schedule::Part& part : in.parts) {
+        auto& c = changes[{part.stage, part.mb}];
+        const double begin = end[i] - schedule::instr_cost(in, costs).duration;
+        switch (part.pass) {
+          case Pass::kF: c.push_back({end[i], "saved for B", 1}); break;
+          case Pass::kB:
+            c.push_back({begin, "in B", 1});
+            c.push_back({end[i], "held for W", held});
+            after_b[{part.stage, part.mb}] = true;
+            break;
+          case Pass::kBW:
+            c.push_back({begin, "in B", 1});
+            c.push_back({end[i], "", 0});
+            break;
+          case Pass::kW:
+            c.push_back({begin, "in W", held});
+            c.push_back({end[i], "", 0});
+            break;
+        }
+      }
+      clock = end[i];
+      continue;
+    }
+    if (in.op != Op::kOffload && in.op != Op::kReload) continue;
+    const int stage = program.stage_of(out.rank, in.ref.chunk);
+    auto& c = changes[{stage, in.ref.mb}];
+    const bool w = after_b[{stage, in.ref.mb}];
+    const double share = w ? held : 1;
+    if (in.op == Op::kOffload) {
+      c.push_back({clock, "offloading", share});
+      c.push_back({end[i], "on host", share * off});
+    } else {
+      c.push_back({clock, w ? "reloaded for W" : "reloaded for B", share});
+    }
+  }
+  for (const auto& [key, list_of] : changes) {
+    const Change* now = nullptr;
+    for (const Change& c : list_of)
+      if (c.time <= out.time) now = &c;
+    if (now == nullptr || now->share <= 0 || now->state[0] == '\0') continue;
+    HeldSet h;
+    h.stage = key.first;
+    h.mb = key.second;
+    h.chunk = program.stage_chunk[h.stage];
+    h.bytes = schedule::set_bytes(costs, h.stage) * now->share;
+    h.state = now->state;
+    out.sets.push_back(h);
+  }
+  return out;
+}
+
+std::string to_text(const PeakMoment& m) {
+  std::string out = str_cat("rank ", m.rank, " at ");
+  char t[32];
+  std::snprintf(t, sizeof t, "%.4f s", m.time);
+  out += str_cat(t, " holds ", bytes_text(m.bytes), ":");
+  for (std::size_t i = 0; i < m.sets.size(); ++i) {
+    const HeldSet& h = m.sets[i];
+    out +=
+        str_cat(i ? ", " : " ", "c", h.chunk, "[", h.mb, "] ", h.state, " ", bytes_text(h.bytes));
+  }
+  return out;
 }
 
 std::string to_text(const Plan& p) {
@@ -502,7 +643,7 @@ std::string to_text(const Plan& p) {
     std::string sets;
     for (const PlannedSet& s : p.sets)
       if (s.rank == static_cast<int>(r))
-        sets += str_cat(sets.empty() ? "" : " ", "c", s.chunk, "[", s.mb, "]");
+        sets += str_cat(sets.empty() ? "" : " ", "c", s.chunk, "[", s.mb, "]", s.w_held ? "w" : "");
     std::snprintf(line, sizeof line, "%-5zu %-13s %-13s ", r,
                   bytes_text(p.rank_peak_before[r]).c_str(),
                   bytes_text(p.rank_peak_after[r]).c_str());

@@ -8,8 +8,12 @@
 // give the bytes of one activation set and whose host_bandwidth / host_latency describe the
 // host link, and a budget: the activation bytes one rank may hold on its device.
 //
-//  * Candidates: a set (stage, mb) whose backward is at least two compute instructions after
-//    its forward on the rank (with nothing in between an offload only costs time).
+//  * Candidates: trips of a set (stage, mb) between a producer and a consumer at least two
+//    compute instructions apart on the rank (with nothing in between an offload only costs
+//    time): its forward to its backward (set_bytes * offload_fraction), and, when its W is
+//    deferred, its B to its W (what W holds: set_bytes * w_held_fraction * offload_fraction).
+//    Both trips are placed, chosen and pruned alike; below "forward" and "backward" mean the
+//    trip's producer and consumer.
 //  * Placement policy: OFFLOAD right after the instruction holding the forward, so the D2H
 //    overlaps the very next compute; RELOAD `lead` compute instructions before the backward
 //    (lead 0: right after the compute instruction just before it). The first lead tried is the
@@ -41,18 +45,21 @@ namespace stp::offload {
 
 inline constexpr double kUnlimitedBudget = std::numeric_limits<double>::infinity();
 
+// One planned trip of a set to host and back.
 struct PlannedSet {
   int rank = 0;
   int chunk = 0;
   int stage = 0;
   int mb = 0;
-  int lead = 0;     // compute instructions between its RELOAD and its backward
-  double idle = 0;  // seconds from its forward's end to its backward's start, without offload
+  bool w_held = false;  // the second trip: what a deferred W holds, from its B to its W
+  int lead = 0;         // compute instructions between its RELOAD and its consumer
+  double idle = 0;      // seconds from its producer's end to its consumer's start, no offload
+  double bytes = 0;     // bytes the trip moves
 };
 
 struct Plan {
   schedule::Program program;     // the input with OFFLOAD / RELOAD inserted
-  std::vector<PlannedSet> sets;  // offloaded sets, by rank, stage, mb
+  std::vector<PlannedSet> sets;  // planned trips, by rank, stage, mb, trip
   double budget_bytes = kUnlimitedBudget;
   double peak_bytes_before = 0;  // simulated peak activation bytes, max over ranks
   double peak_bytes_after = 0;
@@ -61,14 +68,19 @@ struct Plan {
   double step_before = 0;                // simulated step time (makespan), seconds
   double step_after = 0;
   double host_bytes = 0;  // most bytes one rank keeps on host at once: the pool size
-  int candidates = 0;     // sets that could be offloaded
-  int simulations = 0;    // simulate() calls the search made
+  // Per step, summed over ranks: activation bytes the sets hold (a forward's set, plus what a
+  // deferred W holds after its B), split into those that stay on the device and those moved.
+  double kept_bytes = 0;
+  double offloaded_bytes = 0;
+  int candidates = 0;   // trips that could be planned
+  int simulations = 0;  // simulate() calls the search made
 
   double slowdown() const { return step_before > 0 ? step_after / step_before - 1 : 0; }
 };
 
 struct PlanOptions {
   int max_simulations = 20000;  // search effort bound, >= 1; the best feasible plan so far wins
+  bool w_held_trips = true;     // offer second trips (B to W) as candidates
 };
 
 // REQUIRES (std::invalid_argument naming the value): program passes verify() and has no
@@ -78,7 +90,25 @@ Plan plan_offload(const schedule::Program& program, const schedule::CostModel& c
                   double budget_bytes, const PlanOptions& options = {});
 
 // The smallest per-rank peak the planner can reach (see Note).
-double minimum_budget(const schedule::Program& program, const schedule::CostModel& costs);
+double minimum_budget(const schedule::Program& program, const schedule::CostModel& costs,
+                      const PlanOptions& options = {});
+
+// What a rank holds at the moment its simulated peak is reached: why a budget cannot go lower.
+struct HeldSet {
+  int chunk = 0, stage = 0, mb = 0;
+  double bytes = 0;   // resident bytes of the set then
+  std::string state;  // "saved for B", "in B", "offloading", "reloaded for W", ...
+};
+struct PeakMoment {
+  int rank = 0;               // the first rank whose peak is the program's
+  double time = 0;            // seconds: the first moment it holds that peak
+  double bytes = 0;           // the peak
+  std::vector<HeldSet> sets;  // resident sets then, by stage and mb
+};
+// REQUIRES: program passes verify(); validate(costs) passes.
+PeakMoment peak_moment(const schedule::Program& program, const schedule::CostModel& costs);
+// "rank 1 at 1.2345 s holds 4.00 GiB: c0[3] in B 1.00 GiB, c1[2] saved for B 1.00 GiB, ..."
+std::string to_text(const PeakMoment& moment);
 
 // A human-readable summary: the plan's figures, a line per rank, the offloaded sets.
 std::string to_text(const Plan& plan);

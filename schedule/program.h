@@ -23,7 +23,9 @@
 //    order). SEND_F ref=(s, mb) pairs with RECV_F ref=(s+1, mb); SEND_B ref=(s, mb) with
 //    RECV_B ref=(s-1, mb). A RECV blocks until its SEND was issued; SENDs never block.
 //  - OFFLOAD(c, mb) follows the forward that produced the set; RELOAD(c, mb) follows its OFFLOAD
-//    and precedes the backward (B or BW) of that set.
+//    and precedes the backward (B or BW) of that set. A set whose W is deferred may make a
+//    second trip: OFFLOAD after its B (what is left: what W reads) and RELOAD before its W. At
+//    most one trip before the backward and one between B and W.
 //
 // Additions since the first version (nothing was renamed or removed): the invariants note
 // above, from_string for Pass/Op, to_string(Part), Program::stage_of(), is_p2p().
@@ -69,8 +71,9 @@ enum class Op : std::uint8_t {
   kSendB,  // send the input gradient of (ref.stage, ref.mb) to stage ref.stage-1 on peer
   kRecvB,  // receive the output gradient of (ref.stage, ref.mb) from stage ref.stage+1 on peer
   // Host offload of the activation set (ref.chunk, ref.mb) saved by its forward.
-  kOffload,  // start D2H after the forward that produced it; device memory freed when done
-  kReload,   // start H2D (a prefetch); the backward of (ref.chunk, ref.mb) waits for it
+  kOffload,  // start D2H after the forward that produced it (or after its B: what a deferred W
+             // holds); device memory freed when done
+  kReload,   // start H2D (a prefetch); the next backward pass of (ref.chunk, ref.mb) waits for it
 };
 
 struct Instr {

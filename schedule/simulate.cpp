@@ -36,6 +36,8 @@ class Simulator final : public Interpreter::Observer {
     b_in_.assign(n, 0);
     offload_end_.assign(n, 0);
     reload_end_.assign(n, -1);
+    w_reload_end_.assign(n, -1);
+    b_done_.assign(n, 0);
     arrival_.assign(p_, {});
     for (int r = 0; r < p_; ++r) arrival_[r].assign(prog_.ranks[r].size(), 0);
     link_free_.assign(static_cast<std::size_t>(p_) * p_, 0);
@@ -81,6 +83,8 @@ class Simulator final : public Interpreter::Observer {
         if (part.stage < S_ - 1 && prog_.stage_rank[part.stage + 1] != r)
           ready_p2p = std::max(ready_p2p, b_in_[k]);
         if (reload_end_[k] >= 0) ready_reload = std::max(ready_reload, reload_end_[k]);
+      } else if (w_reload_end_[k] >= 0) {  // kW after a second trip
+        ready_reload = std::max(ready_reload, w_reload_end_[k]);
       }
     }
     const double begin = std::max(ready_p2p, ready_reload);
@@ -100,6 +104,7 @@ class Simulator final : public Interpreter::Observer {
     // Memory at the instruction's end (Note [Activation memory convention]).
     for (const Part& part : in.parts) {
       const double bytes = set_bytes(c_, part.stage);
+      if (part.pass == Pass::kB) b_done_[at(part.stage, part.mb)] = 1;
       switch (part.pass) {
         case Pass::kF: mem_[r].push_back({end, true, bytes, 1, 1}); break;
         case Pass::kB: {  // keeps w_held_fraction of the set: may grow it (> 1)
@@ -156,7 +161,11 @@ class Simulator final : public Interpreter::Observer {
     STP_CHECK(s >= 0 && in.ref.mb >= 0 && in.ref.mb < m_, "simulate: rank ", r, " has a malformed ",
               to_string(in), "; run verify() first");
     const std::size_t k = at(s, in.ref.mb);
-    const double bytes = set_bytes(c_, s) * c_.offload_fraction;
+    // After its B the set holds what its deferred W reads (the second trip).
+    const bool w_trip = b_done_[k] != 0;
+    const double bytes =
+        set_bytes(c_, s) * (w_trip ? c_.w_held_fraction : 1.0) * c_.offload_fraction;
+    const int sets = w_trip ? 0 : 1;  // the main convention no longer counts a set after B
     const double wire = transfer(bytes, c_.host_bandwidth);
     double start, end;
     if (in.op == Op::kOffload) {
@@ -164,16 +173,16 @@ class Simulator final : public Interpreter::Observer {
       st.d2h_free = start + wire;
       end = start + wire + c_.host_latency;
       offload_end_[k] = end;
-      mem_[r].push_back({end, false, -bytes, -1, -1});
+      mem_[r].push_back({end, false, -bytes, -sets, -1});
       result_.ranks[r].offloaded_bytes += bytes;
     } else {
       start = std::max({st.clock, st.h2d_free, offload_end_[k]});
       st.h2d_free = start + wire;
       end = start + wire + c_.host_latency;
-      reload_end_[k] = end;
+      (w_trip ? w_reload_end_ : reload_end_)[k] = end;
       // The destination is allocated when the RELOAD is issued (as the engine does), even if
       // the H2D channel only starts the copy later.
-      mem_[r].push_back({st.clock, true, bytes, 1, 1});
+      mem_[r].push_back({st.clock, true, bytes, sets, 1});
     }
     if (opt_.record_timeline)
       result_.timeline.events.push_back(event(
@@ -247,9 +256,11 @@ class Simulator final : public Interpreter::Observer {
   const CostModel& c_;
   const SimOptions& opt_;
   const int p_, S_, m_;
-  std::vector<double> f_in_, b_in_;  // (S*m) arrival of a forward's input / a backward's gradient
-  std::vector<double> offload_end_;  // (S*m) when the set's OFFLOAD copy completed
-  std::vector<double> reload_end_;   // (S*m) when its RELOAD copy completes, -1 if none
+  std::vector<double> f_in_, b_in_;   // (S*m) arrival of a forward's input / a backward's gradient
+  std::vector<double> offload_end_;   // (S*m) when the set's OFFLOAD copy completed
+  std::vector<double> reload_end_;    // (S*m) when its RELOAD copy completes, -1 if none
+  std::vector<double> w_reload_end_;  // (S*m) the same for the second trip (before W)
+  std::vector<char> b_done_;          // (S*m) its B ran: a copy now is the second trip
   std::vector<std::vector<double>> arrival_;        // [rank][instr] when a SEND's message arrives
   std::vector<double> link_free_;                   // (p*p) when the directed link is free
   std::vector<std::vector<int>> rank_chunk_stage_;  // [rank][chunk] -> stage

@@ -9,6 +9,7 @@
 //    that consumes it (the rank waits there, as the executor does);
 //  - OFFLOAD / RELOAD take no rank time: they queue a copy on the rank's D2H / H2D channel
 //    (one copy at a time each). A RELOAD's copy starts after the set's OFFLOAD completed.
+//    A copy issued after the set's B is the second trip of what its deferred W holds.
 //
 // Note [Activation memory convention]
 // A set (stage, mb) becomes resident when the instruction holding its F ends and is released
@@ -19,6 +20,8 @@
 // forward allocates its own). This reproduces the seed table's 2p (ZB-V) and 3p (STP).
 // The variant peak_sets_until_w keeps a set whose W was deferred until that W ends. Bytes follow
 // CostModel::w_held_fraction: that share of a deferred-W set stays resident until its W ends.
+// A second trip (OFFLOAD after the set's B, RELOAD before its W) moves those bytes
+// (w_held_fraction * offload_fraction of the set) the same way, and the W waits for its RELOAD.
 //
 // Thread-safety: pure function.
 #pragma once

@@ -76,6 +76,7 @@ class Machine final : public Interpreter::Observer {
     f_in_.assign(n, 0);
     b_in_.assign(n, 0);
     offloaded_.assign(n, 0);
+    trips_.assign(n, 0);
     fifo_.assign(p_, {});
     Interpreter interpreter(prog_, ChannelLayout::kPerPairDirection);
     interpreter.run(*this);
@@ -177,6 +178,9 @@ class Machine final : public Interpreter::Observer {
         if (!b_done_[k]) fail(where(r, i), ": W of ", sm(s, part.mb), " before its B");
         if (fused_[k]) fail(where(r, i), ": W of ", sm(s, part.mb), " whose backward fused W");
         if (w_done_[k]) fail(where(r, i), ": second W of ", sm(s, part.mb));
+        if (offloaded_[k] == 1)
+          fail(where(r, i), ": W of ", sm(s, part.mb),
+               " while what it holds is offloaded (no RELOAD before it)");
         auto& fifo = fifo_[r];
         if (fifo.empty() || fifo.front() != k) {
           const std::size_t front = fifo.empty() ? 0 : fifo.front();
@@ -258,8 +262,15 @@ class Machine final : public Interpreter::Observer {
       const std::size_t k = at(s, in.ref.mb);
       if (in.op == Op::kOffload) {
         if (!f_done_[k]) fail(where(r, i), ": offloads ", sm(s, in.ref.mb), " before its F");
-        if (b_done_[k]) fail(where(r, i), ": offloads ", sm(s, in.ref.mb), " after its backward");
+        // After its B a set holds what its deferred W reads: a second trip (Note [Schedule
+        // invariants]); a fused BW or a W that ran leaves nothing.
+        if (b_done_[k] && (fused_[k] || w_done_[k]))
+          fail(where(r, i), ": offloads ", sm(s, in.ref.mb), " after its last backward pass");
         if (offloaded_[k] == 1) fail(where(r, i), ": ", sm(s, in.ref.mb), " is already offloaded");
+        if (trips_[k] == (b_done_[k] ? 2 : 1))
+          fail(where(r, i), ": offloads ", sm(s, in.ref.mb), " twice ",
+               b_done_[k] ? "between its B and its W" : "before its backward");
+        trips_[k] = b_done_[k] ? 2 : 1;
         offloaded_[k] = 1;
       } else {
         if (offloaded_[k] != 1)
@@ -298,8 +309,9 @@ class Machine final : public Interpreter::Observer {
   const int p_, S_, m_;
   std::vector<std::vector<int>> rank_chunk_stage_;      // [rank][chunk] -> stage
   std::vector<char> f_done_, b_done_, w_done_, fused_;  // (S*m) per (stage, mb)
-  std::vector<char> f_in_, b_in_;              // (S*m) input activation / output gradient received
-  std::vector<char> offloaded_;                // (S*m) 0 resident, 1 offloaded, 2 reloaded
+  std::vector<char> f_in_, b_in_;  // (S*m) input activation / output gradient received
+  std::vector<char> offloaded_;    // (S*m) 0 resident, 1 offloaded, 2 reloaded
+  std::vector<char> trips_;        // (S*m) last trip started: 0 none, 1 before B, 2 between B and W
   std::vector<std::deque<std::size_t>> fifo_;  // (p) deferred B parts (stage*m+mb), oldest first
 };
 

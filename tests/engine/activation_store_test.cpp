@@ -308,6 +308,45 @@ TEST_F(ActivationStoreOffload, RoundTripRestoresEveryFieldBitForBit) {
   EXPECT_EQ(store_.resident_bytes(), set_bytes);
 }
 
+// A set whose W is deferred makes a second trip (Note [Schedule invariants]): offloaded after
+// its forward, reloaded for its B, which erases what only B read; what W reads is offloaded
+// again and reloaded for the W, bit for bit, and the set is released once W emptied it.
+TEST_F(ActivationStoreOffload, ASecondTripBetweenBAndWRestoresWhatWReads) {
+  auto fields = mixed_fields(30);
+  const auto want = snapshot(fields);
+  fill(store_.create(1, 3), fields);
+  store_.account();
+  store_.offload(1, 3);
+  offload_.drain();
+  store_.reload(1, 3);
+  ActivationSet& at_b = store_.acquire(1, 3);
+  expect_fields(at_b, want);
+  // B: reads everything, leaves what W needs.
+  at_b.erase("attn_probs");
+  at_b.erase("mask");
+  auto w_fields = want;
+  w_fields.erase("attn_probs");
+  w_fields.erase("mask");
+  store_.account();
+  EXPECT_EQ(store_.resident_bytes(), nbytes(w_fields));
+
+  store_.offload(1, 3);  // the second trip
+  EXPECT_EQ(store_.offloaded_bytes(), nbytes(want) + nbytes(w_fields));
+  expect_error<std::logic_error>([&] { store_.acquire(1, 3); }, "no RELOAD was scheduled");
+  offload_.drain();
+  store_.account();
+  EXPECT_EQ(store_.resident_bytes(), 0);
+  store_.release_if_empty(1, 3);  // away, not empty: kept
+  EXPECT_EQ(store_.live_sets(), 1);
+  store_.reload(1, 3);
+  ActivationSet& at_w = store_.acquire(1, 3);
+  expect_fields(at_w, w_fields);
+  at_w.clear();  // W: reads the rest
+  store_.release_if_empty(1, 3);
+  EXPECT_EQ(store_.live_sets(), 0);
+  EXPECT_EQ(offload_.host_bytes(), 0);
+}
+
 TEST_F(ActivationStoreOffload, ASetCannotBeUsedWhileAway) {
   const auto want = mixed_fields(20);
   fill(store_.create(0, 1), snapshot(want));

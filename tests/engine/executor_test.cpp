@@ -332,22 +332,22 @@ TEST(Trainer, Bfloat16LossFollowsFloat32) {
 }
 
 // Issue #15 item 7: the default budget ("auto", 80 % of the peak) never refuses a run. Where
-// 80 % is below the floor it runs at the floor (zb-v here: its floor is 83 %), where nothing
+// 80 % is below the floor it runs at the floor (zb-h1 here: its floor is near 90 %), where nothing
 // offloadable lowers the peak it runs without offload (1F1B on one rank); a budget the user
 // wrote still refuses, naming the floor.
 TEST(Executor, TheAutoBudgetRunsAtTheFloorInsteadOfRefusing) {
   {
-    models::GptConfig cfg = tiny_config(4);
+    models::GptConfig cfg = tiny_config(2);
     ParamMap full = testing::random_full_params(cfg, 7);
     const auto mbs = microbatches(cfg, 4, 3);
     try {
-      run_job(cfg, full, Job{"zb-v", 1, 2, 4, "80%"}, {mbs});
-      ADD_FAILURE() << "80 % is below zb-v's floor here: the planner must refuse it";
+      run_job(cfg, full, Job{"zb-h1", 1, 2, 4, "80%"}, {mbs});
+      ADD_FAILURE() << "80 % is below zb-h1's floor here: the planner must refuse it";
     } catch (const OffloadBudgetTooSmall& e) {
       EXPECT_NE(std::string(e.what()).find("smallest feasible budget"), std::string::npos);
     }
   }
-  expect_matches_reference(Job{"zb-v", 1, 2, 4, "auto"});
+  expect_matches_reference(Job{"zb-h1", 1, 2, 4, "auto"});
   expect_matches_reference(Job{"1f1b", 1, 1, 4, "auto"});
   EXPECT_EQ(to_string(parse_offload_budget("auto")), "auto");
   EXPECT_TRUE(parse_offload_budget("auto").floor_if_below);
@@ -360,7 +360,10 @@ TEST(Executor, StpWithLargeMIsExactToo) {
 
 TEST(Executor, OffloadPlansGiveTheSameNumbers) {
   expect_matches_reference(Job{"stp", 2, 2, 8, "85%"});
-  expect_matches_reference(Job{"zb-v", 1, 2, 4, "85%"});  // its floor is 83 % here
+  expect_matches_reference(Job{"zb-v", 1, 2, 4, "85%"});
+  // Low enough that the plan sends what deferred Ws hold to host and back too (for stp
+  // verify's model the floor fell from 60 % to 45 % with those trips).
+  expect_matches_reference(Job{"stp", 1, 2, 8, "55%"});
   expect_matches_reference(Job{"1f1b-i", 1, 2, 4, "70%"});
 }
 
@@ -384,7 +387,7 @@ TEST(Executor, MeasuredActivationMemoryMatchesTheSimulatorAndTheBudget) {
       EXPECT_EQ(off.stats[r].offloaded_bytes, 0);
     }
     if (std::string(kind) == "1f1b") continue;  // nothing to offload: its peak is its minimum
-    JobResult on = run_job(cfg, full, Job{kind, 1, pp, 8, "85%"}, {mbs});  // zb-v's floor: 83 %
+    JobResult on = run_job(cfg, full, Job{kind, 1, pp, 8, "85%"}, {mbs});
     ASSERT_GT(on.budget, 0) << kind;
     std::int64_t offloaded = 0;
     for (int r = 0; r < pp; ++r) {

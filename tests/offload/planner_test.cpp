@@ -121,6 +121,55 @@ TEST(Planner, BelowTheMinimumIsAnInputErrorNamingIt) {
   EXPECT_LE(at_floor.peak_bytes_after, floor);
 }
 
+// What a deferred W holds after its B (w_held_fraction > 1, as the engine measures) is a
+// candidate like a forward's set: with it the floor falls, every plan verifies and fits, and
+// the second trips it plans move w_held_fraction of a set.
+TEST(Planner, WhatADeferredWHoldsIsOffloadedToo) {
+  for (const Case& c : {Case{"stp", 4, 16}, Case{"zb-v", 4, 12}, Case{"zb-h1", 3, 9}}) {
+    SCOPED_TRACE(c.kind);
+    schedule::Program prog = schedule::make(c.kind, c.p, c.m);
+    schedule::CostModel cm = costs(50);
+    cm.w_held_fraction = 1.3;
+    const double peak = schedule::simulate(prog, cm).max_peak_bytes();
+    const double floor = minimum_budget(prog, cm);
+    Plan plan = plan_offload(prog, cm, floor);
+    EXPECT_EQ(schedule::find_error(plan.program), "");
+    EXPECT_LE(schedule::simulate(plan.program, cm).max_peak_bytes(), floor * (1 + 1e-12));
+    int w_trips = 0;
+    for (const PlannedSet& s : plan.sets)
+      if (s.w_held) {
+        ++w_trips;
+        EXPECT_DOUBLE_EQ(s.bytes, 1.3 * kGiB);
+      }
+    EXPECT_GT(w_trips, 0) << "the floor " << format_bytes(floor) << " needs no second trip";
+    EXPECT_EQ(count_ops(plan.program, Op::kOffload), static_cast<int>(plan.sets.size()));
+    // Without second trips the floor is higher.
+    PlanOptions first_trips_only;
+    first_trips_only.w_held_trips = false;
+    EXPECT_LT(floor, minimum_budget(prog, cm, first_trips_only)) << format_bytes(peak);
+  }
+}
+
+// peak_moment names what the fullest rank holds at its peak: the sets' bytes add up to it, and
+// at the floor of STP nothing there is on its way to host or back unaccounted.
+TEST(Planner, ThePeakMomentAccountsForEveryByteOfThePeak) {
+  for (const Case& c : cases()) {
+    SCOPED_TRACE(c.kind);
+    schedule::Program prog = schedule::make(c.kind, c.p, c.m);
+    schedule::CostModel cm = costs();
+    cm.w_held_fraction = 1.3;
+    for (const schedule::Program& p :
+         {prog, plan_offload(prog, cm, minimum_budget(prog, cm)).program}) {
+      const PeakMoment m = peak_moment(p, cm);
+      EXPECT_EQ(m.bytes, schedule::simulate(p, cm).max_peak_bytes());
+      double sum = 0;
+      for (const HeldSet& h : m.sets) sum += h.bytes;
+      EXPECT_NEAR(sum, m.bytes, 1e-6 * m.bytes) << to_text(m);
+      EXPECT_THAT(to_text(m), HasSubstr("rank " + std::to_string(m.rank) + " at "));
+    }
+  }
+}
+
 TEST(Planner, StpOffloadsChunkZeroFirstAndHidesTheCopies) {
   // The reference offloads chunk 0 (its sets wait longest for their backward in the V). A
   // budget that needs a few sets per rank gets only chunk-0 sets, and with a link that copies

@@ -336,6 +336,46 @@ TEST(Offload, PartialOffloadKeepsTheRestResident) {
   EXPECT_DOUBLE_EQ(s.ranks[0].offloaded_bytes, 50.0);
 }
 
+// p = 1, one stage, W deferred: F0[0] B0[0] OFFLOAD F0[1] BW0[1] RELOAD W0[0]; what W0[0]
+// holds (w_held_fraction of the set) makes the second trip.
+TEST(Offload, WhatADeferredWHoldsGoesToHostAndTheWWaitsForItsReload) {
+  const Part s0{Pass::kF, 0, 0, 0};
+  auto part = [](Pass pass, int mb) { return Part{pass, 0, 0, mb}; };
+  Program prog = compute_only(make_1f1b(1, 2));
+  prog.ranks[0] = {compute(Op::kF, {part(Pass::kF, 0)}),
+                   compute(Op::kB, {part(Pass::kB, 0)}),
+                   comm(Op::kOffload, s0),
+                   compute(Op::kF, {part(Pass::kF, 1)}),
+                   compute(Op::kBW, {part(Pass::kBW, 1)}),
+                   comm(Op::kReload, s0),
+                   compute(Op::kW, {part(Pass::kW, 0)})};
+  ASSERT_EQ(find_error(prog), "");
+  CostModel c;
+  c.act_bytes = 100;
+  c.w_held_fraction = 1.5;
+  c.host_bandwidth = 75;  // the 150 held bytes: 2 s per copy
+  const SimResult s = simulate(prog, c, SimOptions{.record_timeline = true, .record_memory = true});
+  // F0 [0,1]; B0 [1,2] (150 held); D2H [2,4]; F1 [2,3]; BW1 [3,5]; H2D [5,7]; W0 [7,8].
+  EXPECT_DOUBLE_EQ(s.makespan, 8.0);
+  EXPECT_DOUBLE_EQ(s.ranks[0].reload_wait, 2.0);
+  EXPECT_DOUBLE_EQ(s.ranks[0].offloaded_bytes, 150.0);
+  // 100 @1, 150 @2, 250 @3, 100 @4 (the held bytes left), 0 @5, 150 @5 (reload), 0 @8.
+  EXPECT_DOUBLE_EQ(s.ranks[0].peak_bytes, 250.0);
+  EXPECT_EQ(s.ranks[0].peak_sets_until_w, 2);
+  std::vector<std::pair<double, double>> got;
+  for (const MemorySample& m : s.ranks[0].memory) got.emplace_back(m.time, m.bytes);
+  EXPECT_EQ(got, (std::vector<std::pair<double, double>>{
+                     {1, 100}, {2, 150}, {3, 250}, {4, 100}, {5, 150}, {8, 0}}));
+  for (const TimelineEvent& ev : s.timeline.events)
+    if (ev.name == "W0[0]") {
+      EXPECT_DOUBLE_EQ(ev.reload_wait, 2.0);
+    }
+  // Without the trip the held bytes stay: 100 + 150 from 3 to 5.
+  EXPECT_DOUBLE_EQ(simulate(compute_only(prog), c).ranks[0].peak_bytes, 250.0);
+  c.host_bandwidth = 0;  // instant copies: the held bytes leave at once
+  EXPECT_DOUBLE_EQ(simulate(prog, c).ranks[0].peak_bytes, 150.0);
+}
+
 TEST(Offload, AReloadWaitsForItsOffloadAndTheH2DChannel) {
   // Slow host link: D2H of set 0 runs [1,6]; the RELOAD issued at 7 starts then, ends at 12.
   CostModel c;

@@ -192,6 +192,14 @@ TEST(Verify, ChecksOffloadAndReload) {
                               comm(Op::kReload, {Pass::kF, 0, 0, 0}));
   expect_error(reload_only, "reloads stage 0 mb 0 which is not offloaded");
 
+  Program twice = with_offload(2);  // a second OFFLOAD before the backward
+  twice.ranks[0].insert(twice.ranks[0].begin() + 3, comm(Op::kOffload, {Pass::kF, 0, 0, 0}));
+  expect_error(twice, "offloads stage 0 mb 0 twice before its backward");
+
+  Program after_bw = compute_only(make_1f1b(1, 1));  // F0[0] BW0[0]: nothing left after BW
+  after_bw.ranks[0].push_back(comm(Op::kOffload, {Pass::kF, 0, 0, 0}));
+  expect_error(after_bw, "offloads stage 0 mb 0 after its last backward pass");
+
   Program bad_chunk = compute_only(make_1f1b(1, 1));
   bad_chunk.ranks[0].insert(bad_chunk.ranks[0].begin() + 1,
                             comm(Op::kOffload, {Pass::kF, 3, 0, 0}));
@@ -223,6 +231,39 @@ TEST(InsertP2P, RefusesAProgramThatAlreadyHasP2P) {
   Program stripped = compute_only(prog);
   insert_p2p(stripped);
   EXPECT_EQ(stripped, prog);
+}
+
+}  // namespace
+}  // namespace stp::schedule
+
+namespace stp::schedule {
+namespace {
+
+// F0[0] B0[0] F0[1] W0[0] ... with what W0[0] holds offloaded after its B and reloaded before
+// its W (the second trip); `reload` false leaves the RELOAD out.
+Program with_w_trip(bool reload) {
+  const Part s0{Pass::kF, 0, 0, 0};
+  auto part = [](Pass pass, int mb) { return Part{pass, 0, 0, mb}; };
+  Program prog = compute_only(make_1f1b(1, 2));
+  prog.ranks[0] = {compute_instr(Op::kF, {part(Pass::kF, 0)}),
+                   comm(Op::kOffload, s0),
+                   comm(Op::kReload, s0),
+                   compute_instr(Op::kB, {part(Pass::kB, 0)}),
+                   comm(Op::kOffload, s0),
+                   compute_instr(Op::kF, {part(Pass::kF, 1)}),
+                   compute_instr(Op::kBW, {part(Pass::kBW, 1)}),
+                   compute_instr(Op::kW, {part(Pass::kW, 0)})};
+  if (reload) prog.ranks[0].insert(prog.ranks[0].begin() + 7, comm(Op::kReload, s0));
+  return prog;
+}
+
+TEST(Verify, WhatADeferredWHoldsMakesASecondTrip) {
+  EXPECT_EQ(find_error(with_w_trip(true)), "");
+  expect_error(with_w_trip(false),
+               "W of stage 0 mb 0 while what it holds is offloaded (no RELOAD before it)");
+  Program third = with_w_trip(true);  // a second OFFLOAD between B and W
+  third.ranks[0].insert(third.ranks[0].begin() + 8, comm(Op::kOffload, {Pass::kF, 0, 0, 0}));
+  expect_error(third, "offloads stage 0 mb 0 twice between its B and its W");
 }
 
 }  // namespace
