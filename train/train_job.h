@@ -16,9 +16,14 @@
 namespace stp::train {
 
 struct TrainJobOptions {
-  bool resume = false;  // continue from the newest complete checkpoint, if any
-  int stop_after = 0;   // > 0: stop (like a crash, without the final checkpoint) after this
-                        // many steps of this run — for tests of resume
+  // Continue from the newest complete checkpoint, if any; one whose shard fails its size or
+  // checksum on any rank is skipped (with a warning naming it) for the next older intact one.
+  bool resume = false;
+  // Continue from this checkpoint folder (DIR/step_N) and no other: any problem stops the run.
+  // Non-empty implies resume.
+  std::string resume_from;
+  int stop_after = 0;  // > 0: stop (like a crash, without the final checkpoint) after this
+                       // many steps of this run — for tests of resume
   // Fault injection for the resume tests (a test hook): rank `kill_rank` SIGKILLs itself in the
   // middle of step `kill_at_step` (after its forward work began), as a crash would. -1: never.
   std::int64_t kill_at_step = -1;
