@@ -1,7 +1,8 @@
-// The `stp train` job on one rank: configuration -> world -> GPT -> data -> (resume) -> steps
-// with progress, metrics, checkpoints -> summary, plots and the measured timeline. It reads no
-// environment beyond the launch edge (engine::launch_env_from_environment) and prints nothing
-// itself: its text goes to TrainJobOptions::say.
+// The `stp train` job on one rank: configuration -> data -> (resume candidates, or
+// model.init_from) -> world and model (GPT or Llama) -> (the checkpoint every rank resumes from)
+// -> steps with progress, metrics, checkpoints -> summary, plots and the measured timeline. It
+// reads no environment beyond the launch edge (engine::launch_env_from_environment) and prints
+// nothing itself: its text goes to TrainJobOptions::say.
 //
 // Every rank of the job runs run_train_job with the same configuration (typically under
 // `stp run -n N -- stp train ...`); the world size must be dp * pp * tp.
