@@ -1,4 +1,5 @@
-// `stp train [--config FILE] [--set section.key=value ...] [--resume]`: the main job. With no
+// `stp train [--config FILE] [--set section.key=value ...] [--resume | --resume-from DIR]`: the
+// main job. With no
 // config it trains the embedded default (a small GPT, TP 2 x PP 2, the STP schedule, an offload
 // budget that makes the planner offload) on a generated corpus:
 //   stp run -n 4 -- stp train
@@ -24,7 +25,12 @@ int train(const std::vector<std::string>& args) {
   CLI::App app{"Train a GPT with the STP engine (run under `stp run -n N --`)", "stp train"};
   app.add_option("--config", config_path, "JSON config file (docs/config.md)");
   app.add_option("--set", sets, "override one field: section.key=value (repeatable)");
-  app.add_flag("--resume", resume, "continue from the newest complete checkpoint");
+  std::string resume_from;
+  app.add_flag("--resume", resume,
+               "continue from the newest complete checkpoint (skipping corrupt ones, with a "
+               "warning)");
+  app.add_option("--resume-from", resume_from,
+                 "continue from this checkpoint (DIR/step_N) and no other");
   app.add_option("--stop-after", stop_after,
                  "stop after N steps without a final checkpoint (tests)")
       ->check(CLI::NonNegativeNumber);
@@ -37,7 +43,8 @@ int train(const std::vector<std::string>& args) {
   }
   const train::TrainConfig cfg = train::load_config(config_path, sets);
   train::TrainJobOptions opts;
-  opts.resume = resume;
+  opts.resume = resume || !resume_from.empty();
+  opts.resume_from = resume_from;
   opts.stop_after = stop_after;
   opts.say = [](const std::string& text) {
     std::fputs(text.c_str(), stdout);

@@ -113,7 +113,8 @@ nlohmann::json layout_json(const CheckpointLayout& l) {
           {"tp", l.tp},
           {"world", l.world},
           {"schedule", l.schedule},
-          {"microbatches", l.microbatches}};
+          {"microbatches", l.microbatches},
+          {"rank_order", "rank = (pp * dp_size + dp) * tp_size + tp"}};
 }
 
 template <typename T>
@@ -159,6 +160,16 @@ void remove_checkpoint(const fs::path& dir) {
 }
 
 }  // namespace
+
+RankCoords rank_coords(const CheckpointLayout& layout, int rank) {
+  STP_CHECK(layout.dp >= 1 && layout.pp >= 1 && layout.tp >= 1 &&
+                layout.world == layout.dp * layout.pp * layout.tp,
+            "checkpoint layout dp=", layout.dp, " pp=", layout.pp, " tp=", layout.tp,
+            " does not multiply to world=", layout.world);
+  STP_CHECK(rank >= 0 && rank < layout.world, "rank ", rank, " is out of range [0, ", layout.world,
+            ")");
+  return {rank / (layout.tp * layout.dp), (rank / layout.tp) % layout.dp, rank % layout.tp};
+}
 
 std::string checkpoint_dir_name(std::int64_t step) {
   char buf[40];
@@ -223,8 +234,12 @@ std::string CheckpointWriter::save(std::int64_t step, const TensorMap& tensors,
       const auto on_disk = static_cast<std::int64_t>(fs::file_size(tmp_dir / rname));
       STP_CHECK(on_disk == bytes, "checkpoint step ", step, ": ", rname, " has ", on_disk,
                 " bytes on disk but its rank wrote ", bytes);
+      const RankCoords at = rank_coords(info.layout, r);
       files.push_back({{"name", rname},
                        {"rank", r},
+                       {"pp", at.pp},
+                       {"dp", at.dp},
+                       {"tp", at.tp},
                        {"bytes", bytes},
                        {"xxh64", field<std::string>(s, "xxh64", sum_path.string())}});
     }
@@ -372,9 +387,10 @@ TensorMap load_shard(const std::string& checkpoint, const Manifest& manifest, in
   STP_CHECK(fs::exists(path), path.string(), " is missing: checkpoint incomplete");
   const FileDigest d = digest_file(path.string());
   STP_CHECK(d.bytes == f.bytes, f.name, " is ", d.bytes, " bytes, the manifest says ", f.bytes,
-            ": file truncated or corrupt (", checkpoint, ")");
-  STP_CHECK(d.xxh64 == f.xxh64, f.name, " checksum mismatch: file corrupt (xxh64 ", hex64(d.xxh64),
-            ", manifest ", hex64(f.xxh64), "; ", checkpoint, ")");
+            ": file truncated, or file or manifest corrupt (", checkpoint, ")");
+  // The manifest may be what changed: the mismatch cannot tell which of the two is wrong.
+  STP_CHECK(d.xxh64 == f.xxh64, f.name, " checksum mismatch: file or manifest corrupt (xxh64 ",
+            hex64(d.xxh64), ", manifest ", hex64(f.xxh64), "; ", checkpoint, ")");
   SafetensorsContents c = read_safetensors(path.string());
   const auto it = c.metadata.find("rank");
   STP_CHECK(it != c.metadata.end() && it->second == std::to_string(rank), f.name, " holds rank ",

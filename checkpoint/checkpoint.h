@@ -50,6 +50,14 @@ struct CheckpointLayout {
   bool operator==(const CheckpointLayout&) const = default;
 };
 
+// Where a global rank sits in the layout (Megatron order, TP fastest, as engine/comm.h):
+//   rank = (pp * layout.dp + dp) * layout.tp + tp
+struct RankCoords {
+  int pp = 0, dp = 0, tp = 0;
+};
+// REQUIRES (checked): 0 <= rank < layout.world, layout.world == dp * pp * tp.
+RankCoords rank_coords(const CheckpointLayout& layout, int rank);
+
 // What the caller stores beside the tensors (all ranks pass the same on save).
 struct CheckpointInfo {
   CheckpointLayout layout;

@@ -13,6 +13,7 @@
 #include "common/file.h"
 #include "data/mapped_file.h"
 #include "models/gpt_params.h"
+#include "models/llama_params.h"
 
 namespace stp::checkpoint {
 namespace fs = std::filesystem;
@@ -21,6 +22,7 @@ using nlohmann::json;
 namespace {
 
 constexpr const char* kGpt2Arch = "GPT2LMHeadModel";
+constexpr const char* kLlamaArch = "LlamaForCausalLM";
 
 std::string shape_str(at::IntArrayRef shape) {
   std::string s = "[";
@@ -63,7 +65,70 @@ void require_value(const json& c, const std::string& where, const char* key, con
             why, " (needs ", want.dump(), ")");
 }
 
+std::string architecture_of(const json& c) {
+  std::string arch = c.value("model_type", std::string());
+  if (c.contains("architectures") && c["architectures"].is_array() && !c["architectures"].empty() &&
+      c["architectures"][0].is_string())
+    arch = c["architectures"][0].get<std::string>();
+  return arch;
+}
+
+// config.json's number field `key` (> 0); `fallback` when absent or null.
+double real_field(const json& c, const std::string& where, const char* key, double fallback) {
+  if (!c.contains(key) || c[key].is_null()) return fallback;
+  STP_CHECK(c[key].is_number() && c[key].get<double>() > 0, where, ": config.json ", key, "=",
+            c[key].dump(), " must be a number > 0");
+  return c[key].get<double>();
+}
+
+bool close_to(double a, double b) { return std::abs(a - b) <= 1e-12 * std::abs(b); }
+
+// One dimension config.json gives and stp's model must have.
+struct SameDim {
+  const char* hf_key;
+  std::int64_t file;
+  const char* stp_key;
+  std::int64_t stp;
+};
+
+void require_same_shape(const std::string& where, std::initializer_list<SameDim> dims) {
+  for (const SameDim& d : dims)
+    STP_CHECK(d.file == d.stp, where, ": ", d.hf_key, "=", d.file, " but stp's model.", d.stp_key,
+              "=", d.stp);
+}
+
+// Writes `out`/model.safetensors from the stp tensors `full` through `rows` (the head row's
+// tensor left out when `tied`) and `out`/config.json. Returns the number of tensors written.
+std::int64_t write_hf_folder(const std::string& out, const std::vector<HfTensorMap>& rows,
+                             const TensorMap& full, bool tied, const json& config) {
+  TensorMap hf;
+  for (const HfTensorMap& row : rows) {
+    auto it = full.find(row.stp);
+    STP_CHECK(it != full.end(), "export: parameter '", row.stp, "' is missing");
+    const at::Tensor t = it->second.cpu();
+    STP_CHECK(t.sizes().vec() == row.stp_shape, "export: parameter '", row.stp, "' has shape ",
+              shape_str(t.sizes()), ", expected ", shape_str(row.stp_shape));
+    if (row.stp == "lm_head.w" && tied) continue;
+    hf[row.hf] = stp_to_hf(t, row);
+    if (row.layout == HfLayout::kStack) hf[row.hf2] = stp_to_hf(t, row, 1);
+  }
+  fs::create_directories(out);
+  write_safetensors(out + "/model.safetensors", hf, {{"format", "pt"}});
+  write_file(out + "/config.json", config.dump(2) + "\n");
+  return static_cast<std::int64_t>(hf.size());
+}
+
+// Whether lm_head.w is exactly wte (the export then ties them).
+bool head_is_embedding(const TensorMap& full) {
+  auto wte = full.find("wte"), head = full.find("lm_head.w");
+  return wte != full.end() && head != full.end() && at::equal(wte->second, head->second);
+}
+
 }  // namespace
+
+std::string read_hf_architecture(const std::string& dir) {
+  return architecture_of(read_json_file(dir + "/config.json", "model config"));
+}
 
 at::Tensor hf_to_stp(const at::Tensor& hf, const HfTensorMap& row) {
   switch (row.layout) {
@@ -72,13 +137,15 @@ at::Tensor hf_to_stp(const at::Tensor& hf, const HfTensorMap& row) {
     case HfLayout::kConv1DQkv: return hf.t().view(row.stp_shape);  // (3C, C) -> (3, C, C)
     case HfLayout::kQkvBias: return hf.view(row.stp_shape);        // (3C) -> (3, C)
     case HfLayout::kFirstRows: return hf.narrow(0, 0, row.stp_shape[0]);
+    case HfLayout::kStack: break;  // two tensors: HfImport::full
   }
-  STP_ASSERT(false, "unknown HfLayout for ", row.stp);
+  STP_ASSERT(false, "hf_to_stp cannot map ", row.stp, " from one tensor");
   return {};
 }
 
-at::Tensor stp_to_hf(const at::Tensor& full, const HfTensorMap& row) {
+at::Tensor stp_to_hf(const at::Tensor& full, const HfTensorMap& row, int part) {
   switch (row.layout) {
+    case HfLayout::kStack: return full.select(0, part).contiguous();
     case HfLayout::kSame:
     case HfLayout::kFirstRows: return full.contiguous();  // export writes seq_len positions
     case HfLayout::kConv1D: return full.t().contiguous();
@@ -94,10 +161,7 @@ at::Tensor stp_to_hf(const at::Tensor& full, const HfTensorMap& row) {
 models::GptConfig read_gpt2_config(const std::string& dir) {
   const json c = read_json_file(dir + "/config.json", "model config");
   const std::string where = dir + "/config.json";
-  std::string arch = c.value("model_type", std::string());
-  if (c.contains("architectures") && c["architectures"].is_array() && !c["architectures"].empty() &&
-      c["architectures"][0].is_string())
-    arch = c["architectures"][0].get<std::string>();
+  const std::string arch = architecture_of(c);
   STP_CHECK(arch == kGpt2Arch, where, ": architecture '", arch, "' is not supported for stp's GPT",
             " (supported: ", kGpt2Arch, ")");
   // gelu_pytorch_tanh is the same function as gelu_new.
@@ -159,10 +223,107 @@ std::vector<HfTensorMap> gpt2_tensor_map(const models::GptConfig& cfg, std::int6
   return rows;
 }
 
+// ---- Llama ---------------------------------------------------------------------------------
+
+models::LlamaConfig read_llama_config(const std::string& dir) {
+  const json c = read_json_file(dir + "/config.json", "model config");
+  const std::string where = dir + "/config.json";
+  const std::string arch = architecture_of(c);
+  STP_CHECK(arch == kLlamaArch || arch == "llama", where, ": architecture '", arch,
+            "' is not supported for stp's Llama (supported: ", kLlamaArch, ")");
+  require_value(c, where, "hidden_act", "silu", "Llama's MLP is SwiGLU with SiLU");
+  require_value(c, where, "attention_bias", false, "Llama has no attention biases");
+  require_value(c, where, "mlp_bias", false, "Llama has no MLP biases");
+  // Rotary scaling (linear, dynamic, yarn, llama3, ...) changes the angles stp computes:
+  // rope_parameters (transformers 5) and rope_scaling (earlier) may only say "default".
+  double theta = real_field(c, where, "rope_theta", 10000.0);
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    if (!c.contains(key) || c[key].is_null()) continue;
+    const json& rp = c[key];
+    STP_CHECK(rp.is_object(), where, ": config.json ", key, "=", rp.dump(), " must be an object");
+    for (auto& [k, v] : rp.items()) {
+      if (k == "rope_theta") {
+        theta = real_field(rp, where + " " + key, "rope_theta", theta);
+      } else {
+        STP_CHECK((k == "rope_type" || k == "type") && v == "default", where, ": config.json ", key,
+                  ".", k, "=", v.dump(), " is not supported: stp's rotary embeddings are unscaled ",
+                  "(needs rope_type \"default\" and rope_theta only)");
+      }
+    }
+  }
+  models::LlamaConfig l;
+  l.vocab = int_field(c, where, "vocab_size", 1);
+  l.seq_len = int_field(c, where, "max_position_embeddings", 1);
+  l.d_model = int_field(c, where, "hidden_size", 1);
+  l.n_heads = int_field(c, where, "num_attention_heads", 1);
+  l.n_kv_heads = int_field(c, where, "num_key_value_heads", 1, l.n_heads);
+  l.n_layers = int_field(c, where, "num_hidden_layers", 1);
+  l.ffn_hidden = int_field(c, where, "intermediate_size", 1);
+  l.rope_theta = theta;
+  l.rms_eps = real_field(c, where, "rms_norm_eps", 1e-6);  // transformers' default
+  const json tie = c.value("tie_word_embeddings", json(false));
+  STP_CHECK(tie.is_boolean(), where, ": config.json tie_word_embeddings=", tie.dump(),
+            " must be true or false");
+  l.tie_embeddings = tie.get<bool>();
+  STP_CHECK(l.d_model % l.n_heads == 0, where, ": config.json hidden_size=", l.d_model,
+            " is not divisible by num_attention_heads=", l.n_heads);
+  const std::int64_t hd = int_field(c, where, "head_dim", 1, l.d_model / l.n_heads);
+  STP_CHECK(hd == l.d_model / l.n_heads, where, ": config.json head_dim=", hd,
+            " is not supported: stp's Llama uses hidden_size / num_attention_heads = ",
+            l.d_model / l.n_heads);
+  STP_CHECK(l.n_heads % l.n_kv_heads == 0, where,
+            ": config.json num_key_value_heads=", l.n_kv_heads,
+            " does not divide num_attention_heads=", l.n_heads);
+  STP_CHECK(close_to(l.rms_eps, models::LlamaConfig{}.rms_eps), where,
+            ": config.json rms_norm_eps=", l.rms_eps, " is not supported: stp's Llama uses ",
+            models::LlamaConfig{}.rms_eps);
+  return l;
+}
+
+std::vector<HfTensorMap> llama_tensor_map(const models::LlamaConfig& cfg) {
+  const std::int64_t V = cfg.vocab, C = cfg.d_model, H = cfg.hidden(), hd = cfg.head_dim();
+  const std::int64_t Q = cfg.n_heads * hd, KV = cfg.kv_heads() * hd;
+  using L = HfLayout;
+  std::vector<HfTensorMap> rows = {{"wte", "model.embed_tokens.weight", L::kSame, {V, C}, {V, C}}};
+  for (std::int64_t l = 0; l < cfg.n_layers; ++l) {
+    const std::string s = "layers." + std::to_string(l) + ".";
+    const std::string h = "model.layers." + std::to_string(l) + ".";
+    const std::vector<HfTensorMap> layer = {
+        {s + "ln1.w", h + "input_layernorm.weight", L::kSame, {C}, {C}},
+        {s + "attn.q.w", h + "self_attn.q_proj.weight", L::kSame, {Q, C}, {Q, C}},
+        {s + "attn.kv.w",
+         h + "self_attn.k_proj.weight",
+         L::kStack,
+         {KV, C},
+         {2, KV, C},
+         "",
+         h + "self_attn.v_proj.weight"},
+        {s + "attn.o.w", h + "self_attn.o_proj.weight", L::kSame, {C, Q}, {C, Q}},
+        {s + "ln2.w", h + "post_attention_layernorm.weight", L::kSame, {C}, {C}},
+        {s + "mlp.gate_up.w",
+         h + "mlp.gate_proj.weight",
+         L::kStack,
+         {H, C},
+         {2, H, C},
+         "",
+         h + "mlp.up_proj.weight"},
+        {s + "mlp.down.w", h + "mlp.down_proj.weight", L::kSame, {C, H}, {C, H}},
+    };
+    rows.insert(rows.end(), layer.begin(), layer.end());
+  }
+  rows.push_back({"ln_f.w", "model.norm.weight", L::kSame, {C}, {C}});
+  // save_pretrained omits lm_head.weight of a tied model: an untied stp head then reads the
+  // embedding.
+  if (!cfg.tie_embeddings)
+    rows.push_back(
+        {"lm_head.w", "lm_head.weight", L::kSame, {V, C}, {V, C}, "model.embed_tokens.weight"});
+  return rows;
+}
+
 // ---- HfImport ----------------------------------------------------------------------------
 
-void HfImport::open(const std::string& dir) {
-  dir_ = dir;
+HfImport::HfImport(const std::string& dir, const std::string& architecture)
+    : dir_(dir), architecture_(architecture) {
   const std::string single = dir + "/model.safetensors";
   const std::string index = dir + "/model.safetensors.index.json";
   std::map<std::string, std::string> weight_map;  // HF name -> file, from the index
@@ -235,6 +396,18 @@ void HfImport::match(const std::vector<HfTensorMap>& rows,
     STP_CHECK(at::isFloatingType(t), dir_, ": tensor '", name, "' has dtype ", t,
               "; a floating-point dtype was expected");
     used.insert(name);
+    if (row.layout == HfLayout::kStack) {
+      auto second = stored_.find(row.hf2);
+      STP_CHECK(second != stored_.end(), dir_, ": tensor '", row.hf2, "' is missing (",
+                architecture_, " needs it for stp's ", row.stp, ")");
+      STP_CHECK(second->second.entry.shape == row.hf_shape, dir_, ": tensor '", row.hf2,
+                "' has shape ", shape_str(second->second.entry.shape), ", expected ",
+                shape_str(row.hf_shape), " from config.json");
+      STP_CHECK(at::isFloatingType(second->second.entry.dtype), dir_, ": tensor '", row.hf2,
+                "' has dtype ", second->second.entry.dtype,
+                "; a floating-point dtype was expected");
+      used.insert(row.hf2);
+    }
     HfTensorMap resolved = row;
     resolved.hf = name;
     rows_[row.stp] = resolved;
@@ -254,22 +427,16 @@ void HfImport::match(const std::vector<HfTensorMap>& rows,
 HfImport HfImport::gpt2(const std::string& dir, const models::GptConfig& cfg) {
   const models::GptConfig file = read_gpt2_config(dir);
   const std::string where = dir + "/config.json";
-  auto same = [&](const char* hf_key, std::int64_t theirs, const char* stp_key, std::int64_t ours) {
-    STP_CHECK(theirs == ours, where, ": ", hf_key, "=", theirs, " but stp's model.", stp_key, "=",
-              ours);
-  };
-  same("vocab_size", file.vocab, "vocab", cfg.vocab);
-  same("n_embd", file.d_model, "d_model", cfg.d_model);
-  same("n_head", file.n_heads, "n_heads", cfg.n_heads);
-  same("n_layer", file.n_layers, "n_layers", cfg.n_layers);
-  same("n_inner (MLP hidden)", file.hidden(), "mlp_hidden", cfg.hidden());
+  require_same_shape(where, {{"vocab_size", file.vocab, "vocab", cfg.vocab},
+                             {"n_embd", file.d_model, "d_model", cfg.d_model},
+                             {"n_head", file.n_heads, "n_heads", cfg.n_heads},
+                             {"n_layer", file.n_layers, "n_layers", cfg.n_layers},
+                             {"n_inner (MLP hidden)", file.hidden(), "mlp_hidden", cfg.hidden()}});
   STP_CHECK(cfg.seq_len <= file.seq_len, where, ": n_positions=", file.seq_len,
             " is shorter than stp's model.seq_len=", cfg.seq_len);
-  STP_CHECK(std::abs(file.ln_eps - cfg.ln_eps) <= 1e-12 * cfg.ln_eps, where,
-            ": layer_norm_epsilon=", file.ln_eps, " but stp's GPT uses ", cfg.ln_eps);
-  HfImport imp;
-  imp.architecture_ = kGpt2Arch;
-  imp.open(dir);
+  STP_CHECK(close_to(file.ln_eps, cfg.ln_eps), where, ": layer_norm_epsilon=", file.ln_eps,
+            " but stp's GPT uses ", cfg.ln_eps);
+  HfImport imp(dir, kGpt2Arch);
   const std::string prefix =
       imp.stored_.count("transformer.wte.weight") || !imp.stored_.count("wte.weight")
           ? "transformer."
@@ -278,21 +445,56 @@ HfImport HfImport::gpt2(const std::string& dir, const models::GptConfig& cfg) {
   return imp;
 }
 
-at::Tensor HfImport::full(const std::string& stp_name) const {
+HfImport HfImport::llama(const std::string& dir, const models::LlamaConfig& cfg) {
+  const models::LlamaConfig file = read_llama_config(dir);
+  const std::string where = dir + "/config.json";
+  require_same_shape(where, {{"vocab_size", file.vocab, "vocab", cfg.vocab},
+                             {"hidden_size", file.d_model, "d_model", cfg.d_model},
+                             {"num_attention_heads", file.n_heads, "n_heads", cfg.n_heads},
+                             {"num_key_value_heads", file.kv_heads(), "n_kv_heads", cfg.kv_heads()},
+                             {"num_hidden_layers", file.n_layers, "n_layers", cfg.n_layers},
+                             {"intermediate_size", file.hidden(), "mlp_hidden", cfg.hidden()}});
+  STP_CHECK(cfg.seq_len <= file.seq_len, where, ": max_position_embeddings=", file.seq_len,
+            " is shorter than stp's model.seq_len=", cfg.seq_len);
+  STP_CHECK(close_to(file.rope_theta, cfg.rope_theta) && close_to(file.rms_eps, cfg.rms_eps), where,
+            ": rope_theta=", file.rope_theta, " rms_norm_eps=", file.rms_eps,
+            " but stp's model.rope_theta=", cfg.rope_theta,
+            " and its Llama's rms_eps=", cfg.rms_eps);
+  STP_CHECK(file.tie_embeddings || !cfg.tie_embeddings, where,
+            ": tie_word_embeddings=false but stp's model.tie_embeddings=true (the file has its "
+            "own lm_head.weight)");
+  HfImport imp(dir, kLlamaArch);
+  // Rotary tables some older conversions saved as buffers.
+  imp.match(llama_tensor_map(cfg), {".rotary_emb.inv_freq"});
+  return imp;
+}
+
+const HfTensorMap& HfImport::row(const std::string& stp_name) const {
   auto it = rows_.find(stp_name);
   STP_CHECK(it != rows_.end(), dir_, ": stp parameter '", stp_name, "' has no ", architecture_,
             " tensor");
-  return hf_to_stp(stored(it->second.hf), it->second);
+  return it->second;
+}
+
+at::Tensor HfImport::full(const std::string& stp_name) const {
+  const HfTensorMap& r = row(stp_name);
+  if (r.layout == HfLayout::kStack) return at::stack({stored(r.hf), stored(r.hf2)});
+  return hf_to_stp(stored(r.hf), r);
 }
 
 at::Tensor HfImport::shard(const std::string& stp_name, int shard_dim, int tp_rank,
                            int tp_size) const {
+  const HfTensorMap& r = row(stp_name);
+  auto slice = [&](const at::Tensor& t, int dim) {
+    const std::int64_t n = t.size(dim);
+    STP_CHECK(n % tp_size == 0, stp_name, ": dim ", shard_dim, " of size ", n,
+              " is not divisible by tp=", tp_size);
+    return t.narrow(dim, tp_rank * (n / tp_size), n / tp_size);
+  };
+  if (r.layout == HfLayout::kStack && shard_dim >= 1)  // slice each part, then stack the slices
+    return at::stack({slice(stored(r.hf), shard_dim - 1), slice(stored(r.hf2), shard_dim - 1)});
   at::Tensor f = full(stp_name);
-  if (shard_dim < 0) return f;
-  const std::int64_t n = f.size(shard_dim);
-  STP_CHECK(n % tp_size == 0, stp_name, ": dim ", shard_dim, " of size ", n,
-            " is not divisible by tp=", tp_size);
-  return f.narrow(shard_dim, tp_rank * (n / tp_size), n / tp_size);
+  return shard_dim < 0 ? f : slice(f, shard_dim);
 }
 
 // ---- export ------------------------------------------------------------------------------
@@ -300,26 +502,10 @@ at::Tensor HfImport::shard(const std::string& stp_name, int shard_dim, int tp_ra
 std::int64_t write_gpt2_folder(const std::string& out, const models::GptConfig& cfg,
                                const TensorMap& full) {
   cfg.validate();
-  const std::vector<HfTensorMap> rows = gpt2_tensor_map(cfg, cfg.seq_len);
-  auto get = [&](const std::string& name) -> const at::Tensor& {
-    auto it = full.find(name);
-    STP_CHECK(it != full.end(), "export: parameter '", name, "' is missing");
-    return it->second;
-  };
-  const bool tied = at::equal(get("wte"), get("lm_head.w"));
-  TensorMap hf;
-  at::ScalarType dtype = get("wte").scalar_type();
-  for (const HfTensorMap& row : rows) {
-    const at::Tensor& t = get(row.stp);
-    STP_CHECK(t.sizes().vec() == row.stp_shape, "export: parameter '", row.stp, "' has shape ",
-              shape_str(t.sizes()), ", expected ", shape_str(row.stp_shape));
-    if (row.stp == "lm_head.w" && tied) continue;
-    hf[row.hf] = stp_to_hf(t.cpu(), row);
-  }
-  fs::create_directories(out);
-  write_safetensors(out + "/model.safetensors", hf, {{"format", "pt"}});
+  STP_CHECK(full.count("wte"), "export: parameter 'wte' is missing");
+  const bool tied = head_is_embedding(full);
   const bool gpt2_vocab = cfg.vocab == 50257;  // GPT-2's tokenizer: <|endoftext|> is 50256
-  json c = {
+  const json c = {
       {"architectures", {kGpt2Arch}},
       {"model_type", "gpt2"},
       {"vocab_size", cfg.vocab},
@@ -340,60 +526,126 @@ std::int64_t write_gpt2_folder(const std::string& out, const models::GptConfig& 
       {"tie_word_embeddings", tied},
       {"bos_token_id", gpt2_vocab ? json(50256) : json(nullptr)},
       {"eos_token_id", gpt2_vocab ? json(50256) : json(nullptr)},
-      {"dtype", models::dtype_name(dtype)},
+      {"dtype", models::dtype_name(full.at("wte").scalar_type())},
   };
-  write_file(out + "/config.json", c.dump(2) + "\n");
-  return static_cast<std::int64_t>(hf.size());
+  return write_hf_folder(out, gpt2_tensor_map(cfg, cfg.seq_len), full, tied, c);
 }
 
-HfExportResult export_checkpoint_to_hf(const std::string& checkpoint, const std::string& out) {
-  const Manifest m = read_manifest(checkpoint);
-  const json& model = m.info.model;
-  const std::string arch = model.value("arch", std::string("gpt"));
-  STP_CHECK(arch == "gpt", checkpoint, ": model.arch='", arch,
-            "' cannot be exported yet (supported: gpt, as ", kGpt2Arch, ")");
-  models::GptConfig cfg;
-  try {
-    cfg.vocab = model.at("vocab").get<std::int64_t>();
-    cfg.seq_len = model.at("seq_len").get<std::int64_t>();
-    cfg.d_model = model.at("d_model").get<std::int64_t>();
-    cfg.n_heads = model.at("n_heads").get<std::int64_t>();
-    cfg.n_layers = model.at("n_layers").get<std::int64_t>();
-    cfg.mlp_hidden = model.value("mlp_hidden", std::int64_t{0});
-    cfg.dtype = models::parse_dtype(model.value("dtype", std::string("float32")));
-  } catch (const json::exception& e) {
-    STP_CHECK(false, checkpoint, "/manifest.json: model config is incomplete: ", e.what());
-  }
+std::int64_t write_llama_folder(const std::string& out, const models::LlamaConfig& cfg,
+                                const TensorMap& full) {
   cfg.validate();
+  STP_CHECK(full.count("wte"), "export: parameter 'wte' is missing");
+  const bool tied = cfg.tie_embeddings || head_is_embedding(full);
+  const json c = {
+      {"architectures", {kLlamaArch}},
+      {"model_type", "llama"},
+      {"vocab_size", cfg.vocab},
+      {"max_position_embeddings", cfg.seq_len},
+      {"hidden_size", cfg.d_model},
+      {"intermediate_size", cfg.hidden()},
+      {"num_hidden_layers", cfg.n_layers},
+      {"num_attention_heads", cfg.n_heads},
+      {"num_key_value_heads", cfg.kv_heads()},
+      {"head_dim", cfg.head_dim()},
+      {"hidden_act", "silu"},
+      {"rms_norm_eps", cfg.rms_eps},
+      {"rope_theta", cfg.rope_theta},
+      {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", cfg.rope_theta}}},
+      {"attention_bias", false},
+      {"attention_dropout", 0.0},
+      {"mlp_bias", false},
+      {"pretraining_tp", 1},
+      {"initializer_range", 0.02},
+      {"tie_word_embeddings", tied},
+      {"bos_token_id", nullptr},
+      {"eos_token_id", nullptr},
+      {"dtype", models::dtype_name(full.at("wte").scalar_type())},
+  };
+  models::LlamaConfig untied = cfg;  // the rows of every tensor; the head's is skipped if tied
+  untied.tie_embeddings = false;
+  TensorMap with_head = full;
+  if (cfg.tie_embeddings) with_head["lm_head.w"] = full.at("wte");
+  return write_hf_folder(out, llama_tensor_map(untied), with_head, tied, c);
+}
+
+namespace {
+
+// The fields the GPT's and the Llama's configs share, from a manifest's model section.
+template <typename Config>
+Config shape_of(const json& model, const std::string& checkpoint) {
+  auto get = [&](const char* key) {
+    STP_CHECK(model.contains(key) && model[key].is_number_integer(), checkpoint,
+              "/manifest.json: model.", key, " is missing or not an integer");
+    return model[key].get<std::int64_t>();
+  };
+  Config cfg;
+  cfg.vocab = get("vocab");
+  cfg.seq_len = get("seq_len");
+  cfg.d_model = get("d_model");
+  cfg.n_heads = get("n_heads");
+  cfg.n_layers = get("n_layers");
+  cfg.dtype = models::parse_dtype(model.value("dtype", std::string("float32")));
+  return cfg;
+}
+
+// The full parameters of `specs` from the DP-rank-0 replica's shards of `checkpoint`.
+TensorMap gather_full_params(const std::string& checkpoint, const Manifest& m,
+                             const std::vector<models::ParamSpec>& specs, HfExportResult& r) {
   const CheckpointLayout& lay = m.info.layout;
-  // Global rank = (pp_idx * dp + dp_idx) * tp + tp_idx (engine/comm.h): the DP-0 replica.
   std::map<std::string, std::vector<at::Tensor>> shards;  // name -> by tp rank
-  HfExportResult r;
   for (int rank = 0; rank < lay.world; ++rank) {
-    const int tp_idx = rank % lay.tp, dp_idx = (rank / lay.tp) % lay.dp;
-    if (dp_idx != 0) continue;
+    const RankCoords at = rank_coords(lay, rank);
+    if (at.dp != 0) continue;
     TensorMap t = load_shard(checkpoint, m, rank);
     ++r.ranks_read;
     for (auto& [name, value] : t) {
       if (name.rfind("param/", 0) != 0) continue;
       auto& v = shards[name.substr(6)];
       if (v.size() < static_cast<std::size_t>(lay.tp)) v.resize(lay.tp);
-      v[tp_idx] = value;
+      v[at.tp] = value;
     }
   }
   TensorMap full;
-  for (const models::ParamSpec& spec : models::gpt_param_specs(cfg)) {
+  for (const models::ParamSpec& spec : specs) {
     auto it = shards.find(spec.name);
     STP_CHECK(it != shards.end(), checkpoint, ": has no parameter '", spec.name,
-              "' (not a GPT checkpoint?)");
+              "' (saved by a different model?)");
     for (int i = 0; i < lay.tp; ++i)
       STP_CHECK(it->second[i].defined(), checkpoint, ": parameter '", spec.name,
                 "' has no shard from tp rank ", i);
     full[spec.name] =
         spec.shard_dim < 0 ? it->second[0] : at::cat(it->second, spec.shard_dim).contiguous();
   }
+  return full;
+}
+
+}  // namespace
+
+HfExportResult export_checkpoint_to_hf(const std::string& checkpoint, const std::string& out) {
+  const Manifest m = read_manifest(checkpoint);
+  const json& model = m.info.model;
+  const std::string arch = model.value("arch", std::string("gpt"));
+  STP_CHECK(arch == "gpt" || arch == "llama", checkpoint, ": model.arch='", arch,
+            "' cannot be exported (supported: gpt as ", kGpt2Arch, ", llama as ", kLlamaArch, ")");
+  HfExportResult r;
+  if (arch == "llama") {
+    models::LlamaConfig cfg = shape_of<models::LlamaConfig>(model, checkpoint);
+    cfg.ffn_hidden = model.value("mlp_hidden", std::int64_t{0});
+    cfg.n_kv_heads = model.value("n_kv_heads", std::int64_t{0});
+    cfg.rope_theta = model.value("rope_theta", 10000.0);
+    cfg.tie_embeddings = model.value("tie_embeddings", false);
+    cfg.validate();
+    const TensorMap full =
+        gather_full_params(checkpoint, m, models::llama_param_specs(cfg, m.info.layout.tp), r);
+    r.architecture = kLlamaArch;
+    r.tensors = write_llama_folder(out, cfg, full);
+    return r;
+  }
+  models::GptConfig cfg = shape_of<models::GptConfig>(model, checkpoint);
+  cfg.mlp_hidden = model.value("mlp_hidden", std::int64_t{0});
+  cfg.validate();
+  const TensorMap full = gather_full_params(checkpoint, m, models::gpt_param_specs(cfg), r);
   r.architecture = kGpt2Arch;
-  r.config = cfg;
   r.tensors = write_gpt2_folder(out, cfg, full);
   return r;
 }

@@ -161,10 +161,11 @@ const std::vector<Field>& fields() {
                    "compute dtype (optimizer state is float32 or wider)"),
       int_field("model", "init_seed", M(model.init_seed), 0, kInf, "-", "weight init seed"),
       string_field("model", "init_from", M(model.init_from), {}, "path",
-                   "a Hugging Face GPT2LMHeadModel folder to start from (config.json + "
-                   "safetensors); its shape sets vocab, d_model, n_heads, n_layers and "
-                   "mlp_hidden; seq_len must be <= its n_positions (docs/checkpoints.md); empty: "
-                   "random init"),
+                   "a Hugging Face GPT2LMHeadModel or LlamaForCausalLM folder to start from "
+                   "(config.json + safetensors); its config sets arch and the model's shape "
+                   "(vocab, d_model, n_heads, n_layers, mlp_hidden; llama: n_kv_heads, "
+                   "rope_theta, tie_embeddings); seq_len must be <= its n_positions or "
+                   "max_position_embeddings (docs/checkpoints.md); empty: random init"),
       int_field("parallel", "tp", M(parallel.tp), 1, 1024, "ranks", "tensor-parallel size"),
       int_field("parallel", "pp", M(parallel.pp), 1, 1024, "ranks", "pipeline-parallel size"),
       int_field("parallel", "dp", M(parallel.dp), 0, 1 << 20, "ranks",
@@ -205,6 +206,9 @@ const std::vector<Field>& fields() {
                    "llmc/nanogpt: a shard file, a folder of *.bin shards or a glob"),
       int_field("data", "corpus_bytes", M(data.corpus_bytes), 1024, 1ll << 34, "bytes",
                 "size of the generated corpus"),
+      int_field("data", "corpus_seed", M(data.corpus_seed), 0, kInf, "-",
+                "seed of the generated corpus (its mix of lines); a resumed run must use the "
+                "checkpoint's"),
       int_field("run", "steps", M(run.steps), 1, kInf, "steps", "optimizer steps to run"),
       int_field("run", "seed", M(run.seed), 0, kInf, "-", "data-order seed"),
       string_field("run", "log_dir", M(run.log_dir), {}, "path",
@@ -241,6 +245,13 @@ std::string known_keys(const std::string& section) {
 }
 
 const char* kSections = "model, parallel, schedule, offload, optimizer, data, run";
+
+// Model chunks along the pipeline: pp, times 2 for the V-shaped schedules, times chunks for
+// 1f1b-i.
+std::int64_t pipeline_stages(const TrainConfig& c) {
+  const std::string& k = c.schedule.kind;
+  return c.parallel.pp * (k == "zb-v" || k == "stp" ? 2 : (k == "1f1b-i" ? c.schedule.chunks : 1));
+}
 
 }  // namespace
 
@@ -304,8 +315,6 @@ void TrainConfig::validate() const {
             "model.n_kv_heads, model.rope_theta and model.tie_embeddings apply to "
             "model.arch=llama, not model.arch=",
             model.arch);
-  STP_CHECK(!llama || model.init_from.empty(),
-            "model.init_from imports GPT-2 folders only; it needs model.arch=gpt");
   const std::int64_t kv = model.n_kv_heads > 0 ? model.n_kv_heads : model.n_heads;
   if (llama) {
     STP_CHECK((model.d_model / model.n_heads) % 2 == 0,
@@ -327,9 +336,7 @@ void TrainConfig::validate() const {
   }
   STP_CHECK(hidden % parallel.tp == 0, "MLP hidden size ", hidden,
             " must be divisible by parallel.tp=", parallel.tp);
-  std::int64_t stages = parallel.pp * (schedule.kind == "zb-v" || schedule.kind == "stp"
-                                           ? 2
-                                           : (schedule.kind == "1f1b-i" ? schedule.chunks : 1));
+  const std::int64_t stages = pipeline_stages(*this);
   STP_CHECK(model.n_layers >= stages, "model.n_layers=", model.n_layers, " must be >= ", stages,
             " pipeline stages (pp=", parallel.pp, " with schedule ", schedule.kind, ")");
   STP_CHECK(!model.tie_embeddings || stages == 1, "model.tie_embeddings=true needs one pipeline ",
@@ -385,18 +392,43 @@ CpuThreads cpu_threads(std::int64_t requested, const engine::LaunchEnv& env, int
 }
 
 void apply_init_from_shape(TrainConfig& c) {
-  const models::GptConfig hf = checkpoint::read_gpt2_config(c.model.init_from);
-  c.model.vocab = hf.vocab;
-  c.model.d_model = hf.d_model;
-  c.model.n_heads = hf.n_heads;
-  c.model.n_layers = hf.n_layers;
-  c.model.mlp_hidden = hf.mlp_hidden;
-  STP_CHECK(c.model.seq_len <= hf.seq_len, "model.seq_len=", c.model.seq_len,
-            " is longer than model.init_from's n_positions=", hf.seq_len, " (", c.model.init_from,
-            "/config.json); use model.seq_len in [1, ", hf.seq_len, "]");
-  STP_CHECK(std::abs(hf.ln_eps - models::GptConfig{}.ln_eps) <= 1e-12, c.model.init_from,
-            "/config.json: layer_norm_epsilon=", hf.ln_eps, " is not supported: stp train's GPT ",
-            "uses ", models::GptConfig{}.ln_eps);
+  const std::string arch = checkpoint::read_hf_architecture(c.model.init_from);
+  std::int64_t positions = 0;
+  const char* positions_key = "n_positions";
+  if (arch == "LlamaForCausalLM" || arch == "llama") {
+    const models::LlamaConfig hf = checkpoint::read_llama_config(c.model.init_from);
+    c.model.arch = "llama";
+    c.model.vocab = hf.vocab;
+    c.model.d_model = hf.d_model;
+    c.model.n_heads = hf.n_heads;
+    c.model.n_kv_heads = hf.kv_heads();
+    c.model.n_layers = hf.n_layers;
+    c.model.mlp_hidden = hf.hidden();
+    c.model.rope_theta = hf.rope_theta;
+    // stp ties the head to the embedding on one stage only: on more, a tied file loads untied
+    // (the head starts as a copy of the embedding).
+    c.model.tie_embeddings = hf.tie_embeddings && pipeline_stages(c) == 1;
+    positions = hf.seq_len;
+    positions_key = "max_position_embeddings";
+  } else {
+    const models::GptConfig hf = checkpoint::read_gpt2_config(c.model.init_from);
+    STP_CHECK(std::abs(hf.ln_eps - models::GptConfig{}.ln_eps) <= 1e-12, c.model.init_from,
+              "/config.json: layer_norm_epsilon=", hf.ln_eps,
+              " is not supported: stp train's GPT uses ", models::GptConfig{}.ln_eps);
+    c.model.arch = "gpt";
+    c.model.vocab = hf.vocab;
+    c.model.d_model = hf.d_model;
+    c.model.n_heads = hf.n_heads;
+    c.model.n_layers = hf.n_layers;
+    c.model.mlp_hidden = hf.mlp_hidden;
+    c.model.n_kv_heads = 0;
+    c.model.rope_theta = ModelSection{}.rope_theta;
+    c.model.tie_embeddings = false;
+    positions = hf.seq_len;
+  }
+  STP_CHECK(c.model.seq_len <= positions, "model.seq_len=", c.model.seq_len,
+            " is longer than model.init_from's ", positions_key, "=", positions, " (",
+            c.model.init_from, "/config.json); use model.seq_len in [1, ", positions, "]");
 }
 
 TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides) {

@@ -66,6 +66,7 @@ struct DataSection {
   std::string path;  // bytes: text file or folder, empty: the generated corpus; shards: a shard
                      // file, a folder of *.bin shards or a glob
   std::int64_t corpus_bytes = 4 << 20;  // size of the generated corpus
+  std::int64_t corpus_seed = 1234;      // seed of the generated corpus
 };
 
 struct RunSection {
@@ -108,9 +109,12 @@ struct TrainConfig {
 // std::invalid_argument naming an unreadable file, a bad field or value.
 TrainConfig load_config(const std::string& path, const std::vector<std::string>& overrides);
 
-// model.init_from set: the model's shape (vocab, d_model, n_heads, n_layers, mlp_hidden) comes
-// from that Hugging Face folder's config.json (load_config calls it after the overrides).
-// Throws std::invalid_argument for a folder stp's GPT cannot hold, or seq_len > n_positions.
+// model.init_from set: model.arch and the model's shape come from that Hugging Face folder's
+// config.json (load_config calls it after the overrides): GPT2LMHeadModel -> gpt (vocab,
+// d_model, n_heads, n_layers, mlp_hidden); LlamaForCausalLM -> llama (also n_kv_heads,
+// rope_theta, and tie_embeddings when the file ties them and the layout has one pipeline stage;
+// on more stages a tied file loads untied). Throws std::invalid_argument for a folder stp's
+// models cannot hold, or seq_len above its n_positions / max_position_embeddings.
 void apply_init_from_shape(TrainConfig& config);
 
 std::string config_reference_markdown();

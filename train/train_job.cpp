@@ -54,6 +54,94 @@ void load_init_from(engine::Trainer& t, const checkpoint::HfImport& hf) {
   }
 }
 
+// What the manifest's `extra` holds: the optimizer settings and learning-rate schedule, the
+// pipeline schedule (micro_batch_size: the rows of a microbatch), the steps and data-order seed,
+// and the data source (docs/checkpoints.md). Informational, except that a resumed run on the
+// generated corpus must have the checkpoint's corpus_seed and corpus_bytes.
+json extra_json(const TrainConfig& c) {
+  const json all = json::parse(c.to_json());
+  return {{"optimizer", all.at("optimizer")},
+          {"schedule", all.at("schedule")},
+          {"run", {{"steps", c.run.steps}, {"seed", c.run.seed}}},
+          {"data", all.at("data")}};
+}
+
+// The generated corpus is fingerprinted like any text, but a different corpus_seed is named as
+// such rather than as a different fingerprint (checked before anything is built).
+void check_corpus(const json& saved_extra, const TrainConfig& c, const std::string& checkpoint) {
+  if (c.data.format != "bytes" || !c.data.path.empty()) return;
+  if (!saved_extra.contains("data") || !saved_extra["data"].is_object()) return;  // older stp
+  const json& d = saved_extra["data"];
+  std::string diffs;
+  auto cmp = [&](const char* key, std::int64_t now) {
+    if (d.contains(key) && d[key] != json(now))
+      diffs += str_cat(diffs.empty() ? "" : ", ", "data.", key, "=", d[key].dump(),
+                       " in checkpoint, ", now, " in this run");
+  };
+  if (d.value("format", std::string()) == "bytes" && d.value("path", std::string()).empty()) {
+    cmp("corpus_seed", c.data.corpus_seed);
+    cmp("corpus_bytes", c.data.corpus_bytes);
+  }
+  STP_CHECK(diffs.empty(), "cannot resume from ", checkpoint, ": ", diffs);
+}
+
+// Note [Resume from the newest intact checkpoint]
+// --resume's candidates are the complete checkpoints of the folder, newest first. Every
+// manifest is checked against this run before anything is built (a mismatch stops the run: an
+// older checkpoint of the same run would not fit either). A shard's size and checksum can only
+// be checked by reading it, and each rank reads only its own, so the ranks agree: candidate i is
+// taken when its shard is intact on every rank (one all-reduce MIN per candidate tried, all
+// ranks in the same order), else skipped with a warning and i + 1 tried. Before anything is
+// built each rank reads its shards newest first up to its first intact one, so a rank with
+// none stops the run in one line; on the usual path the newest is read once.
+class ResumeCandidates {
+ public:
+  ResumeCandidates(const std::vector<std::string>& oldest_first, int rank,
+                   const checkpoint::CheckpointInfo& info, const TrainConfig& c)
+      : rank_(rank) {
+    for (auto it = oldest_first.rbegin(); it != oldest_first.rend(); ++it) {
+      checkpoint::Manifest m = checkpoint::read_manifest(*it);
+      checkpoint::check_compatible(m, info.layout, info.model);
+      check_corpus(m.info.extra, c, *it);
+      dirs_.push_back(*it);
+      manifests_.push_back(std::move(m));
+    }
+    errors_.resize(dirs_.size());
+    checked_.resize(dirs_.size(), false);
+  }
+  std::size_t size() const { return dirs_.size(); }
+  const std::string& dir(std::size_t i) const { return dirs_[i]; }
+  // Whether this rank's shard of candidate i is intact; "" if so (its tensors then kept until
+  // another is read), else why not. Reads the shard once.
+  const std::string& check(std::size_t i) {
+    if (!checked_[i]) {
+      checked_[i] = true;
+      try {
+        tensors_ = checkpoint::load_shard(dirs_[i], manifests_[i], rank_);
+        tensors_of_ = static_cast<int>(i);
+      } catch (const std::exception& e) {
+        errors_[i] = e.what();
+      }
+    }
+    return errors_[i];
+  }
+  // Candidate i, whose check() passed.
+  checkpoint::LoadedCheckpoint take(std::size_t i) {
+    if (tensors_of_ != static_cast<int>(i))
+      tensors_ = checkpoint::load_shard(dirs_[i], manifests_[i], rank_);
+    return {std::move(manifests_[i]), std::move(tensors_)};
+  }
+
+ private:
+  int rank_;
+  std::vector<std::string> dirs_;
+  std::vector<checkpoint::Manifest> manifests_;
+  std::vector<std::string> errors_;
+  std::vector<bool> checked_;
+  checkpoint::TensorMap tensors_;
+  int tensors_of_ = -1;
+};
+
 // Linear warm-up, then cosine decay from lr to min_lr over the remaining steps.
 double lr_at(const OptimizerSection& o, std::int64_t step, std::int64_t total) {
   if (o.warmup_steps > 0 && step < o.warmup_steps)
@@ -145,25 +233,40 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
             " ranks, but the job has ", env.world_size);
   // The data is opened and validated (every shard; enough windows for seq_len and dp) before
   // anything is built, so bad data costs one line and nothing else.
-  const std::shared_ptr<const data::Dataset> dataset = data::load_dataset(data_source(cfg));
+  data::DataSource source = data_source(cfg);
+  source.corpus_seed = static_cast<std::uint64_t>(cfg.data.corpus_seed);
+  const std::shared_ptr<const data::Dataset> dataset = data::load_dataset(source);
   data::DataLoader(dataset, loader_options(cfg, 0, env.world_size / per_replica));
   // A checkpoint to resume from is found and verified (layout, model, this rank's checksum)
   // before anything is built, so a bad one costs one line and nothing else.
   checkpoint::CheckpointInfo info;
   info.layout = layout_of(cfg, env.world_size);
   info.model = model_json(cfg);
+  info.extra = extra_json(cfg);
   const std::string ckpt_dir = cfg.checkpoint_path();
   std::optional<std::string> resume_from;
   checkpoint::LoadedCheckpoint resumed;
-  if (opts.resume) {
-    resume_from = checkpoint::find_latest_complete(ckpt_dir);
-    if (resume_from)
-      resumed = checkpoint::load_checkpoint(*resume_from, env.rank, info.layout, info.model);
+  std::optional<ResumeCandidates> candidates;
+  if (!opts.resume_from.empty()) {
+    resumed = checkpoint::load_checkpoint(opts.resume_from, env.rank, info.layout, info.model);
+    check_corpus(resumed.manifest.info.extra, cfg, opts.resume_from);
+    resume_from = opts.resume_from;
+  } else if (opts.resume) {
+    // Which candidate every rank resumes from is agreed once the world exists (below).
+    candidates.emplace(checkpoint::list_complete(ckpt_dir), env.rank, info, cfg);
+    bool any = false;
+    for (std::size_t i = 0; i < candidates->size() && !any; ++i) any = candidates->check(i).empty();
+    STP_CHECK(any || candidates->size() == 0, "--resume: no intact checkpoint in ", ckpt_dir,
+              " (all ", candidates->size(), " are corrupt; the newest: ", candidates->check(0),
+              ")");
+    if (candidates->size() == 0) candidates.reset();
   }
   // model.init_from is opened (mapped) and matched against the model before anything is built.
   std::optional<checkpoint::HfImport> init_from;
-  if (!cfg.model.init_from.empty() && !resume_from)
-    init_from = checkpoint::HfImport::gpt2(cfg.model.init_from, gpt_config(cfg));
+  if (!cfg.model.init_from.empty() && !resume_from && !candidates)
+    init_from = cfg.model.arch == "llama"
+                    ? checkpoint::HfImport::llama(cfg.model.init_from, llama_config(cfg))
+                    : checkpoint::HfImport::gpt2(cfg.model.init_from, gpt_config(cfg));
   const at::Device device = train_device(cfg, env.local_rank);
   engine::Trainer trainer(model_factory(cfg, device), trainer_options(cfg, device));
   engine::World& world = trainer.world();
@@ -174,7 +277,30 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
   say(str_cat("stp train: resolved configuration\n", cfg.to_json(), "\n"));
   if (cfg.run.device != "cuda")
     say(str_cat("cpu threads: ", threads.count, " per rank (", threads.source, ")\n"));
-
+  if (candidates) {  // Note [Resume from the newest intact checkpoint]
+    for (std::size_t i = 0; i < candidates->size() && !resume_from; ++i) {
+      const std::string error = candidates->check(i);
+      at::Tensor ok = at::full({1}, error.empty() ? 1 : 0, at::kLong);
+      world.world_group().all_reduce_async(ok, c10d::ReduceOp::MIN).wait();
+      if (ok.item<std::int64_t>() == 1) {
+        resume_from = candidates->dir(i);
+        resumed = candidates->take(i);
+        break;
+      }
+      std::string why = error;  // rank 0's own reason, else the first shard that fails
+      if (why.empty() && lead) {
+        try {
+          checkpoint::verify_checkpoint(candidates->dir(i));
+        } catch (const std::exception& e) {
+          why = e.what();
+        }
+      }
+      say(str_cat("warning: --resume skipped ", candidates->dir(i), ": ",
+                  why.empty() ? "a shard of another rank is corrupt" : why, "\n"));
+    }
+    STP_CHECK(resume_from.has_value(), "--resume: no checkpoint in ", ckpt_dir,
+              " is intact on every rank (each has a corrupt shard)");
+  }
   const data::LoaderOptions lo = loader_options(cfg, world.dp_rank(), world.dp());
   data::DataLoader loader(dataset, lo);
   say(str_cat("data: ", loader.dataset().description, ", ", loader.dataset().num_tokens,
@@ -198,6 +324,7 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
   } else if (opts.resume) {
     say(str_cat("--resume: no complete checkpoint in ", ckpt_dir, "; starting at step 0\n"));
   }
+
   if (init_from) {
     load_init_from(trainer, *init_from);
     say(str_cat("model: initialised from ", init_from->dir(), " (", init_from->architecture(), ", ",

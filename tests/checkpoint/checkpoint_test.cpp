@@ -251,7 +251,7 @@ TEST(Checkpoint, CorruptShardIsRefusedNamingTheFile) {
   flipped[flipped.size() - 3] ^= 0x10;  // one bit of tensor data: only the checksum sees it
   write_bytes(shard, flipped);
   expect_invalid([&] { load_checkpoint(ck.string(), 1, info.layout, info.model); },
-                 "rank_00001.safetensors checksum mismatch: file corrupt");
+                 "rank_00001.safetensors checksum mismatch: file or manifest corrupt");
   expect_invalid([&] { verify_checkpoint(ck.string()); },
                  "rank_00001.safetensors checksum mismatch");
   EXPECT_NO_THROW(load_checkpoint(ck.string(), 0, info.layout, info.model));  // rank 0 is fine

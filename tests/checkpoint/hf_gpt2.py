@@ -7,7 +7,8 @@
                         (B, T, V) float32 and loss () (mean cross-entropy of logits vs targets).
   eval DIR TOKENS OUT   loads DIR with from_pretrained and writes OUT like ref.safetensors for
                         the tokens and targets in TOKENS (a safetensors file).
-Nothing is downloaded: the model is built from a config.
+Nothing is downloaded: the model is built from a config. hf_llama.py reuses save_random and
+main for LlamaForCausalLM.
 """
 import sys
 
@@ -28,37 +29,40 @@ def evaluate(model, tokens, targets):
     return {"tokens": tokens, "targets": targets, "logits": logits.contiguous(), "loss": loss}
 
 
-def make(out, shards):
+def save_random(model, out, flags, is_norm_weight, vocab, data_seed):
+    """Every parameter drawn at random (norm weights around 1), saved with save_pretrained
+    (in 20 KB shards with --shards), and ref.safetensors for random tokens below `vocab`."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_((1 if is_norm_weight(name) else 0) + 0.2 * torch.randn_like(p))
+    model.save_pretrained(out, **({"max_shard_size": "20KB"} if "--shards" in flags else {}))
+    g = torch.Generator().manual_seed(data_seed)
+    tokens = torch.randint(0, vocab, (BATCH, SEQ), generator=g)
+    targets = torch.randint(0, vocab, (BATCH, SEQ), generator=g)
+    save_file(evaluate(model, tokens, targets), out + "/ref.safetensors")
+
+
+def make(out, flags):
     cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=POSITIONS, n_embd=EMBD,
                                   n_layer=LAYERS, n_head=HEADS, bos_token_id=None,
                                   eos_token_id=None)
     torch.manual_seed(20240601)
     model = transformers.GPT2LMHeadModel(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == \
-                    "transformer.ln_f.weight":
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.copy_(0.2 * torch.randn_like(p))
-    kwargs = {"max_shard_size": "20KB"} if shards else {}
-    model.save_pretrained(out, **kwargs)
-    g = torch.Generator().manual_seed(7)
-    tokens = torch.randint(0, VOCAB, (BATCH, SEQ), generator=g)
-    targets = torch.randint(0, VOCAB, (BATCH, SEQ), generator=g)
-    save_file(evaluate(model, tokens, targets), out + "/ref.safetensors")
+    norms = ("ln_1.weight", "ln_2.weight", "transformer.ln_f.weight")
+    save_random(model, out, flags, lambda name: name.endswith(norms), VOCAB, 7)
 
 
-def main():
+def main(model_class, make, usage):
     if sys.argv[1] == "make":
-        make(sys.argv[2], "--shards" in sys.argv[3:])
+        make(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "eval":
-        model = transformers.GPT2LMHeadModel.from_pretrained(sys.argv[2])
+        model = model_class.from_pretrained(sys.argv[2])
         t = load_file(sys.argv[3])
         save_file(evaluate(model, t["tokens"], t["targets"]), sys.argv[4])
     else:
-        sys.exit("usage: hf_gpt2.py make DIR [--shards] | eval DIR TOKENS OUT")
+        sys.exit(usage)
 
 
 if __name__ == "__main__":
-    main()
+    main(transformers.GPT2LMHeadModel, make,
+         "usage: hf_gpt2.py make DIR [--shards] | eval DIR TOKENS OUT")

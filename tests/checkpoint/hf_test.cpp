@@ -10,44 +10,20 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
-#include <cstdlib>
 #include <filesystem>
-#include <memory>
 
 #include "checkpoint/safetensors.h"
-#include "file_test_util.h"
-#include "model_test_util.h"
+#include "hf_test_util.h"
 #include "train/train_config.h"
 
 namespace stp::checkpoint {
 namespace {
 
 namespace fs = std::filesystem;
-using namespace stp::testing;  // TempDir, EmulatedModel, run_lockstep, expect_invalid, kPython
+using namespace stp::testing;  // TempDir, EmulatedModel, expect_invalid, hf_test_util.h
 using nlohmann::json;
 
-const std::string kHelper = std::string(STP_SOURCE_DIR) + "/tests/checkpoint/hf_gpt2.py";
-
-bool have_transformers() {
-  return fs::exists(kPython) &&
-         std::system(
-             (std::string(kPython) + " -c 'import transformers' > /dev/null 2>&1").c_str()) == 0;
-}
-
-#define REQUIRE_TRANSFORMERS()                                               \
-  if (!have_transformers())                                                  \
-  GTEST_SKIP() << "the transformers package is not installed in " << kPython \
-               << " (scripts/setup.sh installs it)"
-
-// Runs a command; its output goes to `log`, shown when it fails.
-void run_ok(const std::string& cmd, const fs::path& log) {
-  const int rc = std::system((cmd + " > " + log.string() + " 2>&1").c_str());
-  ASSERT_EQ(rc, 0) << cmd << "\n" << read_bytes(log);
-}
-
-void py(const std::string& args, const fs::path& dir) {
-  run_ok(std::string(kPython) + " " + kHelper + " " + args, dir / "python.log");
-}
+void py(const std::string& args, const fs::path& dir) { run_helper("hf_gpt2.py", args, dir); }
 
 // The shape hf_gpt2.py builds, as stp's GPT in float32 (seq_len 20 of its 24 positions).
 models::GptConfig tiny_config() {
@@ -75,44 +51,17 @@ class HfGpt2 : public ::testing::Test {
   }
   static std::string model_dir() { return (dir_->path / "gpt2").string(); }
   static TensorMap ref() { return read_safetensors(model_dir() + "/ref.safetensors").tensors; }
-  // A copy of the model folder to break: config.json and model.safetensors.
-  static fs::path copy_model(const TempDir& tmp) {
-    fs::path d = tmp.path / "copy";
-    fs::create_directories(d);
-    for (const char* f : {"config.json", "model.safetensors"})
-      fs::copy_file(fs::path(model_dir()) / f, d / f);
-    return d;
-  }
   static inline TempDir* dir_ = nullptr;
 };
 
-engine::MicroBatch microbatch_of(const TensorMap& ref) {
-  return {ref.at("tokens").to(at::kLong), ref.at("targets").to(at::kLong)};
-}
-
-struct StpOutput {
-  at::Tensor logits;  // (B, T, V)
-  double loss = 0;
-};
-
-// The forward of `mb` through a stages x tp grid of GptChunks driven in one thread (TP ranks in
-// lock step with the all-reduce emulated); logits from the last stage's saved ln_f.xhat.
+// The forward of `mb` through the grid; logits from the last stage's saved ln_f.xhat.
 StpOutput stp_forward(EmulatedModel& m, const engine::MicroBatch& mb) {
-  at::Tensor x;
-  std::vector<std::vector<engine::ActivationSet>> sets(m.stages(),
-                                                       std::vector<engine::ActivationSet>(m.tp()));
-  for (int s = 0; s < m.stages(); ++s) {
-    std::vector<std::unique_ptr<engine::Pass>> passes;
-    std::vector<engine::Pass*> raw;
-    for (int r = 0; r < m.tp(); ++r) {
-      passes.push_back(m.chunk(s, r).forward(sets[s][r], mb, x));
-      raw.push_back(passes.back().get());
-    }
-    run_lockstep(raw);
-    x = passes[0]->output();
-  }
+  std::vector<std::vector<engine::Chunk*>> grid(m.stages());
+  for (int s = 0; s < m.stages(); ++s)
+    for (int r = 0; r < m.tp(); ++r) grid[s].push_back(&m.chunk(s, r));
+  std::vector<std::vector<engine::ActivationSet>> sets;
+  const engine::ActivationSet& set = forward_grid(grid, mb, sets);
   models::GptChunk& last = m.chunk(m.stages() - 1, 0);
-  const engine::ActivationSet& set = sets.back()[0];
   at::Tensor y = set.get("ln_f.xhat") * last.param("ln_f.w").value + last.param("ln_f.b").value;
   return {at::matmul(y, last.param("lm_head.w").value.t()), last.loss(set)};
 }
@@ -127,13 +76,6 @@ StpOutput import_and_run(const std::string& dir, int stages, int tp, const Tenso
       for (engine::Param& p : m.chunk(s, r).params())
         p.value.copy_(hf.shard(p.name, p.shard_dim, r, tp));
   return stp_forward(m, microbatch_of(ref));
-}
-
-void expect_matches(const StpOutput& out, const TensorMap& ref, const std::string& what) {
-  const at::Tensor& logits = ref.at("logits");
-  ASSERT_EQ(out.logits.sizes(), logits.sizes()) << what;
-  EXPECT_LE((out.logits - logits).abs().max().item<double>(), 1e-4) << what << ": logits";
-  EXPECT_NEAR(out.loss, ref.at("loss").item<double>(), 1e-5) << what << ": loss";
 }
 
 TEST_F(HfGpt2, ImportGivesTransformersLogitsAndLossAtTp1) {
@@ -151,10 +93,7 @@ TEST_F(HfGpt2, ImportGivesTransformersLogitsAndLossAtTp2Pp2) {
 TEST_F(HfGpt2, ImportReadsShardedFoldersWithAnIndex) {
   REQUIRE_TRANSFORMERS();
   TempDir tmp;
-  const std::string dir = (tmp.path / "sharded").string();
-  py("make " + dir + " --shards", tmp.path);
-  ASSERT_TRUE(fs::exists(dir + "/model.safetensors.index.json"));
-  ASSERT_FALSE(fs::exists(dir + "/model.safetensors"));
+  const std::string dir = make_sharded_model("hf_gpt2.py", tmp);
   const TensorMap r = read_safetensors(dir + "/ref.safetensors").tensors;
   expect_matches(import_and_run(dir, 2, 2, r), r, "sharded folder, tp 2 x 2 stages");
 }
@@ -181,12 +120,7 @@ TEST_F(HfGpt2, ExportRoundTripsThroughTransformers) {
   const std::string out = (tmp.path / "exported").string();
   EXPECT_EQ(write_gpt2_folder(out, cfg, full32), 2 + 12 * cfg.n_layers + 3);  // lm_head.weight too
   const TensorMap r = ref();
-  write_safetensors((tmp.path / "tokens.safetensors").string(),
-                    {{"tokens", r.at("tokens")}, {"targets", r.at("targets")}});
-  py("eval " + out + " " + (tmp.path / "tokens.safetensors").string() + " " +
-         (tmp.path / "out.safetensors").string(),
-     tmp.path);
-  const TensorMap hf_out = read_safetensors((tmp.path / "out.safetensors").string()).tensors;
+  const TensorMap hf_out = transformers_eval("hf_gpt2.py", out, r, tmp.path);
   EmulatedModel m(cfg, 1, 1);
   m.load(full);
   expect_matches(stp_forward(m, microbatch_of(r)), hf_out, "exported, untied head");
@@ -224,12 +158,7 @@ TEST_F(HfGpt2, TrainAtTp2Pp2ThenExportLoadsInTransformers) {
   EXPECT_EQ(config.at("n_positions"), 20);
   EXPECT_EQ(config.at("tie_word_embeddings"), true);  // lr 0: the head is still wte
   const TensorMap r = ref();
-  write_safetensors((tmp.path / "tokens.safetensors").string(),
-                    {{"tokens", r.at("tokens")}, {"targets", r.at("targets")}});
-  py("eval " + out + " " + (tmp.path / "tokens.safetensors").string() + " " +
-         (tmp.path / "out.safetensors").string(),
-     tmp.path);
-  const TensorMap back = read_safetensors((tmp.path / "out.safetensors").string()).tensors;
+  const TensorMap back = transformers_eval("hf_gpt2.py", out, r, tmp.path);
   EXPECT_LE((back.at("logits") - r.at("logits")).abs().max().item<double>(), 1e-4);
   EXPECT_NEAR(back.at("loss").item<double>(), r.at("loss").item<double>(), 1e-5);
 }
@@ -253,56 +182,45 @@ TEST(HfGpt2Refusal, MissingFolderOrFiles) {
 
 TEST_F(HfGpt2, RefusesAnotherArchitectureOrAFieldStpLacks) {
   REQUIRE_TRANSFORMERS();
-  TempDir tmp;
-  const fs::path d = copy_model(tmp);
-  const json original = json::parse(read_bytes(d / "config.json"));
-  auto with = [&](const std::string& key, const json& value) {
-    json c = original;
-    c[key] = value;
-    write_bytes(d / "config.json", c.dump());
-  };
+  BreakableModel m(model_dir());
+  const std::string d = m.dir();
+  auto with = [&](const std::string& key, const json& value) { m.set_config(key, value); };
   with("architectures", json::array({"LlamaForCausalLM"}));
-  expect_invalid([&] { HfImport::gpt2(d.string(), tiny_config()); },
+  expect_invalid([&] { HfImport::gpt2(d, tiny_config()); },
                  "architecture 'LlamaForCausalLM' is not supported for stp's GPT");
   with("activation_function", "relu");
-  expect_invalid([&] { HfImport::gpt2(d.string(), tiny_config()); },
+  expect_invalid([&] { HfImport::gpt2(d, tiny_config()); },
                  "activation_function=\"relu\" is not supported");
   with("scale_attn_by_inverse_layer_idx", true);
-  expect_invalid([&] { HfImport::gpt2(d.string(), tiny_config()); },
+  expect_invalid([&] { HfImport::gpt2(d, tiny_config()); },
                  "scale_attn_by_inverse_layer_idx=true is not supported");
   with("add_cross_attention", true);
-  expect_invalid([&] { HfImport::gpt2(d.string(), tiny_config()); },
+  expect_invalid([&] { HfImport::gpt2(d, tiny_config()); },
                  "add_cross_attention=true is not supported");
   with("layer_norm_epsilon", 1e-6);
-  expect_invalid([&] { HfImport::gpt2(d.string(), tiny_config()); },
+  expect_invalid([&] { HfImport::gpt2(d, tiny_config()); },
                  "layer_norm_epsilon=1e-06 but stp's GPT uses 1e-05");
   with("activation_function", "gelu_pytorch_tanh");  // the same function: accepted
-  EXPECT_EQ(HfImport::gpt2(d.string(), tiny_config()).size(), 2u + 12 * 4 + 3);
+  EXPECT_EQ(HfImport::gpt2(d, tiny_config()).size(), 2u + 12 * 4 + 3);
 }
 
 TEST_F(HfGpt2, RefusesAShapeMismatchNamingTheTensor) {
   REQUIRE_TRANSFORMERS();
-  TempDir tmp;
-  const fs::path d = copy_model(tmp);
-  const std::string file = (d / "model.safetensors").string();
-  const TensorMap good = read_safetensors(file).tensors;
-  auto rewrite = [&](const std::function<void(TensorMap&)>& edit) {
-    TensorMap t = good;
-    edit(t);
-    write_safetensors(file, t, {{"format", "pt"}});
-  };
+  BreakableModel m(model_dir());
+  const std::string d = m.dir();
+  auto rewrite = [&](const std::function<void(TensorMap&)>& edit) { m.edit_tensors(edit); };
   rewrite([](TensorMap& t) {
     auto& w = t["transformer.h.1.attn.c_attn.weight"];
     w = w.narrow(1, 0, 90).contiguous();
   });
-  expect_invalid([&] { HfImport::gpt2(d.string(), tiny_config()); },
+  expect_invalid([&] { HfImport::gpt2(d, tiny_config()); },
                  "tensor 'transformer.h.1.attn.c_attn.weight' has shape [32, 90], expected "
                  "[32, 96]");
   rewrite([](TensorMap& t) { t.erase("transformer.h.3.mlp.c_proj.bias"); });
-  expect_invalid([&] { HfImport::gpt2(d.string(), tiny_config()); },
+  expect_invalid([&] { HfImport::gpt2(d, tiny_config()); },
                  "tensor 'transformer.h.3.mlp.c_proj.bias' is missing");
   rewrite([](TensorMap& t) { t["transformer.h.4.ln_1.weight"] = at::ones({32}); });
-  expect_invalid([&] { HfImport::gpt2(d.string(), tiny_config()); },
+  expect_invalid([&] { HfImport::gpt2(d, tiny_config()); },
                  "tensor 'transformer.h.4.ln_1.weight' (shape [32]) has no place");
   // stp's model shape differs from config.json's.
   models::GptConfig wide = tiny_config();
