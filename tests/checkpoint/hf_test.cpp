@@ -51,14 +51,20 @@ void py(const std::string& args, const fs::path& dir) {
 
 // The shape hf_gpt2.py builds, as stp's GPT in float32 (seq_len 20 of its 24 positions).
 models::GptConfig tiny_config() {
-  models::GptConfig c;
-  c.vocab = 67;
-  c.seq_len = 20;
-  c.d_model = 32;
-  c.n_heads = 4;
-  c.n_layers = 4;
+  models::GptConfig c = make_config(/*vocab=*/67, /*seq=*/20, /*d=*/32, /*heads=*/4, /*layers=*/4);
   c.dtype = at::kFloat;
   return c;
+}
+
+// What hf_gpt2.py's eval gives for the model folder `model` on the tokens and targets of `r`
+// (files under `dir`).
+TensorMap hf_eval(const std::string& model, const TensorMap& r, const fs::path& dir) {
+  write_safetensors((dir / "tokens.safetensors").string(),
+                    {{"tokens", r.at("tokens")}, {"targets", r.at("targets")}});
+  py("eval " + model + " " + (dir / "tokens.safetensors").string() + " " +
+         (dir / "out.safetensors").string(),
+     dir);
+  return read_safetensors((dir / "out.safetensors").string()).tensors;
 }
 
 // One tiny GPT2LMHeadModel for the whole suite (python starts take seconds).
@@ -181,12 +187,7 @@ TEST_F(HfGpt2, ExportRoundTripsThroughTransformers) {
   const std::string out = (tmp.path / "exported").string();
   EXPECT_EQ(write_gpt2_folder(out, cfg, full32), 2 + 12 * cfg.n_layers + 3);  // lm_head.weight too
   const TensorMap r = ref();
-  write_safetensors((tmp.path / "tokens.safetensors").string(),
-                    {{"tokens", r.at("tokens")}, {"targets", r.at("targets")}});
-  py("eval " + out + " " + (tmp.path / "tokens.safetensors").string() + " " +
-         (tmp.path / "out.safetensors").string(),
-     tmp.path);
-  const TensorMap hf_out = read_safetensors((tmp.path / "out.safetensors").string()).tensors;
+  const TensorMap hf_out = hf_eval(out, r, tmp.path);
   EmulatedModel m(cfg, 1, 1);
   m.load(full);
   expect_matches(stp_forward(m, microbatch_of(r)), hf_out, "exported, untied head");
@@ -224,12 +225,7 @@ TEST_F(HfGpt2, TrainAtTp2Pp2ThenExportLoadsInTransformers) {
   EXPECT_EQ(config.at("n_positions"), 20);
   EXPECT_EQ(config.at("tie_word_embeddings"), true);  // lr 0: the head is still wte
   const TensorMap r = ref();
-  write_safetensors((tmp.path / "tokens.safetensors").string(),
-                    {{"tokens", r.at("tokens")}, {"targets", r.at("targets")}});
-  py("eval " + out + " " + (tmp.path / "tokens.safetensors").string() + " " +
-         (tmp.path / "out.safetensors").string(),
-     tmp.path);
-  const TensorMap back = read_safetensors((tmp.path / "out.safetensors").string()).tensors;
+  const TensorMap back = hf_eval(out, r, tmp.path);
   EXPECT_LE((back.at("logits") - r.at("logits")).abs().max().item<double>(), 1e-4);
   EXPECT_NEAR(back.at("loss").item<double>(), r.at("loss").item<double>(), 1e-5);
 }
