@@ -1,6 +1,7 @@
 #include "allocator/backend.h"
 
 #include "common/check.h"
+#include "common/enum_names.h"
 
 #ifdef STP_WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -39,12 +40,9 @@ Backend resolve_backend(Backend requested) {
 }
 
 const char* to_string(Backend backend) {
-  switch (backend) {
-    case Backend::kAuto: return "auto";
-    case Backend::kHost: return "host";
-    case Backend::kCuda: return "cuda";
-  }
-  return "?";
+  static constexpr EnumName<Backend> kNames[] = {
+      {Backend::kAuto, "auto"}, {Backend::kHost, "host"}, {Backend::kCuda, "cuda"}};
+  return name_of(kNames, backend);
 }
 
 }  // namespace stp::allocator

@@ -11,6 +11,7 @@
 
 #include "allocator/backend.h"
 #include "common/check.h"
+#include "common/enum_names.h"
 
 #ifdef STP_HAVE_NUMA
 #include <numaif.h>
@@ -29,13 +30,12 @@ std::size_t page_size() {
 }
 
 const char* to_string(HostMemoryKind kind) {
-  switch (kind) {
-    case HostMemoryKind::kAuto: return "auto";
-    case HostMemoryKind::kMmap: return "mmap";
-    case HostMemoryKind::kCudaRegister: return "cuda-register";
-    case HostMemoryKind::kCudaHostAlloc: return "cuda-host-alloc";
-  }
-  return "?";
+  static constexpr EnumName<HostMemoryKind> kNames[] = {
+      {HostMemoryKind::kAuto, "auto"},
+      {HostMemoryKind::kMmap, "mmap"},
+      {HostMemoryKind::kCudaRegister, "cuda-register"},
+      {HostMemoryKind::kCudaHostAlloc, "cuda-host-alloc"}};
+  return name_of(kNames, kind);
 }
 
 namespace {

@@ -7,9 +7,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include "common/check.h"
+#include "common/enum_names.h"
 #include "data/corpus.h"
 #include "data/token_shards.h"
 
@@ -172,19 +174,19 @@ void load_shards(const DataSource& source, Dataset& ds) {
 
 }  // namespace
 
-const char* to_string(DataFormat format) {
-  switch (format) {
-    case DataFormat::kBytes: return "bytes";
-    case DataFormat::kLlmc: return "llmc";
-    case DataFormat::kNanoGpt: return "nanogpt";
-  }
-  return "?";
-}
+namespace {
+
+constexpr EnumName<DataFormat> kFormatNames[] = {
+    {DataFormat::kBytes, "bytes"}, {DataFormat::kLlmc, "llmc"}, {DataFormat::kNanoGpt, "nanogpt"}};
+
+}  // namespace
+
+const char* to_string(DataFormat format) { return name_of(kFormatNames, format); }
 
 DataFormat data_format_from_string(const std::string& name) {
-  for (DataFormat f : {DataFormat::kBytes, DataFormat::kLlmc, DataFormat::kNanoGpt})
-    if (name == to_string(f)) return f;
-  STP_CHECK(false, "data format '", name, "' must be one of bytes | llmc | nanogpt");
+  std::optional<DataFormat> f = value_named(kFormatNames, name);
+  STP_CHECK(f.has_value(), "data format '", name, "' must be one of bytes | llmc | nanogpt");
+  return *f;
 }
 
 std::string Dataset::warning() const {

@@ -25,6 +25,7 @@ static_assert(NCCL_VERSION_CODE == STP_TORCH_NCCL_VERSION_CODE,
 #include <utility>
 
 #include "common/check.h"
+#include "common/enum_names.h"
 
 namespace stp::engine {
 namespace {
@@ -87,12 +88,9 @@ LaunchEnv launch_env_from_environment() {
 }
 
 const char* to_string(CommBackend backend) {
-  switch (backend) {
-    case CommBackend::kAuto: return "auto";
-    case CommBackend::kGloo: return "gloo";
-    case CommBackend::kNccl: return "nccl";
-  }
-  return "?";
+  static constexpr EnumName<CommBackend> kNames[] = {
+      {CommBackend::kAuto, "auto"}, {CommBackend::kGloo, "gloo"}, {CommBackend::kNccl, "nccl"}};
+  return name_of(kNames, backend);
 }
 
 CommBackend resolve_backend(CommBackend requested, bool cuda) {

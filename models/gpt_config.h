@@ -38,6 +38,18 @@ struct GptConfig {
   void validate_layout(int stages, int tp_size) const;
 };
 
+// The checks every decoder family's config makes of the fields they share, each a
+// std::invalid_argument naming the field, its value and the legal range: vocab, seq_len,
+// d_model, n_heads, n_layers >= 1; d_model divisible by n_heads; dtype float32, float64 or
+// bfloat16; init_std > 0.
+void validate_decoder_fields(std::int64_t vocab, std::int64_t seq_len, std::int64_t d_model,
+                             std::int64_t n_heads, std::int64_t n_layers, at::ScalarType dtype,
+                             double init_std);
+// The placement checks every family makes: tp_size >= 1, stages >= 1, n_heads and the MLP
+// hidden size (named `hidden_name` in the message) divisible by tp_size, n_layers >= stages.
+void validate_decoder_layout(std::int64_t n_heads, std::int64_t hidden, const char* hidden_name,
+                             std::int64_t n_layers, int stages, int tp_size);
+
 // "float32"/"fp32"/"float", "float64"/"fp64"/"double", "bfloat16"/"bf16". Throws
 // std::invalid_argument naming the unknown value and the accepted names.
 at::ScalarType parse_dtype(const std::string& name);

@@ -1,308 +1,38 @@
-// LlamaChunk construction and its three passes: the unit sequencing of Note [Llama units]
-// (llama.h). The numeric work of each unit is in llama_layers.cpp.
+// LlamaChunk construction: its parameters in the order of Note [Llama parameter layout]. The
+// unit sequencing is DecoderChunk's (Note [Decoder units]); the numeric work of each unit is in
+// llama_layers.cpp.
 #include "models/llama.h"
 
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/zeros.h>
 
-#include <cmath>
-
-#include "common/check.h"
-#include "models/chunk_inputs.h"
 #include "models/llama_params.h"
 
 namespace stp::models {
 
-// ---- construction --------------------------------------------------------------------------
-
 LlamaChunk::LlamaChunk(const LlamaConfig& cfg, int stage, int stages, int tp_rank, int tp_size,
                        at::Device device)
-    : cfg_(cfg), stage_(stage), stages_(stages), tp_rank_(tp_rank), tp_size_(tp_size) {
-  cfg_.validate_layout(stages, tp_size);
-  STP_CHECK(stage >= 0 && stage < stages, "stage=", stage, " is out of range [0, ", stages, ")");
-  STP_CHECK(tp_rank >= 0 && tp_rank < tp_size, "tp_rank=", tp_rank, " is out of range [0, ",
-            tp_size, ")");
-  layers_ = stage_layers(cfg_.n_layers, stage, stages);
-  heads_local_ = cfg_.n_heads / tp_size;
-  kv_split_ = llama_kv_split(cfg_, tp_size);
+    : DecoderChunk(shape_of(cfg, stages, tp_size, NormKind::kRmsNorm, cfg.rms_eps), stage, stages,
+                   tp_rank, tp_size),
+      cfg_(cfg),
+      kv_split_(llama_kv_split(cfg, tp_size)) {
   const std::int64_t nkv = cfg_.kv_heads();
   kv_heads_local_ = kv_split_ ? nkv / tp_size : 1;
   kv_head_first_ = kv_split_ ? tp_rank * kv_heads_local_ : tp_rank * nkv / tp_size;
   rotary_ = ops::rotary_table(cfg_.seq_len, cfg_.head_dim(), cfg_.rope_theta, cfg_.dtype, device);
 
-  std::vector<ParamSpec> specs;
-  std::vector<ParamSpec> all = llama_param_specs(cfg_, tp_size);
-  auto is_layer = [](const ParamSpec& s) { return s.name.rfind("layers.", 0) == 0; };
-  for (ParamSpec& s : all) {
-    if (is_first_stage() && s.name == "wte") specs.push_back(s);
-  }
+  add_params(
+      llama_param_specs(cfg_, tp_size),
+      [this](const ParamSpec& s) { return llama_init_full(cfg_, s); }, device);
   for (std::int64_t l = layers_.first; l < layers_.first + layers_.count; ++l) {
-    for (ParamSpec& s : llama_layer_param_specs(cfg_, l, tp_size)) specs.push_back(std::move(s));
+    auto at = [&](const char* name) { return layer_param(l, name); };
+    layer_params_.push_back(
+        {at("attn.q.w"), at("attn.kv.w"), at("attn.o.w"), at("mlp.gate_up.w"), at("mlp.down.w")});
   }
-  for (ParamSpec& s : all) {
-    if (is_last_stage() && !is_layer(s) && s.name != "wte") specs.push_back(s);
-  }
-  // Gradients of bfloat16 parameters accumulate in float32 (chunk.h: Param::grad).
-  const at::ScalarType grad_dtype = cfg_.dtype == at::kBFloat16 ? at::kFloat : cfg_.dtype;
-  for (const ParamSpec& s : specs) {
-    engine::Param p;
-    p.name = s.name;
-    p.shard_dim = s.shard_dim;
-    p.decay = s.decay;
-    p.value = shard_of(llama_init_full(cfg_, s), s.shard_dim, tp_rank, tp_size)
-                  .to(device, cfg_.dtype, /*non_blocking=*/false, /*copy=*/true)
-                  .contiguous();
-    p.grad = at::zeros(p.value.sizes(), p.value.options().dtype(grad_dtype));
-    index_[p.name] = static_cast<int>(params_.size());
-    params_.push_back(std::move(p));
-  }
-
-  auto at_name = [&](const std::string& n) {
-    auto it = index_.find(n);
-    STP_ASSERT(it != index_.end(), "missing parameter ", n);
-    return it->second;
-  };
-  for (std::int64_t l = layers_.first; l < layers_.first + layers_.count; ++l) {
-    const std::string p = "layers." + std::to_string(l) + ".";
-    layer_params_.push_back({at_name(p + "ln1.w"), at_name(p + "attn.q.w"),
-                             at_name(p + "attn.kv.w"), at_name(p + "attn.o.w"),
-                             at_name(p + "ln2.w"), at_name(p + "mlp.gate_up.w"),
-                             at_name(p + "mlp.down.w")});
-  }
-  if (is_first_stage()) wte_ = at_name("wte");
-  if (is_last_stage()) {
-    lnf_w_ = at_name("ln_f.w");
-    if (!cfg_.tie_embeddings) head_w_ = at_name("lm_head.w");
-  }
-}
-
-void LlamaChunk::set_loss_scale(double scale) {
-  STP_CHECK(std::isfinite(scale) && scale > 0, "loss_scale=", scale, " must be finite and > 0");
-  loss_scale_ = scale;
-}
-
-engine::Param& LlamaChunk::param(const std::string& name) {
-  auto it = index_.find(name);
-  STP_CHECK(it != index_.end(), "parameter '", name, "' is not held by stage ", stage_, " (layers ",
-            layers_.first, "..", layers_.first + layers_.count - 1, ")");
-  return params_[it->second];
-}
-
-LlamaChunk::NormRef LlamaChunk::ln1(std::int64_t l) const {
-  return {"layers." + std::to_string(l) + ".ln1", layer(l).ln1_w};
-}
-LlamaChunk::NormRef LlamaChunk::ln2(std::int64_t l) const {
-  return {"layers." + std::to_string(l) + ".ln2", layer(l).ln2_w};
-}
-
-at::Tensor LlamaChunk::loss_tensor(const engine::ActivationSet& set) const {
-  STP_ASSERT(is_last_stage(), "loss() on stage ", stage_, " of ", stages_);
-  return set.get("loss");
-}
-
-std::vector<std::int64_t> LlamaChunk::input_shape(std::int64_t batch) const {
-  return {batch, cfg_.seq_len, cfg_.d_model};
-}
-
-// ---- passes ----------------------------------------------------------------------------------
-
-namespace {
-
-std::string layer_unit_name(const char* block, const char* pass, std::int64_t l) {
-  return std::string(block) + "-" + pass + "(" + std::to_string(l) + ")";
-}
-
-}  // namespace
-
-// What the three passes share: units run once each and in order, then finish() once, then
-// output(); `what_` names the pass in the messages.
-class LlamaPass : public engine::Pass {
- public:
-  LlamaPass(LlamaChunk& c, engine::ActivationSet& s, const char* what)
-      : c_(c), s_(s), what_(what) {}
-
-  int size() const override { return c_.units(); }
-  at::Tensor output() override {
-    STP_ASSERT(finished_, what_, " output() before finish()");
-    return output_;
-  }
-
- protected:
-  void start_unit(int k) {
-    STP_ASSERT(k == next_ && k < size(), what_, " unit ", k, " run out of order (next ", next_,
-               " of ", size(), ")");
-    ++next_;
-  }
-  void start_finish() {
-    STP_ASSERT(next_ == size() && !finished_, what_, " finish() after ", next_, " of ", size(),
-               " units");
-    finished_ = true;
-  }
-  std::int64_t first_layer() const { return c_.layers_.first; }
-  std::int64_t last_layer() const { return c_.layers_.first + c_.layers_.count - 1; }
-  // The layer of backward / weight-gradient unit k; even units are the MLP, odd ones attention.
-  std::int64_t layer_of(int k) const { return last_layer() - k / 2; }
-
-  LlamaChunk& c_;
-  engine::ActivationSet& s_;
-  at::Tensor output_;
-
- private:
-  const char* what_;
-  int next_ = 0;
-  bool finished_ = false;
-};
-
-// Forward: unit 2i = attn-F(first+i), 2i+1 = mlp-F(first+i). x_ is the residual stream: the
-// tensor the previous unit returned, summed over the TP group in place by the executor.
-class LlamaForwardPass final : public LlamaPass {
- public:
-  LlamaForwardPass(LlamaChunk& c, engine::ActivationSet& s, at::Tensor tokens, at::Tensor targets,
-                   at::Tensor input)
-      : LlamaPass(c, s, "forward"),
-        tokens_(std::move(tokens)),
-        targets_(std::move(targets)),
-        x_(std::move(input)) {}
-
-  std::string unit_name(int k) const override {
-    return layer_unit_name(k % 2 == 0 ? "attn" : "mlp", "F", first_layer() + k / 2);
-  }
-  at::Tensor run(int k) override {
-    start_unit(k);
-    const std::int64_t l = first_layer() + k / 2;
-    if (k == 0 && c_.is_first_stage()) x_ = c_.embed_forward(tokens_, s_);
-    x_ = (k % 2 == 0) ? c_.attn_forward(l, x_, s_) : c_.mlp_forward(l, x_, s_);
-    return x_;
-  }
-  void finish() override {
-    start_finish();
-    if (c_.is_last_stage()) {
-      c_.head_forward(x_, targets_, s_);
-    } else {
-      output_ = x_;
-    }
-  }
-
- private:
-  at::Tensor tokens_;   // (B, T) int64, first stage
-  at::Tensor targets_;  // (B, T) int64, last stage
-  at::Tensor x_;        // (B, T, C) residual stream
-};
-
-// Activation gradient: unit 2i = mlp-B(last-i), 2i+1 = attn-B(last-i). dres_ is the gradient
-// of the residual stream; pending_ what the previous unit returned, all-reduced, whose RMSNorm
-// backward opens this unit.
-class LlamaBackwardPass final : public LlamaPass {
- public:
-  LlamaBackwardPass(LlamaChunk& c, engine::ActivationSet& s, at::Tensor grad_output)
-      : LlamaPass(c, s, "backward"), dres_(std::move(grad_output)) {}
-
-  std::string unit_name(int k) const override {
-    return layer_unit_name(k % 2 == 0 ? "mlp" : "attn", "B", layer_of(k));
-  }
-  at::Tensor run(int k) override {
-    start_unit(k);
-    const std::int64_t l = layer_of(k);
-    if (k == 0 && c_.is_last_stage()) dres_ = c_.head_backward(s_);
-    if (k > 0) reduced(k - 1);
-    pending_ = (k % 2 == 0) ? c_.mlp_backward(l, dres_, s_) : c_.attn_backward(l, dres_, s_);
-    return pending_;
-  }
-  void finish() override {
-    start_finish();
-    reduced(size() - 1);
-    pending_ = at::Tensor();
-    if (c_.is_first_stage()) {
-      s_.put("emb.dx", dres_);  // (B, T, C) for the embedding gradient in W's finish()
-    } else {
-      output_ = dres_;
-    }
-  }
-
- private:
-  // B unit k's all-reduced result into the residual gradient: the RMSNorm backward of ln2
-  // (after mlp-B) or ln1 (after attn-B).
-  void reduced(int k) {
-    const std::int64_t l = layer_of(k);
-    if (k % 2 == 0) {
-      dres_ = dres_.add(c_.norm_backward(c_.ln2(l), pending_, s_));
-    } else {
-      dres_ = dres_.add(c_.norm_backward(c_.ln1(l), c_.attn_reduced(l, pending_, s_), s_));
-    }
-  }
-
-  at::Tensor dres_;     // (B, T, C) gradient of the residual stream
-  at::Tensor pending_;  // what the last unit returned (Note [Llama units])
-};
-
-// Weight gradient: W unit k pairs with B unit k (Note [Llama units]).
-class LlamaWeightGradPass final : public LlamaPass {
- public:
-  LlamaWeightGradPass(LlamaChunk& c, engine::ActivationSet& s)
-      : LlamaPass(c, s, "weight-gradient") {}
-
-  std::string unit_name(int k) const override {
-    return std::string("W(") + (k % 2 == 0 ? "mlp " : "attn ") + std::to_string(layer_of(k)) + ")";
-  }
-  at::Tensor run(int k) override {
-    start_unit(k);
-    if (k == 0 && c_.is_last_stage()) c_.head_weight_grad(s_);
-    if (k > 0) after_reduced(k - 1);
-    if (k % 2 == 0) {
-      c_.mlp_weight_grad(layer_of(k), s_);
-    } else {
-      c_.attn_weight_grad(layer_of(k), s_);
-    }
-    return at::Tensor();
-  }
-  void finish() override {
-    start_finish();
-    after_reduced(size() - 1);  // needs the B pass's finish()
-    if (c_.is_first_stage()) c_.embed_weight_grad(s_);
-    STP_ASSERT(s_.empty(), "activation set (chunk ", s_.chunk(), ", mb ", s_.mb(),
-               ") not empty after the weight-gradient pass: ", s_.fields().begin()->first);
-  }
-  at::Tensor output() override { return at::Tensor(); }  // W hands nothing on
-
- private:
-  // The weights of what the B pass did with B unit k's all-reduced result.
-  void after_reduced(int k) {
-    const std::int64_t l = layer_of(k);
-    if (k % 2 == 0) {
-      c_.norm_weight_grad(c_.ln2(l), s_);
-    } else {
-      c_.kv_weight_grad(l, s_);  // reads ln1.xhat: before ln1's weight gradient erases it
-      c_.norm_weight_grad(c_.ln1(l), s_);
-    }
-  }
-};
-
-std::unique_ptr<engine::Pass> LlamaChunk::forward(engine::ActivationSet& set,
-                                                  const engine::MicroBatch& mb, at::Tensor input) {
-  ForwardInputs in = check_forward_inputs(*this, mb, input, cfg_.d_model, cfg_.seq_len, cfg_.dtype,
-                                          params_.front().value.device());
-  return std::make_unique<LlamaForwardPass>(*this, set, in.tokens, in.targets, input);
-}
-
-std::unique_ptr<engine::Pass> LlamaChunk::backward(engine::ActivationSet& set,
-                                                   at::Tensor grad_output) {
-  if (!is_last_stage())
-    check_grad_output(
-        *this, grad_output,
-        set.get("layers." + std::to_string(layers_.first + layers_.count - 1) + ".ln2.xhat"),
-        cfg_.dtype);
-  return std::make_unique<LlamaBackwardPass>(*this, set, std::move(grad_output));
-}
-
-std::unique_ptr<engine::Pass> LlamaChunk::weight_grad(engine::ActivationSet& set) {
-  return std::make_unique<LlamaWeightGradPass>(*this, set);
+  if (is_first_stage()) wte_ = index_of("wte");
 }
 
 engine::ModelFactory llama_model(const LlamaConfig& config, at::Device device) {
-  config.validate();
-  return [config, device](int stage, int stages, int tp_rank, int tp_size) {
-    return std::make_unique<LlamaChunk>(config, stage, stages, tp_rank, tp_size, device);
-  };
+  return decoder_model<LlamaChunk>(config, device);
 }
 
 }  // namespace stp::models

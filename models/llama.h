@@ -1,19 +1,11 @@
-// LlamaChunk: one pipeline stage of a Llama-family decoder on one tensor-parallel rank,
-// implementing Chunk (engine/chunk.h) with explicit forward, activation-gradient and
-// weight-gradient passes written with ATen ops (no autograd), in the unit structure of the GPT
-// (Note [GPT units] in gpt.h). Parameters: Note [Llama parameter layout] in llama_params.h.
+// LlamaChunk: one pipeline stage of a Llama-family decoder on one tensor-parallel rank, a
+// DecoderChunk (decoder_chunk.h) whose forward, activation-gradient and weight-gradient layer
+// ops are written with ATen ops (no autograd). Parameters: Note [Llama parameter layout] in
+// llama_params.h.
 //
 // Note [Llama units]
-// A chunk holds layers [first, first + n); stage 0 also holds the token embedding, the last
-// stage the final RMSNorm, the LM head and the loss. With l0 = first, l1 = first + n - 1,
-// every pass has 2n units:
-//
-//   forward   k = 2i: attn-F(l0+i)   k = 2i+1: mlp-F(l0+i)       (embedding folded into unit 0
-//                                                                 on stage 0; ln_f + head +
-//                                                                 loss in finish() on the last)
-//   backward  k = 2i: mlp-B(l1-i)    k = 2i+1: attn-B(l1-i)      (loss + head + ln_f backward
-//                                                                 folded into unit 0 on the last)
-//   weight    k = 2i: W(mlp l1-i)    k = 2i+1: W(attn l1-i)
+// The unit order, the norm and head fields and the pass contracts are Note [Decoder units]
+// (decoder_chunk.h); the Llama's blocks, with RMSNorm as the norm:
 //
 // Collectives (what run(k) returns, summed in place over the TP group):
 //   attn-F / mlp-F: the block's new residual stream (B, T, C): a partial sum of the
@@ -21,18 +13,18 @@
 //   mlp-B: the gradient at the output of ln2 (B, T, C), a partial sum over the gate/up shards.
 //   attn-B: the gradient at the output of ln1 (B, T, C), a partial sum over the query and
 //     key/value shards; when key/value heads are replicated, also the key/value projection
-//     gradient of every key/value head (Note [Llama key/value heads]).
+//     gradient of every key/value head (Note [Llama key/value heads]), which attn_reduced()
+//     takes apart.
 //   The RMSNorm backward needs the full sum, so it opens the NEXT unit (or finish()).
-//   W units return nothing.
 //
-// W unit k computes the weight gradients of what B unit k propagated through: W(mlp l) does
-// gate_up and down of layer l; W(attn l) does q and o of layer l. Each W unit k > 0 also does
-// what B unit k ran at its start on the all-reduced gradient: the RMSNorm weight (ln2 of l
-// before W(attn l); ln1 of l+1 before W(mlp l)) and, after an attn-B, the key/value weight of
-// that layer (which needs the reduced gradient in the replicated case, and is computed at the
-// same point in the split case so that both run one code path). W unit 0 on the last stage
-// also does ln_f and the head. The W pass's finish() does the key/value weight and ln1 of the
-// first layer and, on stage 0, the embedding. REQUIRES: the B pass's finish() ran first.
+// W(mlp l) does gate_up and down of layer l; W(attn l) does q and o of layer l. Each W unit
+// k > 0 also does what B unit k ran at its start on the all-reduced gradient: the RMSNorm
+// weight (ln2 of l before W(attn l); ln1 of l+1 before W(mlp l)) and, after an attn-B, the
+// key/value weight of that layer (attn_reduced_weight_grad(): it needs the reduced gradient in
+// the replicated case, and is computed at the same point in the split case so that both run
+// one code path). W unit 0 on the last stage also does ln_f and the head. The W pass's
+// finish() does the key/value weight and ln1 of the first layer and, on stage 0, the
+// embedding. REQUIRES: the B pass's finish() ran first.
 //
 // Saved fields (ActivationSet, per layer l; "layers.l." prefix), who writes, who reads:
 //   ln1.xhat (B,T,C) F -> B, W        ln1.rstd (B,T,1) F -> B        ln1.dy (B,T,C) B -> W
@@ -42,11 +34,8 @@
 //   attn.dkv (B,T,2*NKVl*hd) B -> W   (2*NKV*hd, all heads, when replicated)
 //   ln2.xhat, ln2.rstd, ln2.dy        like ln1
 //   mlp.gu (B,T,2*Hl) F -> B, W       mlp.dout (B,T,C) B -> W        mlp.dgu (B,T,2*Hl) B -> W
-// Stage 0: emb.tokens (B,T) F -> W, emb.dx (B,T,C) B -> W. Last stage: targets (B,T) F -> B,
-// loss () F -> (read by loss(), dropped by B), ln_f.xhat/rstd/dy, head.probs (B,T,V) F -> B,
-// head.dlogits (B,T,V) B -> W. The last reader of a field erases it: after B the set holds
-// exactly what W needs, after W it is empty. RMSNorm outputs and the SwiGLU product are not
-// saved: W recomputes them (xhat * w, silu(gate) * up).
+// Stage 0 and the last stage: as in Note [Decoder units], with ln_f an RMSNorm. RMSNorm
+// outputs and the SwiGLU product are not saved: W recomputes them (xhat * w, silu(gate) * up).
 //
 // Note [Llama key/value heads]
 // With NKV >= tp the key/value heads are split like the query heads (attn.kv.w shard_dim 1,
@@ -79,19 +68,17 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
-#include <map>
-#include <memory>
-#include <string>
+#include <cstdint>
 #include <vector>
 
 #include "engine/chunk.h"
-#include "models/gpt_config.h"
+#include "models/decoder_chunk.h"
 #include "models/llama_config.h"
 #include "models/llama_ops.h"
 
 namespace stp::models {
 
-class LlamaChunk final : public engine::Chunk {
+class LlamaChunk final : public DecoderChunk {
  public:
   // Builds stage `stage` of `stages` on TP rank `tp_rank` of `tp_size`, parameters initialised
   // deterministically (Note [Llama parameter layout]) on `device`, grads zeroed. Throws
@@ -100,93 +87,45 @@ class LlamaChunk final : public engine::Chunk {
   LlamaChunk(const LlamaConfig& cfg, int stage, int stages, int tp_rank, int tp_size,
              at::Device device = at::kCPU);
 
-  int stage() const override { return stage_; }
-  bool is_first_stage() const override { return stage_ == 0; }
-  bool is_last_stage() const override { return stage_ == stages_ - 1; }
-
-  std::unique_ptr<engine::Pass> forward(engine::ActivationSet& set, const engine::MicroBatch& mb,
-                                        at::Tensor input) override;
-  std::unique_ptr<engine::Pass> backward(engine::ActivationSet& set,
-                                         at::Tensor grad_output) override;
-  std::unique_ptr<engine::Pass> weight_grad(engine::ActivationSet& set) override;
-  at::Tensor loss_tensor(const engine::ActivationSet& set) const override;
-  std::vector<std::int64_t> input_shape(std::int64_t batch) const override;
-  std::vector<engine::Param>& params() override { return params_; }
-
-  // The factor the loss gradient is scaled by; default 1. REQUIRES: finite and > 0.
-  void set_loss_scale(double scale);
-
   const LlamaConfig& config() const { return cfg_; }
-  int tp_rank() const { return tp_rank_; }
-  int tp_size() const { return tp_size_; }
-  LayerRange layers() const { return layers_; }
-  int units() const { return static_cast<int>(2 * layers_.count); }
   // Key/value heads split over TP (else replicated: Note [Llama key/value heads]).
   bool kv_split() const { return kv_split_; }
-  // The parameter with this name; throws std::invalid_argument when the chunk has none.
-  engine::Param& param(const std::string& name);
 
  private:
-  friend class LlamaPass;
-  friend class LlamaForwardPass;
-  friend class LlamaBackwardPass;
-  friend class LlamaWeightGradPass;
-
-  struct LayerParams {  // indices into params_
-    int ln1_w, q_w, kv_w, o_w, ln2_w, gate_up_w, down_w;
+  struct LayerParams {  // indices into params_ (the RMSNorms: ln1(), ln2())
+    int q_w, kv_w, o_w, gate_up_w, down_w;
   };
-  struct NormRef {  // an RMSNorm: its activation-field prefix and its weight
-    std::string field;
-    int w;
-  };
-
-  const at::Tensor& value(int i) const { return params_[i].value; }
-  at::Tensor& grad(int i) { return params_[i].grad; }
   const LayerParams& layer(std::int64_t l) const { return layer_params_[l - layers_.first]; }
-  NormRef ln1(std::int64_t l) const;
-  NormRef ln2(std::int64_t l) const;
-  NormRef ln_f() const { return {"ln_f", lnf_w_}; }
-  int head_index() const { return cfg_.tie_embeddings ? wte_ : head_w_; }
   // This rank's key/value projection weight (2*NKVl*hd, C): its shard, or its one head.
   at::Tensor kv_weight(std::int64_t l) const;
 
-  // Layer code (llama_layers.cpp).
-  at::Tensor embed_forward(const at::Tensor& tokens, engine::ActivationSet& s) const;
-  at::Tensor attn_forward(std::int64_t l, const at::Tensor& x, engine::ActivationSet& s) const;
-  at::Tensor mlp_forward(std::int64_t l, const at::Tensor& x, engine::ActivationSet& s) const;
-  void head_forward(const at::Tensor& x, const at::Tensor& targets, engine::ActivationSet& s) const;
-  at::Tensor norm_forward(const NormRef& n, const at::Tensor& x, engine::ActivationSet& s) const;
-
-  at::Tensor head_backward(engine::ActivationSet& s) const;
-  at::Tensor mlp_backward(std::int64_t l, const at::Tensor& dres, engine::ActivationSet& s) const;
-  at::Tensor attn_backward(std::int64_t l, const at::Tensor& dres, engine::ActivationSet& s) const;
+  // Layer code (llama_layers.cpp), Note [Llama units].
+  at::Tensor embed_forward(const at::Tensor& tokens, engine::ActivationSet& s) const override;
+  at::Tensor attn_forward(std::int64_t l, const at::Tensor& x,
+                          engine::ActivationSet& s) const override;
+  at::Tensor mlp_forward(std::int64_t l, const at::Tensor& x,
+                         engine::ActivationSet& s) const override;
+  at::Tensor mlp_backward(std::int64_t l, const at::Tensor& dres,
+                          engine::ActivationSet& s) const override;
+  at::Tensor attn_backward(std::int64_t l, const at::Tensor& dres,
+                           engine::ActivationSet& s) const override;
   // What attn-B(l) returned, all-reduced: the ln1-output gradient (B, T, C); keeps the reduced
   // key/value gradient when it travelled with it (Note [Llama key/value heads]).
   at::Tensor attn_reduced(std::int64_t l, const at::Tensor& returned,
-                          engine::ActivationSet& s) const;
-  at::Tensor norm_backward(const NormRef& n, const at::Tensor& dy, engine::ActivationSet& s) const;
-
-  at::Tensor norm_output(const NormRef& n, engine::ActivationSet& s) const;
-  void head_weight_grad(engine::ActivationSet& s);
-  void mlp_weight_grad(std::int64_t l, engine::ActivationSet& s);
-  void attn_weight_grad(std::int64_t l, engine::ActivationSet& s);
-  void kv_weight_grad(std::int64_t l, engine::ActivationSet& s);
-  void norm_weight_grad(const NormRef& n, engine::ActivationSet& s);
-  void embed_weight_grad(engine::ActivationSet& s);
+                          engine::ActivationSet& s) const override;
+  void mlp_weight_grad(std::int64_t l, engine::ActivationSet& s) override;
+  void attn_weight_grad(std::int64_t l, engine::ActivationSet& s) override;
+  // The key/value projection's weight gradient (reads ln1.xhat).
+  void attn_reduced_weight_grad(std::int64_t l, engine::ActivationSet& s) override;
+  void embed_weight_grad(engine::ActivationSet& s) override;
 
   LlamaConfig cfg_;
-  int stage_, stages_, tp_rank_, tp_size_;
-  LayerRange layers_;
-  std::int64_t heads_local_;     // NHl = NH / tp
+  bool kv_split_;
   std::int64_t kv_heads_local_;  // NKVl = NKV / tp, or 1 when replicated
   std::int64_t kv_head_first_;   // the first key/value head this rank computes
-  bool kv_split_;
-  double loss_scale_ = 1.0;
-  ops::RotaryTable rotary_;  // (seq_len, hd/2) cos and sin on the chunk's device
-  std::vector<engine::Param> params_;
-  std::map<std::string, int> index_;
+  ops::RotaryTable rotary_;      // (seq_len, hd/2) cos and sin on the chunk's device
   std::vector<LayerParams> layer_params_;
-  int wte_ = -1, lnf_w_ = -1, head_w_ = -1;
+  int wte_ = -1;
 };
 
 // The Llama as a Trainer's model: builds the LlamaChunk of (stage, tp_rank) on `device`.

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "common/check.h"
+#include "models/gpt_config.h"
 
 namespace stp::models {
 
@@ -14,15 +15,10 @@ std::int64_t LlamaConfig::hidden() const {
 }
 
 void LlamaConfig::validate() const {
-  STP_CHECK(vocab >= 1, "vocab=", vocab, " must be >= 1");
-  STP_CHECK(seq_len >= 1, "seq_len=", seq_len, " must be >= 1");
-  STP_CHECK(d_model >= 1, "d_model=", d_model, " must be >= 1");
-  STP_CHECK(n_layers >= 1, "n_layers=", n_layers, " must be >= 1");
-  STP_CHECK(n_heads >= 1, "n_heads=", n_heads, " must be >= 1");
+  validate_decoder_fields(vocab, seq_len, d_model, n_heads, n_layers, dtype, init_std);
   STP_CHECK(n_kv_heads >= 0, "n_kv_heads=", n_kv_heads, " must be >= 1 (or 0 for n_heads)");
   STP_CHECK(ffn_hidden >= 0, "ffn_hidden=", ffn_hidden,
             " must be >= 1 (or 0 for 8*d_model/3 rounded up to 256)");
-  STP_CHECK(d_model % n_heads == 0, "d_model=", d_model, " is not divisible by n_heads=", n_heads);
   STP_CHECK(head_dim() % 2 == 0, "head size d_model/n_heads=", head_dim(),
             " must be even for rotary embeddings");
   STP_CHECK(n_heads % kv_heads() == 0, "n_heads=", n_heads,
@@ -30,24 +26,16 @@ void LlamaConfig::validate() const {
             " (each key/value head serves a whole group of query heads)");
   STP_CHECK(std::isfinite(rope_theta) && rope_theta > 0, "rope_theta=", rope_theta, " must be > 0");
   STP_CHECK(std::isfinite(rms_eps) && rms_eps > 0, "rms_eps=", rms_eps, " must be > 0");
-  STP_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
-            "dtype=", c10::toString(dtype), " is not supported; use float32, float64 or bfloat16");
-  STP_CHECK(std::isfinite(init_std) && init_std > 0, "init_std=", init_std, " must be > 0");
 }
 
 void LlamaConfig::validate_layout(int stages, int tp_size) const {
   validate();
-  STP_CHECK(tp_size >= 1, "tp=", tp_size, " must be >= 1");
-  STP_CHECK(stages >= 1, "stages=", stages, " must be >= 1");
-  STP_CHECK(n_heads % tp_size == 0, "n_heads=", n_heads, " is not divisible by tp=", tp_size);
-  STP_CHECK(hidden() % tp_size == 0, "ffn hidden=", hidden(), " is not divisible by tp=", tp_size);
+  validate_decoder_layout(n_heads, hidden(), "ffn hidden", n_layers, stages, tp_size);
   const std::int64_t nkv = kv_heads();
   STP_CHECK(nkv >= tp_size ? nkv % tp_size == 0 : tp_size % nkv == 0, "n_kv_heads=", nkv,
             " and tp=", tp_size,
             ": one must divide the other (key/value heads are split over TP when n_kv_heads >= tp, "
             "replicated when fewer)");
-  STP_CHECK(n_layers >= stages, "n_layers=", n_layers, " is fewer than the ", stages,
-            " pipeline stages (each stage needs >= 1 layer)");
   STP_CHECK(!tie_embeddings || stages == 1, "tie_embeddings=true needs the embedding and the LM ",
             "head on one stage, but the model has ", stages,
             " stages; untie them or run one stage (pp=1, one chunk per rank)");

@@ -11,15 +11,6 @@
 #include "models/llama_ops.h"
 
 namespace stp::models {
-namespace {
-
-// "layers.<l>.<name>": the activation field of layer l.
-std::string field(std::int64_t l, const char* name) {
-  return "layers." + std::to_string(l) + "." + name;
-}
-
-}  // namespace
-
 at::Tensor LlamaChunk::kv_weight(std::int64_t l) const {
   const at::Tensor& w = value(layer(l).kv_w);  // (2, NKVl*hd, C) split, (2, NKV*hd, C) replicated
   if (kv_split_) return w.flatten(0, 1);       // (2*NKVl*hd, C)
@@ -50,12 +41,10 @@ at::Tensor LlamaChunk::attn_forward(std::int64_t l, const at::Tensor& x,
                             kv.narrow(2, NKVl * hd, NKVl * hd)},
                            2);
   ops::AttentionOut a = ops::gqa_attention_forward(qkv, NHl, NKVl);
-  s.put(field(l, "attn.qkv"), qkv);                    // (B, T, (NHl+2*NKVl)*hd) rotated q, k
-  s.put(field(l, "attn.lse"), a.lse);                  // (B, NHl, T')
-  s.put(field(l, "attn.o"), a.o);                      // (B, T, NHl*hd)
-  at::Tensor out = at::matmul(a.o, value(p.o_w).t());  // (B, T, C) partial sum
-  if (tp_rank_ == 0) out.add_(x);                      // residual, once
-  return out;                                          // all-reduce: x + attn(x)
+  s.put(layer_field(l, "attn.qkv"), qkv);           // (B, T, (NHl+2*NKVl)*hd) rotated q, k
+  s.put(layer_field(l, "attn.lse"), a.lse);         // (B, NHl, T')
+  s.put(layer_field(l, "attn.o"), a.o);             // (B, T, NHl*hd)
+  return row_parallel_residual(a.o, p.o_w, -1, x);  // all-reduce: x + attn(x)
 }
 
 at::Tensor LlamaChunk::mlp_forward(std::int64_t l, const at::Tensor& x,
@@ -64,53 +53,20 @@ at::Tensor LlamaChunk::mlp_forward(std::int64_t l, const at::Tensor& x,
   at::Tensor y = norm_forward(ln2(l), x, s);                                       // (B, T, C)
   at::Tensor gu = ops::linear(y, value(p.gate_up_w).flatten(0, 1), at::Tensor());  // (B,T,2*Hl)
   at::Tensor h = ops::swiglu_forward(gu);                                          // (B, T, Hl)
-  s.put(field(l, "mlp.gu"), gu);                                                   // (B,T,2*Hl)
-  at::Tensor out = at::matmul(h, value(p.down_w).t());  // (B, T, C) partial sum
-  if (tp_rank_ == 0) out.add_(x);                       // residual, once
-  return out;                                           // all-reduce: x + mlp(x)
-}
-
-void LlamaChunk::head_forward(const at::Tensor& x, const at::Tensor& targets,
-                              engine::ActivationSet& s) const {
-  at::Tensor y = norm_forward(ln_f(), x, s);                   // (B, T, C)
-  at::Tensor logits = at::matmul(y, value(head_index()).t());  // (B, T, V)
-  ops::CrossEntropyOut ce = ops::cross_entropy_forward(logits, targets);
-  s.put("targets", targets);      // (B, T) int64
-  s.put("loss", ce.loss);         // ()
-  s.put("head.probs", ce.probs);  // (B, T, V)
-}
-
-// RMSNorm of x; keeps n.xhat (B, T, C) and n.rstd (B, T, 1) for the backward.
-at::Tensor LlamaChunk::norm_forward(const NormRef& n, const at::Tensor& x,
-                                    engine::ActivationSet& s) const {
-  ops::RmsNormOut r = ops::rmsnorm_forward(x, value(n.w), cfg_.rms_eps);
-  s.put(n.field + ".xhat", r.xhat);  // (B, T, C)
-  s.put(n.field + ".rstd", r.rstd);  // (B, T, 1)
-  return r.y;                        // (B, T, C)
+  s.put(layer_field(l, "mlp.gu"), gu);                                             // (B,T,2*Hl)
+  return row_parallel_residual(h, p.down_w, -1, x);  // all-reduce: x + mlp(x)
 }
 
 // ---- activation gradient (mirrored) ----------------------------------------------------------
 
-at::Tensor LlamaChunk::head_backward(engine::ActivationSet& s) const {
-  at::Tensor probs = s.get("head.probs");
-  at::Tensor dlogits = ops::cross_entropy_backward_(probs, s.get("targets"), loss_scale_)
-                           .to(cfg_.dtype);  // (B, T, V)
-  s.erase("head.probs");
-  s.erase("targets");
-  s.erase("loss");
-  s.put("head.dlogits", dlogits);                                            // (B, T, V)
-  at::Tensor dy = ops::linear_backward_input(dlogits, value(head_index()));  // (B, T, C)
-  return norm_backward(ln_f(), dy, s);  // (B, T, C) residual gradient
-}
-
 at::Tensor LlamaChunk::mlp_backward(std::int64_t l, const at::Tensor& dres,
                                     engine::ActivationSet& s) const {
   const LayerParams& p = layer(l);
-  s.put(field(l, "mlp.dout"), dres);                                         // (B, T, C)
-  at::Tensor dh = ops::linear_backward_input(dres, value(p.down_w));         // (B, T, Hl)
-  at::Tensor dgu = ops::swiglu_backward(dh, s.get(field(l, "mlp.gu")));      // (B, T, 2*Hl)
-  s.put(field(l, "mlp.dgu"), dgu);                                           // (B, T, 2*Hl)
-  return ops::linear_backward_input(dgu, value(p.gate_up_w).flatten(0, 1));  // (B,T,C) partial
+  s.put(layer_field(l, "mlp.dout"), dres);                                     // (B, T, C)
+  at::Tensor dh = ops::linear_backward_input(dres, value(p.down_w));           // (B, T, Hl)
+  at::Tensor dgu = ops::swiglu_backward(dh, s.get(layer_field(l, "mlp.gu")));  // (B, T, 2*Hl)
+  s.put(layer_field(l, "mlp.dgu"), dgu);                                       // (B, T, 2*Hl)
+  return ops::linear_backward_input(dgu, value(p.gate_up_w).flatten(0, 1));    // (B,T,C) partial
 }
 
 at::Tensor LlamaChunk::attn_backward(std::int64_t l, const at::Tensor& dres,
@@ -118,23 +74,23 @@ at::Tensor LlamaChunk::attn_backward(std::int64_t l, const at::Tensor& dres,
   const LayerParams& p = layer(l);
   const std::int64_t NHl = heads_local_, NKVl = kv_heads_local_, hd = cfg_.head_dim();
   const std::int64_t B = dres.size(0), T = dres.size(1), C = cfg_.d_model;
-  s.put(field(l, "attn.dout"), dres);                               // (B, T, C)
+  s.put(layer_field(l, "attn.dout"), dres);                         // (B, T, C)
   at::Tensor d_o = ops::linear_backward_input(dres, value(p.o_w));  // (B, T, NHl*hd)
-  at::Tensor drot =
-      ops::gqa_attention_backward(d_o, s.get(field(l, "attn.qkv")), s.get(field(l, "attn.o")),
-                                  s.get(field(l, "attn.lse")), NHl, NKVl);  // rotated q, k; v
-  s.erase(field(l, "attn.qkv"));
-  s.erase(field(l, "attn.lse"));
+  at::Tensor drot = ops::gqa_attention_backward(
+      d_o, s.get(layer_field(l, "attn.qkv")), s.get(layer_field(l, "attn.o")),
+      s.get(layer_field(l, "attn.lse")), NHl, NKVl);  // rotated q, k; v
+  s.erase(layer_field(l, "attn.qkv"));
+  s.erase(layer_field(l, "attn.lse"));
   at::Tensor dq = ops::rotary_apply(drot.narrow(2, 0, NHl * hd), rotary_, NHl, /*inverse=*/true);
   at::Tensor dkv = at::cat({ops::rotary_apply(drot.narrow(2, NHl * hd, NKVl * hd), rotary_, NKVl,
                                               /*inverse=*/true),
                             drot.narrow(2, (NHl + NKVl) * hd, NKVl * hd)},
                            2);                                  // (B, T, 2*NKVl*hd)
-  s.put(field(l, "attn.dq"), dq);                               // (B, T, NHl*hd)
+  s.put(layer_field(l, "attn.dq"), dq);                         // (B, T, NHl*hd)
   at::Tensor dy = ops::linear_backward_input(dq, value(p.q_w))  // (B, T, C) partial
                       .add_(ops::linear_backward_input(dkv, kv_weight(l)));
   if (kv_split_) {
-    s.put(field(l, "attn.dkv"), dkv);  // (B, T, 2*NKVl*hd), this rank's heads: complete
+    s.put(layer_field(l, "attn.dkv"), dkv);  // (B, T, 2*NKVl*hd), this rank's heads: complete
     return dy;
   }
   // Note [Llama key/value heads]: the key/value gradient of every head travels with dy.
@@ -151,73 +107,46 @@ at::Tensor LlamaChunk::attn_backward(std::int64_t l, const at::Tensor& dres,
 at::Tensor LlamaChunk::attn_reduced(std::int64_t l, const at::Tensor& returned,
                                     engine::ActivationSet& s) const {
   if (kv_split_) return returned;  // (B, T, C)
-  const at::Tensor& xhat = s.get(field(l, "ln1.xhat"));
+  const at::Tensor& xhat = s.get(layer_field(l, "ln1.xhat"));
   const std::int64_t B = xhat.size(0), T = xhat.size(1), C = cfg_.d_model;
   const std::int64_t BTC = B * T * C, nkv = 2 * cfg_.kv_heads() * cfg_.head_dim();
-  s.put(field(l, "attn.dkv"), returned.narrow(0, BTC, B * T * nkv).view({B, T, nkv}));
+  s.put(layer_field(l, "attn.dkv"), returned.narrow(0, BTC, B * T * nkv).view({B, T, nkv}));
   return returned.narrow(0, 0, BTC).view({B, T, C});  // (B, T, C)
-}
-
-at::Tensor LlamaChunk::norm_backward(const NormRef& n, const at::Tensor& dy,
-                                     engine::ActivationSet& s) const {
-  at::Tensor dx = ops::rmsnorm_backward(dy, s.get(n.field + ".xhat"), s.get(n.field + ".rstd"),
-                                        value(n.w));  // (B, T, C)
-  s.erase(n.field + ".rstd");
-  s.put(n.field + ".dy", dy);  // (B, T, C) full sum
-  return dx;
 }
 
 // ---- weight gradients ------------------------------------------------------------------------
 
-// n's output again, from the kept n.xhat: the input of the linear layer after it.
-at::Tensor LlamaChunk::norm_output(const NormRef& n, engine::ActivationSet& s) const {
-  return ops::rmsnorm_apply(s.get(n.field + ".xhat"), value(n.w));  // (B, T, C)
-}
-
-void LlamaChunk::head_weight_grad(engine::ActivationSet& s) {
-  at::Tensor y = norm_output(ln_f(), s);  // (B, T, C) head input
-  ops::linear_weight_grad_(s.get("head.dlogits"), y, grad(head_index()), at::Tensor());
-  s.erase("head.dlogits");
-  norm_weight_grad(ln_f(), s);
-}
-
 void LlamaChunk::mlp_weight_grad(std::int64_t l, engine::ActivationSet& s) {
   const LayerParams& p = layer(l);
-  const at::Tensor& gu = s.get(field(l, "mlp.gu"));
-  ops::linear_weight_grad_(s.get(field(l, "mlp.dout")), ops::swiglu_forward(gu), grad(p.down_w),
-                           at::Tensor());
+  const at::Tensor& gu = s.get(layer_field(l, "mlp.gu"));
+  ops::linear_weight_grad_(s.get(layer_field(l, "mlp.dout")), ops::swiglu_forward(gu),
+                           grad(p.down_w), at::Tensor());
   at::Tensor y = norm_output(ln2(l), s);  // (B, T, C) gate/up input
-  ops::linear_weight_grad_(s.get(field(l, "mlp.dgu")), y, grad(p.gate_up_w).flatten(0, 1),
+  ops::linear_weight_grad_(s.get(layer_field(l, "mlp.dgu")), y, grad(p.gate_up_w).flatten(0, 1),
                            at::Tensor());
-  s.erase(field(l, "mlp.dout"));
-  s.erase(field(l, "mlp.gu"));
-  s.erase(field(l, "mlp.dgu"));
+  s.erase(layer_field(l, "mlp.dout"));
+  s.erase(layer_field(l, "mlp.gu"));
+  s.erase(layer_field(l, "mlp.dgu"));
 }
 
 void LlamaChunk::attn_weight_grad(std::int64_t l, engine::ActivationSet& s) {
   const LayerParams& p = layer(l);
-  ops::linear_weight_grad_(s.get(field(l, "attn.dout")), s.get(field(l, "attn.o")), grad(p.o_w),
-                           at::Tensor());
+  ops::linear_weight_grad_(s.get(layer_field(l, "attn.dout")), s.get(layer_field(l, "attn.o")),
+                           grad(p.o_w), at::Tensor());
   at::Tensor y = norm_output(ln1(l), s);  // (B, T, C) q input
-  ops::linear_weight_grad_(s.get(field(l, "attn.dq")), y, grad(p.q_w), at::Tensor());
-  s.erase(field(l, "attn.dout"));
-  s.erase(field(l, "attn.o"));
-  s.erase(field(l, "attn.dq"));
+  ops::linear_weight_grad_(s.get(layer_field(l, "attn.dq")), y, grad(p.q_w), at::Tensor());
+  s.erase(layer_field(l, "attn.dout"));
+  s.erase(layer_field(l, "attn.o"));
+  s.erase(layer_field(l, "attn.dq"));
 }
 
 // The key/value projection: its local shard, or (replicated) the whole weight from the
 // all-reduced gradient of every head (Note [Llama key/value heads]).
-void LlamaChunk::kv_weight_grad(std::int64_t l, engine::ActivationSet& s) {
+void LlamaChunk::attn_reduced_weight_grad(std::int64_t l, engine::ActivationSet& s) {
   at::Tensor y = norm_output(ln1(l), s);  // (B, T, C) key/value input
-  ops::linear_weight_grad_(s.get(field(l, "attn.dkv")), y, grad(layer(l).kv_w).flatten(0, 1),
+  ops::linear_weight_grad_(s.get(layer_field(l, "attn.dkv")), y, grad(layer(l).kv_w).flatten(0, 1),
                            at::Tensor());
-  s.erase(field(l, "attn.dkv"));
-}
-
-void LlamaChunk::norm_weight_grad(const NormRef& n, engine::ActivationSet& s) {
-  ops::rmsnorm_weight_grad_(s.get(n.field + ".dy"), s.get(n.field + ".xhat"), grad(n.w));
-  s.erase(n.field + ".dy");
-  s.erase(n.field + ".xhat");
+  s.erase(layer_field(l, "attn.dkv"));
 }
 
 void LlamaChunk::embed_weight_grad(engine::ActivationSet& s) {

@@ -7,32 +7,36 @@
 
 namespace stp::train {
 
+namespace {
+
+// The fields every model family's config shares, from the [model] section.
+template <class ModelConfig>
+ModelConfig shared_model_fields(const TrainConfig& c) {
+  ModelConfig m;
+  m.vocab = c.model.vocab;
+  m.seq_len = c.model.seq_len;
+  m.d_model = c.model.d_model;
+  m.n_heads = c.model.n_heads;
+  m.n_layers = c.model.n_layers;
+  m.dtype = models::parse_dtype(c.model.dtype);
+  m.seed = static_cast<std::uint64_t>(c.model.init_seed);
+  return m;
+}
+
+}  // namespace
+
 models::GptConfig gpt_config(const TrainConfig& c) {
-  models::GptConfig g;
-  g.vocab = c.model.vocab;
-  g.seq_len = c.model.seq_len;
-  g.d_model = c.model.d_model;
-  g.n_heads = c.model.n_heads;
-  g.n_layers = c.model.n_layers;
+  auto g = shared_model_fields<models::GptConfig>(c);
   g.mlp_hidden = c.model.mlp_hidden;
-  g.dtype = models::parse_dtype(c.model.dtype);
-  g.seed = static_cast<std::uint64_t>(c.model.init_seed);
   return g;
 }
 
 models::LlamaConfig llama_config(const TrainConfig& c) {
-  models::LlamaConfig l;
-  l.vocab = c.model.vocab;
-  l.seq_len = c.model.seq_len;
-  l.d_model = c.model.d_model;
-  l.n_heads = c.model.n_heads;
+  auto l = shared_model_fields<models::LlamaConfig>(c);
   l.n_kv_heads = c.model.n_kv_heads;
-  l.n_layers = c.model.n_layers;
   l.ffn_hidden = c.model.mlp_hidden;
   l.rope_theta = c.model.rope_theta;
   l.tie_embeddings = c.model.tie_embeddings;
-  l.dtype = models::parse_dtype(c.model.dtype);
-  l.seed = static_cast<std::uint64_t>(c.model.init_seed);
   return l;
 }
 

@@ -27,34 +27,36 @@ CliResult run_tiny(const std::string& command, const std::string& dir) {
                  dir);
 }
 
-TEST(BenchTrainCli, TinyRunPrintsTheTableAndWritesResults) {
-  const std::string dir = temp_dir("train");
-  CliResult r = run_tiny("bench train --kinds 1f1b-i --budget 70%", dir);
+// run_tiny(command) in a fresh folder `name`: exits 0, prints every one of `needles`, writes
+// results.json and each of `files` there; the folder is removed afterwards.
+void expect_tiny_run_writes(const std::string& name, const std::string& command,
+                            const std::vector<std::string>& needles,
+                            const std::vector<std::string>& files) {
+  const std::string dir = temp_dir(name);
+  CliResult r = run_tiny(command, dir);
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  expect_contains(r.output, {"kind    offload     budget     tok/s  ratio", "\n1f1b-i  off",
-                             "\n1f1b-i  70%", "4 ranks as threads"});
+  expect_contains(r.output, needles);
   EXPECT_TRUE(fs::exists(dir + "/results.json")) << r.output;
-  EXPECT_TRUE(fs::exists(dir + "/runs/1f1b-i-on/timeline.svg")) << r.output;
+  for (const std::string& f : files)
+    EXPECT_TRUE(fs::exists(dir + "/" + f)) << f << "\n" << r.output;
   fs::remove_all(dir);
+}
+
+TEST(BenchTrainCli, TinyRunPrintsTheTableAndWritesResults) {
+  expect_tiny_run_writes("train", "bench train --kinds 1f1b-i --budget 70%",
+                         {"kind    offload     budget     tok/s  ratio", "\n1f1b-i  off",
+                          "\n1f1b-i  70%", "4 ranks as threads"},
+                         {"runs/1f1b-i-on/timeline.svg"});
 }
 
 TEST(BenchTrainCli, RanksAsProcessesUnderStpRun) {
-  const std::string dir = temp_dir("launched");
-  CliResult r = run_tiny("run -n 4 -- stp bench train --kinds zb-v --budget 90%", dir);
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  expect_contains(r.output, {"4 ranks as processes", "[r0] zb-v    90%"});
-  EXPECT_TRUE(fs::exists(dir + "/results.json")) << r.output;
-  fs::remove_all(dir);
+  expect_tiny_run_writes("launched", "run -n 4 -- stp bench train --kinds zb-v --budget 90%",
+                         {"4 ranks as processes", "[r0] zb-v    90%"}, {});
 }
 
 TEST(BenchBudgetCli, SweepEndsAtTheSmallestFeasibleBudget) {
-  const std::string dir = temp_dir("budget");
-  CliResult r = run_tiny("bench budget --budgets 100% --set schedule.kind=1f1b-i", dir);
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  expect_contains(r.output, {"\n100%", "<- smallest feasible"});
-  EXPECT_TRUE(fs::exists(dir + "/budget.svg")) << r.output;
-  EXPECT_TRUE(fs::exists(dir + "/results.json")) << r.output;
-  fs::remove_all(dir);
+  expect_tiny_run_writes("budget", "bench budget --budgets 100% --set schedule.kind=1f1b-i",
+                         {"\n100%", "<- smallest feasible"}, {"budget.svg"});
 }
 
 TEST(BenchEngineCli, BadArgumentsAreOneLineAndExit2) {

@@ -8,7 +8,7 @@ namespace {
 TEST(Cli, HelpListsCommandsAndExitsZero) {
   CliResult r = run_cli("--help");
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("usage: stp <command>"), std::string::npos) << r.output;
+  expect_contains(r.output, {"usage: stp <command>"});
 }
 
 TEST(Cli, UnknownCommandIsOneLineErrorWithExitTwo) {

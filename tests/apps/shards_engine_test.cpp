@@ -42,13 +42,6 @@ std::string on_shards(const std::string& shards, const std::string& log_dir, int
          std::to_string(steps) + " --set run.log_dir=" + log_dir;
 }
 
-std::vector<std::string> read_lines(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::string> out;
-  for (std::string l; std::getline(in, l);) out.push_back(l);
-  return out;
-}
-
 // The "step" and "loss" fields of a metrics.jsonl line, as printed (full precision).
 std::string step_and_loss(const std::string& line) {
   auto field = [&](const std::string& key) {

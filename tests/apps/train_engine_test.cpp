@@ -32,13 +32,6 @@ std::string tiny(const std::string& log_dir, int tp, int pp, int steps) {
   return os.str();
 }
 
-std::vector<std::string> read_lines(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::string> out;
-  for (std::string l; std::getline(in, l);) out.push_back(l);
-  return out;
-}
-
 // The "loss" field of a metrics.jsonl line, as printed (full precision).
 std::string loss_of(const std::string& line) {
   auto p = line.find("\"loss\":");

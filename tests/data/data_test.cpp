@@ -14,19 +14,14 @@
 
 #include "data/corpus.h"
 
+#include "data_test_util.h"
 #include "file_test_util.h"
 
 namespace stp::data {
 namespace {
 namespace fs = std::filesystem;
 
-using stp::testing::expect_invalid;
-using stp::testing::TempDir;
-
-void write(const fs::path& p, const std::string& bytes) {
-  fs::create_directories(p.parent_path());
-  std::ofstream(p, std::ios::binary) << bytes;
-}
+using namespace stp::testing;  // file_test_util.h, data_test_util.h
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> out;
@@ -121,18 +116,9 @@ std::shared_ptr<const Dataset> small_corpus() {
   return load_dataset(src);
 }
 
-LoaderOptions opts(std::int64_t seq_len, std::uint64_t seed = 1, int dp_rank = 0, int dp = 1) {
-  LoaderOptions o;
-  o.seq_len = seq_len;
-  o.seed = seed;
-  o.dp_rank = dp_rank;
-  o.dp_size = dp;
-  return o;
-}
-
 TEST(Data, RowsAreWindowsWithTargetsShiftedByOne) {
   auto ds = small_corpus();
-  DataLoader loader(ds, opts(16));
+  DataLoader loader(ds, loader_options(16));
   EXPECT_EQ(loader.num_windows(), (static_cast<std::int64_t>(ds->text_tokens.size()) - 1) / 16);
   const std::vector<std::int64_t> windows = loader.peek_windows(5);
   const engine::MicroBatch mb = loader.next_batch(5);
@@ -150,11 +136,9 @@ TEST(Data, RowsAreWindowsWithTargetsShiftedByOne) {
 
 TEST(Data, DeterministicFromSeed) {
   auto ds = small_corpus();
-  DataLoader a(ds, opts(32, 5)), b(ds, opts(32, 5)), c(ds, opts(32, 6));
-  const engine::MicroBatch x = a.next_batch(8), y = b.next_batch(8), z = c.next_batch(8);
-  EXPECT_TRUE(at::equal(x.tokens, y.tokens));
-  EXPECT_TRUE(at::equal(x.targets, y.targets));
-  EXPECT_FALSE(at::equal(x.tokens, z.tokens));
+  DataLoader a(ds, loader_options(32, 5)), b(ds, loader_options(32, 5)),
+      c(ds, loader_options(32, 6));
+  stp::testing::expect_order_from_seed(a, b, c, 8);
 }
 
 TEST(Data, DpShardsAreDisjointAndCoverTheEpoch) {
@@ -163,7 +147,7 @@ TEST(Data, DpShardsAreDisjointAndCoverTheEpoch) {
   std::set<std::int64_t> seen;
   std::int64_t per_rank = 0, total = 0;
   for (int r = 0; r < dp; ++r) {
-    DataLoader loader(ds, opts(16, 9, r, dp));
+    DataLoader loader(ds, loader_options(16, 9, r, dp));
     per_rank = loader.windows_per_rank();
     total = loader.num_windows();
     for (std::int64_t w : loader.peek_windows(per_rank)) {
@@ -179,7 +163,7 @@ TEST(Data, DpShardsAreDisjointAndCoverTheEpoch) {
 
 TEST(Data, ReshufflesEveryEpochAndWrapsIntoIt) {
   auto ds = small_corpus();
-  DataLoader loader(ds, opts(64, 3));
+  DataLoader loader(ds, loader_options(64, 3));
   const std::int64_t n = loader.windows_per_rank();
   const std::vector<std::int64_t> two = loader.peek_windows(2 * n);
   std::vector<std::int64_t> e0(two.begin(), two.begin() + n), e1(two.begin() + n, two.end());
@@ -195,7 +179,7 @@ TEST(Data, ReshufflesEveryEpochAndWrapsIntoIt) {
 
 TEST(Data, NextStepIsMConsecutiveBatches) {
   auto ds = small_corpus();
-  DataLoader a(ds, opts(16, 2)), b(ds, opts(16, 2));
+  DataLoader a(ds, loader_options(16, 2)), b(ds, loader_options(16, 2));
   const std::vector<engine::MicroBatch> step = a.next_step(4, 3);
   ASSERT_EQ(step.size(), 4u);
   for (const engine::MicroBatch& mb : step) {
@@ -208,7 +192,7 @@ TEST(Data, NextStepIsMConsecutiveBatches) {
 
 TEST(Data, ResumedPositionGivesIdenticalNextBatches) {
   auto ds = small_corpus();
-  DataLoader run(ds, opts(32, 11, 1, 2));
+  DataLoader run(ds, loader_options(32, 11, 1, 2));
   const std::int64_t n = run.windows_per_rank();
   for (int s = 0; s < 7; ++s) run.next_step(2, 5);
   // Save through JSON text, as a checkpoint manifest does.
@@ -217,26 +201,20 @@ TEST(Data, ResumedPositionGivesIdenticalNextBatches) {
   for (int s = 0; s < 2 * n / 10 + 3; ++s) {  // long enough to cross an epoch boundary
     for (engine::MicroBatch& mb : run.next_step(2, 5)) expected.push_back(mb);
   }
-  DataLoader resumed(ds, opts(32, 11, 1, 2));
-  resumed.restore_position_json(nlohmann::json::parse(saved));
-  for (const engine::MicroBatch& want : expected) {
-    const engine::MicroBatch got = resumed.next_batch(5);
-    ASSERT_TRUE(at::equal(got.tokens, want.tokens));
-    ASSERT_TRUE(at::equal(got.targets, want.targets));
-  }
-  EXPECT_EQ(resumed.position(), run.position());
+  DataLoader resumed(ds, loader_options(32, 11, 1, 2));
+  ASSERT_NO_FATAL_FAILURE(expect_resumes_bit_identically(resumed, saved, expected, 5, run));
   EXPECT_GE(run.position().epoch, 1);
 }
 
 TEST(Data, RestoreRefusesAPositionForOtherDataOrOptions) {
   auto ds = small_corpus();
-  DataLoader a(ds, opts(16, 1)), b(ds, opts(32, 1));
+  DataLoader a(ds, loader_options(16, 1)), b(ds, loader_options(32, 1));
   expect_invalid([&] { b.restore_position_json(a.position_json()); },
                  "data seq_len=16 in checkpoint, 32 in this run");
   DataSource other;
   other.corpus_bytes = 20000;
   other.corpus_seed = 99;
-  DataLoader c(load_dataset(other), opts(16, 1));
+  DataLoader c(load_dataset(other), loader_options(16, 1));
   expect_invalid([&] { c.restore_position_json(a.position_json()); }, "data dataset_fingerprint=");
   nlohmann::json bad = a.position_json();
   bad["index"] = 1 << 30;
@@ -246,12 +224,12 @@ TEST(Data, RestoreRefusesAPositionForOtherDataOrOptions) {
 
 TEST(Data, FolderIsReadRecursivelyInSortedOrderSkippingBinaryAndHidden) {
   TempDir dir;
-  write(dir.path / "b.txt", "bbb");
-  write(dir.path / "a.txt", "aa");
-  write(dir.path / "sub" / "c.md", "c");
-  write(dir.path / "empty.txt", "");
-  write(dir.path / "x.bin", std::string("\x01\x00\x02", 3));
-  write(dir.path / ".git" / "HEAD", "ref: hidden");
+  write_with_dirs(dir.path / "b.txt", "bbb");
+  write_with_dirs(dir.path / "a.txt", "aa");
+  write_with_dirs(dir.path / "sub" / "c.md", "c");
+  write_with_dirs(dir.path / "empty.txt", "");
+  write_with_dirs(dir.path / "x.bin", std::string("\x01\x00\x02", 3));
+  write_with_dirs(dir.path / ".git" / "HEAD", "ref: hidden");
   DataSource src;
   src.path = dir.path.string();
   auto ds = load_dataset(src);
@@ -265,13 +243,13 @@ TEST(Data, FolderIsReadRecursivelyInSortedOrderSkippingBinaryAndHidden) {
 
 TEST(Data, SingleFileIsOneDocument) {
   TempDir dir;
-  write(dir.path / "t.txt", "hello world\n");
+  write_with_dirs(dir.path / "t.txt", "hello world\n");
   DataSource src;
   src.path = (dir.path / "t.txt").string();
   auto ds = load_dataset(src);
   EXPECT_EQ(ByteTokenizer().decode(ds->text_tokens), "hello world\n");
   EXPECT_TRUE(ds->warning().empty());
-  DataLoader loader(ds, opts(11));
+  DataLoader loader(ds, loader_options(11));
   EXPECT_EQ(loader.num_windows(), 1);
   const engine::MicroBatch mb = loader.next_batch(2);  // wraps: the same window twice
   EXPECT_EQ(ByteTokenizer().decode(mb.targets[1]), "ello world\n");
@@ -283,32 +261,34 @@ TEST(Data, BadInputsNameTheValueAndTheRange) {
   missing.path = (dir.path / "nope").string();
   expect_invalid([&] { load_dataset(missing); }, "data path '" + missing.path + "' does not exist");
 
-  write(dir.path / "empty" / "e.txt", "");
+  write_with_dirs(dir.path / "empty" / "e.txt", "");
   DataSource empty;
   empty.path = (dir.path / "empty").string();
   expect_invalid([&] { load_dataset(empty); }, "is empty (0 tokens)");
 
-  write(dir.path / "bin" / "x.bin", std::string(10, '\0'));
+  write_with_dirs(dir.path / "bin" / "x.bin", std::string(10, '\0'));
   DataSource binary;
   binary.path = (dir.path / "bin").string();
   expect_invalid([&] { load_dataset(binary); }, "contains no text files (1 binary files skipped)");
 
-  write(dir.path / "short.txt", "abcd");
+  write_with_dirs(dir.path / "short.txt", "abcd");
   DataSource shrt;
   shrt.path = (dir.path / "short.txt").string();
-  expect_invalid([&] { DataLoader(shrt, opts(4)); },
+  expect_invalid([&] { DataLoader(shrt, loader_options(4)); },
                  "has 4 tokens, fewer than one window of seq_len+1=5");
   auto ds = small_corpus();
-  expect_invalid([&] { DataLoader(ds, opts(0)); }, "data seq_len=0 must be in [1, 16777216]");
-  expect_invalid([&] { DataLoader(ds, opts(8, 1, 2, 2)); },
+  expect_invalid([&] { DataLoader(ds, loader_options(0)); },
+                 "data seq_len=0 must be in [1, 16777216]");
+  expect_invalid([&] { DataLoader(ds, loader_options(8, 1, 2, 2)); },
                  "data dp_rank=2 must be in [0, dp_size=2)");
-  expect_invalid([&] { DataLoader(ds, opts(8, 1, 0, 0)); }, "data dp_size=0 must be in [1, 65536]");
-  write(dir.path / "ten.txt", "0123456789");
+  expect_invalid([&] { DataLoader(ds, loader_options(8, 1, 0, 0)); },
+                 "data dp_size=0 must be in [1, 65536]");
+  write_with_dirs(dir.path / "ten.txt", "0123456789");
   DataSource ten;
   ten.path = (dir.path / "ten.txt").string();
-  expect_invalid([&] { DataLoader(ten, opts(3, 1, 0, 4)); },
+  expect_invalid([&] { DataLoader(ten, loader_options(3, 1, 0, 4)); },
                  "has 3 windows of seq_len=3, fewer than dp_size=4");
-  DataLoader loader(ds, opts(8));
+  DataLoader loader(ds, loader_options(8));
   expect_invalid([&] { loader.next_batch(0); }, "batch size=0 must be >= 1");
   expect_invalid([&] { loader.next_step(0, 1); }, "microbatches m=0 must be >= 1");
   expect_invalid([&] { loader.set_position({-1, 0}); }, "epoch=-1 must be >= 0");

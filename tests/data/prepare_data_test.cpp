@@ -14,17 +14,14 @@
 #include "data/data.h"
 #include "data/token_shards.h"
 
+#include "data_test_util.h"
 #include "file_test_util.h"
 
 namespace stp::data {
 namespace {
 namespace fs = std::filesystem;
 
-using stp::testing::error_of;
-using stp::testing::kPython;
-using stp::testing::read_bytes;
-using stp::testing::TempDir;
-using stp::testing::write_bytes;
+using namespace stp::testing;  // file_test_util.h, data_test_util.h
 
 const std::string kScript = std::string(STP_SOURCE_DIR) + "/scripts/prepare_data.py";
 
@@ -98,10 +95,7 @@ TEST(PrepareData, TrainsABpeAndWritesShardsTheLoaderReads) {
   EXPECT_EQ(header_int(out / "val_000000.bin", 2), 3000);
 
   // The C++ loader opens and validates them at the tokenizer's vocabulary, and serves windows.
-  DataSource src;
-  src.format = DataFormat::kLlmc;
-  src.path = (out / "train_*.bin").string();
-  src.vocab = 400;
+  DataSource src = stp::testing::shard_source(out / "train_*.bin", 400);
   auto ds = load_dataset(src);
   EXPECT_GE(ds->spans.size(), 2u);
   LoaderOptions o;
@@ -174,10 +168,7 @@ TEST(PrepareData, AVocabularyBeyondUint16WritesUint32Shards) {
   EXPECT_EQ(header_int(out / "train_000000.bin", 0), kLlmcMagicU32);
   EXPECT_EQ(header_int(out / "train_000000.bin", 1), kLlmcVersionU32);
   EXPECT_EQ(read_bytes(out / "tokenizer.json"), read_bytes(tok));  // copied as it was
-  DataSource src;
-  src.format = DataFormat::kLlmc;
-  src.path = (out / "train_000000.bin").string();
-  src.vocab = 70000;
+  DataSource src = stp::testing::shard_source(out / "train_000000.bin", 70000);
   auto ds = load_dataset(src);
   ASSERT_EQ(ds->spans.size(), 1u);
   EXPECT_EQ(ds->spans[0].width, 4);

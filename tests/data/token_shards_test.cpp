@@ -16,15 +16,14 @@
 
 #include "data/data.h"
 
+#include "data_test_util.h"
 #include "file_test_util.h"
 
 namespace stp::data {
 namespace {
 namespace fs = std::filesystem;
 
-using stp::testing::error_of;
-using stp::testing::expect_invalid;
-using stp::testing::TempDir;
+using namespace stp::testing;  // file_test_util.h, data_test_util.h
 
 // An llm.c shard: the 256-int32 header, then `tokens` at `width` bytes each. The header fields
 // can be overridden to write broken files; `extra` bytes are appended (or removed when < 0).
@@ -49,15 +48,10 @@ std::string llmc_bytes(const LlmcShard& s) {
   return bytes;
 }
 
-void write(const fs::path& p, const std::string& bytes) {
-  fs::create_directories(p.parent_path());
-  std::ofstream(p, std::ios::binary | std::ios::trunc) << bytes;
-}
-
-void write_llmc(const fs::path& p, const LlmcShard& s) { write(p, llmc_bytes(s)); }
+void write_llmc(const fs::path& p, const LlmcShard& s) { write_with_dirs(p, llmc_bytes(s)); }
 
 void write_nanogpt(const fs::path& p, const std::vector<std::uint16_t>& tokens) {
-  write(p, std::string(reinterpret_cast<const char*>(tokens.data()), 2 * tokens.size()));
+  write_with_dirs(p, std::string(reinterpret_cast<const char*>(tokens.data()), 2 * tokens.size()));
 }
 
 // Tokens that name their place: shard s, index i -> s*10000 + i (so a row tells where it
@@ -66,24 +60,6 @@ std::vector<std::uint32_t> numbered(int shard, int n) {
   std::vector<std::uint32_t> t(static_cast<std::size_t>(n));
   for (int i = 0; i < n; ++i) t[static_cast<std::size_t>(i)] = shard * 10000 + i;
   return t;
-}
-
-DataSource shards(const fs::path& path, std::int64_t vocab = 65536,
-                  DataFormat format = DataFormat::kLlmc) {
-  DataSource src;
-  src.format = format;
-  src.path = path.string();
-  src.vocab = vocab;
-  return src;
-}
-
-LoaderOptions opts(std::int64_t seq_len, std::uint64_t seed = 1, int dp_rank = 0, int dp = 1) {
-  LoaderOptions o;
-  o.seq_len = seq_len;
-  o.seed = seed;
-  o.dp_rank = dp_rank;
-  o.dp_size = dp;
-  return o;
 }
 
 // Three shards of 1000, 777 and 1501 tokens under DIR/train_00000{0,1,2}.bin.
@@ -101,7 +77,7 @@ TEST(Shards, LlmcUint16AndUint32AreReadInPlace) {
   std::vector<std::uint32_t> wide = numbered(0, 300);
   for (auto& t : wide) t += 70000;  // ids beyond uint16
   write_llmc(dir.path / "b.bin", {wide, 4});
-  auto ds = load_dataset(shards(dir.path, 80000));
+  auto ds = load_dataset(shard_source(dir.path, 80000));
   ASSERT_EQ(ds->spans.size(), 2u);
   EXPECT_EQ(ds->spans[0].width, 2);
   EXPECT_EQ(ds->spans[1].width, 4);
@@ -116,7 +92,7 @@ TEST(Shards, LlmcUint16AndUint32AreReadInPlace) {
 
   // Windows stay inside a shard: 299/10 = 29 windows each; every row is 11 consecutive tokens
   // of one shard, starting at a multiple of 10.
-  DataLoader loader(ds, opts(10));
+  DataLoader loader(ds, loader_options(10));
   EXPECT_EQ(loader.num_windows(), 58);
   const engine::MicroBatch mb = loader.next_batch(58);
   std::set<std::int64_t> starts;
@@ -138,12 +114,12 @@ TEST(Shards, NanoGptBinIsHeaderlessUint16) {
   for (int i = 0; i < 1000; ++i)
     tokens[static_cast<std::size_t>(i)] = static_cast<std::uint16_t>(3 * i);
   write_nanogpt(dir.path / "train.bin", tokens);
-  auto ds = load_dataset(shards(dir.path / "train.bin", 3000, DataFormat::kNanoGpt));
+  auto ds = load_dataset(shard_source(dir.path / "train.bin", 3000, DataFormat::kNanoGpt));
   ASSERT_EQ(ds->spans.size(), 1u);
   EXPECT_EQ(ds->spans[0].data, ds->maps[0].data());
   EXPECT_EQ(ds->num_tokens, 1000);
   EXPECT_EQ(ds->description, "nanoGPT shard " + (dir.path / "train.bin").string() + " (uint16)");
-  DataLoader loader(ds, opts(7));
+  DataLoader loader(ds, loader_options(7));
   EXPECT_EQ(loader.num_windows(), 999 / 7);
   const engine::MicroBatch mb = loader.next_batch(3);
   for (int b = 0; b < 3; ++b) {
@@ -159,7 +135,7 @@ TEST(Shards, FolderAndGlobListInStableSortedOrder) {
   TempDir dir;
   for (const char* name : {"b.bin", "a.bin", "10.bin", "9.bin", "B.bin", ".hidden.bin"})
     write_llmc(dir.path / name, {numbered(0, 20)});
-  write(dir.path / "notes.txt", "not a shard");
+  write_with_dirs(dir.path / "notes.txt", "not a shard");
   write_llmc(dir.path / "sub" / "deeper.bin", {numbered(0, 20)});  // folders are not recursed
   const std::string d = dir.str();
   const std::vector<std::string> sorted = {d + "/10.bin", d + "/9.bin", d + "/B.bin", d + "/a.bin",
@@ -170,7 +146,7 @@ TEST(Shards, FolderAndGlobListInStableSortedOrder) {
             (std::vector<std::string>{d + "/a.bin", d + "/b.bin"}));
   EXPECT_EQ(list_shard_files(d + "/a.bin"), std::vector<std::string>{d + "/a.bin"});
   // The order is the file order of the spans, so the same files always give the same windows.
-  auto a = load_dataset(shards(dir.path)), b = load_dataset(shards(dir.path / "*.bin"));
+  auto a = load_dataset(shard_source(dir.path)), b = load_dataset(shard_source(dir.path / "*.bin"));
   EXPECT_EQ(a->fingerprint, b->fingerprint);
   for (std::size_t i = 0; i < sorted.size(); ++i) EXPECT_EQ(a->spans[i].path, sorted[i]);
 
@@ -179,7 +155,7 @@ TEST(Shards, FolderAndGlobListInStableSortedOrder) {
   expect_invalid([&] { list_shard_files(d + "/*.pt"); },
                  "data glob '" + d + "/*.pt' matches no shard file");
   TempDir empty;
-  write(empty.path / "readme.txt", "x");
+  write_with_dirs(empty.path / "readme.txt", "x");
   expect_invalid([&] { list_shard_files(empty.str()); },
                  "data folder '" + empty.str() + "' contains no *.bin shard files");
 }
@@ -188,13 +164,13 @@ TEST(Shards, FolderWithAValidationShardWarns) {
   TempDir dir;
   write_llmc(dir.path / "fineweb_train_000001.bin", {numbered(0, 50)});
   write_llmc(dir.path / "fineweb_val_000000.bin", {numbered(1, 50)});
-  auto ds = load_dataset(shards(dir.path));
+  auto ds = load_dataset(shard_source(dir.path));
   EXPECT_NE(ds->warning().find("includes 1 shard named like a validation split (e.g. "
                                "fineweb_val_000000.bin)"),
             std::string::npos)
       << ds->warning();
   EXPECT_NE(ds->warning().find(dir.str() + "/*train*.bin"), std::string::npos) << ds->warning();
-  EXPECT_EQ(load_dataset(shards(dir.path / "*train*.bin"))->warning(), "");
+  EXPECT_EQ(load_dataset(shard_source(dir.path / "*train*.bin"))->warning(), "");
 }
 
 // ---- validation --------------------------------------------------------------------------------
@@ -203,8 +179,9 @@ TEST(Shards, EachProblemIsOneLineNamingTheFileTheValueAndTheRange) {
   TempDir dir;
   auto one = [&](const std::string& name, const std::string& bytes, std::int64_t vocab = 65536,
                  DataFormat format = DataFormat::kLlmc) {
-    write(dir.path / name, bytes);
-    const std::string msg = error_of([&] { load_dataset(shards(dir.path / name, vocab, format)); });
+    write_with_dirs(dir.path / name, bytes);
+    const std::string msg =
+        error_of([&] { load_dataset(shard_source(dir.path / name, vocab, format)); });
     EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;  // one problem, one line
     EXPECT_NE(msg.find("'" + (dir.path / name).string() + "'"), std::string::npos) << msg;
     return msg;
@@ -247,7 +224,7 @@ TEST(Shards, EveryBadShardOfAGlobGetsItsOwnLine) {
   write_llmc(dir.path / "s1.bin", {numbered(0, 100), 2, 777});
   write_llmc(dir.path / "s2.bin", {numbered(0, 100)});
   write_llmc(dir.path / "s3.bin", {numbered(0, 100), 2, 0, 0, 500});
-  const std::string msg = error_of([&] { load_dataset(shards(dir.path / "s*.bin")); });
+  const std::string msg = error_of([&] { load_dataset(shard_source(dir.path / "s*.bin")); });
   EXPECT_EQ(std::count(msg.begin(), msg.end(), '\n'), 1) << msg;
   EXPECT_EQ(msg.rfind("shard '" + (dir.path / "s1.bin").string() + "': bad magic 777", 0), 0u)
       << msg;
@@ -261,12 +238,12 @@ TEST(Shards, AShardShorterThanOneWindowIsRefusedByName) {
   write_llmc(dir.path / "a.bin", {numbered(0, 100)});
   write_llmc(dir.path / "b.bin", {numbered(1, 16)});
   write_llmc(dir.path / "c.bin", {numbered(2, 17)});
-  auto ds = load_dataset(shards(dir.path));
-  const std::string msg = error_of([&] { DataLoader(ds, opts(16)); });
+  auto ds = load_dataset(shard_source(dir.path));
+  const std::string msg = error_of([&] { DataLoader(ds, loader_options(16)); });
   EXPECT_EQ(msg, "shard '" + (dir.path / "b.bin").string() +
                      "' has 16 tokens, fewer than one window of seq_len+1=17 (lower seq_len, or "
                      "merge or drop the shard)");
-  DataLoader ok(ds, opts(15));  // 99/15 + 15/15 + 16/15 windows
+  DataLoader ok(ds, loader_options(15));  // 99/15 + 15/15 + 16/15 windows
   EXPECT_EQ(ok.num_windows(), 6 + 1 + 1);
 }
 
@@ -317,8 +294,8 @@ TEST(Shards, A64MiBShardIsMappedNotReadIntoTheHeap) {
   }
   const std::int64_t before = rss_anon_bytes();
   ASSERT_GT(before, 0) << "no RssAnon in /proc/self/status";
-  auto ds = load_dataset(shards(dir.path / "big.bin", 50000));
-  DataLoader loader(ds, opts(1024, 3));  // 32767 windows: a 256 KiB permutation
+  auto ds = load_dataset(shard_source(dir.path / "big.bin", 50000));
+  DataLoader loader(ds, loader_options(1024, 3));  // 32767 windows: a 256 KiB permutation
   for (int i = 0; i < 4; ++i) {
     const engine::MicroBatch mb = loader.next_batch(8);
     const std::int64_t first = mb.tokens[0][0].item<std::int64_t>();
@@ -342,13 +319,13 @@ std::pair<std::int64_t, std::int64_t> origin(const at::Tensor& row) {
 TEST(Shards, DpShardsAreDisjointAndCoverEveryShardsWindows) {
   TempDir dir;
   three_shards(dir.path);
-  auto ds = load_dataset(shards(dir.path));
+  auto ds = load_dataset(shard_source(dir.path));
   const int dp = 3;
   const std::int64_t T = 32;
   std::set<std::pair<std::int64_t, std::int64_t>> seen;
   std::int64_t total = 0, per_rank = 0;
   for (int r = 0; r < dp; ++r) {
-    DataLoader loader(ds, opts(T, 9, r, dp));
+    DataLoader loader(ds, loader_options(T, 9, r, dp));
     per_rank = loader.windows_per_rank();
     total = loader.num_windows();
     const engine::MicroBatch mb = loader.next_batch(per_rank);
@@ -372,19 +349,17 @@ TEST(Shards, DpShardsAreDisjointAndCoverEveryShardsWindows) {
 TEST(Shards, OrderIsDeterministicFromTheSeedAndTheFiles) {
   TempDir dir;
   three_shards(dir.path);
-  auto a = load_dataset(shards(dir.path)), b = load_dataset(shards(dir.path / "train_*.bin"));
-  DataLoader x(a, opts(16, 5)), y(b, opts(16, 5)), z(a, opts(16, 6));
-  const engine::MicroBatch mx = x.next_batch(40), my = y.next_batch(40), mz = z.next_batch(40);
-  EXPECT_TRUE(at::equal(mx.tokens, my.tokens));
-  EXPECT_TRUE(at::equal(mx.targets, my.targets));
-  EXPECT_FALSE(at::equal(mx.tokens, mz.tokens));
+  auto a = load_dataset(shard_source(dir.path)),
+       b = load_dataset(shard_source(dir.path / "train_*.bin"));
+  DataLoader x(a, loader_options(16, 5)), y(b, loader_options(16, 5)), z(a, loader_options(16, 6));
+  stp::testing::expect_order_from_seed(x, y, z, 40);
 }
 
 TEST(Shards, ResumeAcrossShardsAndEpochsIsBitIdentical) {
   TempDir dir;
   three_shards(dir.path);
-  const LoaderOptions o = opts(24, 17, 1, 2);
-  DataLoader run(load_dataset(shards(dir.path)), o);
+  const LoaderOptions o = loader_options(24, 17, 1, 2);
+  DataLoader run(load_dataset(shard_source(dir.path)), o);
   for (int s = 0; s < 5; ++s) run.next_step(2, 3);
   const std::string saved = run.position_json().dump();  // as the checkpoint manifest holds it
   std::vector<engine::MicroBatch> expected;
@@ -399,20 +374,14 @@ TEST(Shards, ResumeAcrossShardsAndEpochsIsBitIdentical) {
   EXPECT_EQ(shards_in_expected.size(), 3u);  // and drew from every shard
 
   // A fresh process: the shards opened again, the position restored from the saved JSON.
-  DataLoader resumed(load_dataset(shards(dir.path)), o);
-  resumed.restore_position_json(nlohmann::json::parse(saved));
-  for (const engine::MicroBatch& want : expected) {
-    const engine::MicroBatch got = resumed.next_batch(3);
-    ASSERT_TRUE(at::equal(got.tokens, want.tokens));
-    ASSERT_TRUE(at::equal(got.targets, want.targets));
-  }
-  EXPECT_EQ(resumed.position(), run.position());
+  DataLoader resumed(load_dataset(shard_source(dir.path)), o);
+  ASSERT_NO_FATAL_FAILURE(expect_resumes_bit_identically(resumed, saved, expected, 3, run));
 
   // Other data is refused: one token of one shard changed, same sizes.
   LlmcShard changed{numbered(1, 777)};
   changed.tokens[500] = 1;
   write_llmc(dir.path / "train_000001.bin", changed);
-  DataLoader other(load_dataset(shards(dir.path)), o);
+  DataLoader other(load_dataset(shard_source(dir.path)), o);
   expect_invalid([&] { other.restore_position_json(nlohmann::json::parse(saved)); },
                  "data dataset_fingerprint=\"shards64:");
 }

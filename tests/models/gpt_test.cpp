@@ -20,22 +20,14 @@ namespace {
 using stp::testing::error_of;
 
 using testing::EmulatedModel;
+using testing::expect_grads_equal;
+using testing::expect_grads_near;
+using testing::leaf;
 using testing::make_config;
 using testing::ParamMap;
 using testing::rel_error;
 
 constexpr double kTol = 1e-10;  // float64 relative error bound (issue 5)
-
-// Every parameter's gradient within tol of the reference, and the names match exactly.
-void expect_grads_near(const ParamMap& got, const ParamMap& want, double tol) {
-  ASSERT_EQ(got.size(), want.size());
-  for (const auto& [name, g] : want) {
-    auto it = got.find(name);
-    ASSERT_NE(it, got.end()) << name;
-    ASSERT_GT(g.norm().item<double>(), 0) << name << ": reference gradient is zero";
-    EXPECT_LE(rel_error(it->second, g), tol) << name;
-  }
-}
 
 // ---- configuration ----------------------------------------------------------------------------
 
@@ -58,11 +50,7 @@ TEST(GptConfig, BadConfigsNameTheValues) {
     edit(x);
     return error_of([&] { x.validate(); });
   };
-  EXPECT_EQ(with([](GptConfig& x) { x.vocab = 0; }), "vocab=0 must be >= 1");
-  EXPECT_EQ(with([](GptConfig& x) { x.seq_len = 0; }), "seq_len=0 must be >= 1");
-  EXPECT_EQ(with([](GptConfig& x) { x.d_model = 0; }), "d_model=0 must be >= 1");
-  EXPECT_EQ(with([](GptConfig& x) { x.n_heads = 0; }), "n_heads=0 must be >= 1");
-  EXPECT_EQ(with([](GptConfig& x) { x.n_layers = 0; }), "n_layers=0 must be >= 1");
+  testing::expect_shared_field_errors(with);
   EXPECT_EQ(with([](GptConfig& x) { x.mlp_hidden = -3; }),
             "mlp_hidden=-3 must be >= 1 (or 0 for 4*d_model)");
   EXPECT_EQ(with([](GptConfig& x) { x.n_heads = 5; }), "d_model=12 is not divisible by n_heads=5");
@@ -216,14 +204,7 @@ TEST(GptVsReference, GradientsAccumulateOverMicrobatchesAndLossScaleApplies) {
 
 // ---- tensor parallelism: TP = t is the TP = 1 model -------------------------------------------
 
-struct TpCase {
-  int tp;
-  std::int64_t vocab, d, heads, hidden;
-};
-void PrintTo(const TpCase& t, std::ostream* os) {
-  *os << "tp=" << t.tp << " V=" << t.vocab << " C=" << t.d << " NH=" << t.heads
-      << " H=" << t.hidden;
-}
+using testing::TpCase;
 
 class GptTensorParallel : public ::testing::TestWithParam<TpCase> {};
 
@@ -233,31 +214,20 @@ TEST_P(GptTensorParallel, SameLossAndFullGradientsAsTp1) {
   ParamMap full = testing::random_full_params(c, 5);
   engine::MicroBatch mb = testing::random_microbatch(c, 3, 5, 6);
   EmulatedModel one(c, 1, 1), many(c, 1, t.tp);
-  one.load(full);
-  many.load(full);
-  const double l1 = one.train_microbatch(mb, 1.0);
-  const double lt = many.train_microbatch(mb, 1.0);
-  EXPECT_LE(std::abs(lt - l1), kTol * std::abs(l1));
-  expect_grads_near(many.full_grads(), one.full_grads(), kTol);
+  testing::expect_layouts_agree(one, many, full, mb, kTol);
   // Replicated parameters get bitwise identical gradients on every TP rank (the optimizer
   // counts them once in the grad norm).
-  for (std::size_t i = 0; i < many.chunk(0, 0).params().size(); ++i) {
-    const engine::Param& p = many.chunk(0, 0).params()[i];
-    if (p.shard_dim >= 0) continue;
-    for (int r = 1; r < t.tp; ++r) {
-      EXPECT_TRUE(at::equal(p.grad, many.chunk(0, r).params()[i].grad)) << p.name << " rank " << r;
-    }
-  }
+  testing::expect_replicated_grads_identical(many);
   // And against autograd directly.
   testing::ReferenceRun ref = testing::run_reference(c, full, mb);
   expect_grads_near(many.full_grads(), ref.grads, kTol);
 }
 
 INSTANTIATE_TEST_SUITE_P(Degrees, GptTensorParallel,
-                         ::testing::Values(TpCase{2, 7, 12, 4, 0},   // vocab 7: not a multiple
-                                           TpCase{4, 7, 12, 4, 0},   // hd = 3
-                                           TpCase{3, 10, 9, 3, 0},   // odd width, hd = 3
-                                           TpCase{2, 5, 6, 2, 10}),  // Hl = 5
+                         ::testing::Values(TpCase{2, 7, 12, 4, 0, 0},   // vocab 7: not a multiple
+                                           TpCase{4, 7, 12, 4, 0, 0},   // hd = 3
+                                           TpCase{3, 10, 9, 3, 0, 0},   // odd width, hd = 3
+                                           TpCase{2, 5, 6, 2, 0, 10}),  // Hl = 5
                          [](const auto& info) {
                            return "tp" + std::to_string(info.param.tp) + "_d" +
                                   std::to_string(info.param.d) + "_h" +
@@ -278,9 +248,8 @@ TEST(GptPipeline, ThreeStagesChainedEqualOneStage) {
   const double l3 = three.train_microbatch(mb, 1.0);
   const double l32 = three_tp2.train_microbatch(mb, 1.0);
   EXPECT_EQ(l3, l1);  // the same operations in the same order: bitwise
-  ParamMap g1 = one.full_grads(), g3 = three.full_grads();
-  ASSERT_EQ(g3.size(), g1.size());
-  for (const auto& [name, g] : g1) EXPECT_TRUE(at::equal(g3.at(name), g)) << name;
+  ParamMap g1 = one.full_grads();
+  expect_grads_equal(three.full_grads(), g1);
   EXPECT_LE(std::abs(l32 - l1), kTol * std::abs(l1));
   expect_grads_near(three_tp2.full_grads(), g1, kTol);
   EXPECT_EQ(three.chunk(0, 0).layers().count, 2);
@@ -294,29 +263,7 @@ TEST(GptPipeline, StageOutputsAndInputGradientsMatchReferenceResiduals) {
   testing::ReferenceRun ref = testing::run_reference(c, full, mb);
   EmulatedModel m(c, 3, 1);  // one layer per stage
   m.load(full);
-  std::vector<engine::ActivationSet> sets(3);
-  at::Tensor x;
-  std::vector<at::Tensor> outputs;
-  for (int s = 0; s < 3; ++s) {
-    auto f = m.chunk(s, 0).forward(sets[s], mb, x);
-    testing::run_lockstep({f.get()});
-    x = f->output();
-    outputs.push_back(x);
-  }
-  EXPECT_FALSE(x.defined());  // the last stage has no output
-  for (int s = 0; s < 2; ++s) {
-    EXPECT_LE(rel_error(outputs[s], ref.residuals[2 * (s + 1)]), kTol) << "stage " << s;
-  }
-  at::Tensor g;
-  for (int s = 2; s >= 0; --s) {
-    auto b = m.chunk(s, 0).backward(sets[s], g);
-    testing::run_lockstep({b.get()});
-    g = b->output();
-    if (s > 0) {
-      EXPECT_LE(rel_error(g, ref.residual_grads[2 * s]), kTol) << "stage " << s;
-    }
-  }
-  EXPECT_FALSE(g.defined());  // the first stage has no input gradient
+  testing::expect_stage_boundaries_match(m, mb, ref, kTol);
 }
 
 // ---- input validation -------------------------------------------------------------------------
@@ -355,28 +302,11 @@ TEST(GptInputs, BadMicrobatchesAndActivationsStopWithAMessage) {
 // ---- bfloat16 ---------------------------------------------------------------------------------
 
 TEST(GptBfloat16, TrainsCloseToTheFloat64ReferenceWithFloat32Grads) {
-  GptConfig c = make_config(11, 8, 16, 2, 2);
-  ParamMap full = testing::random_full_params(c, 3);
-  engine::MicroBatch mb = testing::random_microbatch(c, 2, 8, 2);
-  testing::ReferenceRun ref = testing::run_reference(c, full, mb);
-  c.dtype = at::kBFloat16;
-  EmulatedModel m(c, 2, 2);
-  m.load(full);
-  const double loss = m.train_microbatch(mb, 1.0);
-  EXPECT_NEAR(loss, ref.loss.item<double>(), 0.03 * ref.loss.item<double>());
-  EXPECT_EQ(m.chunk(0, 0).params()[0].value.scalar_type(), at::kBFloat16);
-  EXPECT_EQ(m.chunk(0, 0).params()[0].grad.scalar_type(), at::kFloat);
-  ParamMap g = m.full_grads();
-  for (const auto& [name, want] : ref.grads) EXPECT_LE(rel_error(g.at(name), want), 0.1) << name;
+  testing::expect_bf16_family_close<EmulatedModel>(
+      make_config(11, 8, 16, 2, 2), testing::random_full_params, testing::run_reference);
 }
 
 // ---- kernels (gpt_ops.h) against autograd ------------------------------------------------------
-
-at::Tensor leaf(at::Tensor t) {
-  t = t.to(at::kDouble).clone();
-  t.set_requires_grad(true);
-  return t;
-}
 
 TEST(GptOps, LayerNormBackwardMatchesAutograd) {
   at::Tensor x = leaf(at::randn({3, 5, 7}, at::kDouble) * 2 + 1);

@@ -41,15 +41,9 @@ at::Tensor ref_rope(const at::Tensor& x, double theta) {
 models::LlamaConfig make_llama_config(std::int64_t vocab, std::int64_t seq, std::int64_t d,
                                       std::int64_t heads, std::int64_t kv_heads,
                                       std::int64_t layers, std::int64_t ffn) {
-  models::LlamaConfig c;
-  c.vocab = vocab;
-  c.seq_len = seq;
-  c.d_model = d;
-  c.n_heads = heads;
+  auto c = float64_config<models::LlamaConfig>(vocab, seq, d, heads, layers);
   c.n_kv_heads = kv_heads;
-  c.n_layers = layers;
   c.ffn_hidden = ffn;
-  c.dtype = at::kDouble;
   return c;
 }
 
@@ -67,32 +61,14 @@ ParamMap random_llama_params(const models::LlamaConfig& cfg, std::uint64_t seed)
   return full;
 }
 
-engine::MicroBatch random_microbatch_for(std::int64_t vocab, std::int64_t batch, std::int64_t seq,
-                                         std::uint64_t seed) {
-  models::GptConfig g;  // random_microbatch reads only the vocabulary
-  g.vocab = vocab;
-  return random_microbatch(g, batch, seq, seed);
-}
-
 ReferenceRun run_llama_reference(const models::LlamaConfig& cfg, const ParamMap& full,
                                  const engine::MicroBatch& mb, double loss_scale) {
   const std::int64_t B = mb.tokens.size(0), T = mb.tokens.size(1);
   const std::int64_t C = cfg.d_model, NH = cfg.n_heads, NKV = cfg.kv_heads(), hd = C / NH;
-  ParamMap P;  // leaves requiring grad, float64
-  for (const models::ParamSpec& s : models::llama_param_specs(cfg)) {
-    auto it = full.find(s.name);
-    STP_ASSERT(it != full.end(), "reference needs parameter ", s.name);
-    at::Tensor t = it->second.to(at::kDouble).clone();
-    t.set_requires_grad(true);
-    P[s.name] = t;
-  }
+  ParamMap P = reference_leaves(models::llama_param_specs(cfg), full);
   ReferenceRun run;
   ParamMap norm_out;
-  auto keep = [&](at::Tensor t) {
-    t.retain_grad();
-    run.residuals.push_back(t);
-    return t;
-  };
+  auto keep = [&](at::Tensor t) { return keep_residual(run, std::move(t)); };
   auto keep_norm = [&](const std::string& name, at::Tensor t) {
     t.retain_grad();
     norm_out[name] = t;
@@ -122,109 +98,15 @@ ReferenceRun run_llama_reference(const models::LlamaConfig& cfg, const ParamMap&
   }
   at::Tensor y = keep_norm("ln_f", ref_rmsnorm(x, P["ln_f.w"], cfg.rms_eps));
   at::Tensor head = cfg.tie_embeddings ? P["wte"] : P["lm_head.w"];
-  at::Tensor logits = at::matmul(y, head.t());
-  at::Tensor logp = logits - logits.logsumexp(-1, true);
-  at::Tensor loss = -logp.gather(-1, targets.unsqueeze(-1)).mean();
-  (loss * loss_scale).backward();
-
-  run.loss = loss.detach();
-  for (auto& [name, t] : P) run.grads[name] = t.grad().detach();
-  for (at::Tensor& r : run.residuals) {
-    run.residual_grads.push_back(r.grad().detach());
-    r = r.detach();
-  }
-  for (auto& [name, t] : norm_out) run.ln_out_grads[name] = t.grad().detach();
+  finish_reference(run, at::matmul(y, head.t()), targets, loss_scale, P, norm_out);
   return run;
 }
 
 ReferenceStep llama_reference_step(const models::LlamaConfig& cfg, const ParamMap& full,
                                    const std::vector<engine::MicroBatch>& mbs) {
-  ReferenceStep step;
-  const double scale = 1.0 / static_cast<double>(mbs.size());
-  for (const engine::MicroBatch& mb : mbs) {
-    ReferenceRun run = run_llama_reference(cfg, full, mb, scale);
-    step.losses.push_back(run.loss.item<double>());
-    step.loss += step.losses.back() * scale;
-    for (auto& [name, g] : run.grads) {
-      auto it = step.grads.find(name);
-      if (it == step.grads.end()) {
-        step.grads[name] = g;
-      } else {
-        it->second = it->second + g;
-      }
-    }
-  }
-  return step;
-}
-
-// ---- LlamaGrid -----------------------------------------------------------------------------
-
-LlamaGrid::LlamaGrid(const models::LlamaConfig& cfg, int stages, int tp) {
-  chunks_.resize(stages);
-  for (int s = 0; s < stages; ++s) {
-    for (int r = 0; r < tp; ++r) {
-      chunks_[s].push_back(std::make_unique<models::LlamaChunk>(cfg, s, stages, r, tp));
-    }
-  }
-}
-
-void LlamaGrid::load(const ParamMap& full) {
-  for (auto& stage : chunks_) {
-    for (int r = 0; r < tp(); ++r) load_full_params(*stage[r], full, r, tp());
-  }
-}
-
-double LlamaGrid::train_microbatch(const engine::MicroBatch& mb, double loss_scale, bool fused_w) {
-  const int S = stages(), R = tp();
-  std::vector<std::vector<engine::ActivationSet>> sets(S);
-  for (int s = 0; s < S; ++s) {
-    for (int r = 0; r < R; ++r) sets[s].emplace_back(s, 0);
-  }
-  std::vector<at::Tensor> act(R);  // per TP rank: the activation between stages
-  for (int s = 0; s < S; ++s) {
-    std::vector<std::unique_ptr<engine::Pass>> own;
-    std::vector<engine::Pass*> passes;
-    for (int r = 0; r < R; ++r) {
-      chunks_[s][r]->set_loss_scale(loss_scale);
-      own.push_back(chunks_[s][r]->forward(sets[s][r], mb, act[r]));
-      passes.push_back(own.back().get());
-    }
-    run_lockstep(passes);
-    for (int r = 0; r < R; ++r) act[r] = passes[r]->output();
-  }
-  const double loss = chunks_[S - 1][0]->loss(sets[S - 1][0]);
-  std::vector<at::Tensor> grad(R);
-  for (int s = S - 1; s >= 0; --s) {
-    std::vector<std::unique_ptr<engine::Pass>> own;
-    std::vector<engine::Pass*> b, w;
-    for (int r = 0; r < R; ++r) {
-      own.push_back(chunks_[s][r]->backward(sets[s][r], grad[r]));
-      b.push_back(own.back().get());
-      own.push_back(chunks_[s][r]->weight_grad(sets[s][r]));
-      w.push_back(own.back().get());
-    }
-    if (fused_w) {
-      run_lockstep_fused(b, w);
-    } else {
-      run_lockstep(b);
-      run_lockstep(w);
-    }
-    for (int r = 0; r < R; ++r) {
-      grad[r] = b[r]->output();
-      STP_ASSERT(sets[s][r].empty(), "set not empty after W");
-    }
-  }
-  return loss;
-}
-
-ParamMap LlamaGrid::full_grads() {
-  ParamMap out;
-  for (auto& stage : chunks_) {
-    std::vector<engine::Chunk*> ranks;
-    for (auto& c : stage) ranks.push_back(c.get());
-    for (auto& [name, g] : gather_grads(ranks)) out[name] = g;
-  }
-  return out;
+  return reference_step_of(mbs, [&](const engine::MicroBatch& mb, double scale) {
+    return run_llama_reference(cfg, full, mb, scale);
+  });
 }
 
 }  // namespace stp::testing

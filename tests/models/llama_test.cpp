@@ -20,30 +20,15 @@ namespace stp::models {
 namespace {
 
 using stp::testing::error_of;
+using testing::expect_grads_equal;
+using testing::expect_grads_near;
+using testing::leaf;
 using testing::LlamaGrid;
 using testing::make_llama_config;
 using testing::ParamMap;
 using testing::rel_error;
 
 constexpr double kTol = 1e-10;  // float64 relative error bound (issue 12)
-
-// Every parameter's gradient within tol of the reference, and the names match exactly. A zero
-// reference gradient must be exactly zero too, and is allowed only for names in `zero`.
-void expect_grads_near(const ParamMap& got, const ParamMap& want, double tol,
-                       const std::set<std::string>& zero = {}) {
-  ASSERT_EQ(got.size(), want.size());
-  for (const auto& [name, g] : want) {
-    auto it = got.find(name);
-    ASSERT_NE(it, got.end()) << name;
-    if (zero.count(name)) {
-      EXPECT_EQ(g.abs().max().item<double>(), 0) << name;
-      EXPECT_EQ(it->second.abs().max().item<double>(), 0) << name;
-      continue;
-    }
-    ASSERT_GT(g.norm().item<double>(), 0) << name << ": reference gradient is zero";
-    EXPECT_LE(rel_error(it->second, g), tol) << name;
-  }
-}
 
 // ---- configuration ----------------------------------------------------------------------------
 
@@ -54,11 +39,7 @@ TEST(LlamaConfig, BadConfigsNameTheValues) {
     return error_of([&] { x.validate(); });
   };
   EXPECT_EQ(with([](LlamaConfig&) {}), "<no error>");
-  EXPECT_EQ(with([](LlamaConfig& x) { x.vocab = 0; }), "vocab=0 must be >= 1");
-  EXPECT_EQ(with([](LlamaConfig& x) { x.seq_len = 0; }), "seq_len=0 must be >= 1");
-  EXPECT_EQ(with([](LlamaConfig& x) { x.d_model = 0; }), "d_model=0 must be >= 1");
-  EXPECT_EQ(with([](LlamaConfig& x) { x.n_layers = 0; }), "n_layers=0 must be >= 1");
-  EXPECT_EQ(with([](LlamaConfig& x) { x.n_heads = 0; }), "n_heads=0 must be >= 1");
+  testing::expect_shared_field_errors(with);
   EXPECT_EQ(with([](LlamaConfig& x) { x.n_kv_heads = -1; }),
             "n_kv_heads=-1 must be >= 1 (or 0 for n_heads)");
   EXPECT_EQ(with([](LlamaConfig& x) { x.ffn_hidden = -2; }),
@@ -243,50 +224,32 @@ TEST(LlamaVsReference, GradientsAccumulateOverMicrobatchesAndDeferredWEqualsFuse
 
 // ---- tensor parallelism: TP = t is the TP = 1 model -------------------------------------------
 
-struct TpCase {
-  int tp;
-  std::int64_t d, heads, kv_heads, ffn;
-};
-void PrintTo(const TpCase& t, std::ostream* os) {
-  *os << "tp=" << t.tp << " C=" << t.d << " NH=" << t.heads << " NKV=" << t.kv_heads
-      << " H=" << t.ffn;
-}
+using testing::TpCase;
 
 class LlamaTensorParallel : public ::testing::TestWithParam<TpCase> {};
 
 TEST_P(LlamaTensorParallel, SameLossAndFullGradientsAsTp1AndAutograd) {
   const TpCase t = GetParam();
-  LlamaConfig c = make_llama_config(7, 5, t.d, t.heads, t.kv_heads, 2, t.ffn);
+  LlamaConfig c = make_llama_config(t.vocab, 5, t.d, t.heads, t.kv_heads, 2, t.hidden);
   ParamMap full = testing::random_llama_params(c, 5);
   engine::MicroBatch mb = testing::random_microbatch_for(c.vocab, 3, 5, 6);
   LlamaGrid one(c, 1, 1), many(c, 1, t.tp);
-  one.load(full);
-  many.load(full);
-  const double l1 = one.train_microbatch(mb, 1.0);
-  const double lt = many.train_microbatch(mb, 1.0);
-  EXPECT_LE(std::abs(lt - l1), kTol * std::abs(l1));
-  expect_grads_near(many.full_grads(), one.full_grads(), kTol);
+  testing::expect_layouts_agree(one, many, full, mb, kTol);
   // Replicated parameters (key/value weights too when NKV < tp) get bitwise identical
   // gradients on every TP rank: the optimizer counts them once (Note [Llama key/value heads]).
   EXPECT_EQ(many.chunk(0, 0).kv_split(), t.kv_heads >= t.tp);
-  for (std::size_t i = 0; i < many.chunk(0, 0).params().size(); ++i) {
-    const engine::Param& p = many.chunk(0, 0).params()[i];
-    if (p.shard_dim >= 0) continue;
-    for (int r = 1; r < t.tp; ++r) {
-      EXPECT_TRUE(at::equal(p.grad, many.chunk(0, r).params()[i].grad)) << p.name << " rank " << r;
-    }
-  }
+  testing::expect_replicated_grads_identical(many);
   testing::ReferenceRun ref = testing::run_llama_reference(c, full, mb);
   expect_grads_near(many.full_grads(), ref.grads, kTol);
 }
 
 INSTANTIATE_TEST_SUITE_P(Degrees, LlamaTensorParallel,
-                         ::testing::Values(TpCase{2, 16, 4, 2, 10},  // kv split, Hl = 5
-                                           TpCase{2, 16, 4, 1, 12},  // kv replicated (MQA)
-                                           TpCase{4, 16, 4, 2, 12},  // kv replicated, 2 per head
-                                           TpCase{4, 16, 8, 4, 12},  // kv split, hd = 2
-                                           TpCase{3, 12, 6, 3, 9},   // odd tp, kv split
-                                           TpCase{4, 16, 4, 4, 8}),  // MHA
+                         ::testing::Values(TpCase{2, 7, 16, 4, 2, 10},  // kv split, Hl = 5
+                                           TpCase{2, 7, 16, 4, 1, 12},  // kv replicated (MQA)
+                                           TpCase{4, 7, 16, 4, 2, 12},  // kv replicated, 2 per head
+                                           TpCase{4, 7, 16, 8, 4, 12},  // kv split, hd = 2
+                                           TpCase{3, 7, 12, 6, 3, 9},   // odd tp, kv split
+                                           TpCase{4, 7, 16, 4, 4, 8}),  // MHA
                          [](const auto& info) {
                            const TpCase& t = info.param;
                            return "tp" + std::to_string(t.tp) + "_nh" + std::to_string(t.heads) +
@@ -305,9 +268,8 @@ TEST(LlamaPipeline, StagesChainedEqualOneStageAndTheReferenceResiduals) {
   four_tp4.load(full);
   const double l1 = one.train_microbatch(mb, 1.0);
   EXPECT_EQ(three.train_microbatch(mb, 1.0), l1);  // the same operations in the same order
-  ParamMap g1 = one.full_grads(), g3 = three.full_grads();
-  ASSERT_EQ(g3.size(), g1.size());
-  for (const auto& [name, g] : g1) EXPECT_TRUE(at::equal(g3.at(name), g)) << name;
+  ParamMap g1 = one.full_grads();
+  expect_grads_equal(three.full_grads(), g1);
   const double l4 = four_tp4.train_microbatch(mb, 1.0);
   EXPECT_LE(std::abs(l4 - l1), kTol * std::abs(l1));
   expect_grads_near(four_tp4.full_grads(), g1, kTol);
@@ -316,27 +278,7 @@ TEST(LlamaPipeline, StagesChainedEqualOneStageAndTheReferenceResiduals) {
   testing::ReferenceRun ref = testing::run_llama_reference(c, full, mb);
   LlamaGrid per_layer(c, 4, 1);
   per_layer.load(full);
-  std::vector<engine::ActivationSet> sets(4);
-  at::Tensor x;
-  for (int s = 0; s < 4; ++s) {
-    auto f = per_layer.chunk(s, 0).forward(sets[s], mb, x);
-    testing::run_lockstep({f.get()});
-    x = f->output();
-    if (s < 3) {
-      EXPECT_LE(rel_error(x, ref.residuals[2 * (s + 1)]), kTol) << "stage " << s;
-    }
-  }
-  EXPECT_FALSE(x.defined());
-  at::Tensor g;
-  for (int s = 3; s >= 0; --s) {
-    auto b = per_layer.chunk(s, 0).backward(sets[s], g);
-    testing::run_lockstep({b.get()});
-    g = b->output();
-    if (s > 0) {
-      EXPECT_LE(rel_error(g, ref.residual_grads[2 * s]), kTol) << "stage " << s;
-    }
-  }
-  EXPECT_FALSE(g.defined());
+  testing::expect_stage_boundaries_match(per_layer, mb, ref, kTol);
 }
 
 TEST(LlamaInputs, BadMicrobatchesAndActivationsStopWithAMessage) {
@@ -358,28 +300,12 @@ TEST(LlamaInputs, BadMicrobatchesAndActivationsStopWithAMessage) {
 // ---- bfloat16 ---------------------------------------------------------------------------------
 
 TEST(LlamaBfloat16, TrainsCloseToTheFloat64ReferenceWithFloat32Grads) {
-  LlamaConfig c = make_llama_config(11, 8, 16, 4, 2, 2, 16);
-  ParamMap full = testing::random_llama_params(c, 3);
-  engine::MicroBatch mb = testing::random_microbatch_for(c.vocab, 2, 8, 2);
-  testing::ReferenceRun ref = testing::run_llama_reference(c, full, mb);
-  c.dtype = at::kBFloat16;
-  LlamaGrid m(c, 2, 2);
-  m.load(full);
-  const double loss = m.train_microbatch(mb, 1.0);
-  EXPECT_NEAR(loss, ref.loss.item<double>(), 0.03 * ref.loss.item<double>());
-  EXPECT_EQ(m.chunk(0, 0).params()[0].value.scalar_type(), at::kBFloat16);
-  EXPECT_EQ(m.chunk(0, 0).params()[0].grad.scalar_type(), at::kFloat);
-  ParamMap g = m.full_grads();
-  for (const auto& [name, want] : ref.grads) EXPECT_LE(rel_error(g.at(name), want), 0.1) << name;
+  testing::expect_bf16_family_close<LlamaGrid>(make_llama_config(11, 8, 16, 4, 2, 2, 16),
+                                               testing::random_llama_params,
+                                               testing::run_llama_reference);
 }
 
 // ---- kernels (llama_ops.h) against autograd ----------------------------------------------------
-
-at::Tensor leaf(at::Tensor t) {
-  t = t.to(at::kDouble).clone();
-  t.set_requires_grad(true);
-  return t;
-}
 
 TEST(LlamaOps, RmsNormMatchesAutograd) {
   at::Tensor x = leaf(at::randn({3, 5, 7}, at::kDouble) * 2 + 1);

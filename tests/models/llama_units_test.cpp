@@ -16,30 +16,13 @@ namespace {
 
 using testing::LlamaGrid;
 using testing::ParamMap;
+using testing::RankPasses;
 using testing::rel_error;
+using testing::run_unit;
 
 constexpr double kTol = 1e-10;
 
-std::string L(std::int64_t l, const char* rest) {
-  return "layers." + std::to_string(l) + "." + rest;
-}
-
-struct RankPasses {
-  std::vector<std::unique_ptr<engine::Pass>> own;
-  std::vector<engine::Pass*> ptrs;
-  void add(std::unique_ptr<engine::Pass> p) {
-    ptrs.push_back(p.get());
-    own.push_back(std::move(p));
-  }
-};
-
-// Runs unit k on every rank, all-reduces, returns rank 0's reduced tensor.
-at::Tensor run_unit(const std::vector<engine::Pass*>& ranks, int k) {
-  std::vector<at::Tensor> out;
-  for (engine::Pass* p : ranks) out.push_back(p->run(k));
-  testing::all_reduce_emulated(out);
-  return out[0];
-}
+std::string L(std::int64_t l, const char* rest) { return testing::layer_key(l, rest); }
 
 // The leading (B, T, C) of what a B unit returned: with replicated key/value heads the buffer
 // carries their gradient after it (Note [Llama key/value heads]).
@@ -60,18 +43,7 @@ TEST_P(LlamaUnitsVsReference, EveryUnitMatchesAutogradAndEveryWUnitItsWeights) {
   m.load(full);
   EXPECT_EQ(m.chunk(0, 0).kv_split(), tp <= 2);
   std::vector<engine::ActivationSet> sets(tp);
-  RankPasses f;
-  for (int r = 0; r < tp; ++r) {
-    m.chunk(0, r).set_loss_scale(0.5);
-    f.add(m.chunk(0, r).forward(sets[r], mb, {}));
-  }
-  ASSERT_EQ(f.ptrs[0]->size(), 6);
-  for (int k = 0; k < 6; ++k) {
-    EXPECT_LE(rel_error(run_unit(f.ptrs, k), ref.residuals[k + 1]), kTol) << "forward unit " << k;
-  }
-  for (engine::Pass* p : f.ptrs) p->finish();
-  for (int r = 0; r < tp; ++r)
-    EXPECT_NEAR(m.chunk(0, r).loss(sets[r]), ref.loss.item<double>(), kTol);
+  ASSERT_NO_FATAL_FAILURE(testing::expect_forward_units_match(m, sets, mb, ref, 0.5, 6, kTol));
 
   RankPasses b;
   for (int r = 0; r < tp; ++r) b.add(m.chunk(0, r).backward(sets[r], {}));
@@ -95,28 +67,7 @@ TEST_P(LlamaUnitsVsReference, EveryUnitMatchesAutogradAndEveryWUnitItsWeights) {
       {L(0, "ln2.w"), L(0, "attn.q.w"), L(0, "attn.o.w")},
       {L(0, "attn.kv.w"), L(0, "ln1.w"), "wte"},  // the W pass's finish()
   };
-  RankPasses w;
-  for (int r = 0; r < tp; ++r) w.add(m.chunk(0, r).weight_grad(sets[r]));
-  std::set<std::string> done;
-  for (int k = 0; k <= 6; ++k) {
-    for (engine::Pass* p : w.ptrs) {
-      if (k < 6) {
-        EXPECT_FALSE(p->run(k).defined()) << "W units start no collective";
-      } else {
-        p->finish();
-      }
-    }
-    done.insert(covers[k].begin(), covers[k].end());
-    for (const auto& [name, g] : m.full_grads()) {
-      if (done.count(name)) {
-        EXPECT_LE(rel_error(g, ref.grads.at(name)), kTol) << name << " after W unit " << k;
-      } else {
-        EXPECT_EQ(g.abs().sum().item<double>(), 0.0) << name << " touched early, W unit " << k;
-      }
-    }
-  }
-  EXPECT_EQ(done.size(), ref.grads.size());
-  for (const engine::ActivationSet& s : sets) EXPECT_TRUE(s.empty());
+  testing::expect_w_units_cover(m, sets, covers, ref.grads, kTol);
 }
 
 INSTANTIATE_TEST_SUITE_P(Tp, LlamaUnitsVsReference, ::testing::Values(1, 2, 4));
@@ -125,32 +76,15 @@ TEST(LlamaUnits, NamesCountsAndOrder) {
   LlamaConfig c = testing::make_llama_config(7, 5, 16, 4, 2, 6, 12);
   LlamaChunk mid(c, 1, 3, 0, 1);  // layers 2, 3
   engine::ActivationSet set;
-  auto f = mid.forward(set, {}, at::zeros({1, 5, 16}, at::kDouble));
-  EXPECT_EQ(f->size(), 4);
-  EXPECT_EQ(f->unit_name(0), "attn-F(2)");
-  EXPECT_EQ(f->unit_name(3), "mlp-F(3)");
-  EXPECT_THROW(f->run(1), std::logic_error);
-  testing::run_lockstep({f.get()});
-  EXPECT_EQ(f->output().sizes(), (std::vector<std::int64_t>{1, 5, 16}));
-  auto b = mid.backward(set, at::ones({1, 5, 16}, at::kDouble));
-  EXPECT_EQ(b->unit_name(0), "mlp-B(3)");
-  EXPECT_EQ(b->unit_name(3), "attn-B(2)");
-  for (int k = 0; k < b->size(); ++k) b->run(k);
-  auto w = mid.weight_grad(set);
-  EXPECT_EQ(w->unit_name(0), "W(mlp 3)");
-  EXPECT_EQ(w->unit_name(1), "W(attn 3)");
-  EXPECT_EQ(w->size(), b->size());
-  for (int k = 0; k < w->size(); ++k) w->run(k);
-  EXPECT_THROW(w->finish(), std::logic_error);  // needs B's finish() (ln1 and kv of layer 2)
+  testing::StagePasses p = testing::expect_mid_stage_unit_names(mid, set, 16);
+  for (int k = 0; k < p.b->size(); ++k) p.b->run(k);
+  for (int k = 0; k < p.w->size(); ++k) p.w->run(k);
+  EXPECT_THROW(p.w->finish(), std::logic_error);  // needs B's finish() (ln1 and kv of layer 2)
 }
 
 // ---- the ActivationSet holds exactly what the next pass needs ---------------------------------
 
-std::set<std::string> keys(const engine::ActivationSet& s) {
-  std::set<std::string> out;
-  for (const auto& [k, _] : s.fields()) out.insert(k);
-  return out;
-}
+std::set<std::string> keys(const engine::ActivationSet& s) { return testing::field_names(s); }
 
 // Copies of every rank's set without `field` (tensors cloned: the backward updates some in
 // place); runs B (unless skip_b) and W in lock step; true when a pass reported the missing field.

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
@@ -44,14 +45,8 @@ at::Tensor ref_gelu(const at::Tensor& x) {
 
 models::GptConfig make_config(std::int64_t vocab, std::int64_t seq, std::int64_t d,
                               std::int64_t heads, std::int64_t layers, std::int64_t hidden) {
-  models::GptConfig c;
-  c.vocab = vocab;
-  c.seq_len = seq;
-  c.d_model = d;
-  c.n_heads = heads;
-  c.n_layers = layers;
+  auto c = float64_config<models::GptConfig>(vocab, seq, d, heads, layers);
   c.mlp_hidden = hidden;
-  c.dtype = at::kDouble;
   return c;
 }
 
@@ -117,25 +112,21 @@ engine::MicroBatch random_microbatch(const models::GptConfig& cfg, std::int64_t 
   return mb;
 }
 
+engine::MicroBatch random_microbatch_for(std::int64_t vocab, std::int64_t batch, std::int64_t seq,
+                                         std::uint64_t seed) {
+  models::GptConfig g;  // random_microbatch reads only the vocabulary
+  g.vocab = vocab;
+  return random_microbatch(g, batch, seq, seed);
+}
+
 ReferenceRun run_reference(const models::GptConfig& cfg, const ParamMap& full,
                            const engine::MicroBatch& mb, double loss_scale) {
   const std::int64_t B = mb.tokens.size(0), T = mb.tokens.size(1);
   const std::int64_t C = cfg.d_model, NH = cfg.n_heads, hd = C / NH;
-  ParamMap P;  // leaves requiring grad, float64
-  for (const models::ParamSpec& s : models::gpt_param_specs(cfg)) {
-    auto it = full.find(s.name);
-    STP_ASSERT(it != full.end(), "reference needs parameter ", s.name);
-    at::Tensor t = it->second.to(at::kDouble).clone();
-    t.set_requires_grad(true);
-    P[s.name] = t;
-  }
+  ParamMap P = reference_leaves(models::gpt_param_specs(cfg), full);
   ReferenceRun run;
   ParamMap ln_out;
-  auto keep = [&](at::Tensor t) {
-    t.retain_grad();
-    run.residuals.push_back(t);
-    return t;
-  };
+  auto keep = [&](at::Tensor t) { return keep_residual(run, std::move(t)); };
   const at::Tensor tokens = mb.tokens.cpu(), targets = mb.targets.cpu();
   at::Tensor x = keep(P["wte"].index_select(0, tokens.reshape({-1})).view({B, T, C}) +
                       P["wpe"].narrow(0, 0, T));
@@ -163,27 +154,55 @@ ReferenceRun run_reference(const models::GptConfig& cfg, const ParamMap& full,
   at::Tensor y = ref_layernorm(x, P["ln_f.w"], P["ln_f.b"], cfg.ln_eps);
   y.retain_grad();
   ln_out["ln_f"] = y;
-  at::Tensor logits = at::matmul(y, P["lm_head.w"].t());
+  finish_reference(run, at::matmul(y, P["lm_head.w"].t()), targets, loss_scale, P, ln_out);
+  return run;
+}
+
+ParamMap reference_leaves(const std::vector<models::ParamSpec>& specs, const ParamMap& full) {
+  ParamMap leaves;
+  for (const models::ParamSpec& s : specs) {
+    auto it = full.find(s.name);
+    STP_ASSERT(it != full.end(), "reference needs parameter ", s.name);
+    leaves[s.name] = leaf(it->second);
+  }
+  return leaves;
+}
+
+at::Tensor keep_residual(ReferenceRun& run, at::Tensor t) {
+  t.retain_grad();
+  run.residuals.push_back(t);
+  return t;
+}
+
+void finish_reference(ReferenceRun& run, const at::Tensor& logits, const at::Tensor& targets,
+                      double loss_scale, const ParamMap& leaves, const ParamMap& norm_outputs) {
   at::Tensor logp = logits - logits.logsumexp(-1, true);
   at::Tensor loss = -logp.gather(-1, targets.unsqueeze(-1)).mean();
   (loss * loss_scale).backward();
 
   run.loss = loss.detach();
-  for (auto& [name, t] : P) run.grads[name] = t.grad().detach();
+  for (const auto& [name, t] : leaves) run.grads[name] = t.grad().detach();
   for (at::Tensor& r : run.residuals) {
     run.residual_grads.push_back(r.grad().detach());
     r = r.detach();
   }
-  for (auto& [name, t] : ln_out) run.ln_out_grads[name] = t.grad().detach();
-  return run;
+  for (const auto& [name, t] : norm_outputs) run.ln_out_grads[name] = t.grad().detach();
 }
 
 ReferenceStep reference_step(const models::GptConfig& cfg, const ParamMap& full,
                              const std::vector<engine::MicroBatch>& mbs) {
+  return reference_step_of(mbs, [&](const engine::MicroBatch& mb, double scale) {
+    return run_reference(cfg, full, mb, scale);
+  });
+}
+
+ReferenceStep reference_step_of(
+    const std::vector<engine::MicroBatch>& mbs,
+    const std::function<ReferenceRun(const engine::MicroBatch&, double)>& run_one) {
   ReferenceStep step;
   const double scale = 1.0 / static_cast<double>(mbs.size());
   for (const engine::MicroBatch& mb : mbs) {
-    ReferenceRun run = run_reference(cfg, full, mb, scale);
+    ReferenceRun run = run_one(mb, scale);
     step.losses.push_back(run.loss.item<double>());
     step.loss += step.losses.back() * scale;
     for (auto& [name, g] : run.grads) {
@@ -242,31 +261,29 @@ double rel_error(const at::Tensor& a, const at::Tensor& b) {
   return num / den;
 }
 
-// ---- EmulatedModel -------------------------------------------------------------------------
+// ---- DecoderGrid ---------------------------------------------------------------------------
 
-EmulatedModel::EmulatedModel(const models::GptConfig& cfg, int stages, int tp, at::Device device) {
+DecoderGrid::DecoderGrid(const Factory& make, int stages, int tp) {
   chunks_.resize(stages);
   for (int s = 0; s < stages; ++s) {
-    for (int r = 0; r < tp; ++r) {
-      chunks_[s].push_back(std::make_unique<models::GptChunk>(cfg, s, stages, r, tp, device));
-    }
+    for (int r = 0; r < tp; ++r) chunks_[s].push_back(make(s, stages, r, tp));
   }
 }
 
-void EmulatedModel::load(const ParamMap& full) {
+void DecoderGrid::load(const ParamMap& full) {
   for (auto& stage : chunks_) {
     for (int r = 0; r < tp(); ++r) load_full_params(*stage[r], full, r, tp());
   }
 }
 
-void EmulatedModel::zero_grad() {
+void DecoderGrid::zero_grad() {
   for (auto& stage : chunks_) {
     for (auto& c : stage) c->zero_grad();
   }
 }
 
-double EmulatedModel::train_microbatch(const engine::MicroBatch& mb, double loss_scale,
-                                       bool fused_w) {
+double DecoderGrid::train_microbatch(const engine::MicroBatch& mb, double loss_scale,
+                                     bool fused_w) {
   const int S = stages(), R = tp();
   std::vector<std::vector<engine::ActivationSet>> sets(S);
   for (int s = 0; s < S; ++s) {
@@ -309,7 +326,7 @@ double EmulatedModel::train_microbatch(const engine::MicroBatch& mb, double loss
   return loss;
 }
 
-ParamMap EmulatedModel::full_grads() {
+ParamMap DecoderGrid::full_grads() {
   ParamMap out;
   for (auto& stage : chunks_) {
     std::vector<engine::Chunk*> ranks;
@@ -317,6 +334,178 @@ ParamMap EmulatedModel::full_grads() {
     for (auto& [name, g] : gather_grads(ranks)) out[name] = g;
   }
   return out;
+}
+
+// ---- whole-model checks --------------------------------------------------------------------
+
+void expect_grads_near(const ParamMap& got, const ParamMap& want, double tol,
+                       const std::set<std::string>& zero) {
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [name, g] : want) {
+    auto it = got.find(name);
+    ASSERT_NE(it, got.end()) << name;
+    if (zero.count(name)) {
+      EXPECT_EQ(g.abs().max().item<double>(), 0) << name;
+      EXPECT_EQ(it->second.abs().max().item<double>(), 0) << name;
+      continue;
+    }
+    ASSERT_GT(g.norm().item<double>(), 0) << name << ": reference gradient is zero";
+    EXPECT_LE(rel_error(it->second, g), tol) << name;
+  }
+}
+
+void expect_layouts_agree(DecoderGrid& one, DecoderGrid& other, const ParamMap& full,
+                          const engine::MicroBatch& mb, double tol) {
+  one.load(full);
+  other.load(full);
+  const double l1 = one.train_microbatch(mb, 1.0);
+  const double lt = other.train_microbatch(mb, 1.0);
+  EXPECT_LE(std::abs(lt - l1), tol * std::abs(l1));
+  expect_grads_near(other.full_grads(), one.full_grads(), tol);
+}
+
+void expect_grads_equal(const ParamMap& got, const ParamMap& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [name, g] : want) EXPECT_TRUE(at::equal(got.at(name), g)) << name;
+}
+
+void expect_replicated_grads_identical(DecoderGrid& m) {
+  const std::vector<engine::Param>& rank0 = m.decoder(0, 0).params();
+  for (std::size_t i = 0; i < rank0.size(); ++i) {
+    const engine::Param& p = rank0[i];
+    if (p.shard_dim >= 0) continue;
+    for (int r = 1; r < m.tp(); ++r) {
+      EXPECT_TRUE(at::equal(p.grad, m.decoder(0, r).params()[i].grad)) << p.name << " rank " << r;
+    }
+  }
+}
+
+void expect_bf16_close(DecoderGrid& m, const engine::MicroBatch& mb, const ReferenceRun& ref) {
+  const double loss = m.train_microbatch(mb, 1.0);
+  EXPECT_NEAR(loss, ref.loss.item<double>(), 0.03 * ref.loss.item<double>());
+  EXPECT_EQ(m.decoder(0, 0).params()[0].value.scalar_type(), at::kBFloat16);
+  EXPECT_EQ(m.decoder(0, 0).params()[0].grad.scalar_type(), at::kFloat);
+  ParamMap g = m.full_grads();
+  for (const auto& [name, want] : ref.grads) EXPECT_LE(rel_error(g.at(name), want), 0.1) << name;
+}
+
+void expect_stage_boundaries_match(DecoderGrid& m, const engine::MicroBatch& mb,
+                                   const ReferenceRun& ref, double tol) {
+  const int S = m.stages();
+  std::vector<engine::ActivationSet> sets(S);
+  at::Tensor x;
+  for (int s = 0; s < S; ++s) {
+    auto f = m.decoder(s, 0).forward(sets[s], mb, x);
+    run_lockstep({f.get()});
+    x = f->output();
+    if (s < S - 1) {
+      EXPECT_LE(rel_error(x, ref.residuals[2 * (s + 1)]), tol) << "stage " << s;
+    }
+  }
+  EXPECT_FALSE(x.defined());  // the last stage has no output
+  at::Tensor g;
+  for (int s = S - 1; s >= 0; --s) {
+    auto b = m.decoder(s, 0).backward(sets[s], g);
+    run_lockstep({b.get()});
+    g = b->output();
+    if (s > 0) {
+      EXPECT_LE(rel_error(g, ref.residual_grads[2 * s]), tol) << "stage " << s;
+    }
+  }
+  EXPECT_FALSE(g.defined());  // the first stage has no input gradient
+}
+
+at::Tensor leaf(at::Tensor t) {
+  t = t.to(at::kDouble).clone();
+  t.set_requires_grad(true);
+  return t;
+}
+
+// ---- unit-level checks ---------------------------------------------------------------------
+
+std::string layer_key(std::int64_t l, const char* rest) {
+  return "layers." + std::to_string(l) + "." + rest;
+}
+
+at::Tensor run_unit(const std::vector<engine::Pass*>& ranks, int k) {
+  std::vector<at::Tensor> out;
+  for (engine::Pass* p : ranks) out.push_back(p->run(k));
+  all_reduce_emulated(out);
+  return out[0];
+}
+
+std::set<std::string> field_names(const engine::ActivationSet& s) {
+  std::set<std::string> out;
+  for (const auto& [k, _] : s.fields()) out.insert(k);
+  return out;
+}
+
+void expect_forward_units_match(DecoderGrid& m, std::vector<engine::ActivationSet>& sets,
+                                const engine::MicroBatch& mb, const ReferenceRun& ref,
+                                double loss_scale, int units, double tol) {
+  RankPasses f;
+  for (int r = 0; r < m.tp(); ++r) {
+    m.decoder(0, r).set_loss_scale(loss_scale);
+    f.add(m.decoder(0, r).forward(sets[r], mb, {}));
+  }
+  ASSERT_EQ(f.ptrs[0]->size(), units);
+  for (int k = 0; k < units; ++k) {
+    EXPECT_LE(rel_error(run_unit(f.ptrs, k), ref.residuals[k + 1]), tol) << "forward unit " << k;
+  }
+  for (engine::Pass* p : f.ptrs) p->finish();
+  for (int r = 0; r < m.tp(); ++r) {
+    EXPECT_NEAR(m.decoder(0, r).loss(sets[r]), ref.loss.item<double>(), tol) << "rank " << r;
+  }
+}
+
+StagePasses expect_mid_stage_unit_names(models::DecoderChunk& mid, engine::ActivationSet& set,
+                                        std::int64_t C) {
+  auto f = mid.forward(set, {}, at::zeros({1, 5, C}, at::kDouble));
+  EXPECT_EQ(f->size(), 4);
+  EXPECT_EQ(f->unit_name(0), "attn-F(2)");
+  EXPECT_EQ(f->unit_name(3), "mlp-F(3)");
+  EXPECT_THROW(f->run(1), std::logic_error);
+  run_lockstep({f.get()});
+  EXPECT_EQ(f->output().sizes(), (std::vector<std::int64_t>{1, 5, C}));
+  StagePasses p;
+  p.b = mid.backward(set, at::ones({1, 5, C}, at::kDouble));
+  EXPECT_EQ(p.b->unit_name(0), "mlp-B(3)");
+  EXPECT_EQ(p.b->unit_name(3), "attn-B(2)");
+  p.w = mid.weight_grad(set);
+  EXPECT_EQ(p.w->unit_name(0), "W(mlp 3)");
+  EXPECT_EQ(p.w->unit_name(1), "W(attn 3)");
+  EXPECT_EQ(p.w->size(), p.b->size());
+  return p;
+}
+
+void expect_w_units_cover(DecoderGrid& m, std::vector<engine::ActivationSet>& sets,
+                          const std::vector<std::vector<std::string>>& covers,
+                          const ParamMap& ref_grads, double tol) {
+  RankPasses passes;
+  for (int r = 0; r < m.tp(); ++r) passes.add(m.decoder(0, r).weight_grad(sets[r]));
+  const std::vector<engine::Pass*>& w = passes.ptrs;
+  const int units = w[0]->size();
+  ASSERT_EQ(covers.size(), static_cast<std::size_t>(units) + 1);
+  std::set<std::string> done;
+  for (int k = 0; k <= units; ++k) {
+    for (engine::Pass* p : w) {
+      if (k < units) {
+        EXPECT_FALSE(p->run(k).defined()) << "W units start no collective";
+      } else {
+        p->finish();
+      }
+    }
+    done.insert(covers[k].begin(), covers[k].end());
+    for (const auto& [name, g] : m.full_grads()) {
+      if (done.count(name)) {
+        EXPECT_LE(rel_error(g, ref_grads.at(name)), tol) << name << " after W unit " << k;
+      } else {
+        EXPECT_EQ(g.abs().sum().item<double>(), 0.0) << name << " touched early, W unit " << k;
+      }
+    }
+  }
+  EXPECT_EQ(done.size(), ref_grads.size());
+  for (const engine::ActivationSet& s : sets) EXPECT_TRUE(s.empty());
 }
 
 }  // namespace stp::testing
