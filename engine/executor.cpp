@@ -97,8 +97,8 @@ class Executor::StepRun {
   struct Timed {
     schedule::TimelineEvent ev;
     int start = -1, ready = -1, end = -1;  // Note [Step clock]
-    bool waited_for_set = false;           // consumed a reload or waited for budget room
-    int reload = -1;                       // copies_ index of the reload it consumed
+    double store_waited = 0;  // host seconds create() / acquire() blocked (CPU budget, reload)
+    int reload = -1;          // copies_ index of the reload it consumed
   };
   // A blocking wait: a TP collective (exposed communication) or a receive / send (PP idle).
   struct TimedWait {
@@ -161,8 +161,13 @@ class Executor::StepRun {
     for (Timed& x : timed_) {
       x.ev.start = t[x.start];
       x.ev.end = t[x.end];
-      if (x.waited_for_set && x.ready >= 0)
-        x.ev.reload_wait = std::max(0.0, t[x.ready] - x.ev.start - x.ev.p2p_wait);
+      // Blocked on the host link: as long as the store blocked, or until the reload it consumed
+      // ended, whichever is later, but never past the moment its parts were ready.
+      double wait = x.store_waited;
+      if (x.reload >= 0)
+        wait = std::max(wait, copies_[x.reload].ev.end - x.ev.start - x.ev.p2p_wait);
+      if (x.ready >= 0) wait = std::min(wait, t[x.ready] - x.ev.start - x.ev.p2p_wait);
+      x.ev.reload_wait = std::max(0.0, wait);
       stats_.reload_wait_seconds += x.ev.reload_wait;
       if (x.reload >= 0) x.ev.reload_index = copies_[x.reload].ev.index;
       events.push_back(std::move(x.ev));
@@ -339,7 +344,7 @@ class Executor::StepRun {
         at::Tensor input = c.is_first_stage() ? at::Tensor() : take(fwd_input_, 0, s, mb);
         double waited = 0;
         ActivationSet& set = ex_.store_.create(part.chunk, mb, &waited);
-        if (waited > 0 && cur_ >= 0) timed_[cur_].waited_for_set = true;
+        if (cur_ >= 0) timed_[cur_].store_waited += waited;
         lane.pass = c.forward(set, mbs_.at(mb), input);
         lane.on_finish = [this, &c, &set, s, mb, lane_pass = lane.pass.get()] {
           if (c.is_last_stage()) {
@@ -411,7 +416,7 @@ class Executor::StepRun {
         t.reload = static_cast<int>(it->second);
         unconsumed_reloads_.erase(it);
       }
-      if (waited > 0 || t.reload >= 0) t.waited_for_set = true;
+      t.store_waited += waited;
     }
     return set;
   }

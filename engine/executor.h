@@ -35,9 +35,12 @@
 //     H2D) reads as the compute stream's stall: the mark after it is reached only once the
 //     stream passed the wait, the one before it once the work queued earlier ran. Host clocks
 //     around asynchronous launches would read ~0 there.
-// An instruction's compute starts at its `ready` mark, taken once every part has its inputs and
-// sets (after the P2P waits and the create / acquire of its sets): its reload_wait is
-// ready - start - p2p_wait when it consumed a reload or waited for room in the budget, else 0.
+// An instruction's reload_wait is how long it was held up by the host link: the seconds the
+// store blocked in create() / acquire() (the CPU's budget drains and reload waits), or, for an
+// instruction that consumed a reload, until that copy ended (end - start - p2p_wait), whichever
+// is longer, and never longer than until its `ready` mark (taken once every part has its inputs
+// and sets). So its compute_start() is never before the end of the reload it consumed, and an
+// early reload costs nothing.
 // Copies (set_offload): the copy engine marks when each batch began and completed on the same
 // clock (host: its workers, around the memcpys; CUDA: events on the copy stream around the
 // cudaMemcpyAsyncs, after its waits), and each OFFLOAD / RELOAD becomes an event spanning its

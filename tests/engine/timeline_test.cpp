@@ -135,8 +135,9 @@ TEST(MeasuredTimeline, ATightBudgetStepHasEveryCopyOnTheCopyLane) {
     reloads += expect_copy_events(programs[r], stats[r].events, "rank " + std::to_string(r));
     for (const TimelineEvent& ev : stats[r].events) {
       EXPECT_LE(ev.end, stats[r].seconds) << ev.name;
-      if (ev.category == schedule::kCategoryOffload)  // the worker's memcpy, not the issue
+      if (ev.category == schedule::kCategoryOffload) {  // the worker's memcpy, not the issue
         EXPECT_GT(ev.end, ev.start) << ev.name << ": no copy measured";
+      }
       tl.events.push_back(ev);
     }
     EXPECT_EQ(stats[r].device_allocated_peak_bytes, -1) << "no allocator statistics on the CPU";
@@ -166,28 +167,29 @@ TEST(MeasuredTimeline, ATightBudgetStepHasEveryCopyOnTheCopyLane) {
   EXPECT_NE(svg.find("class=\"offload\""), std::string::npos);
 }
 
+TimelineEvent event(const char* name, const char* category, Op op, int index, Part part,
+                    double start, double end) {
+  TimelineEvent ev;
+  ev.name = name;
+  ev.category = category;
+  ev.op = op;
+  ev.index = index;
+  ev.parts = {part};
+  ev.start = start;
+  ev.end = end;
+  return ev;
+}
+
 // A trace marks a reload wait: the wait slice names the reload, and a flow joins the two.
 TEST(MeasuredTimeline, AReloadWaitNamesItsReloadInTheTraceAndTheSvg) {
   schedule::Timeline tl;
   tl.title = "t";
   tl.p = 1;
-  TimelineEvent reload;
-  reload.name = "RELOAD c0 mb1";
-  reload.category = schedule::kCategoryReload;
-  reload.op = Op::kReload;
-  reload.index = 3;
-  reload.parts = {Part{schedule::Pass::kF, 0, 0, 1}};
-  reload.start = 1;
-  reload.end = 4;
-  TimelineEvent b;
-  b.name = "B[0,1]";
-  b.category = schedule::kCategoryCompute;
-  b.op = Op::kB;
-  b.index = 5;
-  b.parts = {Part{schedule::Pass::kB, 0, 0, 1}};
-  b.start = 2;
+  const TimelineEvent reload = event("RELOAD c0 mb1", schedule::kCategoryReload, Op::kReload, 3,
+                                     Part{schedule::Pass::kF, 0, 0, 1}, 1, 4);
+  TimelineEvent b = event("B[0,1]", schedule::kCategoryCompute, Op::kB, 5,
+                          Part{schedule::Pass::kB, 0, 0, 1}, 2, 6);
   b.reload_wait = 2;
-  b.end = 6;
   b.reload_index = 3;
   tl.events = {reload, b};
   const auto trace = nlohmann::json::parse(schedule::to_chrome_trace(tl));
@@ -310,8 +312,9 @@ TEST(MeasuredTimeline, OnCudaTimesAreEventPairsResolvedOnceAfterTheStep) {
   // The fake clock ticks once per mark reached: times are ticks, not host seconds.
   EXPECT_GE(st.seconds, compute_marks - 1);
   for (const TimelineEvent& ev : st.events) {
-    if (ev.category != schedule::kCategoryCompute)
+    if (ev.category != schedule::kCategoryCompute) {
       EXPECT_GE(ev.end - ev.start, 1) << ev.name << ": not the copy stream's marks";
+    }
   }
   EXPECT_EQ(memory_calls, (std::vector<std::string>{"reset", "stats"}));
   EXPECT_EQ(st.device_allocated_peak_bytes, 1234);
