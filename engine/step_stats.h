@@ -21,8 +21,9 @@ struct StepStats {
   std::int64_t peak_activation_bytes = 0;  // resident ActivationSet bytes, peak over the step
   int peak_activation_sets = 0;            // resident (non-offloaded) sets, peak over the step
   std::int64_t offloaded_bytes = 0;        // bytes moved to host this step
-  // The device allocator's peaks over the step (CUDA: the caching allocator's allocated_bytes
-  // and reserved_bytes, reset when the step began); -1 where no allocator tells (the CPU).
+  // The device allocator's peaks over the program (CUDA: the caching allocator's
+  // allocated_bytes and reserved_bytes, reset when the executor started it, read at its end: the
+  // optimizer after it is not included); -1 where no allocator tells (the CPU).
   std::int64_t device_allocated_peak_bytes = -1;
   std::int64_t device_reserved_peak_bytes = -1;
   // What this rank did: one compute event per compute instruction and one offload / reload
