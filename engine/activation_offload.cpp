@@ -47,6 +47,18 @@ offload::DeviceOps torch_device_ops() {
         impl->data_ptr(), c10::cuda::getStreamFromExternal(static_cast<cudaStream_t>(stream),
                                                            static_cast<c10::DeviceIndex>(device)));
   };
+  // The caching allocator's own figures (gpu-review item 15): what tensors took at most and
+  // what the allocator held, not nvidia-smi's process total.
+  ops.memory_stats = [](int device) {
+    const auto stats =
+        c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+    const auto all = static_cast<std::size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    return offload::DeviceMemoryStats{stats.allocated_bytes[all].peak,
+                                      stats.reserved_bytes[all].peak};
+  };
+  ops.reset_peak_memory = [](int device) {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+  };
 #endif
   return ops;
 }
@@ -187,6 +199,12 @@ double PooledActivationOffload::drain() {
 
 bool PooledActivationOffload::releases_in_stream_order() const {
   return impl_->offloader->releases_in_stream_order();
+}
+
+void PooledActivationOffload::record_copies(bool on) { impl_->offloader->log_copies(on); }
+
+std::vector<offload::CopyRecord> PooledActivationOffload::take_copies() {
+  return impl_->offloader->take_copy_log();
 }
 
 std::int64_t PooledActivationOffload::host_bytes() const {

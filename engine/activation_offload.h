@@ -12,9 +12,9 @@
 
 #include "engine/activation_set.h"
 #include "offload/device_ops.h"
+#include "offload/offloader.h"
 
 namespace stp::offload {
-class Offloader;
 class CopyEngine;
 }  // namespace stp::offload
 namespace stp::allocator {
@@ -45,11 +45,17 @@ class ActivationOffload {
   // True when start_offload() already released the fields in stream order (CUDA): the device
   // memory of an offload never waits for a host poll, so drain() could free nothing more.
   virtual bool releases_in_stream_order() const = 0;
+  // For the measured timeline (Note [Step clock] in engine/executor.h): once record_copies(true)
+  // was called, take_copies() hands out the copies started since its last call, oldest first,
+  // each with when it began and completed. An implementation that cannot time reports none.
+  virtual void record_copies(bool on) { (void)on; }
+  virtual std::vector<offload::CopyRecord> take_copies() { return {}; }
 };
 
 // The engine's DeviceOps (offload/device_ops.h): the CUDA runtime's calls, with LibTorch's
 // current stream of a device (c10::cuda::getCurrentCUDAStream) and its caching allocator's
-// recordStream (a storage handle is a c10::StorageImpl*). Without CUDA: runtime_device_ops().
+// recordStream (a storage handle is a c10::StorageImpl*), and the caching allocator's peaks
+// (getDeviceStats / resetPeakStats) as memory_stats. Without CUDA: runtime_device_ops().
 offload::DeviceOps torch_device_ops();
 
 // The offload library's implementation: a PinnedHostPool of `host_capacity_bytes`, a CopyEngine
@@ -82,6 +88,8 @@ class PooledActivationOffload final : public ActivationOffload {
   void poll() override;
   double drain() override;
   bool releases_in_stream_order() const override;
+  void record_copies(bool on) override;
+  std::vector<offload::CopyRecord> take_copies() override;
 
   std::int64_t host_bytes() const;
 

@@ -2,13 +2,14 @@
 
 #include <ATen/ATen.h>
 
-#include <chrono>
+#include <algorithm>
+#include <cmath>
 #include <deque>
+#include <limits>
 #include <tuple>
 #include <vector>
 
 #include "common/check.h"
-#include "common/clock.h"
 
 namespace stp::engine {
 namespace {
@@ -43,7 +44,9 @@ class Executor::StepRun {
         instrs_(program.ranks.at(rank_)) {}
 
   StepStats run() {
-    const double t0 = now_seconds();
+    const bool on_device = ex_.device_ >= 0;
+    if (on_device && ex_.ops_.reset_peak_memory) ex_.ops_.reset_peak_memory(ex_.device_);
+    mark();  // marks_[0]: the step's origin
     for (std::size_t pc = 0; pc < instrs_.size(); ++pc) {
       advance_p2p(pc);
       const Instr& instr = instrs_[pc];
@@ -51,39 +54,147 @@ class Executor::StepRun {
         execute(instr, pc);
         continue;
       }
-      schedule::TimelineEvent ev;
-      ev.rank = rank_;
-      ev.index = static_cast<int>(pc);
-      ev.name = schedule::to_string(instr);
-      ev.category = schedule::kCategoryCompute;
-      ev.op = instr.op;
-      ev.parts = instr.parts;
-      ev.start = now_seconds() - t0;
-      cur_ = &ev;
+      Timed t;
+      t.ev.rank = rank_;
+      t.ev.index = static_cast<int>(pc);
+      t.ev.name = schedule::to_string(instr);
+      t.ev.category = schedule::kCategoryCompute;
+      t.ev.op = instr.op;
+      t.ev.parts = instr.parts;
+      t.start = mark();
+      timed_.push_back(std::move(t));
+      cur_ = static_cast<int>(timed_.size()) - 1;
       execute(instr, pc);
-      cur_ = nullptr;
-      ev.end = now_seconds() - t0;
-      stats_.events.push_back(std::move(ev));
+      timed_[cur_].end = mark();
+      cur_ = -1;
       release_sends();
     }
     // Sends complete in the background; the step ends when they have.
-    double w0 = now_seconds();
+    const int w0 = mark();
     for (auto& s : sends_) s.wait();
-    stats_.p2p_wait_seconds += now_seconds() - w0;
+    waits_.push_back({-1, false, w0, mark()});
     STP_ASSERT(recvs_.empty(), recvs_.size(), " posted receives were never consumed");
     STP_ASSERT(w_fifo_.empty(), w_fifo_.size(), " deferred weight gradients never ran");
     STP_ASSERT(
         fwd_input_.empty() && bwd_grad_.empty() && fwd_output_.empty() && bwd_output_.empty(),
         "tensors left over at the end of the step");
+    const int end = mark();
     if (loss_sum_.defined()) stats_.loss_sum = loss_sum_.item<double>();  // the step's one read
-    stats_.seconds = now_seconds() - t0;
+    resolve(end);
     stats_.peak_activation_bytes = ex_.store_.peak_bytes();
     stats_.peak_activation_sets = ex_.store_.peak_sets();
     stats_.offloaded_bytes = ex_.store_.offloaded_bytes();
+    if (on_device && ex_.ops_.memory_stats) {
+      const offload::DeviceMemoryStats m = ex_.ops_.memory_stats(ex_.device_);
+      stats_.device_allocated_peak_bytes = m.allocated_peak_bytes;
+      stats_.device_reserved_peak_bytes = m.reserved_peak_bytes;
+    }
     return std::move(stats_);
   }
 
  private:
+  // A compute instruction being measured: marks (indices into marks_) and what it waited for.
+  struct Timed {
+    schedule::TimelineEvent ev;
+    int start = -1, ready = -1, end = -1;  // Note [Step clock]
+    double store_waited = 0;  // host seconds create() / acquire() blocked (CPU budget, reload)
+    int reload = -1;          // copies_ index of the reload it consumed
+  };
+  // A blocking wait: a TP collective (exposed communication) or a receive / send (PP idle).
+  struct TimedWait {
+    int event;  // timed_ index; -1: outside any compute instruction
+    bool tp;
+    int from, to;  // marks
+  };
+  // An OFFLOAD / RELOAD: its issue mark and the copies it started.
+  struct TimedCopy {
+    schedule::TimelineEvent ev;
+    int issue = -1;
+    std::vector<offload::CopyRecord> records;
+  };
+
+  // ---- clock (Note [Step clock]) -------------------------------------------------------
+  int mark() {
+    marks_.push_back(ex_.device_ >= 0
+                         ? ex_.ops_.mark(ex_.ops_.current_stream(ex_.device_), ex_.device_)
+                         : offload::TimeMark::host_now());
+    return static_cast<int>(marks_.size()) - 1;
+  }
+
+  // Seconds from the step's origin to `m`; NaN when `m` holds no time (null, still pending, or
+  // of the other clock).
+  double since_origin(const offload::TimeMark& m) const {
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    if (ex_.device_ >= 0) return m.is_device() ? ex_.ops_.elapsed(marks_.front(), m) : nan;
+    if (m.is_null() || m.is_device() || m.host_seconds() < 0) return nan;
+    return m.host_seconds() - marks_.front().host_seconds();
+  }
+
+  // Turns every mark into seconds, once, after the step: waits, events, copies, step time.
+  void resolve(int end_mark) {
+    std::vector<double> t(marks_.size());
+    for (std::size_t i = 0; i < marks_.size(); ++i) t[i] = since_origin(marks_[i]);
+    for (const TimedWait& w : waits_) {
+      const double d = std::max(0.0, t[w.to] - t[w.from]);
+      if (w.tp) {
+        stats_.tp_wait_seconds += d;
+        if (w.event >= 0) timed_[w.event].ev.tp_wait += d;
+      } else {
+        stats_.p2p_wait_seconds += d;
+        if (w.event >= 0) timed_[w.event].ev.p2p_wait += d;
+      }
+    }
+    std::vector<schedule::TimelineEvent> events;
+    for (TimedCopy& c : copies_) {
+      const double issue = t[c.issue];
+      double start = std::numeric_limits<double>::infinity(), end = issue;
+      for (const offload::CopyRecord& r : c.records) {
+        const double b = r.cancelled ? issue : since_origin(r.span.start);
+        const double e = since_origin(r.span.end);
+        start = std::min(start, std::isnan(b) ? issue : b);
+        end = std::max(end, std::isnan(e) ? issue : e);
+      }
+      c.ev.start = std::isinf(start) ? issue : start;
+      c.ev.end = std::max(end, c.ev.start);
+      events.push_back(c.ev);
+    }
+    for (Timed& x : timed_) {
+      x.ev.start = t[x.start];
+      x.ev.end = t[x.end];
+      // Blocked on the host link: as long as the store blocked, or until the reload it consumed
+      // ended, whichever is later, but never past the moment its parts were ready.
+      double wait = x.store_waited;
+      if (x.reload >= 0)
+        wait = std::max(wait, copies_[x.reload].ev.end - x.ev.start - x.ev.p2p_wait);
+      if (x.ready >= 0) wait = std::min(wait, t[x.ready] - x.ev.start - x.ev.p2p_wait);
+      x.ev.reload_wait = std::max(0.0, wait);
+      stats_.reload_wait_seconds += x.ev.reload_wait;
+      if (x.reload >= 0) x.ev.reload_index = copies_[x.reload].ev.index;
+      events.push_back(std::move(x.ev));
+    }
+    std::stable_sort(events.begin(), events.end(),
+                     [](const auto& a, const auto& b) { return a.index < b.index; });
+    stats_.events = std::move(events);
+    stats_.seconds = t[end_mark];
+  }
+
+  // OFFLOAD / RELOAD: `start_copy` hands the set to the store, which starts its copies.
+  template <class Start>
+  void copy_instr(const Instr& in, std::size_t pc, Start start_copy) {
+    TimedCopy c;
+    c.ev.rank = rank_;
+    c.ev.index = static_cast<int>(pc);
+    c.ev.name = schedule::to_string(in);
+    c.ev.category = in.op == Op::kOffload ? schedule::kCategoryOffload : schedule::kCategoryReload;
+    c.ev.op = in.op;
+    c.ev.parts = {in.ref};
+    c.issue = mark();
+    start_copy();
+    if (ex_.offload_) c.records = ex_.offload_->take_copies();
+    if (in.op == Op::kReload) unconsumed_reloads_[{in.ref.chunk, in.ref.mb}] = copies_.size();
+    copies_.push_back(std::move(c));
+  }
+
   int stage_rank(int stage) const { return prog_.stage_rank.at(stage); }
   Chunk& chunk(int c) const { return *ex_.chunks_.at(c); }
 
@@ -171,11 +282,9 @@ class Executor::StepRun {
     map.erase(it);
     auto r = recvs_.find(std::make_tuple(dir, stage, mb));
     if (r != recvs_.end()) {
-      double w0 = now_seconds();
+      const int w0 = mark();
       r->second.wait();
-      double w = now_seconds() - w0;
-      stats_.p2p_wait_seconds += w;
-      if (cur_) cur_->p2p_wait += w;
+      waits_.push_back({cur_, false, w0, mark()});
       recvs_.erase(r);
     }
     return t;
@@ -191,13 +300,18 @@ class Executor::StepRun {
         STP_ASSERT(p2p_cursor_ > pc, "P2P instruction ", pc, " (", schedule::to_string(in),
                    ") could not be posted: its tensor does not exist");
         return;
-      case Op::kOffload: ex_.store_.offload(in.ref.chunk, in.ref.mb); return;
-      case Op::kReload: ex_.store_.reload(in.ref.chunk, in.ref.mb); return;
+      case Op::kOffload:
+        copy_instr(in, pc, [&] { ex_.store_.offload(in.ref.chunk, in.ref.mb); });
+        return;
+      case Op::kReload:
+        copy_instr(in, pc, [&] { ex_.store_.reload(in.ref.chunk, in.ref.mb); });
+        return;
       case Op::kF:
       case Op::kB:
       case Op::kBW:
       case Op::kW: {
         Lane a = make_lane(in.parts.at(0));
+        mark_ready();
         run_one(a);
         break;
       }
@@ -206,6 +320,7 @@ class Executor::StepRun {
       case Op::kFW: {
         Lane a = make_lane(in.parts.at(0));
         Lane b = make_lane(in.parts.at(1));
+        mark_ready();
         if (ex_.braid_) {
           run_braided(a, b);
         } else {
@@ -229,8 +344,7 @@ class Executor::StepRun {
         at::Tensor input = c.is_first_stage() ? at::Tensor() : take(fwd_input_, 0, s, mb);
         double waited = 0;
         ActivationSet& set = ex_.store_.create(part.chunk, mb, &waited);
-        stats_.reload_wait_seconds += waited;
-        if (cur_) cur_->reload_wait += waited;
+        if (cur_ >= 0) timed_[cur_].store_waited += waited;
         lane.pass = c.forward(set, mbs_.at(mb), input);
         lane.on_finish = [this, &c, &set, s, mb, lane_pass = lane.pass.get()] {
           if (c.is_last_stage()) {
@@ -291,21 +405,32 @@ class Executor::StepRun {
     return lane;
   }
 
+  // The set, resident; a reload it consumes is named by the current instruction's event.
   ActivationSet& acquire(int chunk_idx, int mb) {
     double waited = 0;
     ActivationSet& set = ex_.store_.acquire(chunk_idx, mb, &waited);
-    stats_.reload_wait_seconds += waited;
-    if (cur_) cur_->reload_wait += waited;
+    if (cur_ >= 0) {
+      Timed& t = timed_[cur_];
+      auto it = unconsumed_reloads_.find({chunk_idx, mb});
+      if (it != unconsumed_reloads_.end()) {
+        t.reload = static_cast<int>(it->second);
+        unconsumed_reloads_.erase(it);
+      }
+      t.store_waited += waited;
+    }
     return set;
+  }
+
+  // Every part has its inputs and sets: compute starts (Note [Step clock]).
+  void mark_ready() {
+    if (cur_ >= 0) timed_[cur_].ready = mark();
   }
 
   void wait_tp(CommHandle& h) {
     if (!h.pending()) return;
-    double w0 = now_seconds();
+    const int w0 = mark();
     h.wait();
-    double w = now_seconds() - w0;
-    stats_.tp_wait_seconds += w;
-    if (cur_) cur_->tp_wait += w;
+    waits_.push_back({cur_, true, w0, mark()});
   }
 
   // Unit k: wait for unit k-1's collective, compute, start this unit's collective, and in a
@@ -359,12 +484,32 @@ class Executor::StepRun {
   std::deque<std::pair<int, int>> w_fifo_;  // deferred W: (chunk, mb), oldest first
   std::size_t p2p_cursor_ = 0;              // first instruction whose P2P is not posted
   StepStats stats_;
-  schedule::TimelineEvent* cur_ = nullptr;  // the compute event being measured
+  std::vector<offload::TimeMark> marks_;  // Note [Step clock]; [0] is the step's origin
+  std::vector<Timed> timed_;              // compute instructions, in program order
+  std::vector<TimedWait> waits_;
+  std::vector<TimedCopy> copies_;  // OFFLOAD / RELOAD instructions, in program order
+  std::map<Key, std::size_t> unconsumed_reloads_;  // (chunk, mb) -> copies_ index
+  int cur_ = -1;                                   // timed_ index being measured; -1: none
 };
 
 Executor::Executor(std::vector<Chunk*> chunks, Group& tp, PipeChannels& pp, ActivationStore& store)
     : chunks_(std::move(chunks)), tp_(tp), pp_(pp), store_(store) {
   STP_ASSERT(!chunks_.empty(), "executor without chunks");
+}
+
+void Executor::use_device_clock(offload::DeviceOps ops, int device) {
+  STP_CHECK(device >= 0, "use_device_clock: device=", device, " must be a CUDA device >= 0");
+  STP_CHECK(ops.mark && ops.elapsed && ops.current_stream,
+            "use_device_clock: the DeviceOps table needs mark, elapsed and current_stream");
+  ops_ = std::move(ops);
+  device_ = device;
+}
+
+void Executor::set_offload(ActivationOffload* offload) {
+  if (offload_ == offload) return;
+  if (offload_) offload_->record_copies(false);
+  offload_ = offload;
+  if (offload_) offload_->record_copies(true);
 }
 
 StepStats Executor::run(const schedule::Program& program,

@@ -21,8 +21,15 @@ struct StepStats {
   std::int64_t peak_activation_bytes = 0;  // resident ActivationSet bytes, peak over the step
   int peak_activation_sets = 0;            // resident (non-offloaded) sets, peak over the step
   std::int64_t offloaded_bytes = 0;        // bytes moved to host this step
-  // What this rank did: one compute event per compute instruction, seconds since the step
-  // began, waits measured (schedule/timeline.h) — the simulator's format.
+  // The device allocator's peaks over the program (CUDA: the caching allocator's
+  // allocated_bytes and reserved_bytes, reset when the executor started it, read at its end: the
+  // optimizer after it is not included); -1 where no allocator tells (the CPU).
+  std::int64_t device_allocated_peak_bytes = -1;
+  std::int64_t device_reserved_peak_bytes = -1;
+  // What this rank did: one compute event per compute instruction and one offload / reload
+  // event per OFFLOAD / RELOAD (the copy's own start and end), seconds since the step began,
+  // waits measured (schedule/timeline.h, Note [Step clock] in engine/executor.h) — the
+  // simulator's format.
   std::vector<schedule::TimelineEvent> events;
 };
 

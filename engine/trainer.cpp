@@ -94,6 +94,8 @@ void Trainer::init(ModelFactory model) {
   optimizer_ = std::make_unique<AdamW>(params_of(chunks()), options_.optimizer, world_->tp_rank());
   executor_ = std::make_unique<Executor>(chunks(), world_->tp_group(), world_->pipe(), store_);
   executor_->set_braiding(options_.braid);
+  // On a GPU the step is timed with events on the compute stream (Note [Step clock]).
+  if (device_.is_cuda()) executor_->use_device_clock(torch_device_ops(), device_.index());
 }
 
 std::vector<Chunk*> Trainer::chunks() {
@@ -143,6 +145,7 @@ double Trainer::step(const std::vector<MicroBatch>& given) {
   }
   grad_buckets_->zero();
   TrainStepStats st;
+  executor_->set_offload(offload_.get());  // its copies join the step's timeline
   st.exec = executor_->run(program_, mbs);
   reduce_gradients();
   auto model_group = &world_->model_group();

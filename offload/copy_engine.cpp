@@ -42,8 +42,30 @@ class HostCopyEngine final : public CopyEngine {
 
   CopyEvent copy(Direction dir, std::span<const CopyRegion> regions,
                  std::span<const CopyEvent> after) override {
+    return submit(dir, regions, after, nullptr);
+  }
+
+  CopyEvent timed_copy(Direction dir, std::span<const CopyRegion> regions,
+                       std::span<const CopyEvent> after, CopySpan& span) override {
+    span = {offload::TimeMark::host_pending(), offload::TimeMark::host_pending()};
+    return submit(dir, regions, after, &span);
+  }
+
+  void synchronize() override {
+    std::unique_lock<std::mutex> lock(mu_);
+    idle_cv_.wait(lock, [&] { return queue_.empty() && busy_ == 0; });
+  }
+
+  Backend backend() const override { return Backend::kHost; }
+  StreamHandle stream(Direction) const override { return nullptr; }
+  int device() const override { return -1; }
+
+ private:
+  CopyEvent submit(Direction dir, std::span<const CopyRegion> regions,
+                   std::span<const CopyEvent> after, const CopySpan* span) {
     (void)dir;  // one queue: host "DMA engines" serve both directions in submission order
     auto batch = std::make_shared<Batch>();
+    if (span) batch->span = *span;
     for (const CopyEvent& e : after)
       if (!e.is_null()) batch->after.push_back(e);
     std::vector<Piece> pieces = split(regions, batch);
@@ -60,19 +82,10 @@ class HostCopyEngine final : public CopyEngine {
     return done;
   }
 
-  void synchronize() override {
-    std::unique_lock<std::mutex> lock(mu_);
-    idle_cv_.wait(lock, [&] { return queue_.empty() && busy_ == 0; });
-  }
-
-  Backend backend() const override { return Backend::kHost; }
-  StreamHandle stream(Direction) const override { return nullptr; }
-  int device() const override { return -1; }
-
- private:
   struct Batch {
     std::vector<CopyEvent> after;  // start no piece before these completed
     CopyEvent done;                // one part per piece
+    CopySpan span;                 // timed_copy: first piece's start, last piece's end
   };
   struct Piece {
     std::shared_ptr<Batch> batch;
@@ -136,7 +149,10 @@ class HostCopyEngine final : public CopyEngine {
       // Never hang the consumer: log, copy anyway, complete.
       log_error(str_cat("host copy engine: waiting for a prerequisite event failed: ", e.what()));
     }
+    const CopySpan& span = piece.batch->span;
+    if (!span.start.is_null()) span.start.set_first();
     for (const CopyRegion& r : piece.parts) std::memcpy(r.dst, r.src, r.bytes);
+    if (!span.end.is_null()) span.end.set_last();  // before done: a waiter sees the end
     piece.batch->done.signal();
   }
 

@@ -49,6 +49,15 @@ struct CopyRegion {
   std::size_t bytes = 0;
 };
 
+// When a batch began and completed (timed_copy): on the host engine, host marks its workers set
+// when the first piece started copying (after the batch's `after` events) and when the last one
+// finished; on CUDA, device marks recorded on the copy stream right after its waits for `after`
+// and right after the batch's copies. Null marks: not timed.
+struct CopySpan {
+  TimeMark start;
+  TimeMark end;
+};
+
 struct CopyEngineOptions {
   Backend backend = Backend::kAuto;                 // resolved once (allocator/backend.h)
   int threads = 2;                                  // host: worker threads, [1, 64]
@@ -66,6 +75,13 @@ class CopyEngine {
   // zero-byte regions) still completes only after `after`.
   virtual CopyEvent copy(Direction dir, std::span<const CopyRegion> regions,
                          std::span<const CopyEvent> after = {}) = 0;
+  // copy() that also says in `span` when the batch began and completed, on the clock of the
+  // executor's timeline (Note [Step clock] in engine/executor.h). The default does not time.
+  virtual CopyEvent timed_copy(Direction dir, std::span<const CopyRegion> regions,
+                               std::span<const CopyEvent> after, CopySpan& span) {
+    span = {};
+    return copy(dir, regions, after);
+  }
   CopyEvent copy(Direction dir, void* dst, const void* src, std::size_t bytes,
                  std::span<const CopyEvent> after = {}) {
     CopyRegion r{dst, src, bytes};

@@ -40,23 +40,12 @@ class CudaCopyEngine final : public CopyEngine {
 
   CopyEvent copy(Direction dir, std::span<const CopyRegion> regions,
                  std::span<const CopyEvent> after) override {
-    CudaDeviceGuard guard(options_.device);
-    cudaStream_t s = dir == Direction::kD2H ? d2h_ : h2d_;
-    // The copy stream waits for each prerequisite (the forward that wrote the buffers, the
-    // allocation of a reload's memory, the D2H that filled a reload's host blocks); a host
-    // event can only be waited for here, on the host.
-    for (const CopyEvent& e : after) ops_.wait(e, s);
-    const cudaMemcpyKind kind =
-        dir == Direction::kD2H ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice;
-    for (const CopyRegion& r : regions) {
-      for (std::size_t off = 0; off < r.bytes; off += options_.chunk_bytes) {
-        std::size_t n = std::min(options_.chunk_bytes, r.bytes - off);
-        STP_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(r.dst) + off,
-                                       static_cast<const char*>(r.src) + off, n, kind, s));
-      }
-    }
-    // Consumers (the pool, the offloader, the compute stream) wait for this event.
-    return ops_.record(s, options_.device);
+    return submit(dir, regions, after, nullptr);
+  }
+
+  CopyEvent timed_copy(Direction dir, std::span<const CopyRegion> regions,
+                       std::span<const CopyEvent> after, CopySpan& span) override {
+    return submit(dir, regions, after, &span);
   }
 
   void synchronize() override {
@@ -69,6 +58,31 @@ class CudaCopyEngine final : public CopyEngine {
   int device() const override { return options_.device; }
 
  private:
+  // `span`: timed_copy's marks, a pair of timing events on the copy stream around the copies
+  // (after the waits, so the start is when the stream began copying).
+  CopyEvent submit(Direction dir, std::span<const CopyRegion> regions,
+                   std::span<const CopyEvent> after, CopySpan* span) {
+    CudaDeviceGuard guard(options_.device);
+    cudaStream_t s = dir == Direction::kD2H ? d2h_ : h2d_;
+    // The copy stream waits for each prerequisite (the forward that wrote the buffers, the
+    // allocation of a reload's memory, the D2H that filled a reload's host blocks); a host
+    // event can only be waited for here, on the host.
+    for (const CopyEvent& e : after) ops_.wait(e, s);
+    if (span) span->start = ops_.mark(s, options_.device);
+    const cudaMemcpyKind kind =
+        dir == Direction::kD2H ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice;
+    for (const CopyRegion& r : regions) {
+      for (std::size_t off = 0; off < r.bytes; off += options_.chunk_bytes) {
+        std::size_t n = std::min(options_.chunk_bytes, r.bytes - off);
+        STP_CUDA_CHECK(cudaMemcpyAsync(static_cast<char*>(r.dst) + off,
+                                       static_cast<const char*>(r.src) + off, n, kind, s));
+      }
+    }
+    if (span) span->end = ops_.mark(s, options_.device);
+    // Consumers (the pool, the offloader, the compute stream) wait for this event.
+    return ops_.record(s, options_.device);
+  }
+
   const CopyEngineOptions options_;
   const DeviceOps ops_;
   cudaStream_t d2h_ = nullptr;  // device -> host copies, in submission order

@@ -33,7 +33,10 @@
 // is a value, copied into each user.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
 #include <functional>
+#include <memory>
 
 #include "allocator/copy_event.h"
 
@@ -41,6 +44,51 @@ namespace stp::offload {
 
 using allocator::CopyEvent;
 using allocator::StreamHandle;
+
+// TimeMark: when a piece of work reached a point, for the measured timeline (Note [Step clock]
+// in engine/executor.h). A shared handle, like CopyEvent:
+//   null     TimeMark{}: not timed.
+//   host     seconds on now_seconds()'s clock (common/clock.h): host_now() now, or
+//            host_pending() filled in later, by the thread that did the work (a copy worker),
+//            with set_first() (the earliest of several callers wins: a batch's start) or
+//            set_last() (the latest wins: a batch's end). host_seconds() < 0 while pending.
+//   device   an opaque timing event recorded on a stream (CUDA: a cudaEvent_t created with
+//            timing enabled, destroyed with the last handle); only DeviceOps::elapsed reads it,
+//            after the work ran.
+// Thread-safety: set_first / set_last / host_seconds may race from any thread.
+class TimeMark {
+ public:
+  TimeMark() = default;
+  static TimeMark host_now();
+  static TimeMark host_pending() { return TimeMark(std::make_shared<State>()); }
+  static TimeMark device(std::shared_ptr<void> event) {
+    auto s = std::make_shared<State>();
+    s->event = std::move(event);
+    return TimeMark(std::move(s));
+  }
+
+  void set_first() const;
+  void set_last() const;
+
+  bool is_null() const { return state_ == nullptr; }
+  bool is_device() const { return state_ && state_->event; }
+  double host_seconds() const { return state_ ? state_->host.load() : -1; }
+  void* device_event() const { return state_ ? state_->event.get() : nullptr; }
+
+ private:
+  struct State {
+    std::atomic<double> host{-1};  // host marks: seconds, -1 while pending
+    std::shared_ptr<void> event;   // device marks
+  };
+  explicit TimeMark(std::shared_ptr<State> s) : state_(std::move(s)) {}
+  std::shared_ptr<State> state_;
+};
+
+// The device allocator's figures since its peaks were last reset (DeviceOps::memory_stats).
+struct DeviceMemoryStats {
+  std::int64_t allocated_peak_bytes = 0;  // tensors' bytes, high-water mark
+  std::int64_t reserved_peak_bytes = 0;   // bytes the caching allocator held from the driver
+};
 
 struct DeviceOps {
   // The compute stream of `device` (see Note [Offload streams]).
@@ -60,14 +108,29 @@ struct DeviceOps {
   // no allocator can be told; the Offloader then releases D2H sources only after the host saw
   // the copy complete.
   std::function<void(void* storage, StreamHandle stream, int device)> record_stream;
+
+  // Timing (Note [Step clock] in engine/executor.h). mark: a device TimeMark recorded on
+  // `stream` of `device`, reached when the work queued there so far has run (no host wait).
+  // elapsed: seconds from `from` to `to`, two device marks of one device; a host wait until `to`
+  // was reached, so it is called only after a step, never inside one.
+  std::function<TimeMark(StreamHandle stream, int device)> mark;
+  std::function<double(const TimeMark& from, const TimeMark& to)> elapsed;
+  // The device allocator's peaks (CUDA: the caching allocator's allocated_bytes and
+  // reserved_bytes, getDeviceStats) and their reset (resetPeakStats); host-side bookkeeping,
+  // no host wait. Empty where no allocator can tell (the CPU): no figures rather than made-up
+  // ones.
+  std::function<DeviceMemoryStats(int device)> memory_stats;
+  std::function<void(int device)> reset_peak_memory;
 };
 
 // The CUDA runtime's calls: record = cudaEventRecord (from the event pool, on `device`), wait =
 // cudaStreamWaitEvent, synchronize = cudaEventSynchronize, synchronize_stream =
 // cudaStreamSynchronize; current_stream is the legacy default stream (the runtime has no other
 // notion of "current"); record_stream is empty. Host events (the host backend, tests) work with
-// every entry. In a build without CUDA, record and synchronize_stream throw
-// std::invalid_argument.
+// every entry. mark = cudaEventRecord of a new timing event, elapsed = cudaEventSynchronize(to)
+// and cudaEventElapsedTime; memory_stats and reset_peak_memory are empty (the engine adds
+// LibTorch's caching allocator). In a build without CUDA, record, mark, elapsed and
+// synchronize_stream throw std::invalid_argument.
 DeviceOps runtime_device_ops();
 
 }  // namespace stp::offload

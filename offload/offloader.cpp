@@ -86,7 +86,13 @@ void Offloader::offload(ActivationKey key, std::vector<SavedBuffer> buffers, Cop
   for (const Buffer& b : set.buffers)
     regions.push_back({b.host.ptr, b.saved.device_ptr, b.saved.bytes});
   // The D2H starts after `ready`: the forward that wrote the buffers has finished with them.
-  set.d2h = copies_.copy(Direction::kD2H, regions, std::span<const CopyEvent>(&ready, 1));
+  const std::span<const CopyEvent> after(&ready, 1);
+  if (log_copies_) {
+    set.d2h = copies_.timed_copy(Direction::kD2H, regions, after, set.d2h_span);
+    copy_log_.push_back({key, Direction::kD2H, set.bytes, set.d2h_span, false});
+  } else {
+    set.d2h = copies_.copy(Direction::kD2H, regions, after);
+  }
   set.state = SetState::kToHost;
   device_.add(set.bytes);  // busy until the host sees the D2H complete (Note [Offload lifetime])
   host_bytes_ += set.bytes;
@@ -162,6 +168,8 @@ void Offloader::reload(ActivationKey key, const AllocateFn& allocate, StreamHand
     set.cancelled = true;
     set.state = SetState::kToDevice;
     ++stats_.cancelled;
+    if (log_copies_)
+      copy_log_.push_back({key, Direction::kH2D, set.bytes, {{}, set.d2h_span.end}, true});
     return;
   }
   if (set.state == SetState::kToHost) {
@@ -199,7 +207,13 @@ void Offloader::reload(ActivationKey key, const AllocateFn& allocate, StreamHand
   regions.reserve(set.buffers.size());
   for (const Buffer& b : set.buffers)
     regions.push_back({b.saved.device_ptr, b.host.ptr, b.saved.bytes});
-  set.h2d = copies_.copy(Direction::kH2D, regions, after);
+  if (log_copies_) {
+    CopySpan span;
+    set.h2d = copies_.timed_copy(Direction::kH2D, regions, after, span);
+    copy_log_.push_back({key, Direction::kH2D, set.bytes, span, false});
+  } else {
+    set.h2d = copies_.copy(Direction::kH2D, regions, after);
+  }
   // The pool reuses the blocks only after both copies completed (Note [Pinned pool design]).
   free_host_blocks(set, {set.d2h, set.h2d});
   host_bytes_ -= set.bytes;

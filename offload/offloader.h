@@ -57,6 +57,7 @@
 #include <functional>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "allocator/device_memory.h"
@@ -85,6 +86,16 @@ struct SavedBuffer {
 
 // Reload's device memory: a new buffer of `bytes` for field `name`, owned by the engine.
 using AllocateFn = std::function<void*(const std::string& name, std::size_t bytes)>;
+
+// One copy the offloader started, for the measured timeline (Offloader::log_copies).
+struct CopyRecord {
+  ActivationKey key;
+  Direction dir = Direction::kD2H;
+  std::int64_t bytes = 0;
+  CopySpan span;           // when the copy began and completed (CopyEngine::timed_copy)
+  bool cancelled = false;  // a reload that found the D2H still running: no H2D ran; span.start
+                           // is null and span.end the D2H's end, when the originals are free
+};
 
 enum class SetState { kAbsent, kToHost, kOnHost, kToDevice };
 const char* to_string(SetState state);
@@ -132,6 +143,11 @@ class Offloader {
   // Host wait for every copy, then poll() (tests, teardown).
   void synchronize();
 
+  // When on, every offload() and reload() times its copy (CopyEngine::timed_copy) and appends
+  // a CopyRecord that take_copy_log() hands out, oldest first. Off by default.
+  void log_copies(bool on) { log_copies_ = on; }
+  std::vector<CopyRecord> take_copy_log() { return std::exchange(copy_log_, {}); }
+
   // True when D2H sources are released in stream order (Note [Offload lifetime]).
   bool releases_in_stream_order() const { return stream_ordered_; }
   SetState state(ActivationKey key) const;
@@ -150,6 +166,7 @@ class Offloader {
     std::vector<Buffer> buffers;
     CopyEvent d2h;           // completes when every buffer is on host
     CopyEvent h2d;           // completes when every buffer is back (kToDevice)
+    CopySpan d2h_span;       // with log_copies: when the D2H began and completed
     bool cancelled = false;  // kToDevice without a copy: the originals never left
     std::int64_t bytes = 0;  // sum of buffer bytes
   };
@@ -168,6 +185,8 @@ class Offloader {
   allocator::MemoryAccount device_;  // device bytes the offloader is responsible for
   OffloaderStats stats_;             // counters; byte gauges come from device_ and host_bytes_
   std::int64_t host_bytes_ = 0;
+  bool log_copies_ = false;
+  std::vector<CopyRecord> copy_log_;
 };
 
 }  // namespace stp::offload

@@ -2,7 +2,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <sstream>
+#include <utility>
 
 #include "common/check.h"
 #include "common/svg_chart.h"
@@ -30,6 +32,7 @@ constexpr Colors kW{"#d6604d", "#f4a582"};
 constexpr const char* kExposed = "#bdbdbd";
 constexpr const char* kOffload = "#1b9e9e";
 constexpr const char* kReload = "#7b3294";
+constexpr const char* kReloadWait = "#e31a1c";  // a compute block waiting for its reload
 
 const char* fill(Pass pass, int chunk) {
   const Colors& c = pass == Pass::kF ? kF : (pass == Pass::kW ? kW : kB);
@@ -93,6 +96,23 @@ class Writer {
            part.chunk == 0 ? "white" : "black", label);
   }
 
+  // A reload wait: the interval the block waited, in red on its row, and when the reload it
+  // waited for is on the copy row (measured timelines name it: reload_index), a red line from
+  // that copy's end to the start of the compute, so a late reload is seen at a glance.
+  void reload_wait(const TimelineEvent& ev, double y0, double h, const TimelineEvent* reload,
+                   double reload_y) {
+    const double x0 = x(ev.start + ev.p2p_wait), x1 = x(ev.compute_start());
+    body_ << "<g class=\"reload-wait\"><title>" << xml_escape(ev.name) << " waited "
+          << num(ev.reload_wait * 1e3) << " ms"
+          << (reload ? xml_escape(str_cat(" for ", reload->name)) : std::string()) << "</title>\n";
+    rect(x0, y0 + h * 0.35, x1 - x0, h * 0.3, kReloadWait);
+    if (reload && x1 - x0 >= 0.5)
+      body_ << "<line x1=\"" << num(x(reload->end)) << "\" y1=\"" << num(reload_y) << "\" x2=\""
+            << num(x1) << "\" y2=\"" << num(y0 + h) << "\" stroke=\"" << kReloadWait
+            << "\" stroke-width=\"1.2\"/>\n";
+    body_ << "</g>\n";
+  }
+
   void compute_block(const TimelineEvent& ev, double y0, double h) {
     const double x0 = x(ev.compute_start());
     const double x_end = x(ev.end);
@@ -133,10 +153,18 @@ class Writer {
       }
       y += kRowGap;
     }
+    std::map<std::pair<int, int>, const TimelineEvent*> reloads;  // (rank, index)
+    for (const TimelineEvent& ev : tl.events)
+      if (ev.category == kCategoryReload) reloads[{ev.rank, ev.index}] = &ev;
     for (const TimelineEvent& ev : tl.events) {
       if (ev.rank < 0 || ev.rank >= tl.p) continue;
       if (ev.category == kCategoryCompute) {
         compute_block(ev, row_y[ev.rank], h);
+        if (ev.reload_wait > 0) {
+          auto it = reloads.find({ev.rank, ev.reload_index});
+          const TimelineEvent* reload = it == reloads.end() ? nullptr : it->second;
+          reload_wait(ev, row_y[ev.rank], h, reload, row_y[ev.rank] + h * (1 + kTransferShare));
+        }
       } else if (ev.category == kCategoryOffload || ev.category == kCategoryReload) {
         const bool off = ev.category == kCategoryOffload;
         const double lane = h * kTransferShare / 2;
@@ -176,10 +204,11 @@ class Writer {
       const char* color;
       const char* label;
     };
-    const Item items[] = {
-        {kF.dark, "F chunk 0"},   {kF.light, "F chunk 1"}, {kB.dark, "B chunk 0"},
-        {kB.light, "B chunk 1"},  {kW.dark, "W chunk 0"},  {kW.light, "W chunk 1"},
-        {kExposed, "exposed TP"}, {kOffload, "offload"},   {kReload, "reload"}};
+    const Item items[] = {{kF.dark, "F chunk 0"},   {kF.light, "F chunk 1"},
+                          {kB.dark, "B chunk 0"},   {kB.light, "B chunk 1"},
+                          {kW.dark, "W chunk 0"},   {kW.light, "W chunk 1"},
+                          {kExposed, "exposed TP"}, {kOffload, "offload"},
+                          {kReload, "reload"},      {kReloadWait, "reload wait"}};
     double x0 = kLeft;
     for (const Item& it : items) {
       rect(x0, y, 14, 12, it.color);

@@ -7,7 +7,10 @@
 // (T_F = 1) simply reads them as units. For an instruction, [start, end] is everything the rank
 // spent on it, waits included: it reached the instruction at `start`, was blocked `p2p_wait`
 // on a pipeline receive and `reload_wait` on an activation reload before computing, and
-// `tp_wait` of its time went to TP collectives no compute covered.
+// `tp_wait` of its time went to TP collectives no compute covered. For an OFFLOAD or RELOAD,
+// [start, end] is the copy itself on the rank's D2H or H2D lane (measured: when the copy engine
+// began and completed it), and the compute event that consumed a reload names it
+// (reload_index).
 //
 // Thread-safety: values; no shared state.
 #pragma once
@@ -38,6 +41,9 @@ struct TimelineEvent {
   double p2p_wait = 0;      // seconds blocked on a receive before computing
   double reload_wait = 0;   // seconds blocked on a reload before computing
   double tp_wait = 0;       // seconds of exposed TP collectives inside [start, end]
+  // Compute: the RELOAD instruction (its index) whose set this instruction consumed, so a
+  // reload wait names the copy it waited for; -1 when none (or not recorded).
+  int reload_index = -1;
 
   double compute_start() const { return start + p2p_wait + reload_wait; }
 };

@@ -1,6 +1,8 @@
 // Chrome trace JSON (the "JSON Array/Object Format" of the Trace Event Format).
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <utility>
 
 #include "common/check.h"
 #include "schedule/json_text.h"
@@ -54,6 +56,7 @@ OrderedJson meta(const char* what, int pid, int tid, const std::string& name) {
 std::string to_chrome_trace(const std::vector<Timeline>& timelines) {
   OrderedJson events = OrderedJson::array();
   int pid_base = 0;
+  int flow_id = 0;
   for (const Timeline& tl : timelines) {
     for (int r = 0; r < tl.p; ++r) {
       const int pid = pid_base + r + 1;
@@ -64,6 +67,9 @@ std::string to_chrome_trace(const std::vector<Timeline>& timelines) {
       events.push_back(meta("thread_name", pid, kTidOffload, "offload D2H"));
       events.push_back(meta("thread_name", pid, kTidReload, "reload H2D"));
     }
+    std::map<std::pair<int, int>, const TimelineEvent*> reloads;  // (rank, index)
+    for (const TimelineEvent& ev : tl.events)
+      if (ev.category == kCategoryReload) reloads[{ev.rank, ev.index}] = &ev;
     for (const TimelineEvent& ev : tl.events) {
       const int pid = pid_base + ev.rank + 1;
       const OrderedJson args = {{"index", ev.index}, {"parts", parts_text(ev.parts)}};
@@ -73,9 +79,32 @@ std::string to_chrome_trace(const std::vector<Timeline>& timelines) {
           events.push_back(slice("wait p2p", "wait", pid, kTidCompute, t, t + ev.p2p_wait, args));
           t += ev.p2p_wait;
         }
-        if (ev.reload_wait > 0)
+        if (ev.reload_wait > 0) {
+          // A reload wait names the reload it waited for, and a flow arrow joins the two.
+          auto it = reloads.find({ev.rank, ev.reload_index});
+          OrderedJson wait_args = args;
+          if (it != reloads.end()) wait_args["reload"] = it->second->name;
           events.push_back(
-              slice("wait reload", "wait", pid, kTidCompute, t, t + ev.reload_wait, args));
+              slice("wait reload", "wait", pid, kTidCompute, t, t + ev.reload_wait, wait_args));
+          if (it != reloads.end()) {
+            const int id = ++flow_id;
+            events.push_back({{"name", "reload wait"},
+                              {"cat", "wait"},
+                              {"ph", "s"},
+                              {"id", id},
+                              {"ts", num(it->second->start * kMicros)},
+                              {"pid", pid},
+                              {"tid", kTidReload}});
+            events.push_back({{"name", "reload wait"},
+                              {"cat", "wait"},
+                              {"ph", "f"},
+                              {"bp", "e"},
+                              {"id", id},
+                              {"ts", num(t * kMicros)},
+                              {"pid", pid},
+                              {"tid", kTidCompute}});
+          }
+        }
         OrderedJson compute_args = args;
         compute_args["tp_wait"] = num(ev.tp_wait);
         events.push_back(slice(ev.name, kCategoryCompute, pid, kTidCompute, ev.compute_start(),

@@ -45,6 +45,16 @@ std::string progress_line(const StepMetrics& m, std::int64_t total) {
   return buf;
 }
 
+// The summary's device memory line: the allocator's peaks, or that there are none.
+std::string device_memory_line(std::int64_t allocated, std::int64_t reserved) {
+  if (allocated < 0)
+    return "device memory: no allocator statistics on the CPU (the activation peak above is the "
+           "store's count)\n";
+  return str_cat("device memory (caching allocator, peak per step): ",
+                 format_bytes(static_cast<double>(allocated), 1), " allocated, ",
+                 format_bytes(static_cast<double>(reserved), 1), " reserved\n");
+}
+
 json event_json(const schedule::TimelineEvent& e) {
   json parts = json::array();
   for (const auto& p : e.parts)
@@ -62,7 +72,8 @@ json event_json(const schedule::TimelineEvent& e) {
           {"end", e.end},
           {"p2p_wait", e.p2p_wait},
           {"reload_wait", e.reload_wait},
-          {"tp_wait", e.tp_wait}};
+          {"tp_wait", e.tp_wait},
+          {"reload_index", e.reload_index}};
 }
 
 schedule::Pass pass_from(const std::string& s) {
@@ -93,6 +104,10 @@ std::string to_json_line(const StepMetrics& m) {
             {"reload_wait", m.reload_wait},
             {"peak_activation_bytes", m.peak_activation_bytes},
             {"offloaded_bytes", m.offloaded_bytes}};
+  // The device allocator's peaks, or null where no allocator tells (the CPU).
+  auto bytes_or_null = [](std::int64_t b) { return b < 0 ? json(nullptr) : json(b); };
+  j["device_allocated_peak_bytes"] = bytes_or_null(m.device_allocated_peak_bytes);
+  j["device_reserved_peak_bytes"] = bytes_or_null(m.device_reserved_peak_bytes);
   return j.dump();
 }
 
@@ -176,8 +191,10 @@ void RunReport::finish(const std::string& title) {
   // Summary over the steps after the first (which includes planning and warm-up).
   std::size_t from = history_.size() > 1 ? 1 : 0;
   double secs = 0, tokens_rate = 0, comm = 0, idle = 0;
-  std::int64_t peak = 0, off = 0;
+  std::int64_t peak = 0, off = 0, dev_alloc = -1, dev_reserved = -1;
   for (std::size_t i = from; i < history_.size(); ++i) {
+    dev_alloc = std::max(dev_alloc, history_[i].device_allocated_peak_bytes);
+    dev_reserved = std::max(dev_reserved, history_[i].device_reserved_peak_bytes);
     secs += history_[i].seconds;
     tokens_rate += history_[i].tokens_per_s;
     comm += history_[i].exposed_comm;
@@ -195,6 +212,7 @@ void RunReport::finish(const std::string& title) {
                 100 * idle / n, format_bytes(static_cast<double>(peak), 1).c_str(),
                 format_bytes(static_cast<double>(off), 1).c_str());
   say_(line);
+  say_(device_memory_line(dev_alloc, dev_reserved));
   say_(str_cat("wrote ", log_dir_, "/metrics.jsonl, ", log_dir_, "/training.svg\n"));
 }
 
@@ -227,6 +245,7 @@ std::vector<schedule::TimelineEvent> read_rank_events(const std::string& dir, in
       e.p2p_wait = j.at("p2p_wait");
       e.reload_wait = j.at("reload_wait");
       e.tp_wait = j.at("tp_wait");
+      e.reload_index = j.value("reload_index", -1);
       out.push_back(std::move(e));
     }
   }
@@ -241,6 +260,17 @@ void write_timelines(const std::string& log_dir, const schedule::Program& progra
   real.p = program.p;
   real.events = measured;
   schedule::CostModel costs = fit_costs(measured, program.stages());
+  // The simulated copies last as long as the measured ones did on average, so the two copy
+  // lanes compare (the cost model's host link is otherwise free).
+  double copy_seconds = 0;
+  int copies = 0;
+  for (const auto& e : measured) {
+    if (e.category != schedule::kCategoryOffload && e.category != schedule::kCategoryReload)
+      continue;
+    copy_seconds += e.end - e.start;
+    ++copies;
+  }
+  if (copies > 0) costs.host_latency = copy_seconds / copies;
   schedule::SimOptions so;
   so.record_timeline = true;
   schedule::Timeline predicted = schedule::simulate(program, costs, so).timeline;

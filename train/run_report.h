@@ -32,6 +32,10 @@ struct StepMetrics {
   double reload_wait = 0;   // fraction blocked on activation reloads, worst rank
   std::int64_t peak_activation_bytes = 0;  // worst rank
   std::int64_t offloaded_bytes = 0;        // worst rank, this step
+  // The device allocator's peaks this step, worst rank (engine::StepStats); -1: not
+  // available (the CPU), written as null.
+  std::int64_t device_allocated_peak_bytes = -1;
+  std::int64_t device_reserved_peak_bytes = -1;
 };
 
 std::string to_json_line(const StepMetrics& m);

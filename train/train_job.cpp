@@ -195,7 +195,9 @@ StepMetrics gather_metrics(engine::Trainer& t, std::int64_t step, double lr, std
   at::Tensor v = at::tensor(
       {s.seconds, s.exec.tp_wait_seconds / secs, s.exec.p2p_wait_seconds / secs,
        s.exec.reload_wait_seconds / secs, static_cast<double>(s.exec.peak_activation_bytes),
-       static_cast<double>(s.exec.offloaded_bytes)},
+       static_cast<double>(s.exec.offloaded_bytes),
+       static_cast<double>(s.exec.device_allocated_peak_bytes),
+       static_cast<double>(s.exec.device_reserved_peak_bytes)},
       at::kDouble);
   t.world().world_group().all_reduce_async(v, c10d::ReduceOp::MAX).wait();
   StepMetrics m;
@@ -210,6 +212,8 @@ StepMetrics gather_metrics(engine::Trainer& t, std::int64_t step, double lr, std
   m.reload_wait = v[3].item<double>();
   m.peak_activation_bytes = static_cast<std::int64_t>(v[4].item<double>());
   m.offloaded_bytes = static_cast<std::int64_t>(v[5].item<double>());
+  m.device_allocated_peak_bytes = static_cast<std::int64_t>(v[6].item<double>());  // -1: CPU
+  m.device_reserved_peak_bytes = static_cast<std::int64_t>(v[7].item<double>());
   return m;
 }
 

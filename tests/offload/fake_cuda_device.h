@@ -21,6 +21,12 @@
 // Host waits (synchronize, synchronize_stream) are counted; they run the copy streams until
 // the awaited work is done, failing the test if it never can be.
 //
+// Timing (Note [Step clock] in engine/executor.h): mark() on the compute stream reads a fake
+// device clock at once, one tick later than the last reading; on a copy stream it is queued
+// and reads the clock when the stream runs it, so a copy's marks say when the stream got there.
+// elapsed() is a host wait in CUDA (cudaEventSynchronize): it is logged (Op::kElapsed) and
+// runs the copy streams until its marks were reached.
+//
 // Thread-safety: none; one test thread.
 #pragma once
 
@@ -60,7 +66,16 @@ class FakeCudaDevice {
  public:
   static constexpr int kDevice = 3;  // not device 0, which a thread has current by default
 
-  enum class Op { kCurrentStream, kRecord, kWait, kSynchronize, kSynchronizeStream, kRecordStream };
+  enum class Op {
+    kCurrentStream,
+    kRecord,
+    kWait,
+    kSynchronize,
+    kSynchronizeStream,
+    kRecordStream,
+    kMark,
+    kElapsed
+  };
   struct Call {
     Op op;
     StreamHandle stream = nullptr;
@@ -86,7 +101,7 @@ class FakeCudaDevice {
       log(Op::kRecord, s, device);
       CopyEvent e = CopyEvent::host();
       if (Queue* q = queue(s)) {
-        q->items.push_back(Item{Item::kRecord, e, {}, {}});
+        q->items.push_back(Item{Item::kRecord, e, {}, {}, {}});
       } else {
         e.signal();  // compute: everything queued on it has run
       }
@@ -94,7 +109,7 @@ class FakeCudaDevice {
     };
     o.wait = [this](const CopyEvent& e, StreamHandle s) {
       log(Op::kWait, s, kDevice);
-      if (Queue* q = queue(s)) q->items.push_back(Item{Item::kWait, e, {}, {}});
+      if (Queue* q = queue(s)) q->items.push_back(Item{Item::kWait, e, {}, {}, {}});
       if (s == compute()) compute_waits.push_back(e);
     };
     o.synchronize = [this](const CopyEvent& e) {
@@ -108,11 +123,30 @@ class FakeCudaDevice {
       Queue* q = queue(s);
       run_until([&] { return q == nullptr || q->items.empty(); }, "synchronize_stream");
     };
+    o.mark = [this](StreamHandle s, int device) {
+      log(Op::kMark, s, device);
+      auto m = std::make_shared<double>(-1);
+      if (Queue* q = queue(s)) {
+        q->items.push_back(Item{Item::kMark, {}, {}, {}, m});
+      } else {
+        *m = ++ticks;  // compute: reached at once
+      }
+      return offload::TimeMark::device(m);
+    };
+    o.elapsed = [this](const offload::TimeMark& from, const offload::TimeMark& to) {
+      log(Op::kElapsed, nullptr, kDevice);
+      auto reached = [](const offload::TimeMark& m) {
+        return *static_cast<const double*>(m.device_event()) >= 0;
+      };
+      run_until([&] { return reached(from) && reached(to); }, "elapsed");
+      return *static_cast<const double*>(to.device_event()) -
+             *static_cast<const double*>(from.device_event());
+    };
     if (retain_) {
       o.record_stream = [this](void* storage, StreamHandle s, int device) {
         log(Op::kRecordStream, s, device);
         if (Queue* q = queue(s))
-          q->items.push_back(Item{Item::kUnretain, {}, {}, retain_(storage)});
+          q->items.push_back(Item{Item::kUnretain, {}, {}, retain_(storage), {}});
       };
     }
     return o;
@@ -143,6 +177,7 @@ class FakeCudaDevice {
         }
         ++copies_run;
         break;
+      case Item::kMark: *it.mark = ++ticks; break;
       case Item::kUnretain: break;
     }
     q.items.pop_front();
@@ -169,13 +204,15 @@ class FakeCudaDevice {
   std::vector<std::string> violations;
   int host_syncs = 0;  // synchronize + synchronize_stream (the copy engine's included)
   int copies_run = 0;
+  double ticks = 0;  // the fake device clock (seconds): one tick per mark reached
 
  private:
   struct Item {
-    enum Kind { kWait, kRecord, kCopy, kUnretain } kind;
+    enum Kind { kWait, kRecord, kCopy, kUnretain, kMark } kind;
     CopyEvent event;                  // kWait: waited for; kRecord: signalled
     std::vector<CopyRegion> regions;  // kCopy
     Retained retained;                // kUnretain: protection ends when the stream gets here
+    std::shared_ptr<double> mark;     // kMark: the time it was reached, -1 until then
   };
   struct Queue {
     std::deque<Item> items;
@@ -189,7 +226,17 @@ class FakeCudaDevice {
       const StreamHandle s = stream_of(dir);
       for (const CopyEvent& e : after) ops_.wait(e, s);
       Queue& q = dir == Direction::kD2H ? dev_.d2h_ : dev_.h2d_;
-      q.items.push_back(Item{Item::kCopy, {}, {regions.begin(), regions.end()}, {}});
+      q.items.push_back(Item{Item::kCopy, {}, {regions.begin(), regions.end()}, {}, {}});
+      return ops_.record(s, kDevice);
+    }
+    CopyEvent timed_copy(Direction dir, std::span<const CopyRegion> regions,
+                         std::span<const CopyEvent> after, offload::CopySpan& span) override {
+      const StreamHandle s = stream_of(dir);
+      for (const CopyEvent& e : after) ops_.wait(e, s);
+      span.start = ops_.mark(s, kDevice);
+      Queue& q = dir == Direction::kD2H ? dev_.d2h_ : dev_.h2d_;
+      q.items.push_back(Item{Item::kCopy, {}, {regions.begin(), regions.end()}, {}, {}});
+      span.end = ops_.mark(s, kDevice);
       return ops_.record(s, kDevice);
     }
     void synchronize() override {
@@ -218,7 +265,8 @@ class FakeCudaDevice {
     if (device != kDevice)
       violations.push_back(str_cat("call ", static_cast<int>(op), " for device ", device,
                                    ", not the model's device ", kDevice));
-    if (op != Op::kCurrentStream && op != Op::kSynchronize && s != compute() && !queue(s))
+    if (op != Op::kCurrentStream && op != Op::kSynchronize && op != Op::kElapsed &&
+        s != compute() && !queue(s))
       violations.push_back(str_cat("call ", static_cast<int>(op), " on stream ", s,
                                    ": not the current stream of device ", kDevice,
                                    " nor a copy stream"));
