@@ -84,44 +84,32 @@ struct PlanArgs {
 
 void add_options(CLI::App& app, PlanArgs& a) {
   schedule::CostModel& costs = a.costs;
-  app.add_option("--kind", a.kind, "schedule: 1f1b, 1f1b-i, zb-h1, zb-v, stp")
-      ->capture_default_str();
-  app.add_option("--pp", a.pp, "pipeline ranks p (>= 1)")->capture_default_str();
-  app.add_option("--microbatches,-m", a.microbatches,
-                 "microbatches m (0: the kind's minimum, 3p-1 for stp)")
-      ->capture_default_str();
-  app.add_option("--chunks", a.chunks, "chunks per rank v (0: the kind's default)")
-      ->capture_default_str();
-  app.add_option("--act-bytes", a.act_bytes,
-                 "bytes of one activation set (one chunk, one microbatch), or one per stage "
-                 "separated by commas")
-      ->capture_default_str();
-  app.add_option("--budget", a.budget, "device bytes for activations per rank, or unlimited")
-      ->capture_default_str();
-  app.add_option("--pcie-gbps", a.pcie_gbps, "host link bandwidth per direction, GB/s (> 0)")
-      ->capture_default_str();
-  app.add_option("--host-latency", costs.host_latency, "seconds per host copy (>= 0)")
-      ->capture_default_str();
-  app.add_option("--offload-fraction", costs.offload_fraction,
-                 "share of a set's bytes that moves, [0, 1]")
-      ->capture_default_str();
-  app.add_option("--w-held", costs.w_held_fraction,
-                 "bytes a deferred W holds after its B, as a multiple of the set, [0, 64] "
-                 "(0: freed at B, the seed table's convention; stp train measures it)")
-      ->capture_default_str();
-  app.add_option("--tf,--t-f", costs.t_f, "forward seconds of one chunk (>= 0)")
-      ->capture_default_str();
-  app.add_option("--tb,--t-b", costs.t_b, "activation-gradient seconds of one chunk (>= 0)")
-      ->capture_default_str();
-  app.add_option("--tw,--t-w", costs.t_w, "weight-gradient seconds of one chunk (>= 0)")
-      ->capture_default_str();
-  app.add_option("--tar,--t-ar", costs.t_ar,
-                 "TP all-reduce seconds of one pass of one chunk (>= 0)")
-      ->capture_default_str();
+  // Every option shows its default in --help.
+  auto opt = [&app](const std::string& name, auto& value, const std::string& help) {
+    app.add_option(name, value, help)->capture_default_str();
+  };
+  opt("--kind", a.kind, "schedule: 1f1b, 1f1b-i, zb-h1, zb-v, stp");
+  opt("--pp", a.pp, "pipeline ranks p (>= 1)");
+  opt("--microbatches,-m", a.microbatches, "microbatches m (0: the kind's minimum, 3p-1 for stp)");
+  opt("--chunks", a.chunks, "chunks per rank v (0: the kind's default)");
+  opt("--act-bytes", a.act_bytes,
+      "bytes of one activation set (one chunk, one microbatch), or one per stage "
+      "separated by commas");
+  opt("--budget", a.budget, "device bytes for activations per rank, or unlimited");
+  opt("--pcie-gbps", a.pcie_gbps, "host link bandwidth per direction, GB/s (> 0)");
+  opt("--host-latency", costs.host_latency, "seconds per host copy (>= 0)");
+  opt("--offload-fraction", costs.offload_fraction, "share of a set's bytes that moves, [0, 1]");
+  opt("--w-held", costs.w_held_fraction,
+      "bytes a deferred W holds after its B, as a multiple of the set, [0, 64] "
+      "(0: freed at B, the seed table's convention; stp train measures it)");
+  opt("--tf,--t-f", costs.t_f, "forward seconds of one chunk (>= 0)");
+  opt("--tb,--t-b", costs.t_b, "activation-gradient seconds of one chunk (>= 0)");
+  opt("--tw,--t-w", costs.t_w, "weight-gradient seconds of one chunk (>= 0)");
+  opt("--tar,--t-ar", costs.t_ar, "TP all-reduce seconds of one pass of one chunk (>= 0)");
   app.add_option("--svg", a.svg, "write the planned timeline (transfer rows under each rank) here");
   app.add_option("--sweep", a.sweep, "plan N budgets from the peak down past the minimum (N >= 2)");
   app.add_option("--sweep-svg", a.sweep_svg, "with --sweep: write step time vs budget as SVG here");
-  app.add_option("--format", a.format, "text or json")->capture_default_str();
+  opt("--format", a.format, "text or json");
 }
 
 void validate(const PlanArgs& a) {

@@ -237,8 +237,7 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
             " ranks, but the job has ", env.world_size);
   // The data is opened and validated (every shard; enough windows for seq_len and dp) before
   // anything is built, so bad data costs one line and nothing else.
-  data::DataSource source = data_source(cfg);
-  source.corpus_seed = static_cast<std::uint64_t>(cfg.data.corpus_seed);
+  const data::DataSource source = data_source(cfg);
   const std::shared_ptr<const data::Dataset> dataset = data::load_dataset(source);
   data::DataLoader(dataset, loader_options(cfg, 0, env.world_size / per_replica));
   // A checkpoint to resume from is found and verified (layout, model, this rank's checksum)

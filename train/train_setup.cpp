@@ -89,6 +89,7 @@ data::DataSource data_source(const TrainConfig& c) {
   src.path = c.data.path;
   src.vocab = c.model.vocab;
   src.corpus_bytes = c.data.corpus_bytes;
+  src.corpus_seed = static_cast<std::uint64_t>(c.data.corpus_seed);
   return src;
 }
 

@@ -27,12 +27,7 @@ void py(const std::string& args, const fs::path& dir) { run_helper("hf_gpt2.py",
 
 // The shape hf_gpt2.py builds, as stp's GPT in float32 (seq_len 20 of its 24 positions).
 models::GptConfig tiny_config() {
-  models::GptConfig c;
-  c.vocab = 67;
-  c.seq_len = 20;
-  c.d_model = 32;
-  c.n_heads = 4;
-  c.n_layers = 4;
+  models::GptConfig c = make_config(/*vocab=*/67, /*seq=*/20, /*d=*/32, /*heads=*/4, /*layers=*/4);
   c.dtype = at::kFloat;
   return c;
 }

@@ -15,6 +15,7 @@
 #include "fifo_backend.h"
 #include "model_test_util.h"
 #include "models/gpt.h"
+#include "program_test_util.h"
 #include "schedule/generators.h"
 #include "schedule/simulate.h"
 
@@ -177,17 +178,20 @@ TEST_P(AllSchedules, OneStepMatchesSingleProcessReference) {
   expect_matches_reference(job);
 }
 
+// "zb_v_tp2_pp4": a (kind, tp, pp) case's name.
+std::string layout_name(const ::testing::TestParamInfo<std::tuple<std::string, int, int>>& info) {
+  std::string k = std::get<0>(info.param);
+  for (char& ch : k)
+    if (ch == '-') ch = '_';
+  return k + "_tp" + std::to_string(std::get<1>(info.param)) + "_pp" +
+         std::to_string(std::get<2>(info.param));
+}
+
 INSTANTIATE_TEST_SUITE_P(Layouts, AllSchedules,
                          ::testing::Combine(::testing::Values("1f1b", "1f1b-i", "zb-h1", "zb-v",
                                                               "stp"),
                                             ::testing::Values(1, 2), ::testing::Values(2, 4)),
-                         [](const auto& info) {
-                           std::string k = std::get<0>(info.param);
-                           for (char& ch : k)
-                             if (ch == '-') ch = '_';
-                           return k + "_tp" + std::to_string(std::get<1>(info.param)) + "_pp" +
-                                  std::to_string(std::get<2>(info.param));
-                         });
+                         layout_name);
 
 // gpu-review item 2 (b): on a transport with NCCL's pairing (one FIFO per communicator and
 // pair, a send completes only with its recv, tags ignored) every schedule runs on the engine's
@@ -207,13 +211,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(std::make_tuple("1f1b", 1, 2), std::make_tuple("1f1b-i", 1, 4),
                       std::make_tuple("zb-h1", 1, 3), std::make_tuple("zb-v", 2, 2),
                       std::make_tuple("stp", 1, 4), std::make_tuple("stp", 2, 2)),
-    [](const auto& info) {
-      std::string k = std::get<0>(info.param);
-      for (char& ch : k)
-        if (ch == '-') ch = '_';
-      return k + "_tp" + std::to_string(std::get<1>(info.param)) + "_pp" +
-             std::to_string(std::get<2>(info.param));
-    });
+    layout_name);
 
 // gpu-review item 12: a sent activation or gradient leaves memory once its transfer completed,
 // not at the end of the step. In 1F1B at p = 2 with m = 16 each rank sends 16 tensors; when a
@@ -431,20 +429,13 @@ namespace {
 // One rank, one stage, TP = 2: F(0), FB(F 1, BW 0), BW(1). The FB instruction's exposed
 // collective wait with braiding against the same two parts run back to back.
 schedule::Program fb_program() {
-  schedule::Program p;
-  p.kind = "hand";
-  p.p = 1;
-  p.m = 2;
-  p.v = 1;
-  p.stage_rank = {0};
-  p.stage_chunk = {0};
   using schedule::compute_instr;
   using schedule::Op;
   using PassKind = schedule::Pass;
-  p.ranks = {{compute_instr(Op::kF, {{PassKind::kF, 0, 0, 0}}),
-              compute_instr(Op::kFB, {{PassKind::kF, 0, 0, 1}, {PassKind::kBW, 0, 0, 0}}),
-              compute_instr(Op::kBW, {{PassKind::kBW, 0, 0, 1}})}};
-  return p;
+  return stp::testing::one_stage_program(
+      2, {compute_instr(Op::kF, {{PassKind::kF, 0, 0, 0}}),
+          compute_instr(Op::kFB, {{PassKind::kF, 0, 0, 1}, {PassKind::kBW, 0, 0, 0}}),
+          compute_instr(Op::kBW, {{PassKind::kBW, 0, 0, 1}})});
 }
 
 // DESIGN.md "Braiding": in a braided FB, part A's collective k is still in flight when part

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include "program_test_util.h"
 #include "schedule/formulas.h"
 #include "schedule/generators.h"
 #include "schedule/p2p.h"
@@ -409,16 +410,10 @@ TEST(Simulate, PerStageActivationBytes) {
 // A deferred W keeps w_held_fraction of its set until it runs: F0 B0 F1 W0 BW1 on one rank,
 // sets of 10 bytes, unit times. At 0.4, resident: 10 | 4 | 14 | 10 | 0.
 TEST(Simulate, DeferredWHoldsItsShareOfTheSetUntilW) {
-  Program prog;
-  prog.kind = "hand";
-  prog.p = 1;
-  prog.m = 2;
-  prog.v = 1;
-  prog.stage_rank = {0};
-  prog.stage_chunk = {0};
-  prog.ranks = {{compute(Op::kF, {{Pass::kF, 0, 0, 0}}), compute(Op::kB, {{Pass::kB, 0, 0, 0}}),
-                 compute(Op::kF, {{Pass::kF, 0, 0, 1}}), compute(Op::kW, {{Pass::kW, 0, 0, 0}}),
-                 compute(Op::kBW, {{Pass::kBW, 0, 0, 1}})}};
+  const Program prog = stp::testing::one_stage_program(
+      2, {compute(Op::kF, {{Pass::kF, 0, 0, 0}}), compute(Op::kB, {{Pass::kB, 0, 0, 0}}),
+          compute(Op::kF, {{Pass::kF, 0, 0, 1}}), compute(Op::kW, {{Pass::kW, 0, 0, 0}}),
+          compute(Op::kBW, {{Pass::kBW, 0, 0, 1}})});
   ASSERT_EQ(find_error(prog), "");
   CostModel c;
   c.act_bytes = 10;
