@@ -6,7 +6,7 @@
 
 #include <gtest/gtest.h>
 
-#include "program_test_util.h"
+#include "../support/program_test_util.h"  // header-only: the schedule room links no test support
 #include "schedule/formulas.h"
 #include "schedule/generators.h"
 #include "schedule/p2p.h"
