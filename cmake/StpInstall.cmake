@@ -13,7 +13,7 @@ install(TARGETS ${_stp_targets} EXPORT stpTargets
 set(_stp_public_headers
   engine/activation_set.h engine/activation_store.h engine/chunk.h engine/comm_options.h
   engine/offload_plan.h engine/optimizer.h engine/step_stats.h engine/trainer.h
-  models/gpt.h models/gpt_config.h
+  models/decoder_chunk.h models/gpt.h models/gpt_config.h models/gpt_params.h
   schedule/generators.h schedule/program.h schedule/timeline.h)
 if(STP_BUILD_ENGINE)
   foreach(_h ${_stp_public_headers})
