@@ -22,6 +22,11 @@ class ActivationSet {
 
   int chunk() const { return chunk_; }
   int mb() const { return mb_; }
+  // Note [Recompute] (schedule/program.h): set by the executor before a forward whose F part
+  // has recompute; the chunk's forward then keeps only each unit's input and its backward
+  // re-runs each forward unit before the matching B unit.
+  bool recompute() const { return recompute_; }
+  void set_recompute(bool on) { recompute_ = on; }
 
   // Saves (or replaces) a field.
   void put(const std::string& name, at::Tensor t) { fields_[name] = std::move(t); }
@@ -41,6 +46,7 @@ class ActivationSet {
  private:
   int chunk_ = 0;
   int mb_ = 0;
+  bool recompute_ = false;
   std::map<std::string, at::Tensor> fields_;
 };
 

@@ -81,6 +81,10 @@ struct Plan {
 struct PlanOptions {
   int max_simulations = 20000;  // search effort bound, >= 1; the best feasible plan so far wins
   bool w_held_trips = true;     // offer second trips (B to W) as candidates
+  // Recompute as the second lever (CostModel::recompute_keep / recompute_time): kOff never,
+  // kAuto where it lowers the predicted step under the budget, kAll on every set.
+  enum class Recompute { kOff, kAuto, kAll };
+  Recompute recompute = Recompute::kAuto;
 };
 
 // REQUIRES (std::invalid_argument naming the value): program passes verify() and has no

@@ -62,6 +62,10 @@ void validate(const CostModel& c, int stages) {
   for (double b : c.stage_act_bytes) check_nonnegative(b, "stage_act_bytes entry");
   STP_CHECK(std::isfinite(c.offload_fraction) && c.offload_fraction >= 0 && c.offload_fraction <= 1,
             "offload_fraction=", c.offload_fraction, " must be in [0, 1]");
+  STP_CHECK(std::isfinite(c.recompute_keep) && c.recompute_keep >= 0 && c.recompute_keep <= 1,
+            "recompute_keep=", c.recompute_keep, " must be in [0, 1]");
+  STP_CHECK(std::isfinite(c.recompute_time) && c.recompute_time >= 0,
+            "recompute_time=", c.recompute_time, " must be finite and >= 0");
   STP_CHECK(std::isfinite(c.w_held_fraction) && c.w_held_fraction >= 0 && c.w_held_fraction <= 64,
             "w_held_fraction=", c.w_held_fraction, " must be in [0, 64]");
   check_nonnegative(c.host_bandwidth, "host_bandwidth");

@@ -49,6 +49,12 @@ struct CostModel {
   // the memory an executor really holds.
   double w_held_fraction = 0;
 
+  // Recompute (Note [Recompute] in schedule/program.h): a set whose F part has recompute keeps
+  // recompute_keep of its bytes from its forward to its backward, and that backward (B or BW)
+  // also runs recompute_time * t_f of compute (the forward units again).
+  double recompute_keep = 1;  // in [0, 1]; 1: recompute saves nothing (never chosen)
+  double recompute_time = 1;  // >= 0, a multiple of t_f
+
   // Host offload: one D2H and one H2D channel per rank, each copying one set at a time.
   double offload_fraction = 1;  // share of a set's bytes an OFFLOAD moves, in [0, 1]
   double host_bandwidth = 0;    // bytes/s of each channel, >= 0; 0 = unlimited

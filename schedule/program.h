@@ -27,8 +27,20 @@
 //    second trip: OFFLOAD after its B (what is left: what W reads) and RELOAD before its W. At
 //    most one trip before the backward and one between B and W.
 //
+// Note [Recompute]
+//  A forward part may carry `recompute`: that (stage, mb) set then holds only the input of each
+//  forward unit (the residual stream entering it) from its forward to its backward, and the
+//  backward re-runs each forward unit just before the matching B unit, which rebuilds the
+//  unit's other fields exactly (a forward unit's fields are all written by that one call, Note
+//  [Decoder units]); no collective is needed (the re-run's partial-sum output is discarded).
+//  The set may still be offloaded (it is smaller) and its W deferred (B leaves what W reads, as
+//  without recompute). The planner chooses it per set (offload/planner.h); the executor copies
+//  the flag into the ActivationSet before the forward; the cost model charges the backward
+//  recompute_time * t_f more and the set recompute_keep of its bytes until its backward.
+//
 // Additions since the first version (nothing was renamed or removed): the invariants note
-// above, from_string for Pass/Op, to_string(Part), Program::stage_of(), is_p2p().
+// above, from_string for Pass/Op, to_string(Part), Program::stage_of(), is_p2p(),
+// Part::recompute.
 //
 // Thread-safety: values; no shared state.
 #pragma once
@@ -53,6 +65,9 @@ struct Part {
   int chunk = 0;  // local chunk on the executing rank
   int stage = 0;  // global pipeline stage
   int mb = 0;     // microbatch
+  // kF parts only (Note [Recompute]): the forward saves only each unit's input and its
+  // backward re-runs the forward units, one before each B unit, to rebuild the rest.
+  bool recompute = false;
   friend bool operator==(const Part&, const Part&) = default;
 };
 
