@@ -77,6 +77,13 @@ Op op_from_string(const std::string& text) {
   return Op::kF;
 }
 
+void mark_recompute_all(Program& program) {
+  for (auto& list : program.ranks)
+    for (Instr& in : list)
+      for (Part& part : in.parts)
+        if (part.pass == Pass::kF) part.recompute = true;
+}
+
 std::string to_string(const Part& part) {
   return str_cat(to_string(part.pass), part.chunk, '[', part.mb, ']');
 }

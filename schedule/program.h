@@ -40,7 +40,7 @@
 //
 // Additions since the first version (nothing was renamed or removed): the invariants note
 // above, from_string for Pass/Op, to_string(Part), Program::stage_of(), is_p2p(),
-// Part::recompute.
+// Part::recompute, mark_recompute_all().
 //
 // Thread-safety: values; no shared state.
 #pragma once
@@ -146,6 +146,9 @@ const char* to_string(Op op);      // "F" ... "FW", "SEND_F", "RECV_F", "SEND_B"
 // Inverse of to_string; throws std::invalid_argument naming the text and the legal names.
 Pass pass_from_string(const std::string& text);
 Op op_from_string(const std::string& text);
+
+// Sets Part::recompute on every forward part (Note [Recompute]): every set recomputed.
+void mark_recompute_all(Program& program);
 
 // "F0[3]" (pass, chunk, mb) or "BW1[2]".
 std::string to_string(const Part& part);
