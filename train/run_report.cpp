@@ -178,14 +178,16 @@ void RunReport::finish(const std::string& title) {
   LineChart chart;
   chart.title = title;
   chart.x_label = "step";
-  ChartSeries loss{"loss"}, tps{"tokens/s"};
+  ChartSeries loss, tps;
+  loss.name = "loss";
+  tps.name = "tokens/s";
   for (const auto& m : history_) {
     loss.x.push_back(static_cast<double>(m.step));
     loss.y.push_back(m.loss);
     tps.x.push_back(static_cast<double>(m.step));
     tps.y.push_back(m.tokens_per_s);
   }
-  chart.panels.push_back({"loss", {loss}});
+  chart.panels.push_back({"loss", {loss}, false});
   chart.panels.push_back({"tokens/s", {tps}, true});
   write_file(log_dir_ + "/training.svg", to_svg(chart));
   // Summary over the steps after the first (which includes planning and warm-up).
