@@ -51,10 +51,17 @@ struct PlannedSet {
   int chunk = 0;
   int stage = 0;
   int mb = 0;
-  bool w_held = false;  // the second trip: what a deferred W holds, from its B to its W
-  int lead = 0;         // compute instructions between its RELOAD and its consumer
-  double idle = 0;      // seconds from its producer's end to its consumer's start, no offload
-  double bytes = 0;     // bytes the trip moves
+  bool w_held = false;     // the second trip: what a deferred W holds, from its B to its W
+  int lead = 0;            // compute instructions between its RELOAD and its consumer
+  double idle = 0;         // seconds from its producer's end to its consumer's start, no offload
+  double bytes = 0;        // bytes the trip moves
+  bool recompute = false;  // a first trip of a recomputed set: it moves recompute_keep of it
+};
+
+// A set whose forward the plan recomputes (Note [Recompute] in schedule/program.h).
+struct RecomputedSet {
+  int rank = 0, chunk = 0, stage = 0, mb = 0;
+  double bytes = 0;  // bytes not held from its forward to its backward: (1 - recompute_keep)
 };
 
 struct Plan {
@@ -70,10 +77,14 @@ struct Plan {
   double host_bytes = 0;  // most bytes one rank keeps on host at once: the pool size
   // Per step, summed over ranks: activation bytes the sets hold (a forward's set, plus what a
   // deferred W holds after its B), split into those that stay on the device and those moved.
+  // recomputed_bytes: not held at all because the plan recomputes them (marked in the input or
+  // chosen); kept + offloaded + recomputed = all of a step's set bytes.
   double kept_bytes = 0;
   double offloaded_bytes = 0;
-  int candidates = 0;   // trips that could be planned
-  int simulations = 0;  // simulate() calls the search made
+  double recomputed_bytes = 0;
+  std::vector<RecomputedSet> recomputed;  // by rank, stage, mb
+  int candidates = 0;                     // trips that could be planned
+  int simulations = 0;                    // simulate() calls the search made
 
   double slowdown() const { return step_before > 0 ? step_after / step_before - 1 : 0; }
 };
@@ -86,6 +97,14 @@ struct PlanOptions {
   enum class Recompute { kOff, kAuto, kAll };
   Recompute recompute = Recompute::kAuto;
 };
+
+// What a plan does with each activation set (stage, mb) of a step, summed over ranks: keep it,
+// offload it (its forward-to-backward trip), recompute it, or both (offload what a recomputed
+// set keeps).
+struct SetChoices {
+  int keep = 0, offload = 0, recompute = 0, both = 0;
+};
+SetChoices count_choices(const Plan& plan);
 
 // REQUIRES (std::invalid_argument naming the value): program passes verify() and has no
 // OFFLOAD/RELOAD; validate(costs) passes; budget_bytes > 0. Throws std::invalid_argument
