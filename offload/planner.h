@@ -24,10 +24,24 @@
 //    rank fits; then drop any chosen set the budget does not need (shortest idle first), then
 //    move reloads whose backward still waits on them one instruction earlier while the budget
 //    holds and the step gets shorter ("as far ahead as memory allows").
-//  * Infeasible: the smallest budget the planner can reach is the peak with every candidate
-//    offloaded and reloaded right before its backward (minimum_budget()); a lower budget is an
-//    input error naming that minimum. If the greedy search gets stuck above the budget but
-//    the minimum is within it, it starts from that all-offloaded plan and prunes.
+//  * Local search (offload/planner_search.h, improve()): a plan over budget takes the repair
+//    move with the most byte-seconds over budget removed per second added to the step —
+//    offload a set resident at a rank's first excess, reload one a compute instruction later,
+//    recompute a resident set — the best of every over-budget rank at once when that beats the
+//    single best; a plan within budget takes, one by one, each move that shortens its step:
+//    a waiting reload one instruction earlier (with up to two repair moves when that breaks the
+//    budget), an offload dropped, a recompute undone. A second start offloads every set with
+//    reloads that hide the copies and repairs that to the budget; the faster plan wins.
+//  * Recompute (Note [Recompute] in schedule/program.h; CostModel::recompute_keep/_time):
+//    per set keep, offload, recompute, or both (offload what a recomputed set keeps). kOff
+//    never recomputes; kAll marks every forward, then offloads; kAuto searches from none and
+//    from all marked, free to change either, and keeps the faster plan. With recompute_keep = 1
+//    kAuto is kOff. Forwards marked in the input stay marked (a fixed choice).
+//  * Infeasible: the smallest budget the planner can reach (minimum_budget()) is the lowest
+//    peak of descents that push the peak down one set at a time (greedy, then repaired) from
+//    both starts, or of everything offloaded; with recompute, of those with every set marked
+//    too. A lower budget is an input error naming that minimum. When neither start fits but
+//    the minimum is within the budget, the first plan of the descents that fits is polished.
 //  * Budget +infinity (or >= the schedule's own peak): the Program comes back unchanged.
 // Every Program returned passes schedule::verify.
 //
