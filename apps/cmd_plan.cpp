@@ -44,23 +44,25 @@ nlohmann::ordered_json json_number(double v) {
 
 std::string plan_json(const offload::Plan& p) {
   using Json = nlohmann::ordered_json;  // members in the order written
+  // Where a set lives, then what the plan does with it.
+  auto set_json = [](const auto& s) {
+    return Json{{"rank", s.rank}, {"chunk", s.chunk}, {"stage", s.stage}, {"mb", s.mb}};
+  };
   Json sets = Json::array();
-  for (const offload::PlannedSet& s : p.sets)
-    sets.push_back(Json{{"rank", s.rank},
-                        {"chunk", s.chunk},
-                        {"stage", s.stage},
-                        {"mb", s.mb},
-                        {"lead", s.lead},
-                        {"trip", s.w_held ? "b_to_w" : "f_to_b"},
-                        {"bytes", json_number(s.bytes)},
-                        {"recompute", s.recompute}});
+  for (const offload::PlannedSet& s : p.sets) {
+    Json j = set_json(s);
+    j["lead"] = s.lead;
+    j["trip"] = s.w_held ? "b_to_w" : "f_to_b";
+    j["bytes"] = json_number(s.bytes);
+    j["recompute"] = s.recompute;
+    sets.push_back(std::move(j));
+  }
   Json again = Json::array();
-  for (const offload::RecomputedSet& s : p.recomputed)
-    again.push_back(Json{{"rank", s.rank},
-                         {"chunk", s.chunk},
-                         {"stage", s.stage},
-                         {"mb", s.mb},
-                         {"bytes", json_number(s.bytes)}});
+  for (const offload::RecomputedSet& s : p.recomputed) {
+    Json j = set_json(s);
+    j["bytes"] = json_number(s.bytes);
+    again.push_back(std::move(j));
+  }
   return Json{{"budget_bytes", json_number(p.budget_bytes)},
               {"peak_bytes_before", json_number(p.peak_bytes_before)},
               {"peak_bytes_after", json_number(p.peak_bytes_after)},

@@ -10,7 +10,6 @@
 
 namespace stp::offload::detail {
 
-using schedule::CostModel;
 using schedule::Instr;
 using schedule::Op;
 using schedule::Pass;
@@ -37,7 +36,7 @@ double excess(const SimResult& sim, double budget) {
 
 // ---- Search ---------------------------------------------------------------------------------
 
-Search::Search(const Program& program, const CostModel& costs, const PlanOptions& options)
+Search::Search(const Program& program, const schedule::CostModel& costs, const PlanOptions& options)
     : prog_(program), costs_(costs), options_(options) {
   find_candidates();
 }
