@@ -44,16 +44,20 @@ bool recompute_helps(const CostModel& costs, const PlanOptions& options) {
   return options.recompute != Recompute::kOff && costs.recompute_keep < 1;
 }
 
-// The lowest peak the planner reaches (Note [Offload planning]): descents from nothing
-// offloaded and from everything offloaded with hidden copies.
-double floor_from(const Program& program, const CostModel& costs, const PlanOptions& options,
-                  bool all_recomputed, bool allow_recompute) {
+// The descents minimum_budget() runs (Note [Offload planning]), from nothing offloaded and from
+// everything offloaded with hidden copies, in a Search of their own so that plan_offload's
+// fallback reaches exactly the floor minimum_budget() reports.
+std::vector<detail::Trial> descents(const Program& program, const CostModel& costs,
+                                    const PlanOptions& options, bool all_recomputed,
+                                    bool allow_recompute) {
   Search search(program, costs, options);
   const std::vector<double> idle = search.idle_without_offload();
   const Choice none = search.initial(all_recomputed);
-  return std::min(detail::lowest_peak(detail::descend(search, none, idle, allow_recompute)),
-                  detail::lowest_peak(
-                      detail::descend(search, search.all_offloaded(none), idle, allow_recompute)));
+  std::vector<detail::Trial> trials = detail::descend(search, none, idle, allow_recompute);
+  for (detail::Trial& t :
+       detail::descend(search, search.all_offloaded(none), idle, allow_recompute))
+    trials.push_back(std::move(t));
+  return trials;
 }
 
 // Prune, reloads earlier, local search: the finish of a plan that fits.
@@ -83,20 +87,19 @@ void attempt(Search& search, bool all_recomputed, bool allow_recompute, double b
     if (fits_all(search.simulate(*c), budget)) fitting.push_back(*c);
 }
 
-// When no attempt fits: the descents from both starts (as minimum_budget); the first plan
-// that fits, and the lowest peak reached.
-void fall_back(Search& search, bool all_recomputed, bool allow_recompute, double budget,
-               const std::vector<double>& idle, std::vector<Choice>& fitting, double& floor) {
-  const Choice none = search.initial(all_recomputed);
-  for (const Choice& start : {none, search.all_offloaded(none)}) {
-    const std::vector<detail::Trial> trials = detail::descend(search, start, idle, allow_recompute);
-    floor = std::min(floor, detail::lowest_peak(trials));
-    for (const detail::Trial& t : trials)
-      if (fits(t.peak, budget)) {
-        fitting.push_back(t.choice);
-        break;
-      }
-  }
+// When no attempt fits: the descents minimum_budget() runs; the first plan of each that fits,
+// and the lowest peak reached.
+void fall_back(const Program& program, const CostModel& costs, const PlanOptions& options,
+               bool all_recomputed, bool allow_recompute, double budget,
+               std::vector<Choice>& fitting, double& floor) {
+  const std::vector<detail::Trial> trials =
+      descents(program, costs, options, all_recomputed, allow_recompute);
+  floor = std::min(floor, detail::lowest_peak(trials));
+  for (const detail::Trial& t : trials)
+    if (fits(t.peak, budget)) {
+      fitting.push_back(t.choice);
+      return;
+    }
 }
 
 // The figures of `plan` for `choice` (the inputs were checked and the choice fits `budget`).
@@ -155,8 +158,9 @@ double minimum_budget(const Program& program, const CostModel& costs, const Plan
   check_inputs(program, costs);
   const bool helps = recompute_helps(costs, options);
   const bool all = helps && options.recompute == Recompute::kAll;
-  double floor = floor_from(program, costs, options, all, false);
-  if (helps && !all) floor = std::min(floor, floor_from(program, costs, options, true, true));
+  double floor = detail::lowest_peak(descents(program, costs, options, all, false));
+  if (helps && !all)
+    floor = std::min(floor, detail::lowest_peak(descents(program, costs, options, true, true)));
   return floor;
 }
 
@@ -184,7 +188,8 @@ Plan plan_offload(const Program& program, const CostModel& costs, double budget,
   }
   double floor = std::numeric_limits<double>::infinity();
   if (fitting.empty())
-    for (bool all : starts) fall_back(search, all, auto_choice, budget, idle, fitting, floor);
+    for (bool all : starts)  // as minimum_budget(): only the all-recomputed start may unmark
+      fall_back(program, costs, options, all, auto_choice && all, budget, fitting, floor);
   const bool found = !fitting.empty();
   Choice choice;
   double best = std::numeric_limits<double>::infinity();
