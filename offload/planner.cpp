@@ -367,8 +367,9 @@ std::string to_text(const Plan& p) {
                 p.candidates, bytes_text(p.host_bytes).c_str());
   out += line;
   if (!p.recomputed.empty()) {
-    std::snprintf(line, sizeof line, "recomputed    %zu sets; %s per step not held\n",
-                  p.recomputed.size(), bytes_text(p.recomputed_bytes).c_str());
+    std::snprintf(line, sizeof line, "recomputed    %zu of %d sets; %s per step not held\n",
+                  p.recomputed.size(), p.program.stages() * p.program.m,
+                  bytes_text(p.recomputed_bytes).c_str());
     out += line;
   }
   out += p.recomputed.empty()
