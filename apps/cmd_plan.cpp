@@ -44,15 +44,25 @@ nlohmann::ordered_json json_number(double v) {
 
 std::string plan_json(const offload::Plan& p) {
   using Json = nlohmann::ordered_json;  // members in the order written
+  // Where a set lives, then what the plan does with it.
+  auto set_json = [](const auto& s) {
+    return Json{{"rank", s.rank}, {"chunk", s.chunk}, {"stage", s.stage}, {"mb", s.mb}};
+  };
   Json sets = Json::array();
-  for (const offload::PlannedSet& s : p.sets)
-    sets.push_back(Json{{"rank", s.rank},
-                        {"chunk", s.chunk},
-                        {"stage", s.stage},
-                        {"mb", s.mb},
-                        {"lead", s.lead},
-                        {"trip", s.w_held ? "b_to_w" : "f_to_b"},
-                        {"bytes", json_number(s.bytes)}});
+  for (const offload::PlannedSet& s : p.sets) {
+    Json j = set_json(s);
+    j["lead"] = s.lead;
+    j["trip"] = s.w_held ? "b_to_w" : "f_to_b";
+    j["bytes"] = json_number(s.bytes);
+    j["recompute"] = s.recompute;
+    sets.push_back(std::move(j));
+  }
+  Json again = Json::array();
+  for (const offload::RecomputedSet& s : p.recomputed) {
+    Json j = set_json(s);
+    j["bytes"] = json_number(s.bytes);
+    again.push_back(std::move(j));
+  }
   return Json{{"budget_bytes", json_number(p.budget_bytes)},
               {"peak_bytes_before", json_number(p.peak_bytes_before)},
               {"peak_bytes_after", json_number(p.peak_bytes_after)},
@@ -63,12 +73,16 @@ std::string plan_json(const offload::Plan& p) {
               {"candidates", p.candidates},
               {"kept_bytes", json_number(p.kept_bytes)},
               {"offloaded_bytes", json_number(p.offloaded_bytes)},
-              {"sets", std::move(sets)}}
+              {"recomputed_bytes", json_number(p.recomputed_bytes)},
+              {"simulations", p.simulations},
+              {"sets", std::move(sets)},
+              {"recomputed", std::move(again)}}
       .dump();
 }
 
 struct PlanArgs {
   std::string kind = "stp", act_bytes = "1GiB", budget = "unlimited", format = "text";
+  std::string recompute = "auto";
   std::string svg, sweep_svg;
   int pp = 4, microbatches = 0, chunks = 0, sweep = 0;
   double pcie_gbps = 25;
@@ -78,6 +92,8 @@ struct PlanArgs {
     c.t_b = 0.040;
     c.t_w = 0.030;
     c.t_ar = 0.008;
+    c.recompute_keep = 0.15;
+    c.recompute_time = 1;
     return c;
   }();
 };
@@ -102,6 +118,15 @@ void add_options(CLI::App& app, PlanArgs& a) {
   opt("--w-held", costs.w_held_fraction,
       "bytes a deferred W holds after its B, as a multiple of the set, [0, 64] "
       "(0: freed at B, the seed table's convention; stp train measures it)");
+  opt("--recompute", a.recompute,
+      "off, auto (recompute a set where that beats offloading it or keeping it) or all");
+  opt("--recompute-keep", costs.recompute_keep,
+      "share of a set a recomputed set still holds until its backward, [0, 1]; 0.15: a "
+      "transformer layer with flash attention keeps its two residual inputs, ~2 of its ~14 "
+      "B*T*C-sized saved tensors at tp 1 (stp train measures it)");
+  opt("--recompute-time", costs.recompute_time,
+      "extra backward compute of a recomputed set, in forwards (>= 0); 1: the forward runs "
+      "again in full");
   opt("--tf,--t-f", costs.t_f, "forward seconds of one chunk (>= 0)");
   opt("--tb,--t-b", costs.t_b, "activation-gradient seconds of one chunk (>= 0)");
   opt("--tw,--t-w", costs.t_w, "weight-gradient seconds of one chunk (>= 0)");
@@ -130,18 +155,25 @@ void validate(const PlanArgs& a) {
               " must be a number of seconds >= 0");
   STP_CHECK(costs.offload_fraction >= 0 && costs.offload_fraction <= 1,
             "--offload-fraction=", costs.offload_fraction, " must be in [0, 1]");
+  STP_CHECK(a.recompute == "off" || a.recompute == "auto" || a.recompute == "all",
+            "--recompute=", a.recompute, " must be off, auto or all");
+  STP_CHECK(costs.recompute_keep >= 0 && costs.recompute_keep <= 1,
+            "--recompute-keep=", costs.recompute_keep, " must be in [0, 1]");
+  STP_CHECK(std::isfinite(costs.recompute_time) && costs.recompute_time >= 0,
+            "--recompute-time=", costs.recompute_time, " must be a number of forwards >= 0");
   STP_CHECK(costs.w_held_fraction >= 0 && costs.w_held_fraction <= 64,
             "--w-held=", costs.w_held_fraction, " must be in [0, 64]");
 }
 
 // `stp plan --sweep N`: the table, and the chart when asked.
 void print_sweep(const PlanArgs& a, const schedule::Program& program,
-                 const schedule::CostModel& costs, const std::string& set_text) {
-  offload::Sweep sw = offload::sweep_budgets(program, costs, a.sweep);
+                 const schedule::CostModel& costs, const offload::PlanOptions& options,
+                 const std::string& set_text) {
+  offload::Sweep sw = offload::sweep_budgets(program, costs, a.sweep, options);
   std::printf(
-      "stp plan --sweep: %s p=%d m=%d, activation set %s, host link %.1f GB/s\n"
+      "stp plan --sweep: %s p=%d m=%d, activation set %s, host link %.1f GB/s, recompute %s\n"
       "peak without offload %s, smallest feasible budget %s, step %.4f s\n\n%s",
-      a.kind.c_str(), a.pp, a.microbatches, set_text.c_str(), a.pcie_gbps,
+      a.kind.c_str(), a.pp, a.microbatches, set_text.c_str(), a.pcie_gbps, a.recompute.c_str(),
       format_bytes(sw.peak_bytes).c_str(), format_bytes(sw.min_budget).c_str(), sw.step,
       offload::to_table(sw).c_str());
   if (a.sweep_svg.empty()) return;
@@ -154,18 +186,22 @@ void print_sweep(const PlanArgs& a, const schedule::Program& program,
 // What a user asks first: does it fit and at what price, how low can it go and why, how much
 // pinned host memory it takes.
 std::string answer_first(const schedule::Program& program, const schedule::CostModel& costs,
-                         const offload::Plan& plan) {
+                         const offload::PlanOptions& options, const offload::Plan& plan) {
   std::string out;
   char line[512];
+  const offload::SetChoices n = offload::count_choices(plan);
   std::snprintf(line, sizeof line,
-                "fits in %s per rank at %+.2f %% predicted (without offload: %s, %.4f s); "
-                "host pool %s per rank\n",
+                "fits in %s per rank at %+.2f %% predicted: %d sets offloaded, %d recomputed "
+                "(without offload: %s, %.4f s); host pool %s per rank\n"
+                "choice per set: %d keep, %d offload, %d recompute, %d both (recompute and "
+                "offload what it keeps)\n",
                 format_bytes(plan.peak_bytes_after).c_str(), 100 * plan.slowdown(),
+                n.offload + n.both, n.recompute + n.both,
                 format_bytes(plan.peak_bytes_before).c_str(), plan.step_before,
-                format_bytes(plan.host_bytes).c_str());
+                format_bytes(plan.host_bytes).c_str(), n.keep, n.offload, n.recompute, n.both);
   out += line;
-  const double floor = offload::minimum_budget(program, costs);
-  const offload::Plan at_floor = offload::plan_offload(program, costs, floor);
+  const double floor = offload::minimum_budget(program, costs, options);
+  const offload::Plan at_floor = offload::plan_offload(program, costs, floor, options);
   std::snprintf(line, sizeof line, "floor %s per rank at %+.2f %% predicted, where ",
                 format_bytes(floor).c_str(), 100 * at_floor.slowdown());
   out += line + offload::to_text(offload::peak_moment(at_floor.program, costs)) + "\n";
@@ -174,17 +210,19 @@ std::string answer_first(const schedule::Program& program, const schedule::CostM
 
 // `stp plan`: one plan as text or JSON, and its simulated timeline when asked.
 void print_plan(const PlanArgs& a, const schedule::Program& program,
-                const schedule::CostModel& costs, const std::string& set_text,
-                double budget_bytes) {
-  offload::Plan plan = offload::plan_offload(program, costs, budget_bytes);
+                const schedule::CostModel& costs, const offload::PlanOptions& options,
+                const std::string& set_text, double budget_bytes) {
+  offload::Plan plan = offload::plan_offload(program, costs, budget_bytes, options);
   if (a.format == "json") {
     std::printf("%s\n", plan_json(plan).c_str());
   } else {
     std::printf(
         "stp plan: %s p=%d m=%d, activation set %s, host link %.1f GB/s, "
-        "t_f=%g t_b=%g t_w=%g t_ar=%g s, W holds %g of a set\n%s",
+        "t_f=%g t_b=%g t_w=%g t_ar=%g s, W holds %g of a set, recompute %s (keeps %g, costs "
+        "%g forward)\n%s",
         a.kind.c_str(), a.pp, a.microbatches, set_text.c_str(), a.pcie_gbps, costs.t_f, costs.t_b,
-        costs.t_w, costs.t_ar, costs.w_held_fraction, answer_first(program, costs, plan).c_str());
+        costs.t_w, costs.t_ar, costs.w_held_fraction, a.recompute.c_str(), costs.recompute_keep,
+        costs.recompute_time, answer_first(program, costs, options, plan).c_str());
     std::printf("%s", offload::to_text(plan).c_str());
   }
   if (a.svg.empty()) return;
@@ -233,10 +271,14 @@ int plan_main(const std::vector<std::string>& args) {
     budget_bytes = static_cast<double>(parse_bytes(a.budget, "--budget"));
     STP_CHECK(budget_bytes > 0, "--budget=", a.budget, " must be > 0 (or unlimited)");
   }
+  offload::PlanOptions options;
+  options.recompute = a.recompute == "off"   ? offload::PlanOptions::Recompute::kOff
+                      : a.recompute == "all" ? offload::PlanOptions::Recompute::kAll
+                                             : offload::PlanOptions::Recompute::kAuto;
   if (a.sweep > 0)
-    print_sweep(a, program, costs, set_text);
+    print_sweep(a, program, costs, options, set_text);
   else
-    print_plan(a, program, costs, set_text, budget_bytes);
+    print_plan(a, program, costs, options, set_text, budget_bytes);
   return 0;
 }
 

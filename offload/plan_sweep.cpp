@@ -37,6 +37,9 @@ Sweep sweep_budgets(const schedule::Program& program, const schedule::CostModel&
       pt.host_bytes = plan.host_bytes;
       pt.kept_bytes = plan.kept_bytes;
       pt.offloaded_bytes = plan.offloaded_bytes;
+      pt.recomputed_bytes = plan.recomputed_bytes;
+      pt.recomputed = static_cast<int>(plan.recomputed.size());
+      pt.simulations = plan.simulations;
     } catch (const std::invalid_argument&) {
       pt.feasible = false;  // below the smallest feasible budget
     }
@@ -46,20 +49,30 @@ Sweep sweep_budgets(const schedule::Program& program, const schedule::CostModel&
 }
 
 std::string to_table(const Sweep& sw) {
+  const bool again = std::any_of(sw.points.begin(), sw.points.end(),
+                                 [](const SweepPoint& p) { return p.recomputed > 0; });
   std::string out =
       "budget        feasible  sets  peak          step (s)   slowdown  host pool     "
-      "kept/step     offloaded/step\n";
+      "kept/step     offloaded/step";
+  out += again ? "  recomputed  recomputed/step\n" : "\n";
   char line[256];
   for (const SweepPoint& p : sw.points) {
-    if (p.feasible)
-      std::snprintf(
-          line, sizeof line, "%-13s yes       %-5d %-13s %-10.4f %+7.2f %%  %-13s %-13s %s\n",
-          format_bytes(p.budget_bytes).c_str(), p.sets, format_bytes(p.peak_bytes).c_str(), p.step,
-          100 * p.slowdown, format_bytes(p.host_bytes).c_str(), format_bytes(p.kept_bytes).c_str(),
-          format_bytes(p.offloaded_bytes).c_str());
-    else
+    if (!p.feasible) {
       std::snprintf(line, sizeof line, "%-13s no        (below the minimum %s)\n",
                     format_bytes(p.budget_bytes).c_str(), format_bytes(sw.min_budget).c_str());
+      out += line;
+      continue;
+    }
+    std::snprintf(line, sizeof line, "%-13s yes       %-5d %-13s %-10.4f %+7.2f %%  %-13s %-13s ",
+                  format_bytes(p.budget_bytes).c_str(), p.sets, format_bytes(p.peak_bytes).c_str(),
+                  p.step, 100 * p.slowdown, format_bytes(p.host_bytes).c_str(),
+                  format_bytes(p.kept_bytes).c_str());
+    out += line;
+    if (again)
+      std::snprintf(line, sizeof line, "%-16s%-12d%s\n", format_bytes(p.offloaded_bytes).c_str(),
+                    p.recomputed, format_bytes(p.recomputed_bytes).c_str());
+    else
+      std::snprintf(line, sizeof line, "%s\n", format_bytes(p.offloaded_bytes).c_str());
     out += line;
   }
   return out;
@@ -90,14 +103,18 @@ std::string to_svg(const Sweep& sw, const std::string& title) {
   chart.panels.push_back({"predicted step time (s)", {planned, off, floor}, false});
   ChartSeries kept{"kept on the device", {}, {}, "#1b9e9e", false, true};
   ChartSeries moved{"offloaded to host", {}, {}, "#7570b3", false, true};
+  ChartSeries again{"recomputed (not held)", {}, {}, "#d95f02", false, true};
   for (auto it = sw.points.rbegin(); it != sw.points.rend(); ++it)
     if (it->feasible) {
       kept.x.push_back(it->budget_bytes / kGiB);
       kept.y.push_back(it->kept_bytes / kGiB);
       moved.x.push_back(it->budget_bytes / kGiB);
       moved.y.push_back(it->offloaded_bytes / kGiB);
+      again.x.push_back(it->budget_bytes / kGiB);
+      again.y.push_back(it->recomputed_bytes / kGiB);
     }
-  chart.panels.push_back({"activation bytes per step, all ranks (GiB)", {kept, moved}, true});
+  chart.panels.push_back(
+      {"activation bytes per step, all ranks (GiB)", {kept, moved, again}, true});
   return to_svg(chart);
 }
 

@@ -15,13 +15,16 @@ namespace stp::offload {
 struct SweepPoint {
   double budget_bytes = 0;
   bool feasible = false;
-  double peak_bytes = 0;       // planned peak, max over ranks (feasible points)
-  double step = 0;             // planned step time, seconds (feasible points)
-  double slowdown = 0;         // step / plan-free step - 1
-  int sets = 0;                // planned trips to host (forward sets and what deferred Ws hold)
-  double host_bytes = 0;       // pinned host bytes per rank
-  double kept_bytes = 0;       // Plan::kept_bytes: per step, all ranks, stay on the device
-  double offloaded_bytes = 0;  // Plan::offloaded_bytes: per step, all ranks, go to host
+  double peak_bytes = 0;        // planned peak, max over ranks (feasible points)
+  double step = 0;              // planned step time, seconds (feasible points)
+  double slowdown = 0;          // step / plan-free step - 1
+  int sets = 0;                 // planned trips to host (forward sets and what deferred Ws hold)
+  double host_bytes = 0;        // pinned host bytes per rank
+  double kept_bytes = 0;        // Plan::kept_bytes: per step, all ranks, stay on the device
+  double offloaded_bytes = 0;   // Plan::offloaded_bytes: per step, all ranks, go to host
+  double recomputed_bytes = 0;  // Plan::recomputed_bytes: per step, all ranks, not held
+  int recomputed = 0;           // recomputed sets
+  int simulations = 0;          // the planner's simulate() calls for this point
 };
 
 struct Sweep {
@@ -36,7 +39,7 @@ struct Sweep {
 Sweep sweep_budgets(const schedule::Program& program, const schedule::CostModel& costs, int points,
                     const PlanOptions& options = {});
 
-// Fixed-width table, one row per point.
+// Fixed-width table, one row per point (the recompute columns when any point recomputes).
 std::string to_table(const Sweep& sweep);
 // An SVG chart of step time against budget; infeasible budgets shaded.
 std::string to_svg(const Sweep& sweep, const std::string& title);

@@ -24,10 +24,24 @@
 //    rank fits; then drop any chosen set the budget does not need (shortest idle first), then
 //    move reloads whose backward still waits on them one instruction earlier while the budget
 //    holds and the step gets shorter ("as far ahead as memory allows").
-//  * Infeasible: the smallest budget the planner can reach is the peak with every candidate
-//    offloaded and reloaded right before its backward (minimum_budget()); a lower budget is an
-//    input error naming that minimum. If the greedy search gets stuck above the budget but
-//    the minimum is within it, it starts from that all-offloaded plan and prunes.
+//  * Local search (offload/planner_search.h, improve()): a plan over budget takes the repair
+//    move with the most byte-seconds over budget removed per second added to the step —
+//    offload a set resident at a rank's first excess, reload one a compute instruction later,
+//    recompute a resident set — the best of every over-budget rank at once when that beats the
+//    single best; a plan within budget takes, one by one, each move that shortens its step:
+//    a waiting reload one instruction earlier (with up to two repair moves when that breaks the
+//    budget), an offload dropped, a recompute undone. A second start offloads every set with
+//    reloads that hide the copies and repairs that to the budget; the faster plan wins.
+//  * Recompute (Note [Recompute] in schedule/program.h; CostModel::recompute_keep/_time):
+//    per set keep, offload, recompute, or both (offload what a recomputed set keeps). kOff
+//    never recomputes; kAll marks every forward, then offloads; kAuto searches from none and
+//    from all marked, free to change either, and keeps the faster plan. With recompute_keep = 1
+//    kAuto is kOff. Forwards marked in the input stay marked (a fixed choice).
+//  * Infeasible: the smallest budget the planner can reach (minimum_budget()) is the lowest
+//    peak of descents that push the peak down one set at a time (greedy, then repaired) from
+//    both starts, or of everything offloaded; with recompute, of those with every set marked
+//    too. A lower budget is an input error naming that minimum. When neither start fits but
+//    the minimum is within the budget, the first plan of the descents that fits is polished.
 //  * Budget +infinity (or >= the schedule's own peak): the Program comes back unchanged.
 // Every Program returned passes schedule::verify.
 //
@@ -51,10 +65,17 @@ struct PlannedSet {
   int chunk = 0;
   int stage = 0;
   int mb = 0;
-  bool w_held = false;  // the second trip: what a deferred W holds, from its B to its W
-  int lead = 0;         // compute instructions between its RELOAD and its consumer
-  double idle = 0;      // seconds from its producer's end to its consumer's start, no offload
-  double bytes = 0;     // bytes the trip moves
+  bool w_held = false;     // the second trip: what a deferred W holds, from its B to its W
+  int lead = 0;            // compute instructions between its RELOAD and its consumer
+  double idle = 0;         // seconds from its producer's end to its consumer's start, no offload
+  double bytes = 0;        // bytes the trip moves
+  bool recompute = false;  // a first trip of a recomputed set: it moves recompute_keep of it
+};
+
+// A set whose forward the plan recomputes (Note [Recompute] in schedule/program.h).
+struct RecomputedSet {
+  int rank = 0, chunk = 0, stage = 0, mb = 0;
+  double bytes = 0;  // bytes not held from its forward to its backward: (1 - recompute_keep)
 };
 
 struct Plan {
@@ -70,10 +91,14 @@ struct Plan {
   double host_bytes = 0;  // most bytes one rank keeps on host at once: the pool size
   // Per step, summed over ranks: activation bytes the sets hold (a forward's set, plus what a
   // deferred W holds after its B), split into those that stay on the device and those moved.
+  // recomputed_bytes: not held at all because the plan recomputes them (marked in the input or
+  // chosen); kept + offloaded + recomputed = all of a step's set bytes.
   double kept_bytes = 0;
   double offloaded_bytes = 0;
-  int candidates = 0;   // trips that could be planned
-  int simulations = 0;  // simulate() calls the search made
+  double recomputed_bytes = 0;
+  std::vector<RecomputedSet> recomputed;  // by rank, stage, mb
+  int candidates = 0;                     // trips that could be planned
+  int simulations = 0;                    // simulate() calls the search made
 
   double slowdown() const { return step_before > 0 ? step_after / step_before - 1 : 0; }
 };
@@ -86,6 +111,14 @@ struct PlanOptions {
   enum class Recompute { kOff, kAuto, kAll };
   Recompute recompute = Recompute::kAuto;
 };
+
+// What a plan does with each activation set (stage, mb) of a step, summed over ranks: keep it,
+// offload it (its forward-to-backward trip), recompute it, or both (offload what a recomputed
+// set keeps).
+struct SetChoices {
+  int keep = 0, offload = 0, recompute = 0, both = 0;
+};
+SetChoices count_choices(const Plan& plan);
 
 // REQUIRES (std::invalid_argument naming the value): program passes verify() and has no
 // OFFLOAD/RELOAD; validate(costs) passes; budget_bytes > 0. Throws std::invalid_argument

@@ -17,13 +17,15 @@ double scale(const CostModel& c, int stage) {
   return c.stage_scale.empty() ? 1.0 : c.stage_scale[stage];
 }
 
-double compute(const CostModel& c, const Part& part) {
+// Compute of a part; the backward of a recomputed set re-runs its forward units as well.
+double compute(const CostModel& c, const Part& part, bool recomputed) {
   const double s = scale(c, part.stage);
+  const double again = recomputed ? c.recompute_time * c.t_f * s : 0.0;
   switch (part.pass) {
     case Pass::kF: return c.t_f * s;
-    case Pass::kB: return c.t_b * s;
+    case Pass::kB: return c.t_b * s + again;
     case Pass::kW: return c.t_w * s;
-    case Pass::kBW: return (c.t_b + c.t_w) * s;
+    case Pass::kBW: return (c.t_b + c.t_w) * s + again;
   }
   return 0;
 }
@@ -76,17 +78,17 @@ double set_bytes(const CostModel& c, int stage) {
   return c.stage_act_bytes.empty() ? c.act_bytes : c.stage_act_bytes[stage];
 }
 
-InstrCost instr_cost(const Instr& in, const CostModel& c) {
+InstrCost instr_cost(const Instr& in, const CostModel& c, std::array<bool, 2> recomputed) {
   InstrCost cost;
   if (in.parts.size() == 1) {
     const Part& part = in.parts[0];
-    cost.busy = compute(c, part);
+    cost.busy = compute(c, part, recomputed[0]);
     cost.exposed_tp = std::max(0.0, all_reduce(c, part) - own_w(c, part));
   } else {
     STP_ASSERT(in.parts.size() == 2, to_string(in), " has ", in.parts.size(), " parts");
     const Part& a = in.parts[0];
     const Part& b = in.parts[1];
-    const double ca = compute(c, a), cb = compute(c, b);
+    const double ca = compute(c, a, recomputed[0]), cb = compute(c, b, recomputed[1]);
     cost.busy = (ca + cb) * c.braid_slowdown;
     // Each pass's collectives are in flight while the other pass computes (and, for a fused
     // backward, while its own W runs).

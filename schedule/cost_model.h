@@ -13,9 +13,15 @@
 // and with braid_units = u > 0 the block's last collective (FF, FB with B) stays exposed for
 // at least a/u: the table's figures assume u = 0 (every braided collective hidden).
 //
+// Recompute (Note [Recompute] in program.h): the backward (B or BW) of a set whose forward was
+// recomputed adds recompute_time * t_f (stage-scaled) to c_B. In a braided block that compute
+// covers the other pass's collectives like any other; a standalone B's own all-reduce stays
+// exposed (conservative: the engine may overlap it with the next unit's re-run).
+//
 // Thread-safety: values; no shared state.
 #pragma once
 
+#include <array>
 #include <vector>
 
 #include "schedule/program.h"
@@ -70,8 +76,11 @@ struct InstrCost {
   double busy = 0;        // compute seconds
   double exposed_tp = 0;  // TP collective seconds not covered by compute
 };
+// recomputed[i]: parts[i] is the backward (B or BW) of a recomputed set; the Instr cannot say
+// so itself, since the flag rides on the set's F part (simulate() tracks it per set).
 // REQUIRES: instr.is_compute(), validate(costs, S) passed, parts' stages < S.
-InstrCost instr_cost(const Instr& instr, const CostModel& costs);
+InstrCost instr_cost(const Instr& instr, const CostModel& costs,
+                     std::array<bool, 2> recomputed = {});
 
 double set_bytes(const CostModel& costs, int stage);  // bytes of one activation set of `stage`
 

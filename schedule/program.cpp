@@ -14,15 +14,21 @@ constexpr Op kAllOps[] = {Op::kF,     Op::kB,       Op::kW,     Op::kBW,    Op::
                           Op::kFB,    Op::kFW,      Op::kSendF, Op::kRecvF, Op::kSendB,
                           Op::kRecvB, Op::kOffload, Op::kReload};
 
-// "FB1[4,2]" when both parts share a chunk, else "FB(F0[4],B1[2])".
+// A part's microbatch with an "r" when it is a recomputed forward (Note [Recompute]): "3r".
+std::string mb_text(const Part& part) {
+  return part.recompute ? str_cat(part.mb, 'r') : str_cat(part.mb);
+}
+
+// "FB1[4,2]" when both parts share a chunk, else "FB(F0[4],B1[2])"; a recomputed forward's
+// microbatch carries an "r": "FB1[4r,2]", "FF0[2r,3r]", "FW0[8r]/W1[0]", "FB(F0[4]r,B1[2])".
 std::string braided(const char* op, const Instr& in) {
   const Part& a = in.parts[0];
   const Part& b = in.parts[1];
   std::ostringstream os;
   if (in.op == Op::kFW) {  // the W part names its own chunk and mb: "FW0[8]/W1[0]"
-    os << op << a.chunk << '[' << a.mb << "]/" << to_string(b);
+    os << op << a.chunk << '[' << mb_text(a) << "]/" << to_string(b);
   } else if (a.chunk == b.chunk) {
-    os << op << a.chunk << '[' << a.mb << ',' << b.mb << ']';
+    os << op << a.chunk << '[' << mb_text(a) << ',' << mb_text(b) << ']';
     if (b.pass == Pass::kBW) os << "+W";
   } else {
     os << op << '(' << to_string(a) << ',' << to_string(b) << ')';
@@ -85,7 +91,7 @@ void mark_recompute_all(Program& program) {
 }
 
 std::string to_string(const Part& part) {
-  return str_cat(to_string(part.pass), part.chunk, '[', part.mb, ']');
+  return str_cat(to_string(part.pass), part.chunk, '[', part.mb, ']', part.recompute ? "r" : "");
 }
 
 std::string to_string(const Instr& in) {

@@ -150,10 +150,11 @@ Op op_from_string(const std::string& text);
 // Sets Part::recompute on every forward part (Note [Recompute]): every set recomputed.
 void mark_recompute_all(Program& program);
 
-// "F0[3]" (pass, chunk, mb) or "BW1[2]".
+// "F0[3]" (pass, chunk, mb) or "BW1[2]"; a recomputed forward "F0[3]r".
 std::string to_string(const Part& part);
 
-// Compact text: "F0[3]", "FB1[4,2]+W", "SEND_F s2 mb3 ->1" ... (microbatches 0-based).
+// Compact text: "F0[3]", "FB1[4,2]+W", "SEND_F s2 mb3 ->1" ... (microbatches 0-based); a
+// recomputed forward's microbatch carries an "r": "F0[3]r", "FB1[4r,2]", "FF0[2r,3]".
 std::string to_string(const Instr& instr);
 // One line per rank: "r0: F0[0] F0[1] ...". compute_only drops P2P and offload ops.
 std::string to_text(const Program& program, bool compute_only = false);

@@ -1,10 +1,13 @@
 // The JSON contract of a Program (docs/schedule.md "JSON contract"):
 //   {"kind": str, "p": int, "m": int, "v": int, "stages": int,
 //    "stage_rank": [int], "stage_chunk": [int],
-//    "ranks": [[{"op": str, "parts": [{"pass": str, "chunk": int, "stage": int, "mb": int}],
+//    "ranks": [[{"op": str, "parts": [{"pass": str, "chunk": int, "stage": int, "mb": int,
+//                                      "recompute": true}],
 //                "ref": {"chunk": int, "stage": int, "mb": int}, "peer": int}, ...], ...]}
-// "ref" appears on P2P and offload instructions, "peer" on P2P ones; "v", "stage_rank" and
-// "stage_chunk" are optional on input (derived from the parts when absent).
+// "recompute" appears on a compute part only when set (Note [Recompute]: F parts), so documents
+// written before it existed read the same; "ref" appears on P2P and offload instructions,
+// "peer" on P2P ones; "v", "stage_rank" and "stage_chunk" are optional on input (derived from
+// the parts when absent).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -27,6 +30,7 @@ OrderedJson part_json(const Part& p, bool with_pass) {
   j["chunk"] = p.chunk;
   j["stage"] = p.stage;
   j["mb"] = p.mb;
+  if (p.recompute) j["recompute"] = true;
   return j;
 }
 
@@ -107,6 +111,13 @@ Part read_part(const Json& v, const std::string& path, bool with_pass) {
   p.chunk = int_member(v, "chunk", path);
   p.stage = int_member(v, "stage", path);
   p.mb = int_member(v, "mb", path);
+  if (const Json* recompute = find(v, "recompute")) {
+    STP_CHECK(with_pass, "program JSON: ", path, " has \"recompute\", which only a compute part ",
+              "may carry");
+    STP_CHECK(recompute->is_boolean(), "program JSON: ", path, ".recompute must be a boolean, got ",
+              type_text(*recompute));
+    p.recompute = recompute->get<bool>();
+  }
   return p;
 }
 

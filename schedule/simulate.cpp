@@ -1,6 +1,7 @@
 #include "schedule/simulate.h"
 
 #include <algorithm>
+#include <array>
 
 #include "common/check.h"
 #include "schedule/interpreter.h"
@@ -38,6 +39,7 @@ class Simulator final : public Interpreter::Observer {
     reload_end_.assign(n, -1);
     w_reload_end_.assign(n, -1);
     b_done_.assign(n, 0);
+    recomputed_.assign(n, 0);
     arrival_.assign(p_, {});
     for (int r = 0; r < p_; ++r) arrival_[r].assign(prog_.ranks[r].size(), 0);
     link_free_.assign(static_cast<std::size_t>(p_) * p_, 0);
@@ -74,12 +76,16 @@ class Simulator final : public Interpreter::Observer {
     RankState& st = state_[r];
     RankStats& rs = result_.ranks[r];
     double ready_p2p = st.clock, ready_reload = st.clock;
-    for (const Part& part : in.parts) {
+    std::array<bool, 2> recomputed{};  // per part: the backward of a recomputed set
+    for (std::size_t i = 0; i < in.parts.size(); ++i) {
+      const Part& part = in.parts[i];
       const std::size_t k = at(part.stage, part.mb);
       if (part.pass == Pass::kF) {
+        recomputed_[k] = part.recompute;
         if (part.stage > 0 && prog_.stage_rank[part.stage - 1] != r)
           ready_p2p = std::max(ready_p2p, f_in_[k]);
       } else if (part.pass == Pass::kB || part.pass == Pass::kBW) {
+        if (i < recomputed.size()) recomputed[i] = recomputed_[k] != 0;
         if (part.stage < S_ - 1 && prog_.stage_rank[part.stage + 1] != r)
           ready_p2p = std::max(ready_p2p, b_in_[k]);
         if (reload_end_[k] >= 0) ready_reload = std::max(ready_reload, reload_end_[k]);
@@ -88,7 +94,7 @@ class Simulator final : public Interpreter::Observer {
       }
     }
     const double begin = std::max(ready_p2p, ready_reload);
-    const InstrCost cost = instr_cost(in, c_);
+    const InstrCost cost = instr_cost(in, c_, recomputed);
     const double end = begin + cost.duration;
     if (!st.started) {
       st.started = true;
@@ -101,12 +107,17 @@ class Simulator final : public Interpreter::Observer {
     const double reload_wait = begin - ready_p2p;
     rs.reload_wait += reload_wait;
 
-    // Memory at the instruction's end (Note [Activation memory convention]).
+    // Memory at the instruction's end (Note [Activation memory convention]); a recomputed
+    // set holds recompute_keep of its bytes until its backward starts, all of them during it.
     for (const Part& part : in.parts) {
+      const std::size_t k = at(part.stage, part.mb);
       const double bytes = set_bytes(c_, part.stage);
-      if (part.pass == Pass::kB) b_done_[at(part.stage, part.mb)] = 1;
+      const double rebuilt = recomputed_[k] ? bytes * (1 - c_.recompute_keep) : 0.0;
+      if (part.pass == Pass::kB) b_done_[k] = 1;
+      if ((part.pass == Pass::kB || part.pass == Pass::kBW) && rebuilt > 0)
+        mem_[r].push_back({begin, true, rebuilt, 0, 0});
       switch (part.pass) {
-        case Pass::kF: mem_[r].push_back({end, true, bytes, 1, 1}); break;
+        case Pass::kF: mem_[r].push_back({end, true, bytes - rebuilt, 1, 1}); break;
         case Pass::kB: {  // keeps w_held_fraction of the set: may grow it (> 1)
           const double change = bytes * (c_.w_held_fraction - 1);
           mem_[r].push_back({end, change > 0, change, -1, 0});
@@ -161,10 +172,11 @@ class Simulator final : public Interpreter::Observer {
     STP_CHECK(s >= 0 && in.ref.mb >= 0 && in.ref.mb < m_, "simulate: rank ", r, " has a malformed ",
               to_string(in), "; run verify() first");
     const std::size_t k = at(s, in.ref.mb);
-    // After its B the set holds what its deferred W reads (the second trip).
+    // After its B the set holds what its deferred W reads (the second trip); before it a
+    // recomputed set holds recompute_keep of its bytes.
     const bool w_trip = b_done_[k] != 0;
-    const double bytes =
-        set_bytes(c_, s) * (w_trip ? c_.w_held_fraction : 1.0) * c_.offload_fraction;
+    const double share = w_trip ? c_.w_held_fraction : recomputed_[k] ? c_.recompute_keep : 1.0;
+    const double bytes = set_bytes(c_, s) * share * c_.offload_fraction;
     const int sets = w_trip ? 0 : 1;  // the main convention no longer counts a set after B
     const double wire = transfer(bytes, c_.host_bandwidth);
     double start, end;
@@ -261,6 +273,7 @@ class Simulator final : public Interpreter::Observer {
   std::vector<double> reload_end_;    // (S*m) when its RELOAD copy completes, -1 if none
   std::vector<double> w_reload_end_;  // (S*m) the same for the second trip (before W)
   std::vector<char> b_done_;          // (S*m) its B ran: a copy now is the second trip
+  std::vector<char> recomputed_;      // (S*m) its F part carries recompute
   std::vector<std::vector<double>> arrival_;        // [rank][instr] when a SEND's message arrives
   std::vector<double> link_free_;                   // (p*p) when the directed link is free
   std::vector<std::vector<int>> rank_chunk_stage_;  // [rank][chunk] -> stage

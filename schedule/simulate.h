@@ -22,6 +22,12 @@
 // CostModel::w_held_fraction: that share of a deferred-W set stays resident until its W ends.
 // A second trip (OFFLOAD after the set's B, RELOAD before its W) moves those bytes
 // (w_held_fraction * offload_fraction of the set) the same way, and the W waits for its RELOAD.
+// A recomputed set (its F part carries recompute, Note [Recompute] in program.h) holds
+// recompute_keep of its bytes from its forward's end until its backward starts, and all of them
+// during the backward: the engine rebuilds the fields unit by unit, so this is conservative (it
+// never frees a rebuilt unit early). Its OFFLOAD and RELOAD move recompute_keep *
+// offload_fraction of the set; the B-to-W trip is unchanged. Its backward costs recompute_time *
+// t_f more compute (instr_cost).
 //
 // Thread-safety: pure function.
 #pragma once

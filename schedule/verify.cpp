@@ -42,6 +42,10 @@ void check_shape(const Instr& in, const Where& where) {
       ++i;
     }
   };
+  for (std::size_t i = 0; i < in.parts.size(); ++i)
+    if (in.parts[i].recompute && in.parts[i].pass != Pass::kF)
+      fail(where(), ": part ", i, " is ", to_string(in.parts[i].pass),
+           " with recompute; only a forward (F) part may be recomputed (Note [Recompute])");
   switch (in.op) {
     case Op::kF: want({{Pass::kF}}); break;
     case Op::kB: want({{Pass::kB}}); break;

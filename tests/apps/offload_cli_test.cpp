@@ -49,7 +49,7 @@ TEST(PlanCli, JsonFormatListsTheSets) {
 }
 
 TEST(PlanCli, BudgetBelowTheMinimumNamesItInOneLine) {
-  CliResult r = run_cli("plan --kind stp --pp 4 --budget 1GiB");
+  CliResult r = run_cli("plan --kind stp --pp 4 --budget 1GiB --recompute off");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(lines(r.output), 1) << r.output;
   EXPECT_THAT(r.output, StartsWith("stp plan: error: budget 1.00 GiB (1073741824 bytes) is below "
@@ -71,6 +71,9 @@ TEST(PlanCli, BadArgumentsAreOneLineErrorsWithExitTwo) {
       {"plan --tf -1 --budget 8GiB", "--tf=-1 must be a number of seconds >= 0"},
       {"plan --t-ar -0.5", "--tar=-0.5 must be a number of seconds >= 0"},
       {"plan --offload-fraction 2", "--offload-fraction=2 must be in [0, 1]"},
+      {"plan --recompute some", "--recompute=some must be off, auto or all"},
+      {"plan --recompute-keep 1.5", "--recompute-keep=1.5 must be in [0, 1]"},
+      {"plan --recompute-time -1", "--recompute-time=-1 must be a number of forwards >= 0"},
       {"plan --frobnicate", "frobnicate"},
   });
 }

@@ -35,6 +35,20 @@ TEST(ProgramText, InstructionsPrintCompactly) {
   EXPECT_EQ(to_string(comm(Op::kReload, {Pass::kF, 0, 0, 5})), "RELOAD c0 mb5");
 }
 
+TEST(ProgramText, ARecomputedForwardCarriesAnR) {
+  const Part f{Pass::kF, 0, 0, 3, /*recompute=*/true};
+  EXPECT_EQ(to_string(f), "F0[3]r");
+  EXPECT_EQ(to_string(compute(Op::kF, {f})), "F0[3]r");
+  EXPECT_EQ(to_string(compute(Op::kFB, {{Pass::kF, 1, 5, 4, true}, {Pass::kB, 1, 5, 2}})),
+            "FB1[4r,2]");
+  EXPECT_EQ(to_string(compute(Op::kFF, {{Pass::kF, 0, 1, 2, true}, {Pass::kF, 0, 1, 3}})),
+            "FF0[2r,3]");
+  EXPECT_EQ(to_string(compute(Op::kFB, {{Pass::kF, 0, 0, 4, true}, {Pass::kB, 1, 5, 2}})),
+            "FB(F0[4]r,B1[2])");
+  EXPECT_EQ(to_string(compute(Op::kFW, {{Pass::kF, 0, 0, 8, true}, {Pass::kW, 1, 7, 0}})),
+            "FW0[8r]/W1[0]");
+}
+
 TEST(ProgramText, NamesRoundTripAndUnknownNamesAreRejected) {
   for (Pass p : {Pass::kF, Pass::kB, Pass::kW, Pass::kBW})
     EXPECT_EQ(pass_from_string(to_string(p)), p);
@@ -81,6 +95,30 @@ TEST(ProgramJson, OffloadInstructionsRoundTrip) {
   prog.ranks[0].insert(prog.ranks[0].begin() + 2, comm(Op::kReload, {Pass::kF, 0, 0, 0}));
   ASSERT_EQ(find_error(prog), "");
   EXPECT_EQ(from_json(to_json(prog)), prog);
+}
+
+// "recompute": true appears on a part only when set; it reads back, and documents without it
+// (every one written before it existed) read as before.
+TEST(ProgramJson, RecomputeRoundTripsAndIsWrittenOnlyWhenSet) {
+  Program prog = make_stp(2, 5);
+  const std::string plain = to_json(prog);
+  EXPECT_EQ(plain.find("recompute"), std::string::npos);
+  mark_recompute_all(prog);
+  ASSERT_EQ(find_error(prog), "");
+  const std::string marked = to_json(prog);
+  EXPECT_NE(marked.find(R"("recompute": true)"), std::string::npos);
+  EXPECT_EQ(marked.find(R"("recompute": false)"), std::string::npos);
+  EXPECT_EQ(from_json(marked), prog);
+  EXPECT_EQ(to_json(from_json(marked)), marked);
+  EXPECT_NE(from_json(plain), prog);  // the plain document has no marks
+  int forwards = 0;
+  for (const auto& rank : from_json(marked).ranks)
+    for (const Instr& in : rank)
+      for (const Part& part : in.parts) {
+        EXPECT_EQ(part.recompute, part.pass == Pass::kF) << to_string(in);
+        forwards += part.pass == Pass::kF;
+      }
+  EXPECT_EQ(forwards, prog.stages() * prog.m);
 }
 
 TEST(ProgramJson, FollowsTheFixedContract) {
@@ -153,6 +191,15 @@ TEST(ProgramJson, ErrorsNameTheFirstBadField) {
           R"("ranks": [[{"op": "F", "parts": [{"pass": "F", "chunk": 0, "stage": 0, "mb": 0.5}]}]]})",
       "ranks[0][0].parts[0].mb must be an integer");
   expect_json_error(head + R"("ranks": [[{"op": "SEND_F", "parts": []}]]})", "has no \"ref\"");
+  expect_json_error(
+      head + R"("ranks": [[{"op": "F", "parts": [{"pass": "F", "chunk": 0, "stage": 0, "mb": 0, )"
+             R"("recompute": 1}]}]]})",
+      "ranks[0][0].parts[0].recompute must be a boolean, got a number");
+  expect_json_error(
+      head +
+          R"("ranks": [[{"op": "OFFLOAD", "parts": [], "ref": {"chunk": 0, "stage": 0, "mb": 0, )"
+          R"("recompute": true}}]]})",
+      "ranks[0][0].ref has \"recompute\", which only a compute part may carry");
   expect_json_error(head + R"("ranks": [[]]})", "stage 0 appears in no part");
   expect_json_error(R"({"kind": "x", "p": 0, "m": 1, "stages": 1, "ranks": []})",
                     "p=0 must be >= 1");

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+
 #include "../support/program_test_util.h"  // header-only: the schedule room links no test support
 #include "schedule/formulas.h"
 #include "schedule/generators.h"
@@ -152,6 +154,30 @@ TEST(CostModel, ChargesEachInstructionKind) {
 
   c.stage_scale = {1, 2};
   EXPECT_DOUBLE_EQ(cost(Op::kF, {Part{Pass::kF, 0, 1, 0}}).busy, 2.0);
+}
+
+// The backward of a recomputed set runs recompute_time * t_f more, stage-scaled; in a braid
+// that compute covers the forward's all-reduce like any other.
+TEST(CostModel, ARecomputedBackwardRunsTheForwardAgain) {
+  CostModel c;  // t_f = t_b = t_w = 1
+  c.t_ar = 1.2;
+  c.recompute_time = 0.5;
+  const Part f{Pass::kF, 0, 0, 0}, b{Pass::kB, 0, 0, 1}, bw{Pass::kBW, 0, 0, 1};
+  auto cost = [&](Op op, std::vector<Part> parts, std::array<bool, 2> again) {
+    return instr_cost(compute(op, parts), c, again);
+  };
+  EXPECT_DOUBLE_EQ(cost(Op::kB, {b}, {}).duration, 1 + 1.2);
+  EXPECT_DOUBLE_EQ(cost(Op::kB, {b}, {true}).busy, 1.5);
+  EXPECT_DOUBLE_EQ(cost(Op::kB, {b}, {true}).exposed_tp, 1.2);  // standalone: still exposed
+  EXPECT_DOUBLE_EQ(cost(Op::kBW, {bw}, {true}).busy, 2.5);
+  EXPECT_DOUBLE_EQ(cost(Op::kF, {f}, {true}).busy, 1.0);  // a forward never pays it
+  // FB without recompute: each all-reduce (1.2) sees 1 of cover: 0.2 + 0.2 exposed.
+  EXPECT_DOUBLE_EQ(cost(Op::kFB, {f, b}, {}).duration, 2 + 0.4);
+  // With it the B computes 1.5, which covers the F's all-reduce; the B's still sees 1.
+  EXPECT_DOUBLE_EQ(cost(Op::kFB, {f, b}, {false, true}).busy, 2.5);
+  EXPECT_DOUBLE_EQ(cost(Op::kFB, {f, b}, {false, true}).exposed_tp, 0.2);
+  c.stage_scale = {2};
+  EXPECT_DOUBLE_EQ(cost(Op::kB, {b}, {true}).busy, 2 * 1.5);
 }
 
 TEST(CostModel, ValidateNamesTheBadField) {
@@ -325,6 +351,44 @@ TEST(Offload, CopiesTakeHostBandwidthAndTheBackwardWaitsForItsReload) {
   const SimResult plain = simulate(compute_only(prog), c);
   EXPECT_EQ(plain.ranks[0].peak_sets, 3);
   EXPECT_DOUBLE_EQ(plain.ranks[0].peak_bytes, 300.0);
+}
+
+// A recomputed set holds recompute_keep of its bytes from its forward to its backward (and
+// moves only that to host and back), all of them during its backward, whose compute grows by
+// recompute_time * t_f.
+TEST(Offload, ARecomputedSetHoldsAndMovesItsKeptShare) {
+  Program prog = offload_program();
+  prog.ranks[0][0].parts[0].recompute = true;  // F0[0]r
+  ASSERT_EQ(find_error(prog), "");
+  CostModel c;
+  c.act_bytes = 100;
+  c.host_bandwidth = 100;  // 1 s per 100 bytes
+  c.recompute_keep = 0.25;
+  c.recompute_time = 0.5;
+  SimOptions opt;
+  opt.record_memory = true;
+  const SimResult s = simulate(prog, c, opt);
+  // F0 [0,1] keeps 25; D2H of 25 [1,1.25]; F1 [1,2]; F2 [2,3]; BW2 [3,5]; BW1 [5,7];
+  // H2D of 25 [7,7.25]; BW0 [7.25, 7.25 + 2 + 0.5].
+  EXPECT_DOUBLE_EQ(s.makespan, 9.75);
+  EXPECT_DOUBLE_EQ(s.ranks[0].reload_wait, 0.25);
+  EXPECT_DOUBLE_EQ(s.ranks[0].offloaded_bytes, 25.0);
+  EXPECT_DOUBLE_EQ(s.ranks[0].busy, 3 * 1.0 + 3 * 2.0 + 0.5);  // F 1, BW 2, again 0.5
+  // Resident: 25 @1, 0 @1.25, 100 @2, 200 @3, 100 @5, 25 @7 (BW1 frees 100, the reload's
+  // destination takes 25), 100 @7.25 (BW0 rebuilds the other 75), 0 @9.75.
+  const std::vector<std::pair<double, double>> want = {{1, 25},  {1.25, 0}, {2, 100},    {3, 200},
+                                                       {5, 100}, {7, 25},   {7.25, 100}, {9.75, 0}};
+  ASSERT_EQ(s.ranks[0].memory.size(), want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    EXPECT_DOUBLE_EQ(s.ranks[0].memory[i].time, want[i].first) << i;
+    EXPECT_DOUBLE_EQ(s.ranks[0].memory[i].bytes, want[i].second) << i;
+  }
+  // Without the OFFLOAD/RELOAD the set holds 25 until BW0 begins at 7.
+  Program kept = prog;
+  std::erase_if(kept.ranks[0], [](const Instr& in) { return !in.is_compute(); });
+  const SimResult k = simulate(kept, c, opt);
+  EXPECT_DOUBLE_EQ(k.makespan, 9.5);
+  EXPECT_DOUBLE_EQ(k.ranks[0].peak_bytes, 225.0);  // F0's 25 + F1 + F2 at 3
 }
 
 TEST(Offload, PartialOffloadKeepsTheRestResident) {

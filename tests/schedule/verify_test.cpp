@@ -156,6 +156,12 @@ TEST(Verify, RejectsDuplicatesAndBadShapes) {
   Program pass = make_1f1b(1, 1);
   pass.ranks[0][1].op = Op::kB;  // holds a BW part
   expect_error(pass, "part 0 of B cannot be BW");
+
+  Program again = make_1f1b(1, 1);
+  again.ranks[0][0].parts[0].recompute = true;  // a recomputed forward is fine
+  EXPECT_EQ(find_error(again), "");
+  again.ranks[0][1].parts[0].recompute = true;  // a recomputed backward is not
+  expect_error(again, "part 0 is BW with recompute; only a forward (F) part may be recomputed");
 }
 
 TEST(Verify, RejectsBadLayouts) {
