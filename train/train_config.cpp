@@ -313,10 +313,12 @@ void TrainConfig::validate() const {
             " must be divisible by parallel.tp=", parallel.tp);
   const bool llama = model.arch == "llama";
   STP_CHECK(llama || (model.n_kv_heads == 0 && model.rope_theta == ModelSection{}.rope_theta &&
-                      model.rms_eps == ModelSection{}.rms_eps && !model.tie_embeddings),
-            "model.n_kv_heads, model.rope_theta, model.rms_eps and model.tie_embeddings apply to "
+                      !model.tie_embeddings),
+            "model.n_kv_heads, model.rope_theta and model.tie_embeddings apply to "
             "model.arch=llama, not model.arch=",
             model.arch);
+  STP_CHECK(llama || model.rms_eps == ModelSection{}.rms_eps,
+            "model.rms_eps applies to model.arch=llama, not model.arch=", model.arch);
   const std::int64_t kv = model.n_kv_heads > 0 ? model.n_kv_heads : model.n_heads;
   if (llama) {
     STP_CHECK((model.d_model / model.n_heads) % 2 == 0,

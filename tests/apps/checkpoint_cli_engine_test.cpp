@@ -49,6 +49,16 @@ double loss_at(const std::string& log_dir, int step) {
   return 0;
 }
 
+// `stp run -n <ranks> -- stp train <whole>`, then the same run as <cut> stopped during step 5,
+// after its step-4 checkpoint (both with 6 steps and checkpoints every 2).
+void run_whole_and_cut(int ranks, const std::string& whole, const std::string& cut) {
+  const std::string run = "run -n " + std::to_string(ranks) + " -- stp train ";
+  CliResult r = run_cli(run + whole);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_cli(run + cut + " --stop-after 5");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+}
+
 void flip_byte(const std::string& file) {
   std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
   f.seekg(static_cast<std::streamoff>(fs::file_size(file) - 3));
@@ -112,14 +122,10 @@ TEST(CheckpointResume, ACorruptNewestCheckpointIsSkippedByEveryRank) {
   const std::string whole = dir + "/whole", cut = dir + "/cut";
   // Two ranks (pp 2): the corrupt shard is rank 1's, so rank 0 alone would not see it.
   const std::string layout = " --set parallel.tp=1 --set parallel.pp=2";
-  CliResult r = run_cli("run -n 2 -- stp train " + tiny(whole, 6) + layout);
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  // The same run stopped during step 5, after the step-4 checkpoint.
-  r = run_cli("run -n 2 -- stp train " + tiny(cut, 6) + layout + " --stop-after 5");
-  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_NO_FATAL_FAILURE(run_whole_and_cut(2, tiny(whole, 6) + layout, tiny(cut, 6) + layout));
   const std::string newest = cut + "/checkpoints/step_000004";
   flip_byte(newest + "/rank_00001.safetensors");
-  r = run_cli("run -n 2 -- stp train " + tiny(cut, 6) + layout + " --resume");
+  CliResult r = run_cli("run -n 2 -- stp train " + tiny(cut, 6) + layout + " --resume");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   expect_contains(r.output,
                   {"[r0] warning: --resume skipped " + newest +
@@ -193,10 +199,8 @@ TEST(CheckpointReshard, ResumingInAnotherLayoutContinuesTheLossCurve) {
   const std::string dir = fresh_temp_dir("checkpoint_cli", "reshard");
   const std::string whole = dir + "/whole", cut = dir + "/cut";
   const std::string tp2pp2 = " --set parallel.tp=2 --set parallel.pp=2 --set schedule.kind=stp";
-  CliResult r = run_cli("run -n 4 -- stp train " + tiny4(whole, 6) + tp2pp2);
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  r = run_cli("run -n 4 -- stp train " + tiny4(cut, 6) + tp2pp2 + " --stop-after 5");
-  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_NO_FATAL_FAILURE(run_whole_and_cut(4, tiny4(whole, 6) + tp2pp2, tiny4(cut, 6) + tp2pp2));
+  CliResult r;
   const std::string step4 = cut + "/checkpoints/step_000004";
   struct Layout {
     std::string name, flags, change;
@@ -237,7 +241,8 @@ TEST(CheckpointReshard, ResumingInAnotherLayoutContinuesTheLossCurve) {
   fs::remove_all(dir);
 }
 
-// dp 2 -> dp 1: the one rank continues at the same global sample, reading the rows both read.
+// dp 2 -> dp 1 with --resume (the newest of the run's checkpoints, verified by every rank): the
+// one rank continues at the same global sample, after the rows both ranks read.
 TEST(CheckpointReshard, AnotherDpContinuesAtTheSameGlobalSample) {
   const std::string dir = fresh_temp_dir("checkpoint_cli", "reshard_dp");
   CliResult r = run_cli("run -n 2 -- stp train " + tiny(dir + "/dp2", 2));
@@ -245,12 +250,14 @@ TEST(CheckpointReshard, AnotherDpContinuesAtTheSameGlobalSample) {
   const std::string step2 = dir + "/dp2/checkpoints/step_000002";
   const json saved = manifest_of(step2).at("data");
   ASSERT_EQ(saved.at("dp_size"), 2);
-  r = run_cli("train " + tiny(dir + "/dp1", 4) + " --resume-from " + step2);
+  r = run_cli("train " + tiny(dir + "/dp1", 4) + " --set run.checkpoint_dir=" + dir +
+              "/dp2/checkpoints --resume");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   expect_contains(r.output,
                   {"resuming step 2 saved as tp=1 pp=1 dp=2 into tp=1 pp=1 dp=1: resharding on "
-                   "load"});
-  const json now = manifest_of(dir + "/dp1/checkpoints/step_000004").at("data");
+                   "load",
+                   "resumed from " + step2 + " (step 2)"});
+  const json now = manifest_of(dir + "/dp2/checkpoints/step_000004").at("data");
   EXPECT_EQ(now.at("dp_size"), 1);
   // Each of the two ranks read 2 steps x 2 microbatches x 2 rows; the one rank 8 more.
   EXPECT_EQ(now.at("index").get<int>(), saved.at("index").get<int>() * 2 + 8);
@@ -259,9 +266,9 @@ TEST(CheckpointReshard, AnotherDpContinuesAtTheSameGlobalSample) {
 
 TEST(CheckpointReshard, AnotherModelFamilyVocabularyOrOptimizerIsRefused) {
   const std::string dir = fresh_temp_dir("checkpoint_cli", "reshard_refused");
-  CliResult r = run_cli("train " + tiny(dir, 2));
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  const std::string ck = dir + "/checkpoints/step_000002";
+  const std::string ck = dir + "/checkpoints/step_000002";  // of a 2-step run on one rank
+  const CliResult trained = run_cli("train " + tiny(dir, 2));
+  ASSERT_EQ(trained.exit_code, 0) << trained.output;
   const std::string again = "train " + tiny(dir + "/again", 4) + " --resume-from " + ck;
   expect_rejected(
       {{again + " --set model.n_layers=3", "model.n_layers=2 in checkpoint, 3 in this run"},
@@ -272,7 +279,12 @@ TEST(CheckpointReshard, AnotherModelFamilyVocabularyOrOptimizerIsRefused) {
        {"checkpoint reshard --checkpoint " + ck + " --out " + dir + "/x --tp 3 --pp 1",
         "n_heads=2 is not divisible by tp=3"},
        {"checkpoint reshard --checkpoint " + ck + " --out " + ck + " --tp 1 --pp 1",
-        "already exists"}});
+        "already exists"},
+       // model.rms_eps is a Llama key, in (0, 0.01].
+       {"train --set model.rms_eps=1e-6",
+        "model.rms_eps applies to model.arch=llama, not model.arch=gpt"},
+       {"train --set model.arch=llama --set model.rms_eps=0.5",
+        "model.rms_eps=0.5 is out of range [1e-12, 0.01]"}});
   json m = manifest_of(ck);
   EXPECT_EQ(m.at("extra").at("optimizer").at("kind"), "adamw");
   m["extra"]["optimizer"]["kind"] = "sgd";
