@@ -167,9 +167,11 @@ TensorMap Resharder::read(const std::vector<std::string>& names, int tp_rank, in
       STP_CHECK(p.file >= 0, checkpoint_, ": tensor '", name, "' has no shard from tp rank ", r);
       pieces.push_back(view(p));
     }
+    // Every branch copies (at::cat does, even of one tensor): nothing aliases the mapping.
+    const auto contiguous = at::MemoryFormat::Contiguous;
     at::Tensor t;
     if (new_dim < 0) {
-      t = old_dim < 0 ? pieces[0] : at::cat(pieces, old_dim);
+      t = old_dim < 0 ? pieces[0].clone(contiguous) : at::cat(pieces, old_dim);
     } else {
       // The new slice [begin, begin + len) along new_dim.
       std::int64_t n = pieces[0].size(new_dim);  // the full size, unless split along new_dim
@@ -186,12 +188,14 @@ TensorMap Resharder::read(const std::vector<std::string>& names, int tp_rank, in
           if (lo < hi) parts.push_back(p.narrow(old_dim, lo - offset, hi - lo));
           offset += p.size(old_dim);
         }
-        t = parts.size() == 1 ? parts[0] : at::cat(parts, new_dim);
+        t = at::cat(parts, new_dim);
+      } else if (old_dim < 0) {
+        t = pieces[0].narrow(new_dim, begin, len).clone(contiguous);
       } else {
-        t = (old_dim < 0 ? pieces[0] : at::cat(pieces, old_dim)).narrow(new_dim, begin, len);
+        t = at::cat(pieces, old_dim).narrow(new_dim, begin, len).clone(contiguous);
       }
     }
-    out[name] = t.clone(at::MemoryFormat::Contiguous);  // a copy: nothing aliases the mapping
+    out[name] = std::move(t);
   }
   return out;
 }
