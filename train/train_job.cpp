@@ -62,8 +62,8 @@ constexpr const char* kOptimizer = "adamw";  // the only optimizer stp has
 
 // What the manifest's `extra` holds: the optimizer settings and learning-rate schedule, the
 // pipeline schedule (micro_batch_size: the rows of a microbatch), the steps and data-order seed,
-// and the data source (docs/checkpoints.md). Informational, except that a resumed run on the
-// generated corpus must have the checkpoint's corpus_seed and corpus_bytes.
+// and the data source (docs/checkpoints.md). Informational, except that a resumed run must have
+// the checkpoint's optimizer kind and, on the generated corpus, its corpus_seed and corpus_bytes.
 json extra_json(const TrainConfig& c) {
   const json all = json::parse(c.to_json());
   json optimizer = all.at("optimizer");
