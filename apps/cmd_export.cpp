@@ -1,7 +1,6 @@
 // `stp export --format hf`: an stp checkpoint (any tp x pp x dp layout) as a Hugging Face model
 // folder that `transformers` loads with from_pretrained (checkpoint/hf.h does the work).
 #include <cstdio>
-#include <filesystem>
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/hf.h"
@@ -23,13 +22,7 @@ int export_checkpoint(const std::vector<std::string>& args) {
   app.add_option("--out", out, "folder to write (created if missing)")->required();
   if (int rc = parse(app, args); rc >= 0) return rc;
   STP_CHECK(format == "hf", "--format=", format, " is not supported (formats: hf)");
-  std::string step_dir = checkpoint;
-  if (!std::filesystem::exists(checkpoint + "/manifest.json")) {
-    auto latest = checkpoint::find_latest_complete(checkpoint);
-    STP_CHECK(latest.has_value(), "--checkpoint ", checkpoint,
-              " is neither a checkpoint (no manifest.json) nor a folder holding complete ones");
-    step_dir = *latest;
-  }
+  const std::string step_dir = checkpoint::resolve_checkpoint(checkpoint);
   const checkpoint::HfExportResult r = checkpoint::export_checkpoint_to_hf(step_dir, out);
   std::printf("stp export: %s -> %s (%s, %lld tensors from %lld rank shards)\n", step_dir.c_str(),
               out.c_str(), r.architecture.c_str(), static_cast<long long>(r.tensors),

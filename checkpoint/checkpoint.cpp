@@ -159,6 +159,63 @@ void remove_checkpoint(const fs::path& dir) {
   remove_tree(doomed);
 }
 
+// Phase 2 of Note [Checkpoint atomicity] for one rank: rank_R.safetensors and its .sum.
+void write_rank_shard(const fs::path& tmp_dir, std::int64_t step, int rank, int world,
+                      const TensorMap& tensors) {
+  const std::string name = shard_name(rank);
+  const StringMap metadata = {{"format", "stp-checkpoint"},
+                              {"step", std::to_string(step)},
+                              {"rank", std::to_string(rank)},
+                              {"world", std::to_string(world)}};
+  const fs::path shard = tmp_dir / name;
+  const FileDigest digest = write_safetensors(shard.string() + ".part", tensors, metadata);
+  fs::rename(shard.string() + ".part", shard);
+  const nlohmann::json sum = {{"bytes", digest.bytes}, {"xxh64", hex64(digest.xxh64)}};
+  write_file_atomic(tmp_dir / (name + ".sum"), sum.dump());
+}
+
+// Phase 3 of Note [Checkpoint atomicity] up to the rename of tmp_dir to final_dir (the caller
+// fsyncs final_dir's parent): checks every shard, writes the manifest last.
+void publish(const fs::path& tmp_dir, const fs::path& final_dir, std::int64_t step,
+             const CheckpointInfo& info) {
+  const int world = info.layout.world;
+  nlohmann::json files = nlohmann::json::array();
+  for (int r = 0; r < world; ++r) {
+    const std::string rname = shard_name(r);
+    const fs::path sum_path = tmp_dir / (rname + ".sum");
+    STP_CHECK(fs::exists(sum_path), "checkpoint step ", step, ": rank ", r,
+              " did not write its shard (", sum_path.string(), " missing)");
+    const nlohmann::json s = nlohmann::json::parse(read_text(sum_path));
+    const auto bytes = field<std::int64_t>(s, "bytes", sum_path.string());
+    const auto on_disk = static_cast<std::int64_t>(fs::file_size(tmp_dir / rname));
+    STP_CHECK(on_disk == bytes, "checkpoint step ", step, ": ", rname, " has ", on_disk,
+              " bytes on disk but its rank wrote ", bytes);
+    const RankCoords at = rank_coords(info.layout, r);
+    files.push_back({{"name", rname},
+                     {"rank", r},
+                     {"pp", at.pp},
+                     {"dp", at.dp},
+                     {"tp", at.tp},
+                     {"bytes", bytes},
+                     {"xxh64", field<std::string>(s, "xxh64", sum_path.string())}});
+  }
+  const nlohmann::json manifest = {{"format", "stp-checkpoint"},
+                                   {"format_version", kCheckpointFormatVersion},
+                                   {"step", step},
+                                   {"created_unix", static_cast<std::int64_t>(std::time(nullptr))},
+                                   {"layout", layout_json(info.layout)},
+                                   {"model", info.model},
+                                   {"data", info.data},
+                                   {"extra", info.extra},
+                                   {"checksum", "xxh64"},
+                                   {"files", files}};
+  write_file_atomic(tmp_dir / kManifest, manifest.dump(2) + "\n");
+  for (int r = 0; r < world; ++r) fs::remove(tmp_dir / (shard_name(r) + ".sum"));
+  fsync_dir(tmp_dir);
+  if (fs::exists(final_dir)) remove_checkpoint(final_dir);  // re-saving the same step
+  fs::rename(tmp_dir, final_dir);
+}
+
 }  // namespace
 
 RankCoords rank_coords(const CheckpointLayout& layout, int rank) {
@@ -209,56 +266,12 @@ std::string CheckpointWriter::save(std::int64_t step, const TensorMap& tensors,
   barrier_();
 
   // Phase 2: every rank writes its shard and its .sum (size and checksum) atomically.
-  const std::string name = shard_name(rank_);
-  const StringMap metadata = {{"format", "stp-checkpoint"},
-                              {"step", std::to_string(step)},
-                              {"rank", std::to_string(rank_)},
-                              {"world", std::to_string(world_)}};
-  const fs::path shard = tmp_dir / name;
-  const FileDigest digest = write_safetensors(shard.string() + ".part", tensors, metadata);
-  fs::rename(shard.string() + ".part", shard);
-  const nlohmann::json sum = {{"bytes", digest.bytes}, {"xxh64", hex64(digest.xxh64)}};
-  write_file_atomic(tmp_dir / (name + ".sum"), sum.dump());
+  write_rank_shard(tmp_dir, step, rank_, world_, tensors);
   barrier_();
 
   // Phase 3: rank 0 checks every shard, writes the manifest last and publishes the folder.
   if (rank_ == 0) {
-    nlohmann::json files = nlohmann::json::array();
-    for (int r = 0; r < world_; ++r) {
-      const std::string rname = shard_name(r);
-      const fs::path sum_path = tmp_dir / (rname + ".sum");
-      STP_CHECK(fs::exists(sum_path), "checkpoint step ", step, ": rank ", r,
-                " did not write its shard (", sum_path.string(), " missing)");
-      const nlohmann::json s = nlohmann::json::parse(read_text(sum_path));
-      const auto bytes = field<std::int64_t>(s, "bytes", sum_path.string());
-      const auto on_disk = static_cast<std::int64_t>(fs::file_size(tmp_dir / rname));
-      STP_CHECK(on_disk == bytes, "checkpoint step ", step, ": ", rname, " has ", on_disk,
-                " bytes on disk but its rank wrote ", bytes);
-      const RankCoords at = rank_coords(info.layout, r);
-      files.push_back({{"name", rname},
-                       {"rank", r},
-                       {"pp", at.pp},
-                       {"dp", at.dp},
-                       {"tp", at.tp},
-                       {"bytes", bytes},
-                       {"xxh64", field<std::string>(s, "xxh64", sum_path.string())}});
-    }
-    const nlohmann::json manifest = {
-        {"format", "stp-checkpoint"},
-        {"format_version", kCheckpointFormatVersion},
-        {"step", step},
-        {"created_unix", static_cast<std::int64_t>(std::time(nullptr))},
-        {"layout", layout_json(info.layout)},
-        {"model", info.model},
-        {"data", info.data},
-        {"extra", info.extra},
-        {"checksum", "xxh64"},
-        {"files", files}};
-    write_file_atomic(tmp_dir / kManifest, manifest.dump(2) + "\n");
-    for (int r = 0; r < world_; ++r) fs::remove(tmp_dir / (shard_name(r) + ".sum"));
-    fsync_dir(tmp_dir);
-    if (fs::exists(final_dir)) remove_checkpoint(final_dir);  // re-saving the same step
-    fs::rename(tmp_dir, final_dir);
+    publish(tmp_dir, final_dir, step, info);
     fsync_dir(root);
 
     // Retention: this checkpoint plus the keep_last-1 newest others; stale *.tmp folders go too.
@@ -275,6 +288,26 @@ std::string CheckpointWriter::save(std::int64_t step, const TensorMap& tensors,
   }
   barrier_();
   return final_dir.string();
+}
+
+std::string write_checkpoint(const std::string& final_dir, std::int64_t step,
+                             const CheckpointInfo& info,
+                             const std::function<TensorMap(int rank)>& tensors_of) {
+  STP_CHECK(step >= 0, "checkpoint step=", step, " must be >= 0");
+  rank_coords(info.layout, 0);  // checks the layout multiplies out
+  fs::path final_path = fs::absolute(final_dir).lexically_normal();
+  if (!final_path.has_filename()) final_path = final_path.parent_path();  // "DIR2/"
+  const fs::path root = final_path.parent_path();
+  STP_CHECK(!fs::exists(final_path), final_dir, " already exists (choose a new folder)");
+  const fs::path tmp_dir = final_path.string() + kTmpSuffix;
+  fs::create_directories(root);
+  remove_tree(tmp_dir);
+  fs::create_directory(tmp_dir);
+  for (int r = 0; r < info.layout.world; ++r)
+    write_rank_shard(tmp_dir, step, r, info.layout.world, tensors_of(r));
+  publish(tmp_dir, final_path, step, info);
+  fsync_dir(root);
+  return final_path.string();
 }
 
 Manifest read_manifest(const std::string& checkpoint) {
@@ -355,30 +388,30 @@ std::optional<std::string> find_latest_complete(const std::string& dir) {
   return all.back();
 }
 
-void check_compatible(const Manifest& manifest, const CheckpointLayout& layout,
-                      const nlohmann::json& model) {
-  const CheckpointLayout& saved = manifest.info.layout;
-  std::string was, now;
-  auto cmp = [&](const char* key, const auto& a, const auto& b) {
-    if (a == b) return;
-    was += str_cat(was.empty() ? "" : " ", key, "=", a);
-    now += str_cat(now.empty() ? "" : " ", key, "=", b);
+std::string resolve_checkpoint(const std::string& path) {
+  if (fs::exists(fs::path(path) / kManifest)) return path;
+  std::optional<std::string> latest = find_latest_complete(path);
+  STP_CHECK(latest.has_value(), "--checkpoint ", path,
+            " is neither a checkpoint (no manifest.json) nor a folder holding complete ones");
+  return *latest;
+}
+
+void check_compatible(const Manifest& manifest, const nlohmann::json& model) {
+  // Another family first and alone: every other field would differ too.
+  const auto arch = [](const nlohmann::json& m) {
+    return m.is_object() ? m.value("arch", std::string("gpt")) : std::string("gpt");
   };
-  cmp("dp", saved.dp, layout.dp);
-  cmp("tp", saved.tp, layout.tp);
-  cmp("pp", saved.pp, layout.pp);
-  cmp("world", saved.world, layout.world);
-  cmp("schedule", saved.schedule, layout.schedule);
-  cmp("microbatches", saved.microbatches, layout.microbatches);
+  STP_CHECK(arch(manifest.info.model) == arch(model), "cannot resume from step ", manifest.step,
+            ": the checkpoint holds a model.arch=", arch(manifest.info.model),
+            " model, this run trains model.arch=", arch(model));
   std::vector<std::string> diffs;
-  if (!was.empty()) diffs.push_back("checkpoint layout " + was + " differs from this run's " + now);
   diff_json("model", manifest.info.model, model, diffs);
   std::string msg;
   for (const std::string& d : diffs) msg += (msg.empty() ? "" : "; ") + d;
   STP_CHECK(diffs.empty(), "cannot resume from step ", manifest.step, ": ", msg);
 }
 
-TensorMap load_shard(const std::string& checkpoint, const Manifest& manifest, int rank) {
+void verify_shard(const std::string& checkpoint, const Manifest& manifest, int rank) {
   const int world = static_cast<int>(manifest.files.size());
   STP_CHECK(rank >= 0 && rank < world, "checkpoint rank=", rank, " must be in [0, world=", world,
             ")");
@@ -391,7 +424,12 @@ TensorMap load_shard(const std::string& checkpoint, const Manifest& manifest, in
   // The manifest may be what changed: the mismatch cannot tell which of the two is wrong.
   STP_CHECK(d.xxh64 == f.xxh64, f.name, " checksum mismatch: file or manifest corrupt (xxh64 ",
             hex64(d.xxh64), ", manifest ", hex64(f.xxh64), "; ", checkpoint, ")");
-  SafetensorsContents c = read_safetensors(path.string());
+}
+
+TensorMap load_shard(const std::string& checkpoint, const Manifest& manifest, int rank) {
+  verify_shard(checkpoint, manifest, rank);
+  const CheckpointFile& f = manifest.files[static_cast<std::size_t>(rank)];
+  SafetensorsContents c = read_safetensors((fs::path(checkpoint) / f.name).string());
   const auto it = c.metadata.find("rank");
   STP_CHECK(it != c.metadata.end() && it->second == std::to_string(rank), f.name, " holds rank ",
             it == c.metadata.end() ? "?" : it->second, ", expected ", rank);
@@ -402,7 +440,14 @@ LoadedCheckpoint load_checkpoint(const std::string& checkpoint, int rank,
                                  const CheckpointLayout& layout, const nlohmann::json& model) {
   LoadedCheckpoint out;
   out.manifest = read_manifest(checkpoint);
-  check_compatible(out.manifest, layout, model);
+  check_compatible(out.manifest, model);
+  const CheckpointLayout& saved = out.manifest.info.layout;
+  STP_CHECK(saved.tp == layout.tp && saved.pp == layout.pp && saved.dp == layout.dp &&
+                saved.world == layout.world && saved.schedule == layout.schedule,
+            "checkpoint layout tp=", saved.tp, " pp=", saved.pp, " dp=", saved.dp,
+            " schedule=", saved.schedule, " differs from this run's tp=", layout.tp,
+            " pp=", layout.pp, " dp=", layout.dp, " schedule=", layout.schedule,
+            ": its shards need resharding (checkpoint/reshard.h)");
   out.tensors = load_shard(checkpoint, out.manifest, rank);
   return out;
 }

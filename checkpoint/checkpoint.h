@@ -39,7 +39,7 @@ namespace stp::checkpoint {
 
 constexpr int kCheckpointFormatVersion = 1;
 
-// How the run is split; a checkpoint only loads into the same layout.
+// How the run is split; another layout reshards on load (checkpoint/reshard.h).
 struct CheckpointLayout {
   int dp = 1;            // data-parallel ranks
   int pp = 1;            // pipeline stages (ranks)
@@ -112,25 +112,40 @@ std::vector<std::string> list_complete(const std::string& dir);
 // The newest of list_complete(dir), or nullopt (also when `dir` does not exist).
 std::optional<std::string> find_latest_complete(const std::string& dir);
 
+// `path` itself when it holds a manifest.json, else the newest complete checkpoint in it (what
+// tools take as --checkpoint). Throws std::invalid_argument when it is neither.
+std::string resolve_checkpoint(const std::string& path);
+
 // Reads and validates checkpoint/manifest.json (format version, fields, one file per rank).
 Manifest read_manifest(const std::string& checkpoint);
 
-// Throws std::invalid_argument naming every difference between the checkpoint and this run:
-// "checkpoint layout tp=2 pp=2 differs from this run's tp=1 pp=4", "model.n_layers=4 in
-// checkpoint, 6 in this run".
-void check_compatible(const Manifest& manifest, const CheckpointLayout& layout,
-                      const nlohmann::json& model);
+// Throws std::invalid_argument naming every difference between the checkpoint's model and this
+// run's: another family alone ("the checkpoint holds a model.arch=llama model, this run trains
+// model.arch=gpt"), else every field ("model.n_layers=4 in checkpoint, 6 in this run"). The
+// layout may differ: a run in another layout reshards (checkpoint/reshard.h).
+void check_compatible(const Manifest& manifest, const nlohmann::json& model);
 
-// Verifies one shard's size and checksum against the manifest, then reads it.
+// Verifies one shard's size and checksum against the manifest (reads the whole file).
+void verify_shard(const std::string& checkpoint, const Manifest& manifest, int rank);
+// verify_shard, then reads it.
 TensorMap load_shard(const std::string& checkpoint, const Manifest& manifest, int rank);
 
 struct LoadedCheckpoint {
   Manifest manifest;
   TensorMap tensors;  // this rank's, CPU
 };
-// read_manifest + check_compatible + load_shard(rank).
+// read_manifest + check_compatible + load_shard(rank). REQUIRES the checkpoint's tp, pp, dp
+// and schedule to be `layout`'s (else std::invalid_argument naming both; the microbatch count
+// may differ).
 LoadedCheckpoint load_checkpoint(const std::string& checkpoint, int rank,
                                  const CheckpointLayout& layout, const nlohmann::json& model);
+
+// Writes a whole checkpoint from one process (tools: stp checkpoint reshard): each rank's shard
+// `tensors_of(rank)` in rank order, then the manifest, published atomically at `final_dir` as
+// save() does (through final_dir.tmp). Refuses an existing final_dir. Returns its path.
+std::string write_checkpoint(const std::string& final_dir, std::int64_t step,
+                             const CheckpointInfo& info,
+                             const std::function<TensorMap(int rank)>& tensors_of);
 
 // Verifies every shard's size and checksum (for tools; load only checks its own rank's).
 void verify_checkpoint(const std::string& checkpoint);

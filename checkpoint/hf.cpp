@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/reshard.h"
 #include "common/check.h"
 #include "common/file.h"
 #include "data/mapped_file.h"
@@ -274,9 +275,8 @@ models::LlamaConfig read_llama_config(const std::string& dir) {
   STP_CHECK(l.n_heads % l.n_kv_heads == 0, where,
             ": config.json num_key_value_heads=", l.n_kv_heads,
             " does not divide num_attention_heads=", l.n_heads);
-  STP_CHECK(close_to(l.rms_eps, models::LlamaConfig{}.rms_eps), where,
-            ": config.json rms_norm_eps=", l.rms_eps, " is not supported: stp's Llama uses ",
-            models::LlamaConfig{}.rms_eps);
+  STP_CHECK(l.rms_eps <= models::kMaxRmsEps, where, ": config.json rms_norm_eps=", l.rms_eps,
+            " is out of stp's range (0, ", models::kMaxRmsEps, "]");
   return l;
 }
 
@@ -372,12 +372,8 @@ HfImport::HfImport(const std::string& dir, const std::string& architecture)
 
 at::Tensor HfImport::stored(const std::string& hf_name) const {
   const Stored& s = stored_.at(hf_name);
-  std::shared_ptr<const data::MappedFile> file = files_[s.file];
-  if (s.entry.end == s.entry.begin) return at::empty(s.entry.shape, at::dtype(s.entry.dtype));
-  // The mapping is read-only: the view is only ever read (copied into parameters).
-  void* p = const_cast<std::byte*>(file->data() + s.data_start + s.entry.begin);
-  return at::from_blob(
-      p, s.entry.shape, [file](void*) {}, at::TensorOptions().dtype(s.entry.dtype));
+  // The view is only ever read (copied into parameters).
+  return mapped_tensor(files_[s.file], s.data_start, s.entry);
 }
 
 void HfImport::match(const std::vector<HfTensorMap>& rows,
@@ -568,85 +564,28 @@ std::int64_t write_llama_folder(const std::string& out, const models::LlamaConfi
   return write_hf_folder(out, llama_tensor_map(untied), with_head, tied, c);
 }
 
-namespace {
-
-// The fields the GPT's and the Llama's configs share, from a manifest's model section.
-template <typename Config>
-Config shape_of(const json& model, const std::string& checkpoint) {
-  auto get = [&](const char* key) {
-    STP_CHECK(model.contains(key) && model[key].is_number_integer(), checkpoint,
-              "/manifest.json: model.", key, " is missing or not an integer");
-    return model[key].get<std::int64_t>();
-  };
-  Config cfg;
-  cfg.vocab = get("vocab");
-  cfg.seq_len = get("seq_len");
-  cfg.d_model = get("d_model");
-  cfg.n_heads = get("n_heads");
-  cfg.n_layers = get("n_layers");
-  cfg.dtype = models::parse_dtype(model.value("dtype", std::string("float32")));
-  return cfg;
-}
-
-// The full parameters of `specs` from the DP-rank-0 replica's shards of `checkpoint`.
-TensorMap gather_full_params(const std::string& checkpoint, const Manifest& m,
-                             const std::vector<models::ParamSpec>& specs, HfExportResult& r) {
-  const CheckpointLayout& lay = m.info.layout;
-  std::map<std::string, std::vector<at::Tensor>> shards;  // name -> by tp rank
-  for (int rank = 0; rank < lay.world; ++rank) {
-    const RankCoords at = rank_coords(lay, rank);
-    if (at.dp != 0) continue;
-    TensorMap t = load_shard(checkpoint, m, rank);
-    ++r.ranks_read;
-    for (auto& [name, value] : t) {
-      if (name.rfind("param/", 0) != 0) continue;
-      auto& v = shards[name.substr(6)];
-      if (v.size() < static_cast<std::size_t>(lay.tp)) v.resize(lay.tp);
-      v[at.tp] = value;
-    }
-  }
-  TensorMap full;
-  for (const models::ParamSpec& spec : specs) {
-    auto it = shards.find(spec.name);
-    STP_CHECK(it != shards.end(), checkpoint, ": has no parameter '", spec.name,
-              "' (saved by a different model?)");
-    for (int i = 0; i < lay.tp; ++i)
-      STP_CHECK(it->second[i].defined(), checkpoint, ": parameter '", spec.name,
-                "' has no shard from tp rank ", i);
-    full[spec.name] =
-        spec.shard_dim < 0 ? it->second[0] : at::cat(it->second, spec.shard_dim).contiguous();
-  }
-  return full;
-}
-
-}  // namespace
-
 HfExportResult export_checkpoint_to_hf(const std::string& checkpoint, const std::string& out) {
   const Manifest m = read_manifest(checkpoint);
   const json& model = m.info.model;
+  const std::string where = checkpoint + "/manifest.json";
   const std::string arch = model.value("arch", std::string("gpt"));
   STP_CHECK(arch == "gpt" || arch == "llama", checkpoint, ": model.arch='", arch,
             "' cannot be exported (supported: gpt as ", kGpt2Arch, ", llama as ", kLlamaArch, ")");
+  // The DP-rank-0 replica's shards, each verified, assembled along their shard dimensions.
+  verify_reshard_sources(checkpoint, m, 0, 1);
+  const Resharder shards(checkpoint, m);
+  TensorMap full;
+  for (const models::ParamSpec& spec : model_param_specs(model, 1, where))
+    full[spec.name] = shards.full("param/" + spec.name);
   HfExportResult r;
+  r.ranks_read = shards.files_mapped();
   if (arch == "llama") {
-    models::LlamaConfig cfg = shape_of<models::LlamaConfig>(model, checkpoint);
-    cfg.ffn_hidden = model.value("mlp_hidden", std::int64_t{0});
-    cfg.n_kv_heads = model.value("n_kv_heads", std::int64_t{0});
-    cfg.rope_theta = model.value("rope_theta", 10000.0);
-    cfg.tie_embeddings = model.value("tie_embeddings", false);
-    cfg.validate();
-    const TensorMap full =
-        gather_full_params(checkpoint, m, models::llama_param_specs(cfg, m.info.layout.tp), r);
     r.architecture = kLlamaArch;
-    r.tensors = write_llama_folder(out, cfg, full);
-    return r;
+    r.tensors = write_llama_folder(out, llama_config_of(model, where), full);
+  } else {
+    r.architecture = kGpt2Arch;
+    r.tensors = write_gpt2_folder(out, gpt_config_of(model, where), full);
   }
-  models::GptConfig cfg = shape_of<models::GptConfig>(model, checkpoint);
-  cfg.mlp_hidden = model.value("mlp_hidden", std::int64_t{0});
-  cfg.validate();
-  const TensorMap full = gather_full_params(checkpoint, m, models::gpt_param_specs(cfg), r);
-  r.architecture = kGpt2Arch;
-  r.tensors = write_gpt2_folder(out, cfg, full);
   return r;
 }
 

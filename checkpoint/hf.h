@@ -88,11 +88,12 @@ std::vector<HfTensorMap> gpt2_tensor_map(const models::GptConfig& cfg, std::int6
 // LlamaForCausalLM <-> stp's Llama (Note [Llama parameter layout]). Reads `dir`/config.json and
 // checks that it describes a model stp's Llama computes exactly: hidden_act silu, no attention
 // or MLP biases, head_dim = hidden_size / num_attention_heads, plain rotary embeddings (no
-// rope_scaling; rope_parameters.rope_type "default"), rms_norm_eps 1e-5 (stp's). Returns its
-// shape: vocab_size, max_position_embeddings (as seq_len), hidden_size, num_attention_heads,
+// rope_scaling; rope_parameters.rope_type "default"), rms_norm_eps in (0, kMaxRmsEps]. Returns
+// its shape: vocab_size, max_position_embeddings (as seq_len), hidden_size, num_attention_heads,
 // num_key_value_heads (as n_kv_heads; default num_attention_heads), num_hidden_layers,
 // intermediate_size (as ffn_hidden), rope_theta (rope_parameters.rope_theta or the older
-// top-level rope_theta; default 10000), tie_word_embeddings (default false).
+// top-level rope_theta; default 10000), rms_norm_eps (as rms_eps; default 1e-6, transformers'),
+// tie_word_embeddings (default false).
 models::LlamaConfig read_llama_config(const std::string& dir);
 // The rows for `cfg`: model.embed_tokens, model.layers.l.{input_layernorm, self_attn.q/k/v/o_proj,
 // post_attention_layernorm, mlp.gate/up/down_proj}, model.norm, and lm_head unless

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "common/check.h"
+#include "data/mapped_file.h"
 
 namespace stp::checkpoint {
 
@@ -286,6 +287,16 @@ SafetensorsHeader read_safetensors_header(const std::string& path) {
   std::uint64_t file_bytes = 0;
   Fd f{open_for_read(path, file_bytes)};
   return parse_header(path, f.fd, file_bytes);
+}
+
+at::Tensor mapped_tensor(const std::shared_ptr<const data::MappedFile>& file,
+                         std::uint64_t data_start, const SafetensorsEntry& entry) {
+  if (entry.end == entry.begin) return at::empty(entry.shape, at::dtype(entry.dtype));
+  STP_CHECK(data_start + entry.end <= static_cast<std::uint64_t>(file->size()), file->path(),
+            ": tensor '", entry.name, "' lies past the end of the mapped file");
+  void* p = const_cast<std::byte*>(file->data() + data_start + entry.begin);
+  return at::from_blob(
+      p, entry.shape, [file](void*) {}, at::TensorOptions().dtype(entry.dtype));
 }
 
 SafetensorsContents read_safetensors(const std::string& path) {

@@ -21,8 +21,13 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
+
+namespace stp::data {
+class MappedFile;
+}
 
 namespace stp::checkpoint {
 
@@ -65,6 +70,10 @@ struct SafetensorsHeader {
 // Reads and validates only the header of `path` (the same checks as read_safetensors, which
 // never needs the data to fail), for readers that map the file rather than copy it.
 SafetensorsHeader read_safetensors_header(const std::string& path);
+// The tensor `entry` of a safetensors file mapped as `file` (data_start from its header): a
+// zero-copy view that keeps the mapping alive. The mapping is read-only: only read through it.
+at::Tensor mapped_tensor(const std::shared_ptr<const data::MappedFile>& file,
+                         std::uint64_t data_start, const SafetensorsEntry& entry);
 
 // "F32" for at::kFloat etc.; throws std::invalid_argument for a dtype safetensors cannot hold.
 std::string safetensors_dtype(at::ScalarType type);

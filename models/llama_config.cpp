@@ -26,6 +26,8 @@ void LlamaConfig::validate() const {
             " (each key/value head serves a whole group of query heads)");
   STP_CHECK(std::isfinite(rope_theta) && rope_theta > 0, "rope_theta=", rope_theta, " must be > 0");
   STP_CHECK(std::isfinite(rms_eps) && rms_eps > 0, "rms_eps=", rms_eps, " must be > 0");
+  STP_CHECK(rms_eps <= kMaxRmsEps, "rms_eps=", rms_eps, " must be <= ", kMaxRmsEps,
+            " (Llama-family models use 1e-6 or 1e-5)");
 }
 
 void LlamaConfig::validate_layout(int stages, int tp_size) const {

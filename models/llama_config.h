@@ -16,6 +16,10 @@
 
 namespace stp::models {
 
+// The largest RMSNorm epsilon accepted: Llama-family models use 1e-6 or 1e-5; an epsilon near
+// the mean square of the activations would change what the norm computes.
+constexpr double kMaxRmsEps = 1e-2;
+
 struct LlamaConfig {
   std::int64_t vocab = 32000;         // V, tokens in [0, V); >= 1
   std::int64_t seq_len = 2048;        // T, maximum sequence length (rotary table size); >= 1
@@ -25,7 +29,7 @@ struct LlamaConfig {
   std::int64_t n_kv_heads = 0;        // NKV, key/value heads; divides n_heads; 0 means n_heads
   std::int64_t ffn_hidden = 0;        // H, SwiGLU hidden size; 0: Llama's rule (ffn_default())
   double rope_theta = 10000.0;        // rotary base; > 0
-  double rms_eps = 1e-5;              // RMSNorm epsilon; > 0
+  double rms_eps = 1e-5;              // RMSNorm epsilon; (0, kMaxRmsEps]
   bool tie_embeddings = false;        // the LM head reuses the token embedding (one stage only)
   at::ScalarType dtype = at::kFloat;  // compute and parameter dtype: float32, float64, bfloat16
   std::uint64_t seed = 1234;          // weight init seed (each tensor from (seed, its name))

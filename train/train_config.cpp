@@ -155,6 +155,8 @@ const std::vector<Field>& fields() {
                 "replicated when fewer; 0 means n_heads"),
       real_field("model", "rope_theta", M(model.rope_theta), 1e-6, kInfD, "-",
                  "llama: rotary embedding base"),
+      real_field("model", "rms_eps", M(model.rms_eps), 1e-12, models::kMaxRmsEps, "-",
+                 "llama: RMSNorm epsilon (transformers' rms_norm_eps)"),
       bool_field("model", "tie_embeddings", M(model.tie_embeddings),
                  "llama: the LM head reuses the token embedding (needs one pipeline stage)"),
       string_field("model", "dtype", M(model.dtype), {"float32", "float64", "bfloat16"}, "-",
@@ -164,7 +166,7 @@ const std::vector<Field>& fields() {
                    "a Hugging Face GPT2LMHeadModel or LlamaForCausalLM folder to start from "
                    "(config.json + safetensors); its config sets arch and the model's shape "
                    "(vocab, d_model, n_heads, n_layers, mlp_hidden; llama: n_kv_heads, "
-                   "rope_theta, tie_embeddings); seq_len must be <= its n_positions or "
+                   "rope_theta, rms_eps, tie_embeddings); seq_len must be <= its n_positions or "
                    "max_position_embeddings (docs/checkpoints.md); empty: random init"),
       int_field("parallel", "tp", M(parallel.tp), 1, 1024, "ranks", "tensor-parallel size"),
       int_field("parallel", "pp", M(parallel.pp), 1, 1024, "ranks", "pipeline-parallel size"),
@@ -315,6 +317,8 @@ void TrainConfig::validate() const {
             "model.n_kv_heads, model.rope_theta and model.tie_embeddings apply to "
             "model.arch=llama, not model.arch=",
             model.arch);
+  STP_CHECK(llama || model.rms_eps == ModelSection{}.rms_eps,
+            "model.rms_eps applies to model.arch=llama, not model.arch=", model.arch);
   const std::int64_t kv = model.n_kv_heads > 0 ? model.n_kv_heads : model.n_heads;
   if (llama) {
     STP_CHECK((model.d_model / model.n_heads) % 2 == 0,
@@ -405,6 +409,7 @@ void apply_init_from_shape(TrainConfig& c) {
     c.model.n_layers = hf.n_layers;
     c.model.mlp_hidden = hf.hidden();
     c.model.rope_theta = hf.rope_theta;
+    c.model.rms_eps = hf.rms_eps;
     // stp ties the head to the embedding on one stage only: on more, a tied file loads untied
     // (the head starts as a copy of the embedding).
     c.model.tie_embeddings = hf.tie_embeddings && pipeline_stages(c) == 1;
@@ -423,6 +428,7 @@ void apply_init_from_shape(TrainConfig& c) {
     c.model.mlp_hidden = hf.mlp_hidden;
     c.model.n_kv_heads = 0;
     c.model.rope_theta = ModelSection{}.rope_theta;
+    c.model.rms_eps = ModelSection{}.rms_eps;
     c.model.tie_embeddings = false;
     positions = hf.seq_len;
   }

@@ -25,6 +25,7 @@ struct ModelSection {
   std::int64_t mlp_hidden = 0;  // 0: 4*d_model (gpt), 8*d_model/3 rounded up to 256 (llama)
   std::int64_t n_kv_heads = 0;  // llama: key/value heads; 0: n_heads
   double rope_theta = 10000;    // llama: rotary base
+  double rms_eps = 1e-5;        // llama: RMSNorm epsilon
   bool tie_embeddings = false;  // llama: the LM head reuses the embedding (one stage only)
   std::string dtype = "float32";
   std::int64_t init_seed = 1234;

@@ -14,6 +14,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/hf.h"
+#include "checkpoint/reshard.h"
 #include "common/check.h"
 #include "common/file.h"
 #include "data/data.h"
@@ -35,7 +36,10 @@ json model_json(const TrainConfig& c) {
   m.erase("init_from");
   // A GPT's manifest stays what it was before the Llama keys existed: older checkpoints resume.
   if (c.model.arch == "gpt")
-    for (const char* k : {"arch", "n_kv_heads", "rope_theta", "tie_embeddings"}) m.erase(k);
+    for (const char* k : {"arch", "n_kv_heads", "rope_theta", "rms_eps", "tie_embeddings"})
+      m.erase(k);
+  // So is a Llama's at the default epsilon (the only one before model.rms_eps existed).
+  if (c.model.arch == "llama" && c.model.rms_eps == ModelSection{}.rms_eps) m.erase("rms_eps");
   return m;
 }
 
@@ -54,21 +58,30 @@ void load_init_from(engine::Trainer& t, const checkpoint::HfImport& hf) {
   }
 }
 
+constexpr const char* kOptimizer = "adamw";  // the only optimizer stp has
+
 // What the manifest's `extra` holds: the optimizer settings and learning-rate schedule, the
 // pipeline schedule (micro_batch_size: the rows of a microbatch), the steps and data-order seed,
-// and the data source (docs/checkpoints.md). Informational, except that a resumed run on the
-// generated corpus must have the checkpoint's corpus_seed and corpus_bytes.
+// and the data source (docs/checkpoints.md). Informational, except that a resumed run must have
+// the checkpoint's optimizer kind and, on the generated corpus, its corpus_seed and corpus_bytes.
 json extra_json(const TrainConfig& c) {
   const json all = json::parse(c.to_json());
-  return {{"optimizer", all.at("optimizer")},
+  json optimizer = all.at("optimizer");
+  optimizer["kind"] = kOptimizer;
+  return {{"optimizer", optimizer},
           {"schedule", all.at("schedule")},
           {"run", {{"steps", c.run.steps}, {"seed", c.run.seed}}},
           {"data", all.at("data")}};
 }
 
-// The generated corpus is fingerprinted like any text, but a different corpus_seed is named as
-// such rather than as a different fingerprint (checked before anything is built).
-void check_corpus(const json& saved_extra, const TrainConfig& c, const std::string& checkpoint) {
+// Another optimizer's state cannot continue as AdamW's (checkpoints before extra named it hold
+// AdamW's). The generated corpus is fingerprinted like any text, but a different corpus_seed
+// is named as such rather than as a different fingerprint. Checked before anything is built.
+void check_extra(const json& saved_extra, const TrainConfig& c, const std::string& checkpoint) {
+  const json& o = saved_extra.contains("optimizer") ? saved_extra["optimizer"] : json();
+  const std::string saved_kind = o.is_object() ? o.value("kind", std::string(kOptimizer)) : "";
+  STP_CHECK(saved_kind.empty() || saved_kind == kOptimizer, "cannot resume from ", checkpoint,
+            ": the checkpoint's optimizer is ", saved_kind, ", this run's is ", kOptimizer);
   if (c.data.format != "bytes" || !c.data.path.empty()) return;
   if (!saved_extra.contains("data") || !saved_extra["data"].is_object()) return;  // older stp
   const json& d = saved_extra["data"];
@@ -85,6 +98,17 @@ void check_corpus(const json& saved_extra, const TrainConfig& c, const std::stri
   STP_CHECK(diffs.empty(), "cannot resume from ", checkpoint, ": ", diffs);
 }
 
+// This rank's shard of a checkpoint of this run's layout (size and checksum verified); for
+// another layout, verifies this rank's share of the old shards and returns nothing: the model's
+// tensors are resharded once it exists (reshard_into).
+checkpoint::TensorMap read_or_verify(const std::string& dir, const checkpoint::Manifest& m,
+                                     int rank, const checkpoint::CheckpointLayout& layout) {
+  if (checkpoint::layout_change(m.info.layout, layout).empty())
+    return checkpoint::load_shard(dir, m, rank);
+  checkpoint::verify_reshard_sources(dir, m, rank, layout.world);
+  return {};
+}
+
 // Note [Resume from the newest intact checkpoint]
 // --resume's candidates are the complete checkpoints of the folder, newest first. Every
 // manifest is checked against this run before anything is built (a mismatch stops the run: an
@@ -93,16 +117,18 @@ void check_corpus(const json& saved_extra, const TrainConfig& c, const std::stri
 // taken when its shard is intact on every rank (one all-reduce MIN per candidate tried, all
 // ranks in the same order), else skipped with a warning and i + 1 tried. Before anything is
 // built each rank reads its shards newest first up to its first intact one, so a rank with
-// none stops the run in one line; on the usual path the newest is read once.
+// none stops the run in one line; on the usual path the newest is read once. A checkpoint of
+// another layout is checked the same way, each rank verifying its share of the old shards
+// (Note [Resharding] in checkpoint/reshard.h), and read once the model exists.
 class ResumeCandidates {
  public:
   ResumeCandidates(const std::vector<std::string>& oldest_first, int rank,
                    const checkpoint::CheckpointInfo& info, const TrainConfig& c)
-      : rank_(rank) {
+      : rank_(rank), layout_(info.layout) {
     for (auto it = oldest_first.rbegin(); it != oldest_first.rend(); ++it) {
       checkpoint::Manifest m = checkpoint::read_manifest(*it);
-      checkpoint::check_compatible(m, info.layout, info.model);
-      check_corpus(m.info.extra, c, *it);
+      checkpoint::check_compatible(m, info.model);
+      check_extra(m.info.extra, c, *it);
       dirs_.push_back(*it);
       manifests_.push_back(std::move(m));
     }
@@ -111,13 +137,14 @@ class ResumeCandidates {
   }
   std::size_t size() const { return dirs_.size(); }
   const std::string& dir(std::size_t i) const { return dirs_[i]; }
-  // Whether this rank's shard of candidate i is intact; "" if so (its tensors then kept until
-  // another is read), else why not. Reads the shard once.
+  // Whether this rank's shard of candidate i (or its share of the old shards, for another
+  // layout) is intact; "" if so (its tensors then kept until another is read), else why not.
+  // Reads the shards once.
   const std::string& check(std::size_t i) {
     if (!checked_[i]) {
       checked_[i] = true;
       try {
-        tensors_ = checkpoint::load_shard(dirs_[i], manifests_[i], rank_);
+        tensors_ = read_or_verify(dirs_[i], manifests_[i], rank_, layout_);
         tensors_of_ = static_cast<int>(i);
       } catch (const std::exception& e) {
         errors_[i] = e.what();
@@ -128,12 +155,13 @@ class ResumeCandidates {
   // Candidate i, whose check() passed.
   checkpoint::LoadedCheckpoint take(std::size_t i) {
     if (tensors_of_ != static_cast<int>(i))
-      tensors_ = checkpoint::load_shard(dirs_[i], manifests_[i], rank_);
+      tensors_ = read_or_verify(dirs_[i], manifests_[i], rank_, layout_);
     return {std::move(manifests_[i]), std::move(tensors_)};
   }
 
  private:
   int rank_;
+  checkpoint::CheckpointLayout layout_;
   std::vector<std::string> dirs_;
   std::vector<checkpoint::Manifest> manifests_;
   std::vector<std::string> errors_;
@@ -175,6 +203,17 @@ void load_state(engine::Trainer& t, const checkpoint::TensorMap& m) {
     }
   }
   t.optimizer().load_state_dict(optim);
+}
+
+// This rank's parameters and optimizer state read out of a checkpoint of another layout (Note
+// [Resharding] in checkpoint/reshard.h), named as state_of() names them.
+checkpoint::TensorMap reshard_into(engine::Trainer& t, const std::string& dir,
+                                   const checkpoint::Manifest& m) {
+  std::vector<std::string> names;
+  for (engine::Chunk* c : t.chunks())
+    for (const engine::Param& p : c->params()) names.push_back("param/" + p.name);
+  for (const auto& [k, v] : t.optimizer().state_dict()) names.push_back("optim/" + k);
+  return checkpoint::Resharder(dir, m).read(names, t.world().tp_rank(), t.world().tp());
 }
 
 checkpoint::CheckpointLayout layout_of(const TrainConfig& c, int world_size) {
@@ -251,8 +290,10 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
   checkpoint::LoadedCheckpoint resumed;
   std::optional<ResumeCandidates> candidates;
   if (!opts.resume_from.empty()) {
-    resumed = checkpoint::load_checkpoint(opts.resume_from, env.rank, info.layout, info.model);
-    check_corpus(resumed.manifest.info.extra, cfg, opts.resume_from);
+    resumed.manifest = checkpoint::read_manifest(opts.resume_from);
+    checkpoint::check_compatible(resumed.manifest, info.model);
+    check_extra(resumed.manifest.info.extra, cfg, opts.resume_from);
+    resumed.tensors = read_or_verify(opts.resume_from, resumed.manifest, env.rank, info.layout);
     resume_from = opts.resume_from;
   } else if (opts.resume) {
     // Which candidate every rank resumes from is agreed once the world exists (below).
@@ -319,9 +360,15 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
   TrainJobResult result;
   std::int64_t step = 0;
   if (resume_from) {
-    load_state(trainer, resumed.tensors);
-    loader.restore_position_json(resumed.manifest.info.data);
     step = resumed.manifest.step;
+    const std::string change = checkpoint::layout_change(resumed.manifest.info.layout, info.layout);
+    if (!change.empty()) {
+      say(str_cat("resuming step ", step, " saved as ", change, ": resharding on load\n"));
+      resumed.tensors = reshard_into(trainer, *resume_from, resumed.manifest);
+    }
+    load_state(trainer, resumed.tensors);
+    loader.restore_position_json(checkpoint::reshard_data_position(
+        resumed.manifest.info.data, world.dp(), loader.num_windows()));
     resumed.tensors.clear();
     say(str_cat("resumed from ", *resume_from, " (step ", step, ")\n"));
   } else if (opts.resume) {

@@ -19,6 +19,8 @@ namespace stp::train {
 struct TrainJobOptions {
   // Continue from the newest complete checkpoint, if any; one whose shard fails its size or
   // checksum on any rank is skipped (with a warning naming it) for the next older intact one.
+  // A checkpoint saved in another layout (tp, pp, dp, schedule) is resharded on load (Note
+  // [Resharding] in checkpoint/reshard.h); another model or optimizer stops the run.
   bool resume = false;
   // Continue from this checkpoint folder (DIR/step_N) and no other: any problem stops the run.
   // Non-empty implies resume.

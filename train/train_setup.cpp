@@ -36,6 +36,7 @@ models::LlamaConfig llama_config(const TrainConfig& c) {
   l.n_kv_heads = c.model.n_kv_heads;
   l.ffn_hidden = c.model.mlp_hidden;
   l.rope_theta = c.model.rope_theta;
+  l.rms_eps = c.model.rms_eps;
   l.tie_embeddings = c.model.tie_embeddings;
   return l;
 }

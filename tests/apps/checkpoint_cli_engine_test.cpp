@@ -3,7 +3,9 @@
 // `stp train` logs from a tp 2 x dp 2 checkpoint; --resume skips a corrupt newest checkpoint for
 // the newest intact one, agreed by every rank, with a warning naming it; --resume-from chooses
 // one; the manifest records every rank's (pp, dp, tp) and the optimizer settings; the generated
-// corpus's seed is a config key a resumed run must keep.
+// corpus's seed is a config key a resumed run must keep; a run resumes in another layout
+// (resharding on load, or from `stp checkpoint reshard`'s output) and continues the loss curve;
+// another model, family, vocabulary or optimizer is refused in one line.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -45,6 +47,16 @@ double loss_at(const std::string& log_dir, int step) {
   if (loss) return *loss;
   ADD_FAILURE() << "no step " << step << " in " << log_dir << "/metrics.jsonl";
   return 0;
+}
+
+// `stp run -n <ranks> -- stp train <whole>`, then the same run as <cut> stopped during step 5,
+// after its step-4 checkpoint (both with 6 steps and checkpoints every 2).
+void run_whole_and_cut(int ranks, const std::string& whole, const std::string& cut) {
+  const std::string run = "run -n " + std::to_string(ranks) + " -- stp train ";
+  CliResult r = run_cli(run + whole);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  r = run_cli(run + cut + " --stop-after 5");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
 }
 
 void flip_byte(const std::string& file) {
@@ -110,14 +122,10 @@ TEST(CheckpointResume, ACorruptNewestCheckpointIsSkippedByEveryRank) {
   const std::string whole = dir + "/whole", cut = dir + "/cut";
   // Two ranks (pp 2): the corrupt shard is rank 1's, so rank 0 alone would not see it.
   const std::string layout = " --set parallel.tp=1 --set parallel.pp=2";
-  CliResult r = run_cli("run -n 2 -- stp train " + tiny(whole, 6) + layout);
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  // The same run stopped during step 5, after the step-4 checkpoint.
-  r = run_cli("run -n 2 -- stp train " + tiny(cut, 6) + layout + " --stop-after 5");
-  ASSERT_EQ(r.exit_code, 0) << r.output;
+  ASSERT_NO_FATAL_FAILURE(run_whole_and_cut(2, tiny(whole, 6) + layout, tiny(cut, 6) + layout));
   const std::string newest = cut + "/checkpoints/step_000004";
   flip_byte(newest + "/rank_00001.safetensors");
-  r = run_cli("run -n 2 -- stp train " + tiny(cut, 6) + layout + " --resume");
+  CliResult r = run_cli("run -n 2 -- stp train " + tiny(cut, 6) + layout + " --resume");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   expect_contains(r.output,
                   {"[r0] warning: --resume skipped " + newest +
@@ -163,6 +171,125 @@ TEST(CheckpointResume, CorpusSeedIsAKeyAResumedRunMustKeep) {
   EXPECT_NE(r.output.find("(step 2)"), std::string::npos) << r.output;
   expect_rejected("train --set data.corpus_seed=-1",
                   "data.corpus_seed=-1 is out of range [0, inf]");
+  fs::remove_all(dir);
+}
+
+// ---- layout changes between runs (checkpoint/reshard.h) ------------------------------------
+
+// tiny() with 4 heads and 4 layers (tp 4, pp 4 fit), 4 microbatches (stp at pp 2), float64.
+std::string tiny4(const std::string& log_dir, int steps) {
+  return tiny(log_dir, steps) +
+         " --set model.n_heads=4 --set model.n_layers=4 --set schedule.microbatches=4"
+         " --set model.dtype=float64";
+}
+
+json manifest_of(const std::string& checkpoint) {
+  return json::parse(read_bytes(fs::path(checkpoint) / "manifest.json"));
+}
+
+// A tp 2 x pp 2 (stp) run stopped in step 5 continues from its step-4 checkpoint as tp 1 x
+// pp 4 and as tp 4 x pp 1 (1f1b) with the losses of the uninterrupted run: the same batches
+// (the data position of the next checkpoint is the uninterrupted run's, exactly) and the same
+// weights and AdamW moments, resharded. Tolerance 1e-9 in float64: changing TP reorders the
+// partial sums of every row-parallel matmul and all-reduce (rounding differences near 1e-16,
+// carried through two AdamW steps), while a misplaced shard or batch moves the loss in its
+// second or third digit. `stp checkpoint reshard` writes the same tensors ahead of time: a run
+// resumes from its output as from its own checkpoint, with bitwise the same losses.
+TEST(CheckpointReshard, ResumingInAnotherLayoutContinuesTheLossCurve) {
+  const std::string dir = fresh_temp_dir("checkpoint_cli", "reshard");
+  const std::string whole = dir + "/whole", cut = dir + "/cut";
+  const std::string tp2pp2 = " --set parallel.tp=2 --set parallel.pp=2 --set schedule.kind=stp";
+  ASSERT_NO_FATAL_FAILURE(run_whole_and_cut(4, tiny4(whole, 6) + tp2pp2, tiny4(cut, 6) + tp2pp2));
+  CliResult r;
+  const std::string step4 = cut + "/checkpoints/step_000004";
+  struct Layout {
+    std::string name, flags, change;
+  };
+  const std::vector<Layout> layouts = {
+      {"tp1pp4", " --set parallel.tp=1 --set parallel.pp=4 --set schedule.kind=1f1b",
+       "tp=2 pp=2 dp=1 schedule=stp into tp=1 pp=4 dp=1 schedule=1f1b"},
+      {"tp4pp1", " --set parallel.tp=4 --set parallel.pp=1 --set schedule.kind=1f1b",
+       "tp=2 pp=2 dp=1 schedule=stp into tp=4 pp=1 dp=1 schedule=1f1b"}};
+  for (const Layout& l : layouts) {
+    const std::string log = dir + "/" + l.name;
+    r = run_cli("run -n 4 -- stp train " + tiny4(log, 6) + l.flags + " --resume-from " + step4);
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    expect_contains(r.output, {"[r0] resuming step 4 saved as " + l.change + ": resharding on load",
+                               "[r0] resumed from " + step4 + " (step 4)"});
+    for (int step : {5, 6})
+      EXPECT_NEAR(loss_at(log, step), loss_at(whole, step), 1e-9) << l.name << " step " << step;
+    EXPECT_EQ(manifest_of(log + "/checkpoints/step_000006").at("data"),
+              manifest_of(whole + "/checkpoints/step_000006").at("data"))
+        << l.name;
+  }
+  // The command: the same tensors written ahead of time, resumed without resharding.
+  const std::string out = dir + "/tp1pp4_step4";
+  r = run_cli("checkpoint reshard --checkpoint " + step4 + " --out " + out +
+              " --tp 1 --pp 4 --schedule 1f1b");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_contains(r.output, {"stp checkpoint reshard: step 4 saved as tp=2 pp=2 dp=1 schedule=stp "
+                             "into tp=1 pp=4 dp=1 schedule=1f1b -> " +
+                             out});
+  EXPECT_EQ(manifest_of(out).at("layout").at("pp"), 4);
+  const std::string log = dir + "/from_command";
+  r = run_cli("run -n 4 -- stp train " + tiny4(log, 6) + layouts[0].flags + " --resume-from " +
+              out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.find("resharding"), std::string::npos) << r.output;
+  expect_contains(r.output, {"[r0] resumed from " + out + " (step 4)"});
+  EXPECT_EQ(loss_at(log, 6), loss_at(dir + "/tp1pp4", 6));
+  fs::remove_all(dir);
+}
+
+// dp 2 -> dp 1 with --resume (the newest of the run's checkpoints, verified by every rank): the
+// one rank continues at the same global sample, after the rows both ranks read.
+TEST(CheckpointReshard, AnotherDpContinuesAtTheSameGlobalSample) {
+  const std::string dir = fresh_temp_dir("checkpoint_cli", "reshard_dp");
+  CliResult r = run_cli("run -n 2 -- stp train " + tiny(dir + "/dp2", 2));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string step2 = dir + "/dp2/checkpoints/step_000002";
+  const json saved = manifest_of(step2).at("data");
+  ASSERT_EQ(saved.at("dp_size"), 2);
+  r = run_cli("train " + tiny(dir + "/dp1", 4) + " --set run.checkpoint_dir=" + dir +
+              "/dp2/checkpoints --resume");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_contains(r.output,
+                  {"resuming step 2 saved as tp=1 pp=1 dp=2 into tp=1 pp=1 dp=1: resharding on "
+                   "load",
+                   "resumed from " + step2 + " (step 2)"});
+  const json now = manifest_of(dir + "/dp2/checkpoints/step_000004").at("data");
+  EXPECT_EQ(now.at("dp_size"), 1);
+  // Each of the two ranks read 2 steps x 2 microbatches x 2 rows; the one rank 8 more.
+  EXPECT_EQ(now.at("index").get<int>(), saved.at("index").get<int>() * 2 + 8);
+  fs::remove_all(dir);
+}
+
+TEST(CheckpointReshard, AnotherModelFamilyVocabularyOrOptimizerIsRefused) {
+  const std::string dir = fresh_temp_dir("checkpoint_cli", "reshard_refused");
+  const std::string ck = dir + "/checkpoints/step_000002";  // of a 2-step run on one rank
+  const CliResult trained = run_cli("train " + tiny(dir, 2));
+  ASSERT_EQ(trained.exit_code, 0) << trained.output;
+  const std::string again = "train " + tiny(dir + "/again", 4) + " --resume-from " + ck;
+  expect_rejected(
+      {{again + " --set model.n_layers=3", "model.n_layers=2 in checkpoint, 3 in this run"},
+       {again + " --set model.vocab=300", "model.vocab=258 in checkpoint, 300 in this run"},
+       {again + " --set model.arch=llama",
+        "cannot resume from step 2: the checkpoint holds a model.arch=gpt model, this "
+        "run trains model.arch=llama"},
+       {"checkpoint reshard --checkpoint " + ck + " --out " + dir + "/x --tp 3 --pp 1",
+        "n_heads=2 is not divisible by tp=3"},
+       {"checkpoint reshard --checkpoint " + ck + " --out " + ck + " --tp 1 --pp 1",
+        "already exists"},
+       // model.rms_eps is a Llama key, in (0, 0.01].
+       {"train --set model.rms_eps=1e-6",
+        "model.rms_eps applies to model.arch=llama, not model.arch=gpt"},
+       {"train --set model.arch=llama --set model.rms_eps=0.5",
+        "model.rms_eps=0.5 is out of range [1e-12, 0.01]"}});
+  json m = manifest_of(ck);
+  EXPECT_EQ(m.at("extra").at("optimizer").at("kind"), "adamw");
+  m["extra"]["optimizer"]["kind"] = "sgd";
+  write_bytes(fs::path(ck) / "manifest.json", m.dump(2));
+  expect_rejected(again, "the checkpoint's optimizer is sgd, this run's is adamw");
   fs::remove_all(dir);
 }
 

@@ -270,14 +270,23 @@ TEST(Checkpoint, MismatchedLayoutOrModelIsRefusedNamingWhatDiffers) {
   save_all(dir.str(), 4, 8, saved);
   const std::string ck = *find_latest_complete(dir.str());
   const CheckpointInfo run = info_for(1, 4);
+  // Another layout needs resharding (reshard_test.cpp); another microbatch count does not.
   expect_invalid([&] { load_checkpoint(ck, 0, run.layout, run.model); },
-                 "checkpoint layout tp=2 pp=2 differs from this run's tp=1 pp=4");
+                 "checkpoint layout tp=2 pp=2 dp=1 schedule=stp differs from this run's tp=1 "
+                 "pp=4 dp=1 schedule=stp: its shards need resharding");
   CheckpointLayout sched = saved.layout;
-  sched.schedule = "zbv";
-  sched.microbatches = 16;
+  sched.schedule = "zb-v";
   expect_invalid([&] { load_checkpoint(ck, 0, sched, saved.model); },
-                 "checkpoint layout schedule=stp microbatches=8 differs from this run's "
-                 "schedule=zbv microbatches=16");
+                 "schedule=stp differs from this run's tp=2 pp=2 dp=1 schedule=zb-v");
+  sched = saved.layout;
+  sched.microbatches = 16;
+  EXPECT_TRUE(same(load_checkpoint(ck, 3, sched, saved.model).tensors, rank_state(3, 8)));
+  // Another family is named alone (every other field would differ too).
+  nlohmann::json llama = saved.model;
+  llama["arch"] = "llama";
+  expect_invalid([&] { load_checkpoint(ck, 0, saved.layout, llama); },
+                 "cannot resume from step 8: the checkpoint holds a model.arch=gpt model, this run "
+                 "trains model.arch=llama");
   nlohmann::json model = saved.model;
   model["n_layers"] = 6;
   model["norm"]["eps"] = 1e-6;

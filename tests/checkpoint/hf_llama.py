@@ -1,7 +1,8 @@
 """The outside client of stp's Hugging Face Llama tests (tests/checkpoint/hf_llama_test.cpp).
 
   make DIR [--tied] [--shards]   a tiny random LlamaForCausalLM (grouped-query attention: 4 heads,
-                                 2 key/value heads; rope_theta 5000) saved with save_pretrained,
+                                 2 key/value heads; rope_theta 5000; rms_norm_eps 1e-6,
+                                 transformers' default) saved with save_pretrained,
                                  every tensor drawn at random (RMSNorm weights too); --tied ties
                                  the head to the embedding; --shards splits it into several files
                                  with model.safetensors.index.json. Also writes DIR/ref.safetensors
@@ -23,7 +24,7 @@ def make(out, flags):
     cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN,
                                    num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                                    num_key_value_heads=KV_HEADS, max_position_embeddings=POSITIONS,
-                                   rms_norm_eps=1e-5, rope_theta=5000.0, tie_word_embeddings=tied,
+                                   rms_norm_eps=1e-6, rope_theta=5000.0, tie_word_embeddings=tied,
                                    bos_token_id=None, eos_token_id=None, pad_token_id=None)
     torch.manual_seed(20240602 + tied)
     model = transformers.LlamaForCausalLM(cfg)

@@ -1,6 +1,7 @@
 // Hugging Face Llama in and out (checkpoint/hf.h), tested as a real outside client would use it:
 // the `transformers` package builds a tiny random LlamaForCausalLM with grouped-query attention
-// (4 heads, 2 key/value heads, rope_theta 5000), tied and untied, and saves it
+// (4 heads, 2 key/value heads, rope_theta 5000, rms_norm_eps 1e-6: transformers' default, not
+// stp's 1e-5), tied and untied, and saves it
 // (tests/checkpoint/hf_llama.py); stp imports it at tp 1, at tp 2 x 2 and 4 stages (key/value
 // heads split) and at tp 4 (replicated) and must give transformers' logits (1e-4 in float32)
 // and loss on the same tokens; an export is loaded by from_pretrained with the same logits;
@@ -40,6 +41,7 @@ models::LlamaConfig tiny_config(bool tied) {
           .n_kv_heads = 2,
           .ffn_hidden = 48,
           .rope_theta = 5000,
+          .rms_eps = 1e-6,
           .tie_embeddings = tied,
           .dtype = at::kFloat};
 }
@@ -230,6 +232,7 @@ TEST_F(HfLlama, TrainAtTp2Pp2ThenExportLoadsInTransformers) {
   const json config = json::parse(read_bytes(fs::path(out) / "config.json"));
   EXPECT_EQ(config.at("max_position_embeddings"), 20);
   EXPECT_EQ(config.at("tie_word_embeddings"), false);
+  EXPECT_EQ(config.at("rms_norm_eps"), 1e-6);  // imported into model.rms_eps and written back
   const TensorMap r = ref(false);
   const TensorMap back = transformers_eval("hf_llama.py", out, r, tmp.path);
   EXPECT_LE((back.at("logits") - r.at("logits")).abs().max().item<double>(), 1e-4);
@@ -253,6 +256,7 @@ TEST_F(HfLlama, TrainConfigTakesArchAndShapeFromConfigJson) {
   EXPECT_EQ(c.model.n_layers, 4);
   EXPECT_EQ(c.model.mlp_hidden, 48);
   EXPECT_EQ(c.model.rope_theta, 5000);
+  EXPECT_EQ(c.model.rms_eps, 1e-6);
   EXPECT_TRUE(c.model.tie_embeddings);  // one stage: tied as the file
   c.schedule.kind = "stp";              // 2 x pp stages: the tied file loads untied
   c.parallel.pp = 2;
@@ -282,10 +286,13 @@ TEST_F(HfLlama, RefusesAnotherArchitectureOrAKeyStpLacks) {
           "config.json rope_scaling.factor=2.0 is not supported");
   refused("rope_parameters", json{{"rope_type", "llama3"}, {"rope_theta", 5000.0}},
           "config.json rope_parameters.rope_type=\"llama3\" is not supported");
-  refused("rms_norm_eps", 1e-6, "config.json rms_norm_eps=1e-06 is not supported");
+  refused("rms_norm_eps", 0.5, "config.json rms_norm_eps=0.5 is out of stp's range (0, 0.01]");
+  refused("rms_norm_eps", 1e-5,
+          "rms_norm_eps=1e-05 but stp's model.rope_theta=5000 and its Llama's "
+          "rms_eps=1e-06");
   refused("head_dim", 16, "config.json head_dim=16 is not supported");
   refused("rope_parameters", json{{"rope_type", "default"}, {"rope_theta", 10000.0}},
-          "rope_theta=10000 rms_norm_eps=1e-05 but stp's model.rope_theta=5000");
+          "rope_theta=10000 rms_norm_eps=1e-06 but stp's model.rope_theta=5000");
   refused("num_key_value_heads", 4, "num_key_value_heads=4 but stp's model.n_kv_heads=2");
   m.set_config("rope_scaling", nullptr);  // as saved: loads
   EXPECT_EQ(HfImport::llama(m.dir(), cfg).size(), 1u + 7 * 4 + 2);

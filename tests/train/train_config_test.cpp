@@ -49,10 +49,11 @@ TEST(TrainConfig, FileAndOverridesApplyInOrder) {
 
 TEST(TrainConfig, UnknownKeysAndSectionsAreNamed) {
   TrainConfig c;
-  EXPECT_EQ(error_of([&] { c.apply_json(R"({"model": {"layers": 3}})", "cfg.json"); }),
-            "cfg.json: unknown key 'model.layers' (model has: arch, vocab, seq_len, d_model, "
-            "n_heads, n_layers, mlp_hidden, n_kv_heads, rope_theta, tie_embeddings, dtype, "
-            "init_seed, init_from)");
+  EXPECT_EQ(
+      error_of([&] { c.apply_json(R"({"model": {"layers": 3}})", "cfg.json"); }),
+      "cfg.json: unknown key 'model.layers' (model has: arch, vocab, seq_len, d_model, "
+      "n_heads, n_layers, mlp_hidden, n_kv_heads, rope_theta, rms_eps, tie_embeddings, dtype, "
+      "init_seed, init_from)");
   EXPECT_EQ(error_of([&] { c.apply_json(R"({"modle": {}})", "cfg.json"); }),
             "cfg.json: unknown section 'modle' (sections: model, parallel, schedule, offload, "
             "optimizer, data, run)");
