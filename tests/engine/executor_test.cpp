@@ -30,6 +30,7 @@ struct Job {
   std::string kind;
   int tp = 1, pp = 1, m = 4;
   std::string budget = "off";
+  std::string recompute = "auto";  // parse_recompute
   bool braid = true;
   int steps = 1;
   // The transport: Gloo, or the FIFO backend with NCCL's pairing (fifo_backend.h), with the
@@ -47,7 +48,8 @@ struct JobResult {
   std::vector<StepStats> stats;  // per global rank, last step
   std::vector<std::int64_t> stage_bytes;
   std::int64_t budget = 0;
-  int max_live_sends = -1;  // FIFO transports: FifoFabric::max_live_sends
+  double recompute_keep = 0;  // the probe's (Trainer::recompute_costs)
+  int max_live_sends = -1;    // FIFO transports: FifoFabric::max_live_sends
 };
 
 // Gathers a full tensor per name from the chunks of every (stage, tp rank).
@@ -111,6 +113,7 @@ JobResult run_job(const models::GptConfig& cfg, const ParamMap& full, const Job&
         o.tp = job.tp;
         o.pp = job.pp;
         o.offload_budget = parse_offload_budget(job.budget);
+        o.recompute = parse_recompute(job.recompute);
         o.braid = job.braid;
         o.optimizer.lr = 1e-2;
         o.optimizer.weight_decay = 0.1;
@@ -127,6 +130,7 @@ JobResult run_job(const models::GptConfig& cfg, const ParamMap& full, const Job&
         if (r == 0) {
           result.stage_bytes = t->stage_activation_bytes();
           result.budget = t->offload_budget_bytes();
+          result.recompute_keep = t->recompute_costs().keep;
         }
         trainers[r] = std::move(t);
       },
@@ -394,6 +398,60 @@ TEST(Executor, MeasuredActivationMemoryMatchesTheSimulatorAndTheBudget) {
       offloaded += on.stats[r].offloaded_bytes;
     }
     EXPECT_GT(offloaded, 0) << kind;
+  }
+}
+
+// Recompute (Note [Recompute] in schedule/program.h) is exact: every set recomputed gives the
+// same loss and gradients, bit for bit, as keeping them, with braided FB (stp), deferred W
+// (zb-v, 1f1b-i) and fused (1f1b), also when the recomputed sets are offloaded; and holds less.
+TEST(Executor, RecomputeAllGivesTheSameBits) {
+  for (const char* kind : {"stp", "zb-v", "1f1b-i", "1f1b"}) {
+    const int tp = 2, pp = 2, m = 4;
+    const int stages = pp * schedule::default_chunks(schedule::kind_from_string(kind));
+    models::GptConfig cfg = tiny_config(stages);
+    ParamMap full = testing::random_full_params(cfg, 7);
+    auto mbs = microbatches(cfg, m, 3);
+    Job keep{kind, tp, pp, m};
+    keep.recompute = "off";
+    const JobResult want = run_job(cfg, full, keep, {mbs});
+    for (const char* budget : {"off", "85%"}) {
+      // 1F1B: nothing offloadable lowers its peak (the planner here costs sets whole).
+      if (std::string(kind) == "1f1b" && std::string(budget) != "off") continue;
+      Job rc{kind, tp, pp, m, budget};
+      rc.recompute = "all";
+      const JobResult got = run_job(cfg, full, rc, {mbs});
+      const std::string what = std::string(kind) + " offload " + budget;
+      EXPECT_EQ(got.losses, want.losses) << what;
+      testing::expect_grads_equal(got.grads, want.grads);
+      EXPECT_GT(got.recompute_keep, 0) << what;
+      EXPECT_LT(got.recompute_keep, 0.6) << what;
+      std::int64_t offloaded = 0;
+      for (int r = 0; r < tp * pp; ++r) {
+        EXPECT_LT(got.stats[r].peak_activation_bytes, want.stats[r].peak_activation_bytes)
+            << what << " rank " << r;
+        offloaded += got.stats[r].offloaded_bytes;
+      }
+      if (std::string(budget) != "off") {
+        EXPECT_GT(offloaded, 0) << what;
+      }
+      std::printf("%s recompute all, offload %s: peak %lld of %lld bytes on rank 0\n", kind, budget,
+                  static_cast<long long>(got.stats[0].peak_activation_bytes),
+                  static_cast<long long>(want.stats[0].peak_activation_bytes));
+    }
+  }
+}
+
+TEST(Executor, RecomputeParsesItsThreeValues) {
+  EXPECT_EQ(parse_recompute("off"), Recompute::kOff);
+  EXPECT_EQ(parse_recompute("auto"), Recompute::kAuto);
+  EXPECT_EQ(parse_recompute("all"), Recompute::kAll);
+  for (Recompute r : {Recompute::kOff, Recompute::kAuto, Recompute::kAll})
+    EXPECT_EQ(parse_recompute(to_string(r)), r);
+  try {
+    parse_recompute("some");
+    ADD_FAILURE() << "accepted 'some'";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(), "recompute 'some' is not one of auto, off, all");
   }
 }
 
