@@ -485,15 +485,24 @@ namespace stp::engine {
 namespace {
 
 // One rank, one stage, TP = 2: F(0), FB(F 1, BW 0), BW(1). The FB instruction's exposed
-// collective wait with braiding against the same two parts run back to back.
-schedule::Program fb_program() {
+// collective wait with braiding against the same two parts run back to back. deferred_w: W
+// deferred instead, F(0), FB(F 1, B 0), B(1), W(0), W(1).
+schedule::Program fb_program(bool deferred_w = false) {
   using schedule::compute_instr;
   using schedule::Op;
   using PassKind = schedule::Pass;
-  return stp::testing::one_stage_program(
-      2, {compute_instr(Op::kF, {{PassKind::kF, 0, 0, 0}}),
-          compute_instr(Op::kFB, {{PassKind::kF, 0, 0, 1}, {PassKind::kBW, 0, 0, 0}}),
-          compute_instr(Op::kBW, {{PassKind::kBW, 0, 0, 1}})});
+  if (!deferred_w)
+    return stp::testing::one_stage_program(
+        2, {compute_instr(Op::kF, {{PassKind::kF, 0, 0, 0}}),
+            compute_instr(Op::kFB, {{PassKind::kF, 0, 0, 1}, {PassKind::kBW, 0, 0, 0}}),
+            compute_instr(Op::kBW, {{PassKind::kBW, 0, 0, 1}})});
+  std::vector<schedule::Instr> instrs = {
+      compute_instr(Op::kF, {{PassKind::kF, 0, 0, 0}}),
+      compute_instr(Op::kFB, {{PassKind::kF, 0, 0, 1}, {PassKind::kB, 0, 0, 0}}),
+      compute_instr(Op::kB, {{PassKind::kB, 0, 0, 1}})};
+  for (int mb = 0; mb < 2; ++mb)
+    instrs.push_back(compute_instr(Op::kW, {{PassKind::kW, 0, 0, mb}}));
+  return stp::testing::one_stage_program(2, std::move(instrs));
 }
 
 // DESIGN.md "Braiding": in a braided FB, part A's collective k is still in flight when part
@@ -572,25 +581,6 @@ TEST(Executor, ARankThatFailsMakesTheOthersFailWithinTheTimeout) {
     EXPECT_LT(failed_after[r], 3.9) << "rank " << r << " outlived the timeout";
 }
 
-}  // namespace
-}  // namespace stp::engine
-
-namespace stp::engine {
-namespace {
-
-// One rank, one stage: F(0), FB(F 1, B 0), B(1), W(0), W(1): braided, with deferred Ws.
-schedule::Program fb_deferred_program() {
-  using schedule::compute_instr;
-  using schedule::Op;
-  using PassKind = schedule::Pass;
-  return stp::testing::one_stage_program(
-      2, {compute_instr(Op::kF, {{PassKind::kF, 0, 0, 0}}),
-          compute_instr(Op::kFB, {{PassKind::kF, 0, 0, 1}, {PassKind::kB, 0, 0, 0}}),
-          compute_instr(Op::kB, {{PassKind::kB, 0, 0, 1}}),
-          compute_instr(Op::kW, {{PassKind::kW, 0, 0, 0}}),
-          compute_instr(Op::kW, {{PassKind::kW, 0, 0, 1}})});
-}
-
 // Any mix of recomputed and kept sets (Part::recompute per F part: neither, either, both) in a
 // braided FB at TP 2, with W fused or deferred, gives the loss and every gradient of the
 // program without recompute, bit for bit: the re-runs happen inside the B units of the braid.
@@ -604,7 +594,7 @@ TEST(Executor, AnyMixOfRecomputedSetsGivesTheSameBits) {
     double want_loss = 0;
     std::int64_t want_peak = 0;
     for (int mask = 0; mask < 4; ++mask) {
-      schedule::Program prog = deferred ? fb_deferred_program() : fb_program();
+      schedule::Program prog = fb_program(deferred);
       for (auto& in : prog.ranks[0])
         for (auto& part : in.parts)
           if (part.pass == schedule::Pass::kF) part.recompute = ((mask >> part.mb) & 1) != 0;
