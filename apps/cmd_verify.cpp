@@ -23,6 +23,9 @@ int verify(const std::vector<std::string>& args) {
                  "microbatches (default: the smallest the schedule takes, at least 4)");
   app.add_option("--offload-budget", a.budget,
                  "off, bytes (2GiB) or a % of the unconstrained peak");
+  app.add_option("--recompute", a.recompute,
+                 "auto (default: the offload planner chooses), off, or all (every activation "
+                 "set recomputed in its backward)");
   app.add_option("--tolerance", a.tolerance, "largest accepted relative error");
   app.add_option("--seed", a.seed, "model and data seed");
   app.add_option("--model", a.model, "gpt (default) or llama");
@@ -51,10 +54,12 @@ int verify(const std::vector<std::string>& args) {
         str_printf("model=llama kv_heads=%lld rope_theta=%g%s ", static_cast<long long>(r.kv_heads),
                    a.rope_theta, a.tie_embeddings ? " tied_embeddings" : "");
   const std::string where = r.where == "cpu" ? "" : ", " + r.where;  // the CPU line is unchanged
+  const std::string recompute = a.recompute == "auto" ? "" : " recompute=" + a.recompute;
   std::printf(
-      "stp verify: %sschedule=%s tp=%d pp=%d microbatches=%d offload=%s (float64, %lld layers%s)\n",
+      "stp verify: %sschedule=%s tp=%d pp=%d microbatches=%d offload=%s%s (float64, %lld "
+      "layers%s)\n",
       model.c_str(), a.schedule.c_str(), a.tp, a.pp, r.microbatches, a.budget.c_str(),
-      static_cast<long long>(r.layers), where.c_str());
+      recompute.c_str(), static_cast<long long>(r.layers), where.c_str());
   std::printf("  activation peak %s per rank (measured), %s offloaded and reloaded\n",
               format_bytes(static_cast<double>(r.peak_bytes)).c_str(),
               format_bytes(static_cast<double>(r.offloaded_bytes)).c_str());

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "common/bytes.h"
 #include "common/check.h"
@@ -62,11 +63,41 @@ std::string to_string(const OffloadBudget& budget) {
   return "off";
 }
 
+namespace {
+
+constexpr std::pair<Recompute, const char*> kRecomputeNames[] = {
+    {Recompute::kAuto, "auto"}, {Recompute::kOff, "off"}, {Recompute::kAll, "all"}};
+
+offload::PlanOptions plan_options(Recompute recompute) {
+  offload::PlanOptions o;
+  switch (recompute) {
+    case Recompute::kOff: o.recompute = offload::PlanOptions::Recompute::kOff; break;
+    case Recompute::kAuto: o.recompute = offload::PlanOptions::Recompute::kAuto; break;
+    case Recompute::kAll: o.recompute = offload::PlanOptions::Recompute::kAll; break;
+  }
+  return o;
+}
+
+}  // namespace
+
+Recompute parse_recompute(const std::string& text) {
+  for (const auto& [r, name] : kRecomputeNames)
+    if (text == name) return r;
+  STP_CHECK(false, "recompute '", text, "' is not one of auto, off, all");
+  return Recompute::kAuto;
+}
+
+std::string to_string(Recompute recompute) {
+  for (const auto& [r, name] : kRecomputeNames)
+    if (r == recompute) return name;
+  return "auto";
+}
+
 OffloadPlan plan_activation_offload(const schedule::Program& program,
                                     const std::vector<std::int64_t>& stage_bytes,
                                     const std::vector<double>& stage_forward_seconds,
                                     double w_held_fraction, const OffloadBudget& b,
-                                    double host_gbps) {
+                                    double host_gbps, const RecomputeCosts& recompute) {
   OffloadPlan out;
   out.program = program;
   b.validate();
@@ -86,6 +117,9 @@ OffloadPlan plan_activation_offload(const schedule::Program& program,
   }
   costs.host_bandwidth = host_gbps * 1e9;
   costs.w_held_fraction = w_held_fraction;
+  costs.recompute_keep = recompute.keep;
+  costs.recompute_time = recompute.time;
+  const offload::PlanOptions options = plan_options(recompute.mode);
   const double peak = schedule::simulate(program, costs).max_peak_bytes();
   double budget_bytes = b.kind == OffloadBudget::Kind::kBytes ? static_cast<double>(b.bytes)
                                                               : peak * b.percent / 100.0;
@@ -94,16 +128,16 @@ OffloadPlan plan_activation_offload(const schedule::Program& program,
   if (budget_bytes >= peak) return out;
   offload::Plan plan;
   try {
-    plan = offload::plan_offload(program, costs, budget_bytes);
+    plan = offload::plan_offload(program, costs, budget_bytes, options);
   } catch (const std::invalid_argument& e) {
-    const double minimum = std::ceil(offload::minimum_budget(program, costs));
+    const double minimum = std::ceil(offload::minimum_budget(program, costs, options));
     if (budget_bytes >= minimum) throw;
     if (!b.floor_if_below)
       throw OffloadBudgetTooSmall(e.what(), static_cast<std::int64_t>(minimum));
     out.at_floor = true;
     out.budget_bytes = static_cast<std::int64_t>(std::min(minimum, peak));
     if (minimum >= peak) return out;  // nothing offloadable lowers the peak: run without
-    plan = offload::plan_offload(program, costs, minimum);
+    plan = offload::plan_offload(program, costs, minimum, options);
   }
   out.program = std::move(plan.program);
   out.offloads = !plan.sets.empty();

@@ -45,6 +45,22 @@ struct OffloadBudgetTooSmall : std::invalid_argument {
   std::int64_t minimum_bytes;
 };
 
+// Recompute as the planner's second lever (Note [Recompute] in schedule/program.h): off never,
+// auto where the planner finds it lowers the predicted step under the budget, all on every set
+// (the trainer marks every forward part before planning, also with offload off).
+enum class Recompute { kOff, kAuto, kAll };
+// "off" | "auto" | "all"; throws std::invalid_argument naming the text and the legal values.
+Recompute parse_recompute(const std::string& text);
+std::string to_string(Recompute recompute);
+
+// What recompute costs and saves, as the trainer's probe measured it (CostModel::recompute_keep
+// and recompute_time), and whether the planner may choose it.
+struct RecomputeCosts {
+  Recompute mode = Recompute::kAuto;
+  double keep = 1;  // the largest share over stages of a set's bytes a recomputed set keeps
+  double time = 1;  // the backward's extra compute, a multiple of the forward's
+};
+
 struct OffloadPlan {
   schedule::Program program;  // with OFFLOAD/RELOAD when offloads is true
   bool offloads = false;
@@ -66,11 +82,13 @@ struct OffloadPlan {
 // percentage budget is of the simulated peak without
 // offload. Throws OffloadBudgetTooSmall for a budget below the smallest feasible one, naming it,
 // unless the budget is "auto" (floor_if_below): then the plan runs at that floor (at_floor).
+// `recompute` goes into the cost model and the planner's options (offload::PlanOptions); F parts
+// already marked recompute stay marked.
 OffloadPlan plan_activation_offload(const schedule::Program& program,
                                     const std::vector<std::int64_t>& stage_bytes,
                                     const std::vector<double>& stage_forward_seconds,
                                     double w_held_fraction, const OffloadBudget& budget,
-                                    double host_gbps);
+                                    double host_gbps, const RecomputeCosts& recompute = {});
 
 // Note [Planner timing]
 // ~~~~~~~~~~~~~~~~~~~~~

@@ -145,7 +145,6 @@ double Trainer::step(const std::vector<MicroBatch>& given) {
   }
   grad_buckets_->zero();
   TrainStepStats st;
-  executor_->set_offload(offload_.get());  // its copies join the step's timeline
   st.exec = executor_->run(program_, mbs);
   reduce_gradients();
   auto model_group = &world_->model_group();
@@ -172,11 +171,15 @@ void Trainer::reduce_gradients() {
 // microbatch 0 per local chunk (outputs discarded; collectives are skipped since only sizes
 // matter; the gradients it leaves are zeroed by the step), shared with every rank so each can
 // plan the whole pipeline: the set's bytes after F, the forward's seconds (after a warm-up
-// forward, Note [Planner timing]) and the share a deferred W still holds.
+// forward, Note [Planner timing]), the share a deferred W still holds, and the bytes a
+// recomputed set keeps after F (one more forward, Note [Recompute] in schedule/program.h).
+// The recomputed backward's extra time is not timed: it re-runs the forward's units (all but
+// the embedding and the head), so recompute_time is 1 forward, a slight overestimate.
 void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
   const int S = program_.stages();
-  // Per stage: set bytes after F, forward seconds, bytes a deferred W still holds after B.
-  at::Tensor bytes = at::zeros({3 * S}, at::kDouble);
+  // Per stage: set bytes after F, forward seconds, bytes a deferred W still holds after B,
+  // bytes a recomputed set keeps after F.
+  at::Tensor bytes = at::zeros({4 * S}, at::kDouble);
   const bool contributor = world_->tp_rank() == 0 && world_->dp_rank() == 0;
   for (int s = 0; s < S; ++s) {
     if (program_.stage_rank[s] != world_->pp_rank()) continue;
@@ -203,10 +206,19 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
     auto back = c.backward(set, grad);
     for (int k = 0; k < back->size(); ++k) back->run(k);
     back->finish();
+    const double w_held = static_cast<double>(set.bytes());
+    back.reset();
+    pass.reset();
+    set = ActivationSet(program_.stage_chunk[s], 0);
+    set.set_recompute(true);
+    pass = c.forward(set, mbs[0], input);
+    for (int k = 0; k < pass->size(); ++k) pass->run(k);
+    pass->finish();
     if (contributor) {
       bytes[s] = full;
       bytes[S + s] = forward_seconds;
-      bytes[2 * S + s] = static_cast<double>(set.bytes());
+      bytes[2 * S + s] = w_held;
+      bytes[3 * S + s] = static_cast<double>(set.bytes());
     }
   }
   auto& wg = world_->world_group();
@@ -217,24 +229,34 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
   stage_bytes_.assign(S, 0);
   stage_seconds_.assign(S, 0);
   w_held_fraction_ = 0;
+  recompute_ = RecomputeCosts{options_.recompute, 0, 1};
   for (int s = 0; s < S; ++s) {
     stage_bytes_[s] = static_cast<std::int64_t>(bytes[s].item<double>());
     stage_seconds_[s] = bytes[S + s].item<double>();
-    if (stage_bytes_[s] > 0)
+    if (stage_bytes_[s] > 0) {
       w_held_fraction_ =
           std::max(w_held_fraction_, bytes[2 * S + s].item<double>() / stage_bytes_[s]);
+      recompute_.keep =
+          std::max(recompute_.keep, bytes[3 * S + s].item<double>() / stage_bytes_[s]);
+    }
   }
+  recompute_.keep = std::min(recompute_.keep, 1.0);
 }
 
 void Trainer::plan_offload() {
+  // Every set recomputed: marked before planning, so the plan keeps the marks (and runs them
+  // with offload off too).
+  if (options_.recompute == Recompute::kAll) schedule::mark_recompute_all(program_);
   plan_ = plan_activation_offload(program_, stage_bytes_, stage_seconds_, w_held_fraction_,
-                                  options_.offload_budget, options_.host_gbps);
+                                  options_.offload_budget, options_.host_gbps, recompute_);
   budget_bytes_ = plan_.budget_bytes;
-  if (!plan_.offloads) return;
+  // The planned program, also without offloads: the planner may choose recompute alone.
   program_ = std::move(plan_.program);
   plan_.program = schedule::Program();
+  if (!plan_.offloads) return;
   offload_ = std::make_unique<PooledActivationOffload>(plan_.host_bytes_per_rank,
                                                        device_.is_cuda() ? device_.index() : -1);
+  executor_->set_offload(offload_.get());  // its copies join the step's timeline
   store_.attach_offload(offload_.get());
   std::vector<std::int64_t> local(program_.v, 0);
   for (int s = 0; s < program_.stages(); ++s)

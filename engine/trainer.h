@@ -43,7 +43,11 @@ struct TrainerOptions {
   OffloadBudget offload_budget;  // off, bytes, or a percentage of the plan-free peak;
                                  // config text: parse_offload_budget ("off", "512MiB", "60%")
   double host_gbps = 20.0;       // host-link bandwidth the offload planner assumes (GB/s)
-  bool braid = true;             // interleave braided instructions (false: back to back)
+  // Recompute (Note [Recompute] in schedule/program.h): auto lets the offload planner choose it
+  // per set, all recomputes every set (also with offload off), off never; config text:
+  // parse_recompute ("auto", "off", "all").
+  Recompute recompute = Recompute::kAuto;
+  bool braid = true;  // interleave braided instructions (false: back to back)
   AdamWOptions optimizer;
   std::chrono::milliseconds comm_timeout{120000};
   CommBackend backend = CommBackend::kAuto;  // auto: NCCL for a model on a GPU, else Gloo
@@ -93,6 +97,10 @@ class Trainer {
   // Forward seconds per stage the planner assumed (probed by the first step, Note [Planner
   // timing] in engine/offload_plan.h).
   const std::vector<double>& stage_forward_seconds() const { return stage_seconds_; }
+  // What the probe measured of recompute (offload_plan.h: RecomputeCosts; its mode is
+  // TrainerOptions::recompute): the largest share over stages of a set's bytes a recomputed set
+  // keeps after F, and the backward's extra compute as a multiple of the forward's.
+  const RecomputeCosts& recompute_costs() const { return recompute_; }
   std::int64_t offload_budget_bytes() const { return budget_bytes_; }
   // The offload plan's figures (simulated; its program is program()), set by the first step.
   const OffloadPlan& offload_plan() const { return plan_; }
@@ -124,6 +132,7 @@ class Trainer {
   std::vector<std::int64_t> stage_bytes_;
   std::vector<double> stage_seconds_;  // probed forward time per stage
   double w_held_fraction_ = 0;         // probed: share of a set a deferred W holds after B
+  RecomputeCosts recompute_;           // probed: a recomputed set's share, its extra time
   std::int64_t budget_bytes_ = 0;
   OffloadPlan plan_;
   bool planned_ = false;

@@ -6,7 +6,10 @@
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "common/check.h"
 #include "models/chunk_inputs.h"
@@ -216,6 +219,38 @@ void DecoderChunk::head_weight_grad(engine::ActivationSet& s) {
   norm_weight_grad(ln_f(), s);
 }
 
+// ---- recompute (Note [Decoder units]) ------------------------------------------------------
+
+std::string DecoderChunk::unit_input_field(std::int64_t l, bool mlp) {
+  return layer_field(l, mlp ? "mlp.in" : "attn.in");
+}
+
+at::Tensor DecoderChunk::forward_unit(std::int64_t l, bool mlp, const at::Tensor& x,
+                                      engine::ActivationSet& s) const {
+  return mlp ? mlp_forward(l, x, s) : attn_forward(l, x, s);
+}
+
+at::Tensor DecoderChunk::forward_unit_keeping_input(std::int64_t l, bool mlp, const at::Tensor& x,
+                                                    engine::ActivationSet& s) const {
+  std::vector<std::string> before;
+  for (const auto& f : s.fields()) before.push_back(f.first);
+  at::Tensor out = forward_unit(l, mlp, x, s);
+  // Every name not there before was written by this call (`before` is sorted: a std::map's).
+  std::vector<std::string> written;
+  for (const auto& f : s.fields())
+    if (!std::binary_search(before.begin(), before.end(), f.first)) written.push_back(f.first);
+  for (const std::string& name : written) s.erase(name);
+  s.put(unit_input_field(l, mlp), x);  // (B, T, C)
+  return out;
+}
+
+void DecoderChunk::recompute_unit(std::int64_t l, bool mlp, engine::ActivationSet& s) const {
+  const std::string field = unit_input_field(l, mlp);
+  at::Tensor x = s.get(field);
+  s.erase(field);
+  (void)forward_unit(l, mlp, x, s);  // a partial sum nobody reads: no collective
+}
+
 // ---- passes ----------------------------------------------------------------------------------
 
 namespace {
@@ -283,7 +318,9 @@ class DecoderForwardPass final : public DecoderPass {
     start_unit(k);
     const std::int64_t l = first_layer() + k / 2;
     if (k == 0 && c_.is_first_stage()) x_ = c_.embed_forward(tokens_, s_);
-    x_ = (k % 2 == 0) ? c_.attn_forward(l, x_, s_) : c_.mlp_forward(l, x_, s_);
+    const bool mlp = k % 2 == 1;
+    x_ = s_.recompute() ? c_.forward_unit_keeping_input(l, mlp, x_, s_)
+                        : c_.forward_unit(l, mlp, x_, s_);
     return x_;
   }
   void finish() override {
@@ -317,6 +354,7 @@ class DecoderBackwardPass final : public DecoderPass {
     const std::int64_t l = layer_of(k);
     if (k == 0 && c_.is_last_stage()) dres_ = c_.head_backward(s_);
     if (k > 0) reduced(k - 1);
+    if (s_.recompute()) c_.recompute_unit(l, k % 2 == 0, s_);
     pending_ = (k % 2 == 0) ? c_.mlp_backward(l, dres_, s_) : c_.attn_backward(l, dres_, s_);
     return pending_;
   }
@@ -401,7 +439,10 @@ std::unique_ptr<engine::Pass> DecoderChunk::backward(engine::ActivationSet& set,
                                                      at::Tensor grad_output) {
   if (!is_last_stage()) {
     const std::int64_t last = layers_.first + layers_.count - 1;
-    check_grad_output(*this, grad_output, set.get(ln2(last).field + ".xhat"), shape_.dtype);
+    // The last unit's input has the output's shape, as ln2's xhat does.
+    const std::string like =
+        set.recompute() ? unit_input_field(last, /*mlp=*/true) : ln2(last).field + ".xhat";
+    check_grad_output(*this, grad_output, set.get(like), shape_.dtype);
   }
   return std::make_unique<DecoderBackwardPass>(*this, set, std::move(grad_output));
 }

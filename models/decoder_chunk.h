@@ -46,6 +46,20 @@
 // F -> W, emb.dx (B,T,C) B -> W. Every reader that is the last one erases the field, so after B
 // the set holds exactly what W needs and after W it is empty (checked at the W pass's finish()).
 //
+// Recompute (Note [Recompute] in schedule/program.h; the set's recompute() at forward()): each
+// forward unit saves its input, the residual stream x it received (after the executor's sum),
+// as "layers.l.attn.in" / "layers.l.mlp.in" (B,T,C), runs as usual, then erases every field
+// that call wrote (the names new after it, so any family's fields) except that input. Stage 0's
+// embedding, folded into unit 0 before attn-F, keeps emb.tokens; the last stage's finish() keeps
+// its head fields (targets, loss, head.probs, ln_f.*). So after F a recomputed set holds 2n
+// inputs plus those. B unit k first opens as usual (head backward, the previous unit's norm
+// backward), then re-runs forward unit 2n-1-k, mlp-F(l) before mlp-B(l) and attn-F(l) before
+// attn-B(l), on its saved input (the output, a partial sum, is discarded: no collective),
+// erases that input, and runs the layer op. The norm fields a B unit leaves for the next unit
+// (ln2 for attn-B(l), ln1 for mlp-B(l-1) or finish()) come from the re-run before the B unit
+// that precedes them, so from then on the set holds exactly what it would without recompute:
+// after B what W needs, the same bits (same kernels on the same inputs).
+//
 // The set may keep references to the `input` and `grad_output` tensors given to forward() and
 // backward(): the caller must not modify those in place while the set lives.
 //
@@ -203,6 +217,15 @@ class DecoderChunk : public engine::Chunk {
   friend class DecoderWeightGradPass;
 
   NormRef norm_ref(const std::string& field) const;
+  // Recompute (Note [Decoder units]): the field holding forward unit attn-F(l) / mlp-F(l)'s
+  // input; the unit run as usual; the unit run keeping only its input; the unit re-run from its
+  // saved input (output discarded), which erases that input.
+  static std::string unit_input_field(std::int64_t l, bool mlp);
+  at::Tensor forward_unit(std::int64_t l, bool mlp, const at::Tensor& x,
+                          engine::ActivationSet& s) const;
+  at::Tensor forward_unit_keeping_input(std::int64_t l, bool mlp, const at::Tensor& x,
+                                        engine::ActivationSet& s) const;
+  void recompute_unit(std::int64_t l, bool mlp, engine::ActivationSet& s) const;
 
   Shape shape_;
   std::map<std::string, int> index_;  // name -> index into params_

@@ -188,6 +188,10 @@ const std::vector<Field>& fields() {
                    "or a percentage of the peak (refused below the floor)"),
       real_field("offload", "host_gbps", M(offload.host_gbps), 0.001, kInfD, "GB/s",
                  "host-link bandwidth the planner assumes"),
+      string_field("offload", "recompute", M(offload.recompute), {"auto", "off", "all"}, "-",
+                   "recompute a set's activations in its backward instead of keeping them "
+                   "(docs/offload.md): auto lets the planner choose per set, all recomputes every "
+                   "set (also with budget off), off never"),
       real_field("optimizer", "lr", M(optimizer.lr), 0, 10, "-", "peak learning rate"),
       real_field("optimizer", "min_lr", M(optimizer.min_lr), 0, 10, "-",
                  "learning rate at the end of the cosine decay"),

@@ -47,8 +47,9 @@ struct ScheduleSection {
 };
 
 struct OffloadSection {
-  std::string budget = "auto";  // off, auto, bytes ("512MiB") or % of the unconstrained peak
-  double host_gbps = 20.0;      // host link bandwidth the planner assumes, GB/s
+  std::string budget = "auto";     // off, auto, bytes ("512MiB") or % of the unconstrained peak
+  double host_gbps = 20.0;         // host link bandwidth the planner assumes, GB/s
+  std::string recompute = "auto";  // auto, off or all (engine::parse_recompute)
 };
 
 struct OptimizerSection {

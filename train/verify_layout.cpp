@@ -173,6 +173,7 @@ engine::TrainerOptions verify_trainer_options(const VerifyOptions& a,
   o.pp = a.pp;
   o.microbatches = a.microbatches;
   o.offload_budget = engine::parse_offload_budget(a.budget);
+  o.recompute = engine::parse_recompute(a.recompute);
   // The check reads each shard's gradient after the step; clipping would scale it in place
   // (Note [Fused step]) and the optimizer's tests cover clipping.
   o.optimizer.max_grad_norm = 0;
@@ -280,6 +281,8 @@ VerifyReport verify_layout(const VerifyOptions& options, const engine::LaunchEnv
             " is out of range [0, ", kMaxCpuThreads,
             "] (0: OMP_NUM_THREADS if set, else the cores / the ranks)");
   STP_CHECK(a.tolerance > 0, "--tolerance=", a.tolerance, " must be > 0");
+  STP_CHECK(a.recompute == "auto" || a.recompute == "off" || a.recompute == "all", "--recompute='",
+            a.recompute, "' is unknown; use auto, off or all");
   if (a.microbatches == 0)
     a.microbatches = schedule::min_microbatches(kind, a.pp, 0, kMinDefaultMicrobatches);
   STP_CHECK(a.model == "gpt" || a.model == "llama", "--model='", a.model,

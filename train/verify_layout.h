@@ -31,12 +31,13 @@
 namespace stp::train {
 
 struct VerifyOptions {
-  int tp = 2;                    // >= 1
-  int pp = 2;                    // >= 1
-  int microbatches = 0;          // 0: the smallest the schedule takes, at least 4
-  std::string schedule = "stp";  // schedule::kind_from_string
-  std::string budget = "off";    // engine::parse_offload_budget
-  double tolerance = 1e-9;       // > 0
+  int tp = 2;                      // >= 1
+  int pp = 2;                      // >= 1
+  int microbatches = 0;            // 0: the smallest the schedule takes, at least 4
+  std::string schedule = "stp";    // schedule::kind_from_string
+  std::string budget = "off";      // engine::parse_offload_budget
+  std::string recompute = "auto";  // engine::parse_recompute: auto, off or all
+  double tolerance = 1e-9;         // > 0
   std::uint64_t seed = 1;
   int threads = 0;            // CPU intra-op threads per rank; 0: cpu_threads' default
   std::string model = "gpt";  // gpt or llama

@@ -56,5 +56,31 @@ TEST(VerifyCli, ThreadsIsCheckedAndUsed) {
   EXPECT_NE(r.output.find("\nOK (tolerance 1.0e-09)"), std::string::npos) << r.output;
 }
 
+// Every set recomputed in its backward (Note [Recompute] in schedule/program.h) still matches
+// the float64 reference, for every schedule family, also with the smaller sets offloaded; and
+// the measured peak falls.
+TEST(VerifyCli, RecomputeAllMatchesTheReferenceOnEverySchedule) {
+  for (const char* kind : {"stp", "zb-v", "1f1b-i", "1f1b"}) {
+    const std::string base = std::string("verify --tp 2 --pp 2 --schedule ") + kind;
+    CliResult r = run_cli(base + " --recompute all");
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find(" offload=off recompute=all (float64"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("\nOK (tolerance 1.0e-09)"), std::string::npos) << r.output;
+  }
+  CliResult r = run_cli("verify --tp 2 --pp 2 --schedule stp --recompute all --offload-budget 85%");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\nOK (tolerance 1.0e-09)"), std::string::npos) << r.output;
+  EXPECT_EQ(r.output.find(" 0 B offloaded"), std::string::npos) << "the plan offloaded nothing";
+  r = run_cli("verify --tp 1 --pp 2 --schedule zb-v --model llama --kv-heads 1 --recompute all");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("\nOK (tolerance 1.0e-09)"), std::string::npos) << r.output;
+}
+
+TEST(VerifyCli, BadRecomputeIsOneLine) {
+  CliResult r = run_cli("verify --tp 1 --pp 1 --schedule 1f1b --recompute some");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(r.output, "stp verify: error: --recompute='some' is unknown; use auto, off or all\n");
+}
+
 }  // namespace
 }  // namespace stp::testing

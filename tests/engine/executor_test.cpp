@@ -30,6 +30,7 @@ struct Job {
   std::string kind;
   int tp = 1, pp = 1, m = 4;
   std::string budget = "off";
+  std::string recompute = "auto";  // parse_recompute
   bool braid = true;
   int steps = 1;
   // The transport: Gloo, or the FIFO backend with NCCL's pairing (fifo_backend.h), with the
@@ -47,7 +48,8 @@ struct JobResult {
   std::vector<StepStats> stats;  // per global rank, last step
   std::vector<std::int64_t> stage_bytes;
   std::int64_t budget = 0;
-  int max_live_sends = -1;  // FIFO transports: FifoFabric::max_live_sends
+  double recompute_keep = 0;  // the probe's (Trainer::recompute_costs)
+  int max_live_sends = -1;    // FIFO transports: FifoFabric::max_live_sends
 };
 
 // Gathers a full tensor per name from the chunks of every (stage, tp rank).
@@ -111,6 +113,7 @@ JobResult run_job(const models::GptConfig& cfg, const ParamMap& full, const Job&
         o.tp = job.tp;
         o.pp = job.pp;
         o.offload_budget = parse_offload_budget(job.budget);
+        o.recompute = parse_recompute(job.recompute);
         o.braid = job.braid;
         o.optimizer.lr = 1e-2;
         o.optimizer.weight_decay = 0.1;
@@ -127,6 +130,7 @@ JobResult run_job(const models::GptConfig& cfg, const ParamMap& full, const Job&
         if (r == 0) {
           result.stage_bytes = t->stage_activation_bytes();
           result.budget = t->offload_budget_bytes();
+          result.recompute_keep = t->recompute_costs().keep;
         }
         trainers[r] = std::move(t);
       },
@@ -397,6 +401,60 @@ TEST(Executor, MeasuredActivationMemoryMatchesTheSimulatorAndTheBudget) {
   }
 }
 
+// Recompute (Note [Recompute] in schedule/program.h) is exact: every set recomputed gives the
+// same loss and gradients, bit for bit, as keeping them, with braided FB (stp), deferred W
+// (zb-v, 1f1b-i) and fused (1f1b), also when the recomputed sets are offloaded; and holds less.
+TEST(Executor, RecomputeAllGivesTheSameBits) {
+  for (const char* kind : {"stp", "zb-v", "1f1b-i", "1f1b"}) {
+    const int tp = 2, pp = 2, m = 4;
+    const int stages = pp * schedule::default_chunks(schedule::kind_from_string(kind));
+    models::GptConfig cfg = tiny_config(stages);
+    ParamMap full = testing::random_full_params(cfg, 7);
+    auto mbs = microbatches(cfg, m, 3);
+    Job keep{kind, tp, pp, m};
+    keep.recompute = "off";
+    const JobResult want = run_job(cfg, full, keep, {mbs});
+    for (const char* budget : {"off", "85%"}) {
+      // 1F1B: nothing offloadable lowers its peak (the planner here costs sets whole).
+      if (std::string(kind) == "1f1b" && std::string(budget) != "off") continue;
+      Job rc{kind, tp, pp, m, budget};
+      rc.recompute = "all";
+      const JobResult got = run_job(cfg, full, rc, {mbs});
+      const std::string what = std::string(kind) + " offload " + budget;
+      EXPECT_EQ(got.losses, want.losses) << what;
+      testing::expect_grads_equal(got.grads, want.grads);
+      EXPECT_GT(got.recompute_keep, 0) << what;
+      EXPECT_LT(got.recompute_keep, 0.6) << what;
+      std::int64_t offloaded = 0;
+      for (int r = 0; r < tp * pp; ++r) {
+        EXPECT_LT(got.stats[r].peak_activation_bytes, want.stats[r].peak_activation_bytes)
+            << what << " rank " << r;
+        offloaded += got.stats[r].offloaded_bytes;
+      }
+      if (std::string(budget) != "off") {
+        EXPECT_GT(offloaded, 0) << what;
+      }
+      std::printf("%s recompute all, offload %s: peak %lld of %lld bytes on rank 0\n", kind, budget,
+                  static_cast<long long>(got.stats[0].peak_activation_bytes),
+                  static_cast<long long>(want.stats[0].peak_activation_bytes));
+    }
+  }
+}
+
+TEST(Executor, RecomputeParsesItsThreeValues) {
+  EXPECT_EQ(parse_recompute("off"), Recompute::kOff);
+  EXPECT_EQ(parse_recompute("auto"), Recompute::kAuto);
+  EXPECT_EQ(parse_recompute("all"), Recompute::kAll);
+  for (Recompute r : {Recompute::kOff, Recompute::kAuto, Recompute::kAll})
+    EXPECT_EQ(parse_recompute(to_string(r)), r);
+  try {
+    parse_recompute("some");
+    ADD_FAILURE() << "accepted 'some'";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(), "recompute 'some' is not one of auto, off, all");
+  }
+}
+
 TEST(Executor, UnbraidedGivesTheSameNumbers) {
   Job job{"stp", 2, 2, 6};
   job.braid = false;
@@ -427,15 +485,24 @@ namespace stp::engine {
 namespace {
 
 // One rank, one stage, TP = 2: F(0), FB(F 1, BW 0), BW(1). The FB instruction's exposed
-// collective wait with braiding against the same two parts run back to back.
-schedule::Program fb_program() {
+// collective wait with braiding against the same two parts run back to back. deferred_w: W
+// deferred instead, F(0), FB(F 1, B 0), B(1), W(0), W(1).
+schedule::Program fb_program(bool deferred_w = false) {
   using schedule::compute_instr;
   using schedule::Op;
   using PassKind = schedule::Pass;
-  return stp::testing::one_stage_program(
-      2, {compute_instr(Op::kF, {{PassKind::kF, 0, 0, 0}}),
-          compute_instr(Op::kFB, {{PassKind::kF, 0, 0, 1}, {PassKind::kBW, 0, 0, 0}}),
-          compute_instr(Op::kBW, {{PassKind::kBW, 0, 0, 1}})});
+  if (!deferred_w)
+    return stp::testing::one_stage_program(
+        2, {compute_instr(Op::kF, {{PassKind::kF, 0, 0, 0}}),
+            compute_instr(Op::kFB, {{PassKind::kF, 0, 0, 1}, {PassKind::kBW, 0, 0, 0}}),
+            compute_instr(Op::kBW, {{PassKind::kBW, 0, 0, 1}})});
+  std::vector<schedule::Instr> instrs = {
+      compute_instr(Op::kF, {{PassKind::kF, 0, 0, 0}}),
+      compute_instr(Op::kFB, {{PassKind::kF, 0, 0, 1}, {PassKind::kB, 0, 0, 0}}),
+      compute_instr(Op::kB, {{PassKind::kB, 0, 0, 1}})};
+  for (int mb = 0; mb < 2; ++mb)
+    instrs.push_back(compute_instr(Op::kW, {{PassKind::kW, 0, 0, mb}}));
+  return stp::testing::one_stage_program(2, std::move(instrs));
 }
 
 // DESIGN.md "Braiding": in a braided FB, part A's collective k is still in flight when part
@@ -512,6 +579,61 @@ TEST(Executor, ARankThatFailsMakesTheOthersFailWithinTheTimeout) {
   EXPECT_GE(named, 1) << errors[0];
   for (int r = 0; r < 3; ++r)
     EXPECT_LT(failed_after[r], 3.9) << "rank " << r << " outlived the timeout";
+}
+
+// Any mix of recomputed and kept sets (Part::recompute per F part: neither, either, both) in a
+// braided FB at TP 2, with W fused or deferred, gives the loss and every gradient of the
+// program without recompute, bit for bit: the re-runs happen inside the B units of the braid.
+TEST(Executor, AnyMixOfRecomputedSetsGivesTheSameBits) {
+  models::GptConfig cfg = testing::make_config(23, 8, 16, 4, 2);
+  std::vector<MicroBatch> mbs;
+  for (int i = 0; i < 2; ++i)
+    mbs.push_back(testing::random_microbatch(cfg, 2, cfg.seq_len, 50 + i));
+  for (bool deferred : {false, true}) {
+    std::map<std::string, at::Tensor> want;  // "rank/name" -> gradient, mask 0
+    double want_loss = 0;
+    std::int64_t want_peak = 0;
+    for (int mask = 0; mask < 4; ++mask) {
+      schedule::Program prog = fb_program(deferred);
+      for (auto& in : prog.ranks[0])
+        for (auto& part : in.parts)
+          if (part.pass == schedule::Pass::kF) part.recompute = ((mask >> part.mb) & 1) != 0;
+      std::map<std::string, at::Tensor> got;
+      double loss = 0;
+      std::int64_t peak = 0;
+      std::mutex mu;
+      CommOptions co;
+      co.tp = 2;
+      run_in_process(2, co, [&](std::unique_ptr<World> w) {
+        models::GptChunk chunk(cfg, 0, 1, w->tp_rank(), 2);
+        ActivationStore store;
+        Executor ex({&chunk}, w->tp_group(), w->pipe(), store);
+        StepStats st = ex.run(prog, mbs);
+        std::lock_guard<std::mutex> lock(mu);
+        if (w->tp_rank() == 0) {
+          loss = st.loss_sum;
+          peak = st.peak_activation_bytes;
+        }
+        for (const Param& p : chunk.params())
+          got[std::to_string(w->tp_rank()) + "/" + p.name] = p.grad.clone();
+      });
+      if (mask == 0) {
+        want = got;
+        want_loss = loss;
+        want_peak = peak;
+        continue;
+      }
+      const std::string what =
+          std::string(deferred ? "deferred" : "fused") + " mask " + std::to_string(mask);
+      EXPECT_EQ(loss, want_loss) << what;
+      testing::expect_grads_equal(got, want);
+      // Fused: the peak holds forward sets, which recompute shrinks. (Deferred: the peak is
+      // what both deferred Ws hold after their Bs, the same either way.)
+      if (mask == 3 && !deferred) {
+        EXPECT_LT(peak, want_peak) << what << ": nothing was recomputed";
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -75,6 +75,18 @@ TEST(TrainConfig, OutOfRangeAndWrongTypesNameValueAndRange) {
             "bad.json: not valid JSO");
 }
 
+// offload.recompute: auto by default, off or all, anything else refused naming the values.
+TEST(TrainConfig, RecomputeTakesAutoOffOrAll) {
+  TrainConfig c;
+  EXPECT_EQ(c.offload.recompute, "auto");
+  c.apply_override("offload.recompute=all");
+  EXPECT_EQ(c.offload.recompute, "all");
+  c.apply_json(R"({"offload": {"recompute": "off"}})", "x.json");
+  EXPECT_EQ(c.offload.recompute, "off");
+  EXPECT_EQ(error_of([&] { c.apply_override("offload.recompute=some"); }),
+            "--set offload.recompute='some' must be one of auto | off | all");
+}
+
 TEST(TrainConfig, CrossFieldChecks) {
   TrainConfig c;
   c.apply_override("model.n_heads=3");
