@@ -232,7 +232,9 @@ TEST(Recompute, KeptBytesAreAFractionOfTheSet) {
     std::printf("stage %d: recomputed set %lld of %lld bytes after F (%.3f)\n", s,
                 static_cast<long long>(rc.f_bytes[s]), static_cast<long long>(keep.f_bytes[s]),
                 ratio);
-    if (s == 1) EXPECT_LT(ratio, 0.2);  // 2 C of about 16 C + 2 + NH per token and layer
+    if (s == 1) {
+      EXPECT_LT(ratio, 0.2);  // 2 C of about 16 C + 2 + NH per token and layer
+    }
   }
 }
 
