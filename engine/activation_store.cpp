@@ -44,8 +44,12 @@ ActivationSet& ActivationStore::acquire(int chunk, int mb, double* waited) {
   Entry& e = it->second;
   STP_ASSERT(e.where != Where::kHost, "activation set chunk ", chunk, " mb ", mb,
              " is on host and no RELOAD was scheduled before its use");
+  // A backward grows its set again (B writes the output gradients W reads; a recomputed set
+  // rebuilds its fields): as for a new set, wait for the copies in flight when one more set
+  // would not fit (CPU only; Note [Activation store], "The device budget").
+  const double room = make_room(chunk);
   if (waited) {
-    *waited += host_link_wait_;
+    *waited += host_link_wait_ + room;
     host_link_wait_ = 0;
   }
   if (e.where == Where::kToDevice) {

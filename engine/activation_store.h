@@ -60,7 +60,9 @@
 // offloads not yet released, reloads' new tensors) plus pending_bytes_ (the expected size of
 // every set created or reloaded since the last account(): a new set is empty until its forward
 // runs, and a braided FF creates two before either runs) plus the expected size of the set
-// about to be created or reloaded. If that exceeds the budget:
+// about to be created or reloaded (or, in acquire(), one set's worth for the backward about to
+// grow it: B writes what W reads and a recomputed set rebuilds its fields, growth the
+// planner's copy timing cannot promise is covered on a loaded host). If that exceeds the budget:
 //   CUDA (stream-ordered release): nothing to wait for. Every offload left the count when its
 //     D2H was queued, and the allocator hands its memory to later allocations as soon as the
 //     copy ran, in stream order; a host synchronisation could free nothing more.

@@ -533,18 +533,21 @@ TEST_F(ActivationStoreBudget, ReloadOverTheBudgetWaitsAndTheNextAcquireReportsIt
   ASSERT_EQ(fake_.drains, 1);
   store_.reload(0, 0);  // 2 resident + 1 reloading > budget
   EXPECT_EQ(fake_.drains, 2);
-  // The reload's drain is reported by the next acquire() (whichever set), once.
+  // The reload's drain is reported by the next acquire() (whichever set), once. Each acquire()
+  // also drains for the backward's growth while one more set would not fit (3 sets, budget 2).
   double waited = 0;
   store_.acquire(0, 2, &waited);
-  EXPECT_EQ(waited, fake_.drain_seconds);
+  EXPECT_EQ(fake_.drains, 3);
+  EXPECT_EQ(waited, 2 * fake_.drain_seconds);
   waited = 0;
   store_.acquire(0, 1, &waited);
-  EXPECT_EQ(waited, 0);
+  EXPECT_EQ(fake_.drains, 4);
+  EXPECT_EQ(waited, fake_.drain_seconds);
   // acquire() of the reloading set waits for its H2D exactly once, and sees its bytes.
   waited = 0;
   ActivationSet& s = store_.acquire(0, 0, &waited);
   EXPECT_EQ(fake_.waits, 1);
-  EXPECT_EQ(waited, fake_.wait_seconds);
+  EXPECT_EQ(waited, fake_.drain_seconds + fake_.wait_seconds);
   EXPECT_TRUE(bytes_equal(s.get("x"), at::full({kSet / 8}, 1.0, at::kDouble)));
   store_.acquire(0, 0);
   EXPECT_EQ(fake_.waits, 1);
