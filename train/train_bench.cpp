@@ -225,6 +225,13 @@ Outcome measure(BenchJob& job, TrainConfig cfg, const std::string& budget, int w
     r.budget_bytes = budget == "off" ? 0 : plan.budget_bytes;
     r.planned_peak_bytes = plan.peak_bytes_after;
     r.planned_slowdown = plan.slowdown;
+    for (const auto& list : t.program().ranks)
+      for (const schedule::Instr& in : list)
+        for (const schedule::Part& part : in.parts)
+          if (part.pass == schedule::Pass::kF) {
+            ++r.sets;
+            r.recomputed_sets += part.recompute ? 1 : 0;
+          }
     predict(cfg, t, read_rank_events(dir + "/events", w.pp()), r);
     write_timelines(
         dir, t.program(), read_rank_events(dir + "/last_step", w.pp()),
@@ -287,6 +294,8 @@ json run_json(const BenchRun& r) {
           {"predicted_pp_idle", r.predicted_pp_idle},
           {"predicted_offloaded_bytes", r.predicted_offloaded_bytes},
           {"planned_peak_bytes", r.planned_peak_bytes},
+          {"recomputed_sets", r.recomputed_sets},
+          {"sets", r.sets},
           {"planned_slowdown", r.planned_slowdown},
           {"fitted_costs", r.costs}};
 }
@@ -487,8 +496,9 @@ BudgetSweepResult run_budget_sweep(const TrainConfig& config, const BudgetSweepO
 
 std::string budget_sweep_table(const BudgetSweepResult& res) {
   std::string out = str_cat("stp bench budget: ", res.kind, ", ", res.setup, "\n");
-  out += str_printf("%-10s %10s %10s %10s %10s %7s %7s %7s %6s\n", "budget", "bytes", "act peak",
-                    "planned", "offloaded", "prog s", "sim s", "plan s", "reload%");
+  out +=
+      str_printf("%-10s %10s %10s %10s %10s %7s %7s %7s %6s %7s\n", "budget", "bytes", "act peak",
+                 "planned", "offloaded", "prog s", "sim s", "plan s", "reload%", "recomp");
   for (const auto& pt : res.points) {
     const BenchRun& r = pt.run;
     if (!pt.feasible) {
@@ -496,13 +506,14 @@ std::string budget_sweep_table(const BudgetSweepResult& res) {
           str_printf("%-10s infeasible: below the smallest feasible budget %s\n", r.budget.c_str(),
                      format_bytes(static_cast<double>(pt.floor_bytes)).c_str());
     } else {
-      out += str_printf("%-10s %10s %10s %10s %10s %7.3f %7.3f %7.3f %6.1f%s\n", r.budget.c_str(),
-                        format_bytes(static_cast<double>(r.budget_bytes)).c_str(),
+      out += str_printf("%-10s %10s %10s %10s %10s %7.3f %7.3f %7.3f %6.1f %7s%s\n",
+                        r.budget.c_str(), format_bytes(static_cast<double>(r.budget_bytes)).c_str(),
                         format_bytes(static_cast<double>(r.peak_activation_bytes)).c_str(),
                         format_bytes(static_cast<double>(r.planned_peak_bytes)).c_str(),
                         format_bytes(static_cast<double>(r.offloaded_bytes)).c_str(),
                         r.program_seconds, r.predicted_seconds, pt.planner_seconds,
-                        100 * r.reload_wait, pt.minimum ? "  <- smallest feasible" : "");
+                        100 * r.reload_wait, str_cat(r.recomputed_sets, '/', r.sets).c_str(),
+                        pt.minimum ? "  <- smallest feasible" : "");
     }
   }
   out += str_cat(
@@ -511,7 +522,7 @@ std::string budget_sweep_table(const BudgetSweepResult& res) {
       ", smallest feasible budget ", format_bytes(static_cast<double>(res.minimum_budget_bytes)),
       " per rank.\nact peak, offloaded (per step), prog s, reload%: measured, worst rank; "
       "plan s: the unconstrained run's measured program time x (1 + the planner's simulated "
-      "slowdown).\n",
+      "slowdown); recomp: sets per step the plan recomputes (offload.recompute), of all.\n",
       kPredictionNote);
   return out;
 }

@@ -51,6 +51,8 @@ struct BenchRun {
   std::int64_t peak_activation_bytes = 0;  // resident activation bytes, peak
   int peak_activation_sets = 0;
   std::int64_t offloaded_bytes = 0;      // per step
+  int recomputed_sets = 0;               // sets per step the plan recomputes (every rank)
+  int sets = 0;                          // sets per step (every rank): stages x microbatches
   double first_loss = 0, last_loss = 0;  // over warm-up and measured steps
   // predicted
   double predicted_seconds = 0;       // simulated program makespan
