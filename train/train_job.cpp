@@ -361,7 +361,15 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
   std::int64_t step = 0;
   if (resume_from) {
     step = resumed.manifest.step;
-    const std::string change = checkpoint::layout_change(resumed.manifest.info.layout, info.layout);
+    std::string change = checkpoint::layout_change(resumed.manifest.info.layout, info.layout);
+    // 1F1B-I's chunks per rank place the stages too; the layout does not record them, the
+    // manifest's extra does.
+    const nlohmann::json& saved_extra = resumed.manifest.info.extra;
+    if (change.empty() && info.layout.schedule == "1f1b-i" && saved_extra.contains("schedule") &&
+        saved_extra["schedule"].contains("chunks") &&
+        saved_extra["schedule"]["chunks"] != info.extra["schedule"]["chunks"])
+      change = str_cat("schedule.chunks=", saved_extra["schedule"]["chunks"].dump(),
+                       " into schedule.chunks=", info.extra["schedule"]["chunks"].dump());
     if (!change.empty()) {
       say(str_cat("resuming step ", step, " saved as ", change, ": resharding on load\n"));
       resumed.tensors = reshard_into(trainer, *resume_from, resumed.manifest);

@@ -241,6 +241,26 @@ TEST(CheckpointReshard, ResumingInAnotherLayoutContinuesTheLossCurve) {
   fs::remove_all(dir);
 }
 
+// 1F1B-I's chunks per rank place the stages but are not part of the layout: a run resumed with
+// other chunks reshards (the manifest's extra records them) and continues with the losses of
+// the uninterrupted run (same TP: the same arithmetic).
+TEST(CheckpointReshard, AnotherChunkCountOf1f1bIReshards) {
+  const std::string dir = fresh_temp_dir("checkpoint_cli", "reshard_chunks");
+  const std::string flags =
+      " --set model.n_layers=8 --set parallel.pp=2 --set schedule.kind=1f1b-i"
+      " --set model.dtype=float64 --set schedule.chunks=";
+  CliResult r = run_cli("run -n 2 -- stp train " + tiny(dir + "/whole", 4) + flags + "2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const std::string step2 = dir + "/whole/checkpoints/step_000002";
+  r = run_cli("run -n 2 -- stp train " + tiny(dir + "/c4", 4) + flags + "4 --resume-from " + step2);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_contains(r.output, {"[r0] resuming step 2 saved as schedule.chunks=2 into "
+                             "schedule.chunks=4: resharding on load"});
+  for (int step : {3, 4})
+    EXPECT_NEAR(loss_at(dir + "/c4", step), loss_at(dir + "/whole", step), 1e-12) << step;
+  fs::remove_all(dir);
+}
+
 // dp 2 -> dp 1 with --resume (the newest of the run's checkpoints, verified by every rank): the
 // one rank continues at the same global sample, after the rows both ranks read.
 TEST(CheckpointReshard, AnotherDpContinuesAtTheSameGlobalSample) {
