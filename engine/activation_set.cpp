@@ -2,6 +2,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <algorithm>
+
 #include "common/check.h"
 
 namespace stp::engine {
@@ -15,6 +17,17 @@ const at::Tensor& ActivationSet::get(const std::string& name) const {
                "'; it holds [", held, "]");
   }
   return it->second;
+}
+
+void ActivationSet::put(const std::string& name, at::Tensor t) {
+  auto [it, inserted] = fields_.insert_or_assign(name, std::move(t));
+  (void)it;
+  if (inserted) order_.push_back(name);
+}
+
+void ActivationSet::erase(const std::string& name) {
+  if (fields_.erase(name) == 0) return;
+  order_.erase(std::remove(order_.begin(), order_.end(), name), order_.end());
 }
 
 std::int64_t ActivationSet::bytes() const {

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace stp::engine {
 
@@ -26,19 +27,33 @@ class ActivationSet {
   // has recompute; the chunk's forward then keeps only each unit's input and its backward
   // re-runs each forward unit before the matching B unit.
   bool recompute() const { return recompute_; }
-  void set_recompute(bool on) { recompute_ = on; }
+  // Note [Partial sets]: with recompute, the leading share of the chunk's layers re-run, in
+  // (0, 1]; the chunk recomputes the first ceil(share * L) of its L layers.
+  double recompute_share() const { return recompute_share_; }
+  void set_recompute(bool on, double share = 1) {
+    recompute_ = on;
+    recompute_share_ = share;
+  }
 
-  // Saves (or replaces) a field.
-  void put(const std::string& name, at::Tensor t) { fields_[name] = std::move(t); }
+  // Saves (or replaces) a field. A new name goes to the end of saved_order().
+  void put(const std::string& name, at::Tensor t);
   // REQUIRES: the field exists. Throws std::logic_error naming the field otherwise.
   const at::Tensor& get(const std::string& name) const;
   bool has(const std::string& name) const { return fields_.count(name) != 0; }
-  void erase(const std::string& name) { fields_.erase(name); }
-  void clear() { fields_.clear(); }
+  void erase(const std::string& name);
+  void clear() {
+    fields_.clear();
+    order_.clear();
+  }
   bool empty() const { return fields_.empty(); }
 
   // Sum of nbytes() over the fields (views are counted by their own size).
   std::int64_t bytes() const;
+
+  // Note [Partial sets]: the field names in the order they were first put (a forward saves its
+  // units' fields in unit order, so the backward reads the first ones last). Names put straight
+  // into fields() are not in it; an offload moves those last.
+  const std::vector<std::string>& saved_order() const { return order_; }
 
   std::map<std::string, at::Tensor>& fields() { return fields_; }
   const std::map<std::string, at::Tensor>& fields() const { return fields_; }
@@ -47,7 +62,9 @@ class ActivationSet {
   int chunk_ = 0;
   int mb_ = 0;
   bool recompute_ = false;
+  double recompute_share_ = 1;
   std::map<std::string, at::Tensor> fields_;
+  std::vector<std::string> order_;
 };
 
 }  // namespace stp::engine

@@ -14,10 +14,15 @@ constexpr Op kAllOps[] = {Op::kF,     Op::kB,       Op::kW,     Op::kBW,    Op::
                           Op::kFB,    Op::kFW,      Op::kSendF, Op::kRecvF, Op::kSendB,
                           Op::kRecvB, Op::kOffload, Op::kReload};
 
-// A part's microbatch with an "r" when it is a recomputed forward (Note [Recompute]): "3r".
-std::string mb_text(const Part& part) {
-  return part.recompute ? str_cat(part.mb, 'r') : str_cat(part.mb);
+// "r" for a recomputed forward (Note [Recompute]), "r0.5" when it recomputes half its layers
+// (Note [Partial sets]); "" otherwise.
+std::string recompute_text(const Part& part) {
+  if (!part.recompute) return "";
+  return part.recompute_share < 1 ? str_cat('r', part.recompute_share) : std::string("r");
 }
+
+// A part's microbatch with its recompute mark: "3r".
+std::string mb_text(const Part& part) { return str_cat(part.mb, recompute_text(part)); }
 
 // "FB1[4,2]" when both parts share a chunk, else "FB(F0[4],B1[2])"; a recomputed forward's
 // microbatch carries an "r": "FB1[4r,2]", "FF0[2r,3r]", "FW0[8r]/W1[0]", "FB(F0[4]r,B1[2])".
@@ -83,15 +88,19 @@ Op op_from_string(const std::string& text) {
   return Op::kF;
 }
 
-void mark_recompute_all(Program& program) {
+void mark_recompute_all(Program& program, double share) {
+  STP_CHECK(share > 0 && share <= 1, "recompute share ", share, " must be in (0, 1]");
   for (auto& list : program.ranks)
     for (Instr& in : list)
       for (Part& part : in.parts)
-        if (part.pass == Pass::kF) part.recompute = true;
+        if (part.pass == Pass::kF) {
+          part.recompute = true;
+          part.recompute_share = share;
+        }
 }
 
 std::string to_string(const Part& part) {
-  return str_cat(to_string(part.pass), part.chunk, '[', part.mb, ']', part.recompute ? "r" : "");
+  return str_cat(to_string(part.pass), part.chunk, '[', part.mb, ']', recompute_text(part));
 }
 
 std::string to_string(const Instr& in) {
@@ -112,7 +121,9 @@ std::string to_string(const Instr& in) {
     case Op::kRecvF:
     case Op::kRecvB: return str_cat(to_string(in.op), " s", r.stage, " mb", r.mb, " <-", in.peer);
     case Op::kOffload:
-    case Op::kReload: return str_cat(to_string(in.op), " c", r.chunk, " mb", r.mb);
+    case Op::kReload:
+      return in.share < 1 ? str_cat(to_string(in.op), " c", r.chunk, " mb", r.mb, ' ', in.share)
+                          : str_cat(to_string(in.op), " c", r.chunk, " mb", r.mb);
   }
   return "?";
 }

@@ -25,7 +25,8 @@
 //  - OFFLOAD(c, mb) follows the forward that produced the set; RELOAD(c, mb) follows its OFFLOAD
 //    and precedes the backward (B or BW) of that set. A set whose W is deferred may make a
 //    second trip: OFFLOAD after its B (what is left: what W reads) and RELOAD before its W. At
-//    most one trip before the backward and one between B and W.
+//    most one trip before the backward and one between B and W. A trip may move part of the
+//    set (Instr::share, Note [Partial sets]); its RELOAD carries its OFFLOAD's share.
 //
 // Note [Recompute]
 //  A forward part may carry `recompute`: that (stage, mb) set then holds only the input of each
@@ -38,9 +39,23 @@
 //  the flag into the ActivationSet before the forward; the cost model charges the backward
 //  recompute_time * t_f more and the set recompute_keep of its bytes until its backward.
 //
+// Note [Partial sets]
+//  Both levers also apply to part of a set, so a plan is not limited to whole sets:
+//  - Partial offload: an OFFLOAD / RELOAD pair with share s < 1 moves at least s of the bytes
+//    the trip would move (the set's after its forward, or what W reads after its B); the rest
+//    stays on the device. The engine moves whole fields, in the order the forward saved them
+//    (the fields the backward reads last go first), until the moved bytes reach s of the set,
+//    so the device holds at most (1 - s) of it: what the planner budgeted, or less.
+//  - Partial recompute: an F part with recompute and recompute_share g < 1 re-runs only the
+//    leading ceil(g * L) of the chunk's L layers (both forward units of each); the others keep
+//    their fields. Layers of a chunk are alike, so at least g of what recomputing the whole
+//    set would save is saved, at about g of its time (the cost model charges g exactly).
+//  The planner chooses shares in multiples of 1/8; 1 is the whole set, as before.
+//
 // Additions since the first version (nothing was renamed or removed): the invariants note
 // above, from_string for Pass/Op, to_string(Part), Program::stage_of(), is_p2p(),
-// Part::recompute, mark_recompute_all().
+// Part::recompute, mark_recompute_all(); Part::recompute_share and Instr::share (Note [Partial
+// sets]).
 //
 // Thread-safety: values; no shared state.
 #pragma once
@@ -68,6 +83,9 @@ struct Part {
   // kF parts only (Note [Recompute]): the forward saves only each unit's input and its
   // backward re-runs the forward units, one before each B unit, to rebuild the rest.
   bool recompute = false;
+  // With recompute (Note [Partial sets]): the leading share of the chunk's layers that is
+  // re-run, in (0, 1]; 1 recomputes every layer. Ignored without recompute.
+  double recompute_share = 1;
   friend bool operator==(const Part&, const Part&) = default;
 };
 
@@ -96,6 +114,9 @@ struct Instr {
   std::vector<Part> parts;  // compute parts in braid order; empty for P2P and offload ops
   Part ref;                 // P2P / offload: what moves (pass is unused there)
   int peer = -1;            // P2P: the other rank
+  // OFFLOAD / RELOAD (Note [Partial sets]): the share, in (0, 1], of what the trip would move
+  // that it moves; 1 moves it all. A RELOAD carries its OFFLOAD's share.
+  double share = 1;
 
   bool is_compute() const { return !parts.empty(); }
   friend bool operator==(const Instr&, const Instr&) = default;
@@ -118,6 +139,12 @@ inline Instr transfer_instr(Op op, Part ref, int peer = -1) {
   in.op = op;
   in.ref = ref;
   in.peer = peer;
+  return in;
+}
+// An OFFLOAD or RELOAD of `share` of the trip (Note [Partial sets]).
+inline Instr offload_instr(Op op, Part ref, double share = 1) {
+  Instr in = transfer_instr(op, ref);
+  in.share = share;
   return in;
 }
 
@@ -147,14 +174,18 @@ const char* to_string(Op op);      // "F" ... "FW", "SEND_F", "RECV_F", "SEND_B"
 Pass pass_from_string(const std::string& text);
 Op op_from_string(const std::string& text);
 
-// Sets Part::recompute on every forward part (Note [Recompute]): every set recomputed.
-void mark_recompute_all(Program& program);
+// Sets Part::recompute on every forward part (Note [Recompute]): every set recomputed, each
+// re-running the leading `share` of its layers (Note [Partial sets]; 1: all of them).
+// REQUIRES: share in (0, 1] (std::invalid_argument naming it otherwise).
+void mark_recompute_all(Program& program, double share = 1);
 
-// "F0[3]" (pass, chunk, mb) or "BW1[2]"; a recomputed forward "F0[3]r".
+// "F0[3]" (pass, chunk, mb) or "BW1[2]"; a recomputed forward "F0[3]r", recomputing half its
+// layers "F0[3]r0.5".
 std::string to_string(const Part& part);
 
 // Compact text: "F0[3]", "FB1[4,2]+W", "SEND_F s2 mb3 ->1" ... (microbatches 0-based); a
-// recomputed forward's microbatch carries an "r": "F0[3]r", "FB1[4r,2]", "FF0[2r,3]".
+// recomputed forward's microbatch carries an "r": "F0[3]r", "FB1[4r,2]", "FF0[2r,3]",
+// "FF0[2r0.25,3]"; a partial trip "OFFLOAD c0 mb3 0.5".
 std::string to_string(const Instr& instr);
 // One line per rank: "r0: F0[0] F0[1] ...". compute_only drops P2P and offload ops.
 std::string to_text(const Program& program, bool compute_only = false);

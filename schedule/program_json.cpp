@@ -2,10 +2,13 @@
 //   {"kind": str, "p": int, "m": int, "v": int, "stages": int,
 //    "stage_rank": [int], "stage_chunk": [int],
 //    "ranks": [[{"op": str, "parts": [{"pass": str, "chunk": int, "stage": int, "mb": int,
-//                                      "recompute": true}],
-//                "ref": {"chunk": int, "stage": int, "mb": int}, "peer": int}, ...], ...]}
-// "recompute" appears on a compute part only when set (Note [Recompute]: F parts), so documents
-// written before it existed read the same; "ref" appears on P2P and offload instructions,
+//                                      "recompute": true, "recompute_share": num}],
+//                "ref": {"chunk": int, "stage": int, "mb": int}, "peer": int, "share": num},
+//               ...], ...]}
+// "recompute" appears on a compute part only when set (Note [Recompute]: F parts), and
+// "recompute_share" only with it and below 1; "share" only on an OFFLOAD / RELOAD that moves
+// part of its trip (Note [Partial sets]). So documents written before they existed read the
+// same; "ref" appears on P2P and offload instructions,
 // "peer" on P2P ones; "v", "stage_rank" and "stage_chunk" are optional on input (derived from
 // the parts when absent).
 #include <algorithm>
@@ -31,6 +34,7 @@ OrderedJson part_json(const Part& p, bool with_pass) {
   j["stage"] = p.stage;
   j["mb"] = p.mb;
   if (p.recompute) j["recompute"] = true;
+  if (p.recompute && p.recompute_share < 1) j["recompute_share"] = p.recompute_share;
   return j;
 }
 
@@ -40,6 +44,7 @@ OrderedJson instr_json(const Instr& in) {
   OrderedJson j = {{"op", to_string(in.op)}, {"parts", std::move(parts)}};
   if (!in.is_compute()) j["ref"] = part_json(in.ref, false);
   if (is_p2p(in.op)) j["peer"] = in.peer;
+  if (in.share < 1) j["share"] = in.share;
   return j;
 }
 
@@ -97,6 +102,15 @@ std::vector<int> int_array(const Json& v, const std::string& path) {
   return out;
 }
 
+// A share (Note [Partial sets]): a number in (0, 1].
+double share_value(const Json& v, const std::string& path) {
+  STP_CHECK(v.is_number(), "program JSON: ", path, " must be a number in (0, 1], got ",
+            type_text(v));
+  const double x = v.get<double>();
+  STP_CHECK(x > 0 && x <= 1, "program JSON: ", path, " = ", x, " must be in (0, 1]");
+  return x;
+}
+
 Part read_part(const Json& v, const std::string& path, bool with_pass) {
   STP_CHECK(v.is_object(), "program JSON: ", path, " must be an object");
   Part p;
@@ -118,6 +132,11 @@ Part read_part(const Json& v, const std::string& path, bool with_pass) {
               type_text(*recompute));
     p.recompute = recompute->get<bool>();
   }
+  if (const Json* share = find(v, "recompute_share")) {
+    STP_CHECK(p.recompute, "program JSON: ", path, " has \"recompute_share\" without ",
+              "\"recompute\": true");
+    p.recompute_share = share_value(*share, path + ".recompute_share");
+  }
   return p;
 }
 
@@ -137,6 +156,11 @@ Instr read_instr(const Json& v, const std::string& path) {
   if (is_p2p(in.op) || in.op == Op::kOffload || in.op == Op::kReload)
     STP_CHECK(find(v, "ref"), "program JSON: ", path, " (", op, ") has no \"ref\"");
   if (is_p2p(in.op) || find(v, "peer")) in.peer = int_member(v, "peer", path);
+  if (const Json* share = find(v, "share")) {
+    STP_CHECK(in.op == Op::kOffload || in.op == Op::kReload, "program JSON: ", path, " (", op,
+              ") has \"share\", which only OFFLOAD and RELOAD carry");
+    in.share = share_value(*share, path + ".share");
+  }
   return in;
 }
 

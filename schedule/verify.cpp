@@ -46,6 +46,15 @@ void check_shape(const Instr& in, const Where& where) {
     if (in.parts[i].recompute && in.parts[i].pass != Pass::kF)
       fail(where(), ": part ", i, " is ", to_string(in.parts[i].pass),
            " with recompute; only a forward (F) part may be recomputed (Note [Recompute])");
+  for (std::size_t i = 0; i < in.parts.size(); ++i)
+    if (!(in.parts[i].recompute_share > 0 && in.parts[i].recompute_share <= 1))
+      fail(where(), ": part ", i, " has recompute_share ", in.parts[i].recompute_share,
+           "; it must be in (0, 1] (Note [Partial sets])");
+  if (!(in.share > 0 && in.share <= 1))
+    fail(where(), ": share ", in.share, " must be in (0, 1] (Note [Partial sets])");
+  if (in.share < 1 && in.op != Op::kOffload && in.op != Op::kReload)
+    fail(where(), ": ", to_string(in.op), " has share ", in.share,
+         "; only OFFLOAD and RELOAD move part of a set (Note [Partial sets])");
   switch (in.op) {
     case Op::kF: want({{Pass::kF}}); break;
     case Op::kB: want({{Pass::kB}}); break;
@@ -81,6 +90,7 @@ class Machine final : public Interpreter::Observer {
     b_in_.assign(n, 0);
     offloaded_.assign(n, 0);
     trips_.assign(n, 0);
+    share_.assign(n, 1.0);
     fifo_.assign(p_, {});
     Interpreter interpreter(prog_, ChannelLayout::kPerPairDirection);
     interpreter.run(*this);
@@ -276,9 +286,13 @@ class Machine final : public Interpreter::Observer {
                b_done_[k] ? "between its B and its W" : "before its backward");
         trips_[k] = b_done_[k] ? 2 : 1;
         offloaded_[k] = 1;
+        share_[k] = in.share;
       } else {
         if (offloaded_[k] != 1)
           fail(where(r, i), ": reloads ", sm(s, in.ref.mb), " which is not offloaded");
+        if (in.share != share_[k])
+          fail(where(r, i), ": reloads share ", in.share, " of ", sm(s, in.ref.mb),
+               ", whose OFFLOAD moved share ", share_[k], " (Note [Partial sets])");
         offloaded_[k] = 2;
       }
     }
@@ -316,6 +330,7 @@ class Machine final : public Interpreter::Observer {
   std::vector<char> f_in_, b_in_;  // (S*m) input activation / output gradient received
   std::vector<char> offloaded_;    // (S*m) 0 resident, 1 offloaded, 2 reloaded
   std::vector<char> trips_;        // (S*m) last trip started: 0 none, 1 before B, 2 between B and W
+  std::vector<double> share_;      // (S*m) the share its last OFFLOAD moved (Note [Partial sets])
   std::vector<std::deque<std::size_t>> fifo_;  // (p) deferred B parts (stage*m+mb), oldest first
 };
 

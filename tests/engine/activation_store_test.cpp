@@ -212,6 +212,26 @@ TEST(ActivationStore, CreateAcquireReleaseAccountExactBytes) {
   EXPECT_EQ(store.offloaded_bytes(), 0);
 }
 
+// Note [Partial sets]: saved_order() lists names in the order first put; replacing a field
+// keeps its place, erasing drops it, clear() empties it; fields() writes bypass it.
+TEST(ActivationSet, SavedOrderIsTheOrderFieldsWereFirstPut) {
+  ActivationSet set(0, 0);
+  set.put("layers.10.attn.q", at::zeros({2}));
+  set.put("layers.2.attn.q", at::zeros({2}));
+  set.put("layers.10.attn.q", at::ones({3}));
+  set.put("a", at::zeros({1}));
+  set.fields()["direct"] = at::zeros({1});
+  EXPECT_EQ(set.saved_order(),
+            (std::vector<std::string>{"layers.10.attn.q", "layers.2.attn.q", "a"}));
+  set.erase("layers.2.attn.q");
+  set.erase("missing");
+  EXPECT_EQ(set.saved_order(), (std::vector<std::string>{"layers.10.attn.q", "a"}));
+  EXPECT_EQ(set.get("layers.10.attn.q").numel(), 3);
+  set.clear();
+  EXPECT_TRUE(set.saved_order().empty());
+  EXPECT_TRUE(set.empty());
+}
+
 TEST(ActivationStore, MisuseIsAnError) {
   ActivationStore store;
   store.create(0, 3).put("x", at::ones({5}));

@@ -49,6 +49,21 @@ TEST(ProgramText, ARecomputedForwardCarriesAnR) {
             "FW0[8r]/W1[0]");
 }
 
+// Note [Partial sets]: a partial recompute prints its share after the "r", a partial trip after
+// the set.
+TEST(ProgramText, PartialSharesPrintAfterTheirMark) {
+  Part f{Pass::kF, 0, 0, 3, /*recompute=*/true};
+  f.recompute_share = 0.25;
+  EXPECT_EQ(to_string(f), "F0[3]r0.25");
+  EXPECT_EQ(to_string(compute(Op::kFF, {f, {Pass::kF, 0, 0, 4}})), "FF0[3r0.25,4]");
+  f.recompute = false;  // the share means nothing without recompute
+  EXPECT_EQ(to_string(f), "F0[3]");
+  const Part ref{Pass::kF, 1, 5, 2};
+  EXPECT_EQ(to_string(offload_instr(Op::kOffload, ref, 0.5)), "OFFLOAD c1 mb2 0.5");
+  EXPECT_EQ(to_string(offload_instr(Op::kReload, ref, 0.5)), "RELOAD c1 mb2 0.5");
+  EXPECT_EQ(to_string(offload_instr(Op::kReload, ref)), "RELOAD c1 mb2");
+}
+
 TEST(ProgramText, NamesRoundTripAndUnknownNamesAreRejected) {
   for (Pass p : {Pass::kF, Pass::kB, Pass::kW, Pass::kBW})
     EXPECT_EQ(pass_from_string(to_string(p)), p);
@@ -95,6 +110,43 @@ TEST(ProgramJson, OffloadInstructionsRoundTrip) {
   prog.ranks[0].insert(prog.ranks[0].begin() + 2, comm(Op::kReload, {Pass::kF, 0, 0, 0}));
   ASSERT_EQ(find_error(prog), "");
   EXPECT_EQ(from_json(to_json(prog)), prog);
+}
+
+// Shares below 1 are written and read back; a whole set writes neither key (Note [Partial sets]).
+TEST(ProgramJson, PartialSharesRoundTripAndAreWrittenOnlyBelowOne) {
+  Program prog = compute_only(make_1f1b(1, 2));
+  prog.ranks[0].insert(prog.ranks[0].begin() + 1,
+                       offload_instr(Op::kOffload, {Pass::kF, 0, 0, 0}, 0.375));
+  prog.ranks[0].insert(prog.ranks[0].begin() + 2,
+                       offload_instr(Op::kReload, {Pass::kF, 0, 0, 0}, 0.375));
+  prog.ranks[0][0].parts[0].recompute = true;
+  prog.ranks[0][0].parts[0].recompute_share = 0.5;
+  ASSERT_EQ(find_error(prog), "");
+  const std::string json = to_json(prog);
+  EXPECT_NE(json.find(R"("share": 0.375)"), std::string::npos) << json;
+  EXPECT_NE(json.find(R"("recompute_share": 0.5)"), std::string::npos) << json;
+  EXPECT_EQ(from_json(json), prog);
+  EXPECT_EQ(to_json(compute_only(make_1f1b(1, 2))).find("share"), std::string::npos);
+}
+
+// verify() holds shares to (0, 1], to OFFLOAD / RELOAD, and a RELOAD to its OFFLOAD's share.
+TEST(ProgramJson, VerifyRefusesBadShares) {
+  Program prog = compute_only(make_1f1b(1, 2));
+  prog.ranks[0].insert(prog.ranks[0].begin() + 1,
+                       offload_instr(Op::kOffload, {Pass::kF, 0, 0, 0}, 0.5));
+  prog.ranks[0].insert(prog.ranks[0].begin() + 2,
+                       offload_instr(Op::kReload, {Pass::kF, 0, 0, 0}, 0.25));
+  EXPECT_NE(find_error(prog).find("reloads share 0.25 of"), std::string::npos) << find_error(prog);
+  prog.ranks[0][2].share = 0.5;
+  ASSERT_EQ(find_error(prog), "");
+  prog.ranks[0][1].share = 0;
+  EXPECT_NE(find_error(prog).find("share 0 must be in (0, 1]"), std::string::npos);
+  prog.ranks[0][1].share = 0.5;
+  prog.ranks[0][0].share = 0.5;  // a compute instruction
+  EXPECT_NE(find_error(prog).find("only OFFLOAD and RELOAD move part of a set"), std::string::npos);
+  prog.ranks[0][0].share = 1;
+  prog.ranks[0][0].parts[0].recompute_share = 1.5;
+  EXPECT_NE(find_error(prog).find("recompute_share 1.5; it must be in (0, 1]"), std::string::npos);
 }
 
 // "recompute": true appears on a part only when set; it reads back, and documents without it
@@ -200,6 +252,16 @@ TEST(ProgramJson, ErrorsNameTheFirstBadField) {
           R"("ranks": [[{"op": "OFFLOAD", "parts": [], "ref": {"chunk": 0, "stage": 0, "mb": 0, )"
           R"("recompute": true}}]]})",
       "ranks[0][0].ref has \"recompute\", which only a compute part may carry");
+  expect_json_error(
+      head + R"("ranks": [[{"op": "F", "parts": [{"pass": "F", "chunk": 0, "stage": 0, "mb": 0, )"
+             R"("recompute_share": 0.5}]}]]})",
+      "ranks[0][0].parts[0] has \"recompute_share\" without \"recompute\": true");
+  expect_json_error(
+      head + R"("ranks": [[{"op": "OFFLOAD", "parts": [], "ref": {"chunk": 0, "stage": 0, )"
+             R"("mb": 0}, "share": 2}]]})",
+      "ranks[0][0].share = 2 must be in (0, 1]");
+  expect_json_error(head + R"("ranks": [[{"op": "F", "parts": [], "share": 0.5}]]})",
+                    "ranks[0][0] (F) has \"share\", which only OFFLOAD and RELOAD carry");
   expect_json_error(head + R"("ranks": [[]]})", "stage 0 appears in no part");
   expect_json_error(R"({"kind": "x", "p": 0, "m": 1, "stages": 1, "ranks": []})",
                     "p=0 must be >= 1");
