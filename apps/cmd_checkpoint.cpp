@@ -1,5 +1,5 @@
 // `stp checkpoint reshard`: a checkpoint of one layout written as a checkpoint of another
-// (tp, pp, dp, schedule), which a run in that layout resumes with --resume-from
+// (tp, pp, dp, schedule, 1f1b-i's chunks), which a run in that layout resumes with --resume-from
 // (checkpoint/reshard.h does the work; Note [Resharding]).
 #include <cstdio>
 
@@ -31,7 +31,9 @@ int reshard(const std::vector<std::string>& args) {
   app.add_option("--microbatches", microbatches,
                  "microbatches per step (default: the checkpoint's)")
       ->check(CLI::Range(1, 1 << 16));
-  app.add_option("--chunks", chunks, "1f1b-i: model chunks per rank (default 2)")
+  app.add_option("--chunks", chunks,
+                 "1f1b-i: model chunks per rank (default: the checkpoint's, or 2 from another "
+                 "schedule; the other schedules have their own)")
       ->check(CLI::Range(1, 64));
   if (int rc = parse(app, args); rc >= 0) return rc;
   const std::string from = checkpoint::resolve_checkpoint(checkpoint);
@@ -44,7 +46,11 @@ int reshard(const std::vector<std::string>& args) {
   if (!kind.empty()) o.layout.schedule = schedule::to_string(schedule::kind_from_string(kind));
   if (microbatches > 0) o.layout.microbatches = microbatches;
   o.layout.world = o.layout.dp * o.layout.pp * o.layout.tp;
-  o.chunks = chunks;
+  // The checkpoint's chunks stay with its schedule kind; another kind starts at its default.
+  if (chunks > 0)
+    o.layout.chunks = chunks;  // reshard_checkpoint refuses what the kind does not take
+  else if (o.layout.schedule != m.info.layout.schedule)
+    o.layout.chunks = 0;
   const checkpoint::ReshardResult r = checkpoint::reshard_checkpoint(from, out, o);
   const std::string change = checkpoint::layout_change(m.info.layout, o.layout);
   std::printf(
@@ -55,9 +61,9 @@ int reshard(const std::vector<std::string>& args) {
   return 0;
 }
 
-STP_REGISTER_COMMAND("checkpoint reshard",
-                     "write a checkpoint in another layout (--tp, --pp, --dp, --schedule)",
-                     reshard);
+STP_REGISTER_COMMAND(
+    "checkpoint reshard",
+    "write a checkpoint in another layout (--tp, --pp, --dp, --schedule, --chunks)", reshard);
 
 }  // namespace
 }  // namespace stp::apps

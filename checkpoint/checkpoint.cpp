@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "common/check.h"
+#include "schedule/generators.h"
 
 namespace stp::checkpoint {
 namespace fs = std::filesystem;
@@ -114,6 +115,7 @@ nlohmann::json layout_json(const CheckpointLayout& l) {
           {"world", l.world},
           {"schedule", l.schedule},
           {"microbatches", l.microbatches},
+          {"chunks", chunks_of(l)},
           {"rank_order", "rank = (pp * dp_size + dp) * tp_size + tp"}};
 }
 
@@ -126,6 +128,32 @@ T field(const nlohmann::json& j, const char* key, const std::string& where) {
     STP_CHECK(false, where, ": field '", key, "' has the wrong type: ", j.at(key).dump());
   }
   return T{};
+}
+
+// A manifest's layout.chunks; one written before the layout had it: extra.schedule.chunks for
+// 1f1b-i (Note [Chunks in the layout]), else 0 (the kind's default).
+int saved_chunks(const nlohmann::json& layout, const nlohmann::json& extra, const std::string& lw) {
+  int chunks = 0;
+  if (layout.contains("chunks")) {
+    chunks = field<int>(layout, "chunks", lw);
+  } else if (layout.value("schedule", std::string()) == "1f1b-i" && extra.is_object() &&
+             extra.contains("schedule") && extra["schedule"].is_object() &&
+             extra["schedule"].contains("chunks")) {
+    chunks = field<int>(extra["schedule"], "chunks", lw + " (extra.schedule)");
+  } else {
+    return 0;
+  }
+  STP_CHECK(chunks >= 1, lw, ": chunks=", chunks, " must be >= 1");
+  return chunks;
+}
+
+// One side of layout_change: tp, pp and dp unless only the chunks change, then the schedule
+// and the chunks when they change.
+std::string describe(const CheckpointLayout& l, bool shape, bool schedule, bool chunks) {
+  std::string out = shape ? str_cat("tp=", l.tp, " pp=", l.pp, " dp=", l.dp) : std::string();
+  if (schedule) out += " schedule=" + l.schedule;
+  if (chunks) out += str_cat(out.empty() ? "" : " ", "schedule.chunks=", chunks_of(l));
+  return out;
 }
 
 // Appends "model.a.b=X in checkpoint, Y in this run" for every leaf that differs.
@@ -217,6 +245,28 @@ void publish(const fs::path& tmp_dir, const fs::path& final_dir, std::int64_t st
 }
 
 }  // namespace
+
+int chunks_of(const CheckpointLayout& layout) {
+  if (layout.chunks != 0) return layout.chunks;
+  return schedule::default_chunks(schedule::kind_from_string(layout.schedule));
+}
+
+bool CheckpointLayout::operator==(const CheckpointLayout& o) const {
+  return dp == o.dp && pp == o.pp && tp == o.tp && world == o.world && schedule == o.schedule &&
+         microbatches == o.microbatches && (chunks == o.chunks || chunks_of(*this) == chunks_of(o));
+}
+
+std::string layout_change(const CheckpointLayout& saved, const CheckpointLayout& now) {
+  const bool shape =
+      saved.tp != now.tp || saved.pp != now.pp || saved.dp != now.dp || saved.world != now.world;
+  const bool schedule = saved.schedule != now.schedule;
+  // A V-shaped kind's 2 follows from its name: only 1f1b-i's chunks are a choice worth naming.
+  const bool chunks = chunks_of(saved) != chunks_of(now) &&
+                      (!schedule || saved.schedule == "1f1b-i" || now.schedule == "1f1b-i");
+  if (!shape && !schedule && !chunks) return "";
+  return str_cat(describe(saved, shape || schedule, schedule, chunks), " into ",
+                 describe(now, shape || schedule, schedule, chunks));
+}
 
 RankCoords rank_coords(const CheckpointLayout& layout, int rank) {
   STP_CHECK(layout.dp >= 1 && layout.pp >= 1 && layout.tp >= 1 &&
@@ -330,15 +380,17 @@ Manifest read_manifest(const std::string& checkpoint) {
   m.step = field<std::int64_t>(j, "step", where);
   const std::string lw = where + " layout";
   const nlohmann::json& l = j.contains("layout") ? j["layout"] : nlohmann::json();
+  m.info.model = field<nlohmann::json>(j, "model", where);
+  m.info.data = field<nlohmann::json>(j, "data", where);
+  m.info.extra = j.value("extra", nlohmann::json::object());
   m.info.layout = {field<int>(l, "dp", lw),
                    field<int>(l, "pp", lw),
                    field<int>(l, "tp", lw),
                    field<int>(l, "world", lw),
                    field<std::string>(l, "schedule", lw),
-                   field<int>(l, "microbatches", lw)};
-  m.info.model = field<nlohmann::json>(j, "model", where);
-  m.info.data = field<nlohmann::json>(j, "data", where);
-  m.info.extra = j.value("extra", nlohmann::json::object());
+                   field<int>(l, "microbatches", lw),
+                   saved_chunks(l, m.info.extra, lw)};
+  m.info.layout.chunks = chunks_of(m.info.layout);  // also checks the schedule kind
   STP_CHECK(field<std::string>(j, "checksum", where) == "xxh64", where,
             ": checksum kind must be \"xxh64\"");
   const nlohmann::json files = field<nlohmann::json>(j, "files", where);
@@ -441,13 +493,10 @@ LoadedCheckpoint load_checkpoint(const std::string& checkpoint, int rank,
   LoadedCheckpoint out;
   out.manifest = read_manifest(checkpoint);
   check_compatible(out.manifest, model);
-  const CheckpointLayout& saved = out.manifest.info.layout;
-  STP_CHECK(saved.tp == layout.tp && saved.pp == layout.pp && saved.dp == layout.dp &&
-                saved.world == layout.world && saved.schedule == layout.schedule,
-            "checkpoint layout tp=", saved.tp, " pp=", saved.pp, " dp=", saved.dp,
-            " schedule=", saved.schedule, " differs from this run's tp=", layout.tp,
-            " pp=", layout.pp, " dp=", layout.dp, " schedule=", layout.schedule,
-            ": its shards need resharding (checkpoint/reshard.h)");
+  const std::string change = layout_change(out.manifest.info.layout, layout);
+  STP_CHECK(change.empty(), "checkpoint ", checkpoint, " was saved in another layout (", change,
+            "): its shards need resharding. stp train --resume / --resume-from reshards on load; "
+            "stp checkpoint reshard writes a copy in this layout (checkpoint/reshard.h)");
   out.tensors = load_shard(checkpoint, out.manifest, rank);
   return out;
 }

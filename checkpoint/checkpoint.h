@@ -40,6 +40,14 @@ namespace stp::checkpoint {
 constexpr int kCheckpointFormatVersion = 1;
 
 // How the run is split; another layout reshards on load (checkpoint/reshard.h).
+//
+// Note [Chunks in the layout]
+// Which pipeline rank holds a parameter is decided by the schedule kind and the model chunks per
+// rank v (schedule::Program::v; Note [Parameter placement] in models/placement.h): 1 for 1f1b
+// and zb-h1, 2 for the V-shaped zb-v and stp, the run's choice (>= 2) for 1f1b-i. The manifest's
+// layout object records v as "chunks" (resolved, never 0). A manifest written before it did
+// reads back extra.schedule.chunks for 1f1b-i (what `stp train` wrote there), else the kind's
+// default. In memory chunks = 0 means the kind's default (chunks_of).
 struct CheckpointLayout {
   int dp = 1;            // data-parallel ranks
   int pp = 1;            // pipeline stages (ranks)
@@ -47,8 +55,20 @@ struct CheckpointLayout {
   int world = 1;         // dp * pp * tp
   std::string schedule;  // schedule kind ("stp", "1f1b-i", ...): decides chunk placement
   int microbatches = 1;  // per step
-  bool operator==(const CheckpointLayout&) const = default;
+  int chunks = 0;        // model chunks per rank v, 0: the kind's default (Note above)
+  // Field by field, the chunks as chunks_of resolves them (0 equals the kind's default).
+  bool operator==(const CheckpointLayout& other) const;
 };
+
+// layout.chunks, or schedule::default_chunks of its kind when 0. Throws std::invalid_argument
+// for a schedule kind stp does not know.
+int chunks_of(const CheckpointLayout& layout);
+
+// "" when a run in layout `now` reads the checkpoint's shards as they are (same tp, pp, dp,
+// schedule and chunks_of; the microbatch count may differ), else what changes: "tp=2 pp=2 dp=1
+// into tp=1 pp=4 dp=1" (the schedules too when they differ, and schedule.chunks when 1f1b-i's
+// differ), or "schedule.chunks=2 into schedule.chunks=4" when only the chunks do.
+std::string layout_change(const CheckpointLayout& saved, const CheckpointLayout& now);
 
 // Where a global rank sits in the layout (Megatron order, TP fastest, as engine/comm.h):
 //   rank = (pp * layout.dp + dp) * layout.tp + tp
@@ -134,9 +154,9 @@ struct LoadedCheckpoint {
   Manifest manifest;
   TensorMap tensors;  // this rank's, CPU
 };
-// read_manifest + check_compatible + load_shard(rank). REQUIRES the checkpoint's tp, pp, dp
-// and schedule to be `layout`'s (else std::invalid_argument naming both; the microbatch count
-// may differ).
+// read_manifest + check_compatible + load_shard(rank). REQUIRES layout_change(saved, layout)
+// to be "" (else std::invalid_argument naming the change and how to reshard: the microbatch
+// count may differ, the tp, pp, dp, schedule and chunks may not).
 LoadedCheckpoint load_checkpoint(const std::string& checkpoint, int rank,
                                  const CheckpointLayout& layout, const nlohmann::json& model);
 

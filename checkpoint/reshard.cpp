@@ -8,6 +8,7 @@
 #include "common/check.h"
 #include "data/mapped_file.h"
 #include "models/llama_params.h"
+#include "models/placement.h"
 #include "schedule/generators.h"
 
 namespace stp::checkpoint {
@@ -50,11 +51,6 @@ std::string param_of(const std::string& name) {
   return "";
 }
 
-std::string describe(const CheckpointLayout& l, bool with_schedule) {
-  return str_cat("tp=", l.tp, " pp=", l.pp, " dp=", l.dp,
-                 with_schedule ? " schedule=" + l.schedule : std::string());
-}
-
 // The DP-rank-0 shards of a checkpoint, in rank order.
 std::vector<int> dp0_ranks(const Manifest& m) {
   std::vector<int> out;
@@ -90,14 +86,6 @@ std::vector<models::ParamSpec> model_param_specs(const json& model, int tp,
             "' is not a model stp knows (gpt, llama)");
   if (arch == "llama") return models::llama_param_specs(llama_config_of(model, where), tp);
   return models::gpt_param_specs(gpt_config_of(model, where));
-}
-
-std::string layout_change(const CheckpointLayout& saved, const CheckpointLayout& now) {
-  if (saved.tp == now.tp && saved.pp == now.pp && saved.dp == now.dp && saved.world == now.world &&
-      saved.schedule == now.schedule)
-    return "";
-  const bool schedule = saved.schedule != now.schedule;
-  return str_cat(describe(saved, schedule), " into ", describe(now, schedule));
 }
 
 void verify_reshard_sources(const std::string& checkpoint, const Manifest& manifest, int rank,
@@ -214,23 +202,16 @@ std::vector<std::string> Resharder::names_for(const std::vector<std::string>& pa
 }
 
 std::vector<std::string> held_param_names(const std::vector<models::ParamSpec>& specs,
-                                          std::int64_t n_layers, const std::string& kind, int pp,
-                                          int microbatches, int chunks, int pp_rank) {
-  const schedule::Program program = schedule::make(kind, pp, microbatches, chunks);
-  const int stages = program.stages();
+                                          std::int64_t n_layers, const CheckpointLayout& layout,
+                                          int pp_rank) {
+  const schedule::Program program =
+      schedule::make(layout.schedule, layout.pp, layout.microbatches, chunks_of(layout));
   std::vector<std::string> out;
-  for (const models::ParamSpec& s : specs) {
-    int stage = stages - 1;  // ln_f, the head
-    if (s.name == "wte" || s.name == "wpe") {
-      stage = 0;
-    } else if (s.name.rfind("layers.", 0) == 0) {
-      const std::int64_t l = std::stoll(s.name.substr(7, s.name.find('.', 7) - 7));
-      for (int st = 0; st < stages; ++st) {
-        const models::LayerRange r = models::stage_layers(n_layers, st, stages);
-        if (l >= r.first && l < r.first + r.count) stage = st;
-      }
-    }
-    if (program.stage_rank[stage] == pp_rank) out.push_back(s.name);
+  for (int stage = 0; stage < program.stages(); ++stage) {
+    if (program.stage_rank[stage] != pp_rank) continue;
+    for (const models::ParamSpec* s :
+         models::stage_params(specs, n_layers, stage, program.stages()))
+      out.push_back(s->name);
   }
   return out;
 }
@@ -269,9 +250,9 @@ ReshardResult reshard_checkpoint(const std::string& checkpoint, const std::strin
             " dp=", lay.dp, " must each be >= 1");
   const json& model = m.info.model;
   const std::vector<models::ParamSpec> specs = model_param_specs(model, lay.tp, where);
-  const schedule::Kind kind = schedule::kind_from_string(lay.schedule);
-  const int chunks = options.chunks > 0 ? options.chunks : schedule::default_chunks(kind);
-  const int stages = schedule::make(kind, lay.pp, lay.microbatches, chunks).stages();
+  // Refuses chunks the kind does not take (Note [Chunks in the layout]).
+  const int stages = schedule::make(lay.schedule, lay.pp, lay.microbatches, lay.chunks).stages();
+  lay.chunks = chunks_of(lay);
   if (model.value("arch", std::string("gpt")) == "llama")
     llama_config_of(model, where).validate_layout(stages, lay.tp);
   else
@@ -285,7 +266,7 @@ ReshardResult reshard_checkpoint(const std::string& checkpoint, const std::strin
       info.extra["schedule"].is_object()) {
     info.extra["schedule"]["kind"] = lay.schedule;
     info.extra["schedule"]["microbatches"] = lay.microbatches;
-    info.extra["schedule"]["chunks"] = chunks;
+    info.extra["schedule"]["chunks"] = lay.chunks;
   }
   const std::int64_t n_layers = model.at("n_layers").get<std::int64_t>();
   ReshardResult r;
@@ -293,8 +274,7 @@ ReshardResult reshard_checkpoint(const std::string& checkpoint, const std::strin
   r.files_read = source.files_mapped();
   r.out = write_checkpoint(out, m.step, info, [&](int rank) {
     const RankCoords coords = rank_coords(lay, rank);
-    const std::vector<std::string> params = held_param_names(specs, n_layers, lay.schedule, lay.pp,
-                                                             lay.microbatches, chunks, coords.pp);
+    const std::vector<std::string> params = held_param_names(specs, n_layers, lay, coords.pp);
     TensorMap t = source.read(source.names_for(params), coords.tp, lay.tp);
     r.tensors += static_cast<std::int64_t>(t.size());
     return t;

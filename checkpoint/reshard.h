@@ -14,8 +14,9 @@
 // needs), otherwise it assembles the full tensor along the old dimension and slices it. Stacked
 // tensors ((3, C, C) q/k/v, (2, H, C) gate/up) are sharded along dimension 1, inside the stack,
 // so concatenating along it keeps each part whole. Which pipeline rank holds a parameter in the
-// new layout is decided by the schedule (held_param_names), which the new run's chunks decide
-// in the same way (DecoderChunk::add_params; a test keeps the two equal).
+// new layout is decided by its schedule kind and chunks (held_param_names; Note [Chunks in the
+// layout] in checkpoint.h) and the one placement rule the new run's chunks are built by (Note
+// [Parameter placement] in models/placement.h).
 //
 // Integrity: a shard's checksum covers the whole file, so it can only be verified by reading
 // it. Before a run reshards, its ranks share the verification: rank r of the new world checks
@@ -60,11 +61,6 @@ models::LlamaConfig llama_config_of(const nlohmann::json& model, const std::stri
 // missing or bad (`where` prefixes the message).
 std::vector<models::ParamSpec> model_param_specs(const nlohmann::json& model, int tp,
                                                  const std::string& where);
-
-// "" when a run in layout `now` reads the checkpoint's shards as they are (same tp, pp, dp and
-// schedule; the microbatch count may differ), else what changes: "tp=2 pp=2 dp=1 into tp=1
-// pp=4 dp=1" (the schedules too when they differ).
-std::string layout_change(const CheckpointLayout& saved, const CheckpointLayout& now);
 
 // The old DP-0 shards rank `rank` of a `world`-rank run verifies (size and checksum) before
 // resharding: those with index % world == rank (Note [Resharding]). Throws
@@ -113,12 +109,12 @@ class Resharder {
 };
 
 // The parameter names pipeline rank `pp_rank` holds when the model of `specs` (n_layers layers)
-// runs the schedule `kind` on `pp` ranks with `microbatches` (and `chunks` for 1f1b-i; 0: the
-// schedule's default): the layers of its stages (models::stage_layers), the embeddings (wte,
-// wpe) on stage 0, every other parameter on the last stage.
+// runs in `layout`: the parameters of the stages its schedule kind and chunks place on the rank
+// (schedule::Program::stage_rank), each stage's by models::stage_params (Note [Parameter
+// placement] in models/placement.h, the rule the chunks are built by).
 std::vector<std::string> held_param_names(const std::vector<models::ParamSpec>& specs,
-                                          std::int64_t n_layers, const std::string& kind, int pp,
-                                          int microbatches, int chunks, int pp_rank);
+                                          std::int64_t n_layers, const CheckpointLayout& layout,
+                                          int pp_rank);
 
 // A loader position saved with dp_size d for a run with `dp` ranks and `num_windows` windows
 // (DataLoader::num_windows): unchanged when d == dp; otherwise the rows every rank consumed in
@@ -127,8 +123,9 @@ std::vector<std::string> held_param_names(const std::vector<models::ParamSpec>& 
 nlohmann::json reshard_data_position(const nlohmann::json& saved, int dp, std::int64_t num_windows);
 
 struct ReshardOptions {
-  CheckpointLayout layout;  // the new layout (world = dp * pp * tp)
-  int chunks = 0;           // 1f1b-i: model chunks per rank (0: the schedule's default)
+  // The new layout (world = dp * pp * tp); its chunks (0: the kind's default) must be ones the
+  // schedule kind takes (>= 2 for 1f1b-i, the kind's own for the others).
+  CheckpointLayout layout;
 };
 struct ReshardResult {
   std::string out;           // the checkpoint written
@@ -138,8 +135,9 @@ struct ReshardResult {
 };
 // Writes the checkpoint `checkpoint` (any layout) as the checkpoint folder `out` in
 // options.layout: every rank's shard, then a manifest with fresh checksums (the same model,
-// data position and extra, its schedule section updated), published atomically as
-// CheckpointWriter does. A run in that layout resumes from it with --resume-from `out`.
+// data position and extra, its schedule section updated; the layout's chunks resolved),
+// published atomically as CheckpointWriter does. A run in that layout resumes from it with
+// --resume-from `out`.
 ReshardResult reshard_checkpoint(const std::string& checkpoint, const std::string& out,
                                  const ReshardOptions& options);
 

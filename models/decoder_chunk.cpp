@@ -15,6 +15,7 @@
 #include "models/chunk_inputs.h"
 #include "models/gpt_ops.h"
 #include "models/llama_ops.h"
+#include "models/placement.h"
 
 namespace stp::models {
 
@@ -29,33 +30,12 @@ DecoderChunk::DecoderChunk(const Shape& shape, int stage, int stages, int tp_ran
   heads_local_ = shape.n_heads / tp_size;
 }
 
-namespace {
-
-// The layer of a "layers.<l>.<name>" parameter; -1 for the others.
-std::int64_t layer_of_param(const std::string& name) {
-  if (name.rfind("layers.", 0) != 0) return -1;
-  return std::stoll(name.substr(7, name.find('.', 7) - 7));
-}
-
-}  // namespace
-
 void DecoderChunk::add_params(const std::vector<ParamSpec>& model_specs,
                               const std::function<at::Tensor(const ParamSpec&)>& init_full,
                               at::Device device) {
-  std::vector<const ParamSpec*> embeddings, held_layers, rest;
-  for (const ParamSpec& s : model_specs) {
-    const std::int64_t l = layer_of_param(s.name);
-    if (s.name == "wte" || s.name == "wpe") {
-      if (is_first_stage()) embeddings.push_back(&s);
-    } else if (l >= 0) {
-      if (l >= layers_.first && l < layers_.first + layers_.count) held_layers.push_back(&s);
-    } else if (is_last_stage()) {
-      rest.push_back(&s);
-    }
-  }
-  std::vector<const ParamSpec*> specs = embeddings;
-  specs.insert(specs.end(), held_layers.begin(), held_layers.end());
-  specs.insert(specs.end(), rest.begin(), rest.end());
+  // Note [Parameter placement] (placement.h): the rule checkpoints reshard by too.
+  const std::vector<const ParamSpec*> specs =
+      stage_params(model_specs, shape_.n_layers, stage_, stages_);
   // Gradients of bfloat16 parameters accumulate in float32 (chunk.h: Param::grad).
   const at::ScalarType dtype = shape_.dtype;
   const at::ScalarType grad_dtype = dtype == at::kBFloat16 ? at::kFloat : dtype;

@@ -224,6 +224,8 @@ checkpoint::CheckpointLayout layout_of(const TrainConfig& c, int world_size) {
   l.dp = world_size / (l.tp * l.pp);
   l.schedule = c.schedule.kind;
   l.microbatches = static_cast<int>(c.schedule.microbatches);
+  // schedule.chunks is 1f1b-i's alone (Note [Chunks in the layout] in checkpoint/checkpoint.h).
+  l.chunks = c.schedule.kind == "1f1b-i" ? static_cast<int>(c.schedule.chunks) : 0;
   return l;
 }
 
@@ -361,15 +363,7 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
   std::int64_t step = 0;
   if (resume_from) {
     step = resumed.manifest.step;
-    std::string change = checkpoint::layout_change(resumed.manifest.info.layout, info.layout);
-    // 1F1B-I's chunks per rank place the stages too; the layout does not record them, the
-    // manifest's extra does.
-    const nlohmann::json& saved_extra = resumed.manifest.info.extra;
-    if (change.empty() && info.layout.schedule == "1f1b-i" && saved_extra.contains("schedule") &&
-        saved_extra["schedule"].contains("chunks") &&
-        saved_extra["schedule"]["chunks"] != info.extra["schedule"]["chunks"])
-      change = str_cat("schedule.chunks=", saved_extra["schedule"]["chunks"].dump(),
-                       " into schedule.chunks=", info.extra["schedule"]["chunks"].dump());
+    const std::string change = checkpoint::layout_change(resumed.manifest.info.layout, info.layout);
     if (!change.empty()) {
       say(str_cat("resuming step ", step, " saved as ", change, ": resharding on load\n"));
       resumed.tensors = reshard_into(trainer, *resume_from, resumed.manifest);

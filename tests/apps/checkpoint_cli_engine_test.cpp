@@ -4,8 +4,9 @@
 // the newest intact one, agreed by every rank, with a warning naming it; --resume-from chooses
 // one; the manifest records every rank's (pp, dp, tp) and the optimizer settings; the generated
 // corpus's seed is a config key a resumed run must keep; a run resumes in another layout
-// (resharding on load, or from `stp checkpoint reshard`'s output) and continues the loss curve;
-// another model, family, vocabulary or optimizer is refused in one line.
+// (resharding on load, or from `stp checkpoint reshard`'s output, 1F1B-I's chunks included) and
+// continues the loss curve; another model, family, vocabulary or optimizer is refused in one
+// line.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -187,6 +188,20 @@ json manifest_of(const std::string& checkpoint) {
   return json::parse(read_bytes(fs::path(checkpoint) / "manifest.json"));
 }
 
+// `stp checkpoint reshard --checkpoint <from> --out <out><flags>` says "stp checkpoint reshard:
+// <said> -> <out>"; then `train` (a whole `stp run ... stp train ...` command line) resumes from
+// `out` as from its own checkpoint: without resharding.
+void reshard_then_resume(const std::string& from, const std::string& out, const std::string& flags,
+                         const std::string& said, const std::string& train) {
+  CliResult r = run_cli("checkpoint reshard --checkpoint " + from + " --out " + out + flags);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_contains(r.output, {"stp checkpoint reshard: " + said + " -> " + out});
+  r = run_cli(train + " --resume-from " + out);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(r.output.find("resharding"), std::string::npos) << r.output;
+  expect_contains(r.output, {"[r0] resumed from " + out + " (step "});
+}
+
 // A tp 2 x pp 2 (stp) run stopped in step 5 continues from its step-4 checkpoint as tp 1 x
 // pp 4 and as tp 4 x pp 1 (1f1b) with the losses of the uninterrupted run: the same batches
 // (the data position of the next checkpoint is the uninterrupted run's, exactly) and the same
@@ -223,27 +238,19 @@ TEST(CheckpointReshard, ResumingInAnotherLayoutContinuesTheLossCurve) {
         << l.name;
   }
   // The command: the same tensors written ahead of time, resumed without resharding.
-  const std::string out = dir + "/tp1pp4_step4";
-  r = run_cli("checkpoint reshard --checkpoint " + step4 + " --out " + out +
-              " --tp 1 --pp 4 --schedule 1f1b");
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  expect_contains(r.output, {"stp checkpoint reshard: step 4 saved as tp=2 pp=2 dp=1 schedule=stp "
-                             "into tp=1 pp=4 dp=1 schedule=1f1b -> " +
-                             out});
+  const std::string out = dir + "/tp1pp4_step4", log = dir + "/from_command";
+  ASSERT_NO_FATAL_FAILURE(reshard_then_resume(
+      step4, out, " --tp 1 --pp 4 --schedule 1f1b",
+      "step 4 saved as tp=2 pp=2 dp=1 schedule=stp into tp=1 pp=4 dp=1 schedule=1f1b",
+      "run -n 4 -- stp train " + tiny4(log, 6) + layouts[0].flags));
   EXPECT_EQ(manifest_of(out).at("layout").at("pp"), 4);
-  const std::string log = dir + "/from_command";
-  r = run_cli("run -n 4 -- stp train " + tiny4(log, 6) + layouts[0].flags + " --resume-from " +
-              out);
-  ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(r.output.find("resharding"), std::string::npos) << r.output;
-  expect_contains(r.output, {"[r0] resumed from " + out + " (step 4)"});
   EXPECT_EQ(loss_at(log, 6), loss_at(dir + "/tp1pp4", 6));
   fs::remove_all(dir);
 }
 
-// 1F1B-I's chunks per rank place the stages but are not part of the layout: a run resumed with
-// other chunks reshards (the manifest's extra records them) and continues with the losses of
-// the uninterrupted run (same TP: the same arithmetic).
+// 1F1B-I's chunks per rank place the stages (the layout records them: Note [Chunks in the
+// layout]): a run resumed with other chunks reshards and continues with the losses of the
+// uninterrupted run (same TP: the same arithmetic).
 TEST(CheckpointReshard, AnotherChunkCountOf1f1bIReshards) {
   const std::string dir = fresh_temp_dir("checkpoint_cli", "reshard_chunks");
   const std::string flags =
@@ -258,6 +265,55 @@ TEST(CheckpointReshard, AnotherChunkCountOf1f1bIReshards) {
                              "schedule.chunks=4: resharding on load"});
   for (int step : {3, 4})
     EXPECT_NEAR(loss_at(dir + "/c4", step), loss_at(dir + "/whole", step), 1e-12) << step;
+  fs::remove_all(dir);
+}
+
+// A manifest written before the layout recorded the chunks (Note [Chunks in the layout]): a
+// run with other chunks still reshards on load (the chunks come from extra.schedule), and
+// `stp checkpoint reshard --chunks 4` writes the 4-chunk checkpoint, which a run with
+// chunks 4 resumes without resharding, continuing the uninterrupted losses. --chunks is
+// refused where the schedule does not take it.
+TEST(CheckpointReshard, TheCommandTakesChunksAndReadsOlderManifests) {
+  const std::string dir = fresh_temp_dir("checkpoint_cli", "reshard_command_chunks");
+  const std::string flags =
+      " --set model.n_layers=8 --set parallel.pp=2 --set schedule.kind=1f1b-i"
+      " --set model.dtype=float64 --set schedule.chunks=";
+  auto train = [&](const std::string& log, int chunks) {
+    return "run -n 2 -- stp train " + tiny(log, 4) + flags + std::to_string(chunks);
+  };
+  const CliResult whole = run_cli(train(dir + "/whole", 2));
+  ASSERT_EQ(whole.exit_code, 0) << whole.output;
+  const std::string step2 = dir + "/whole/checkpoints/step_000002";
+  json older = manifest_of(step2);  // as written before the layout had the chunks
+  ASSERT_EQ(older.at("layout").at("chunks"), 2);
+  older["layout"].erase("chunks");
+  write_bytes(fs::path(step2) / "manifest.json", older.dump(2));
+  const CliResult on_load = run_cli(train(dir + "/c4", 4) + " --resume-from " + step2);
+  EXPECT_EQ(on_load.exit_code, 0) << on_load.output;
+  expect_contains(on_load.output, {"[r0] resuming step 2 saved as schedule.chunks=2 into "
+                                   "schedule.chunks=4: resharding on load"});
+
+  const std::string out = dir + "/chunks4_step2", log = dir + "/from_command";
+  ASSERT_NO_FATAL_FAILURE(reshard_then_resume(
+      step2, out, " --tp 1 --pp 2 --chunks 4",
+      "step 2 saved as schedule.chunks=2 into schedule.chunks=4", train(log, 4)));
+  EXPECT_EQ(manifest_of(out).at("layout").at("chunks"), 4);
+  for (int step : {3, 4}) {
+    EXPECT_NEAR(loss_at(log, step), loss_at(dir + "/whole", step), 1e-12) << step;
+    EXPECT_EQ(loss_at(log, step), loss_at(dir + "/c4", step)) << step;
+  }
+
+  const std::string reshard = "checkpoint reshard --checkpoint " + step2 + " --tp 1 --pp 2 --out ";
+  CliResult r = run_cli(reshard + dir + "/zbv --schedule zb-v --chunks 4");
+  EXPECT_NE(r.exit_code, 0);
+  expect_contains(r.output, {"chunks=4 is not supported by the zb-v schedule (it uses 2)"});
+  r = run_cli(reshard + dir + "/one --chunks 1");
+  EXPECT_NE(r.exit_code, 0);
+  expect_contains(r.output, {"chunks=1 must be >= 2 for the 1f1b-i schedule (use 1f1b for 1)"});
+  r = run_cli(reshard + dir + "/many --chunks 65");
+  EXPECT_NE(r.exit_code, 0);
+  expect_contains(r.output, {"--chunks", "65"});
+  EXPECT_FALSE(fs::exists(dir + "/zbv") || fs::exists(dir + "/one") || fs::exists(dir + "/many"));
   fs::remove_all(dir);
 }
 

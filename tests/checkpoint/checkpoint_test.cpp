@@ -272,12 +272,13 @@ TEST(Checkpoint, MismatchedLayoutOrModelIsRefusedNamingWhatDiffers) {
   const CheckpointInfo run = info_for(1, 4);
   // Another layout needs resharding (reshard_test.cpp); another microbatch count does not.
   expect_invalid([&] { load_checkpoint(ck, 0, run.layout, run.model); },
-                 "checkpoint layout tp=2 pp=2 dp=1 schedule=stp differs from this run's tp=1 "
-                 "pp=4 dp=1 schedule=stp: its shards need resharding");
+                 "was saved in another layout (tp=2 pp=2 dp=1 into tp=1 pp=4 dp=1): its shards "
+                 "need resharding. stp train --resume / --resume-from reshards on load; stp "
+                 "checkpoint reshard writes a copy in this layout");
   CheckpointLayout sched = saved.layout;
   sched.schedule = "zb-v";
   expect_invalid([&] { load_checkpoint(ck, 0, sched, saved.model); },
-                 "schedule=stp differs from this run's tp=2 pp=2 dp=1 schedule=zb-v");
+                 "(tp=2 pp=2 dp=1 schedule=stp into tp=2 pp=2 dp=1 schedule=zb-v)");
   sched = saved.layout;
   sched.microbatches = 16;
   EXPECT_TRUE(same(load_checkpoint(ck, 3, sched, saved.model).tensors, rank_state(3, 8)));
@@ -305,6 +306,52 @@ TEST(Checkpoint, MismatchedLayoutOrModelIsRefusedNamingWhatDiffers) {
     EXPECT_NE(msg.find("model.bias absent in checkpoint, true in this run"), std::string::npos)
         << msg;
   }
+}
+
+// 1F1B-I's chunks per rank place the stages: the layout records them (Note [Chunks in the
+// layout]), a load with other chunks is a layout change, and a manifest written before the
+// layout had them reads extra.schedule.chunks, else the kind's default.
+TEST(Checkpoint, ChunksAreRecordedInTheLayout) {
+  TempDir dir;
+  CheckpointInfo saved = info_for(1, 2);
+  saved.layout.schedule = "1f1b-i";
+  saved.layout.chunks = 3;
+  saved.extra["schedule"] = {{"kind", "1f1b-i"}, {"chunks", 3}};
+  save_all(dir.str(), 2, 4, saved);
+  const std::string ck = (dir.path / "step_000004").string();
+  const fs::path manifest = fs::path(ck) / "manifest.json";
+  const nlohmann::json written = nlohmann::json::parse(read_bytes(manifest));
+  EXPECT_EQ(written.at("layout").at("chunks"), 3);
+  EXPECT_EQ(read_manifest(ck).info.layout.chunks, 3);
+  EXPECT_TRUE(same(load_checkpoint(ck, 1, saved.layout, saved.model).tensors, rank_state(1, 4)));
+  CheckpointLayout four = saved.layout;
+  four.chunks = 4;
+  expect_invalid([&] { load_checkpoint(ck, 1, four, saved.model); },
+                 "was saved in another layout (schedule.chunks=3 into schedule.chunks=4): its "
+                 "shards need resharding");
+
+  // Written before: the layout has no chunks.
+  auto rewrite = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json m = written;
+    m["layout"].erase("chunks");
+    edit(m);
+    write_bytes(manifest, m.dump(2));
+  };
+  rewrite([](nlohmann::json&) {});
+  EXPECT_EQ(read_manifest(ck).info.layout.chunks, 3);  // extra.schedule.chunks
+  EXPECT_NO_THROW(load_checkpoint(ck, 1, saved.layout, saved.model));
+  rewrite([](nlohmann::json& m) { m["extra"].erase("schedule"); });
+  EXPECT_EQ(read_manifest(ck).info.layout.chunks, 2);  // 1f1b-i's default
+  expect_invalid([&] { load_checkpoint(ck, 1, saved.layout, saved.model); },
+                 "(schedule.chunks=2 into schedule.chunks=3)");
+  // Another kind's chunks follow from its name; extra's chunks are 1f1b-i's alone.
+  rewrite([](nlohmann::json& m) {
+    m["layout"]["schedule"] = "1f1b";
+    m["extra"]["schedule"] = {{"kind", "1f1b"}, {"chunks", 2}};
+  });
+  EXPECT_EQ(read_manifest(ck).info.layout.chunks, 1);
+  rewrite([](nlohmann::json& m) { m["layout"]["chunks"] = 0; });
+  expect_invalid([&] { read_manifest(ck); }, "layout: chunks=0 must be >= 1");
 }
 
 TEST(Checkpoint, BadArgumentsAndManifestsAreRefused) {

@@ -1,19 +1,19 @@
 // Resharding (checkpoint/reshard.h): a checkpoint written in one layout, resharded into another
 // and back, holds bitwise the tensors it started with, optimizer states included; every rank's
 // shard equals the reference slice of the full tensors (models::shard_of) for its layout; which
-// parameters a pipeline rank holds agrees with the chunks the models build; the data position
+// parameters a pipeline rank holds follows its schedule kind and chunks; the data position
 // continues at the same global sample; refusals name what differs.
 #include "checkpoint/reshard.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
-#include "models/gpt.h"
-#include "models/llama.h"
 #include "models/llama_params.h"
+#include "models/placement.h"
 #include "schedule/generators.h"
 
 #include "file_test_util.h"
@@ -41,8 +41,8 @@ json llama_model(const std::string& dtype = "float32") {
   return m;
 }
 
-CheckpointLayout layout(int tp, int pp, int dp, const std::string& kind) {
-  return {dp, pp, tp, dp * pp * tp, kind, 12};
+CheckpointLayout layout(int tp, int pp, int dp, const std::string& kind, int chunks = 0) {
+  return {dp, pp, tp, dp * pp * tp, kind, 12, chunks};
 }
 
 // Every parameter's full tensor and AdamW state (a float32 master for bfloat16), at random.
@@ -73,8 +73,7 @@ std::string write_reference(const std::string& out, const json& model, const Ten
   const auto specs = model_param_specs(model, lay.tp, "test");
   return write_checkpoint(out, 3, info, [&](int rank) {
     const RankCoords c = rank_coords(lay, rank);
-    const auto held = held_param_names(specs, model.at("n_layers").get<std::int64_t>(),
-                                       lay.schedule, lay.pp, lay.microbatches, 0, c.pp);
+    const auto held = held_param_names(specs, model.at("n_layers").get<std::int64_t>(), lay, c.pp);
     TensorMap t;
     for (const models::ParamSpec& s : specs) {
       if (std::find(held.begin(), held.end(), s.name) == held.end()) continue;
@@ -139,6 +138,25 @@ TEST(Reshard, LlamaKeyValueHeadsSplitThenReplicatedAndBack) {
   round_trip(llama_model(), layout(2, 2, 1, "zb-v"), layout(1, 2, 1, "1f1b-i"), "llama zb-v");
 }
 
+// 1F1B-I's chunks place the stages (Note [Chunks in the layout]): other chunks alone reshard.
+TEST(Reshard, AnotherChunkCountOf1f1bIAndBack) {
+  json eight = gpt_model();
+  eight["n_layers"] = 8;
+  round_trip(eight, layout(1, 2, 1, "1f1b-i", 2), layout(1, 2, 1, "1f1b-i", 4), "chunks 2 -> 4");
+  round_trip(gpt_model(), layout(2, 1, 1, "1f1b-i", 4), layout(1, 2, 1, "1f1b-i"),
+             "tp, pp, chunks");
+  TempDir dir;
+  const std::string a = write_reference((dir.path / "a").string(), eight, full_state(eight),
+                                        layout(1, 2, 1, "1f1b-i", 4));
+  EXPECT_EQ(read_manifest(a).info.layout.chunks, 4);
+  expect_invalid(
+      [&] { reshard_checkpoint(a, (dir.path / "b").string(), {layout(1, 2, 1, "zb-v", 4)}); },
+      "chunks=4 is not supported by the zb-v schedule (it uses 2)");
+  expect_invalid(
+      [&] { reshard_checkpoint(a, (dir.path / "b").string(), {layout(1, 2, 1, "1f1b-i", 1)}); },
+      "chunks=1 must be >= 2 for the 1f1b-i schedule (use 1f1b for 1)");
+}
+
 TEST(Reshard, BfloatMasterCopiesMoveToo) {
   round_trip(llama_model("bfloat16"), layout(2, 2, 1, "stp"), layout(1, 2, 2, "1f1b"), "bf16");
 }
@@ -163,37 +181,39 @@ TEST(Reshard, ReadsTheSliceOfANewTpRank) {
                                                             "optim/wte.exp_avg_sq", "optim/step"}));
 }
 
-// held_param_names decides what DecoderChunk::add_params decides: the same names per rank.
-TEST(Reshard, HeldParamNamesAreTheChunksParameters) {
-  for (const json& model : {gpt_model(), llama_model()}) {
-    const bool llama = model.contains("arch");
-    for (const std::string kind : {"1f1b", "1f1b-i", "zb-v", "stp"}) {
-      for (int pp : {1, 2}) {
-        const int tp = 2;
-        const schedule::Program prog = schedule::make(kind, pp, 12);
-        const auto specs = model_param_specs(model, tp, "test");
-        for (int rank = 0; rank < pp; ++rank) {
-          std::vector<std::string> built;
-          for (int s = 0; s < prog.stages(); ++s) {
-            if (prog.stage_rank[s] != rank) continue;
-            std::unique_ptr<engine::Chunk> c;
-            if (llama)
-              c = std::make_unique<models::LlamaChunk>(llama_config_of(model, "t"), s,
-                                                       prog.stages(), 0, tp);
-            else
-              c = std::make_unique<models::GptChunk>(gpt_config_of(model, "t"), s, prog.stages(), 0,
-                                                     tp);
-            for (const engine::Param& p : c->params()) built.push_back(p.name);
-          }
-          std::vector<std::string> held = held_param_names(specs, 4, kind, pp, 12, 0, rank);
-          std::sort(built.begin(), built.end());
-          std::sort(held.begin(), held.end());
-          EXPECT_EQ(held, built) << (llama ? "llama " : "gpt ") << kind << " pp=" << pp << " rank "
-                                 << rank;
-        }
-      }
-    }
+// The layers a rank holds, and the parameters outside layers, of held_param_names' answer.
+std::string summary(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& n : names) {
+    const std::int64_t l = models::layer_of_param(n);
+    const std::string item = l < 0 ? n : "L" + std::to_string(l);
+    if (out.empty() || out.substr(out.rfind(' ') + 1) != item)
+      out += (out.empty() ? "" : " ") + item;
   }
+  return out;
+}
+
+// Which stages a pipeline rank holds is the schedule's (kind and chunks); what a stage holds is
+// models::stage_params' (tests/models/placement_test.cpp).
+TEST(Reshard, HeldParamNamesFollowTheScheduleAndChunks) {
+  json eight = gpt_model();
+  eight["n_layers"] = 8;
+  const auto specs = model_param_specs(eight, 2, "test");
+  auto held = [&](const CheckpointLayout& lay, int rank) {
+    return summary(held_param_names(specs, 8, lay, rank));
+  };
+  EXPECT_EQ(held(layout(2, 1, 1, "1f1b"), 0),
+            "wte wpe L0 L1 L2 L3 L4 L5 L6 L7 ln_f.w ln_f.b lm_head.w");
+  EXPECT_EQ(held(layout(2, 2, 1, "1f1b"), 0), "wte wpe L0 L1 L2 L3");
+  EXPECT_EQ(held(layout(2, 2, 1, "1f1b"), 1), "L4 L5 L6 L7 ln_f.w ln_f.b lm_head.w");
+  // V: rank 0 holds stages 0 and 3 of 4.
+  EXPECT_EQ(held(layout(2, 2, 1, "zb-v"), 0), "wte wpe L0 L1 L6 L7 ln_f.w ln_f.b lm_head.w");
+  EXPECT_EQ(held(layout(2, 2, 1, "stp"), 1), "L2 L3 L4 L5");
+  // Loop: rank r holds stages r, r + p, ...; the chunks decide how many.
+  EXPECT_EQ(held(layout(2, 2, 1, "1f1b-i"), 0), "wte wpe L0 L1 L4 L5");
+  EXPECT_EQ(held(layout(2, 2, 1, "1f1b-i", 2), 1), "L2 L3 L6 L7 ln_f.w ln_f.b lm_head.w");
+  EXPECT_EQ(held(layout(2, 2, 1, "1f1b-i", 4), 0), "wte wpe L0 L2 L4 L6");
+  EXPECT_EQ(held(layout(2, 2, 1, "1f1b-i", 4), 1), "L1 L3 L5 L7 ln_f.w ln_f.b lm_head.w");
 }
 
 TEST(Reshard, LayoutChangeNamesBothLayouts) {
@@ -205,6 +225,17 @@ TEST(Reshard, LayoutChangeNamesBothLayouts) {
             "tp=2 pp=2 dp=1 into tp=1 pp=4 dp=1");
   EXPECT_EQ(layout_change(layout(2, 2, 1, "stp"), layout(2, 2, 1, "1f1b")),
             "tp=2 pp=2 dp=1 schedule=stp into tp=2 pp=2 dp=1 schedule=1f1b");
+  // 1F1B-I's chunks (0: its default, 2) are named when they differ.
+  EXPECT_EQ(layout_change(layout(2, 2, 1, "1f1b-i"), layout(2, 2, 1, "1f1b-i", 2)), "");
+  EXPECT_EQ(layout_change(layout(2, 2, 1, "1f1b-i"), layout(2, 2, 1, "1f1b-i", 4)),
+            "schedule.chunks=2 into schedule.chunks=4");
+  EXPECT_EQ(layout_change(layout(2, 2, 1, "1f1b-i", 4), layout(1, 4, 1, "1f1b-i", 2)),
+            "tp=2 pp=2 dp=1 schedule.chunks=4 into tp=1 pp=4 dp=1 schedule.chunks=2");
+  EXPECT_EQ(layout_change(layout(2, 2, 1, "1f1b-i", 4), layout(2, 2, 1, "zb-v")),
+            "tp=2 pp=2 dp=1 schedule=1f1b-i schedule.chunks=4 into tp=2 pp=2 dp=1 schedule=zb-v "
+            "schedule.chunks=2");
+  EXPECT_EQ(layout_change(layout(2, 2, 1, "1f1b-i"), layout(2, 2, 1, "zb-v")),
+            "tp=2 pp=2 dp=1 schedule=1f1b-i into tp=2 pp=2 dp=1 schedule=zb-v");
 }
 
 TEST(Reshard, DataPositionContinuesAtTheSameGlobalSample) {
