@@ -45,9 +45,11 @@ constexpr int kCheckpointFormatVersion = 1;
 // Which pipeline rank holds a parameter is decided by the schedule kind and the model chunks per
 // rank v (schedule::Program::v; Note [Parameter placement] in models/placement.h): 1 for 1f1b
 // and zb-h1, 2 for the V-shaped zb-v and stp, the run's choice (>= 2) for 1f1b-i. The manifest's
-// layout object records v as "chunks" (resolved, never 0). A manifest written before it did
-// reads back extra.schedule.chunks for 1f1b-i (what `stp train` wrote there), else the kind's
-// default. In memory chunks = 0 means the kind's default (chunks_of).
+// layout object records v as "chunks" (resolved, never 0), so load_checkpoint, a resuming run
+// and `stp checkpoint reshard` all see other chunks as the layout change they are
+// (layout_change). A manifest written before the layout had them reads extra.schedule.chunks
+// for 1f1b-i (what `stp train` wrote there), else the kind's default. In memory chunks = 0
+// means the kind's default (chunks_of).
 struct CheckpointLayout {
   int dp = 1;            // data-parallel ranks
   int pp = 1;            // pipeline stages (ranks)

@@ -1,4 +1,4 @@
-// Resharding: a checkpoint saved in one layout (tp x pp x dp, schedule) read into another.
+// Resharding: a checkpoint saved in one layout (tp x pp x dp, schedule, chunks) read into another.
 //
 // Note [Resharding]
 // Every tensor of a checkpoint is named globally ("param/layers.3.attn.q.w",
