@@ -391,35 +391,32 @@ TEST(Offload, ARecomputedSetHoldsAndMovesItsKeptShare) {
   EXPECT_DOUBLE_EQ(k.ranks[0].peak_bytes, 225.0);  // F0's 25 + F1 + F2 at 3
 }
 
+// Resident bytes of rank 0 as (time, bytes) samples, recorded with the timeline.
+std::vector<std::pair<double, double>> memory_of(const SimResult& s) {
+  std::vector<std::pair<double, double>> out;
+  for (const MemorySample& m : s.ranks[0].memory) out.push_back({m.time, m.bytes});
+  return out;
+}
+
 // Note [Partial sets]: a trip with share 0.5 moves half of the set, in half the copy time, and
 // the other half stays resident (the set stays counted).
 TEST(PartialSets, AHalfShareTripFreesHalfTheBytesInHalfTheTime) {
   Program prog = offload_program();
   for (Instr& in : prog.ranks[0])
     if (in.op == Op::kOffload || in.op == Op::kReload) in.share = 0.5;
-  ASSERT_EQ(find_error(prog), "");
   CostModel c;
-  c.act_bytes = 100;
-  c.host_bandwidth = 100;  // 1 s per 100 bytes
-  SimOptions opt;
-  opt.record_timeline = opt.record_memory = true;
-  const SimResult s = simulate(prog, c, opt);
+  c.act_bytes = c.host_bandwidth = 100;  // a whole set copies in 1 s
+  const SimResult s = simulate(prog, c, {.record_timeline = true, .record_memory = true});
   // F0 [0,1]; D2H of 50 [1,1.5]; F1 [1,2]; F2 [2,3]; BW2 [3,5]; BW1 [5,7]; H2D of 50 [7,7.5];
-  // BW0 [7.5,9.5].
+  // BW0 [7.5,9.5]. Resident: 100 @1, 50 @1.5, 150 @2, 250 @3, 150 @5, 100 @7 (BW1 frees 100,
+  // the reload's destination takes 50), 0 @9.5.
   EXPECT_DOUBLE_EQ(s.makespan, 9.5);
   EXPECT_DOUBLE_EQ(s.ranks[0].reload_wait, 0.5);
   EXPECT_DOUBLE_EQ(s.ranks[0].offloaded_bytes, 50.0);
-  EXPECT_DOUBLE_EQ(s.ranks[0].peak_bytes, 250.0);  // half of set 0, sets 1 and 2
-  EXPECT_EQ(s.ranks[0].peak_sets, 3);              // set 0 is still partly resident
-  // Resident: 100 @1, 50 @1.5, 150 @2, 250 @3, 150 @5, 100 @7 (BW1 frees 100, the reload's
-  // destination takes 50), 0 @9.5.
+  EXPECT_EQ(s.ranks[0].peak_sets, 3);  // set 0 is still partly resident
   const std::vector<std::pair<double, double>> want = {{1, 100}, {1.5, 50}, {2, 150}, {3, 250},
                                                        {5, 150}, {7, 100},  {9.5, 0}};
-  ASSERT_EQ(s.ranks[0].memory.size(), want.size());
-  for (std::size_t i = 0; i < want.size(); ++i) {
-    EXPECT_DOUBLE_EQ(s.ranks[0].memory[i].time, want[i].first) << i;
-    EXPECT_DOUBLE_EQ(s.ranks[0].memory[i].bytes, want[i].second) << i;
-  }
+  EXPECT_EQ(memory_of(s), want);
   int copies = 0;
   for (const TimelineEvent& ev : s.timeline.events)
     if (ev.category == kCategoryOffload || ev.category == kCategoryReload) {
@@ -429,14 +426,21 @@ TEST(PartialSets, AHalfShareTripFreesHalfTheBytesInHalfTheTime) {
   EXPECT_EQ(copies, 2);
 }
 
+// 100-byte sets over a link of `bandwidth` bytes/s; a recomputed set keeps `keep` and re-runs
+// `time` forwards.
+CostModel recompute_model(double bandwidth, double keep, double time) {
+  CostModel c;
+  c.act_bytes = 100;
+  c.host_bandwidth = bandwidth;
+  c.recompute_keep = keep;
+  c.recompute_time = time;
+  return c;
+}
+
 // A set recomputing half its layers keeps 1 - 0.5 (1 - keep) of its bytes until its backward,
 // moves that share on its trip, and its backward runs half the extra compute.
 TEST(PartialSets, AHalfShareRecomputeKeepsMoreAndCostsHalfTheExtraTime) {
-  CostModel c;
-  c.act_bytes = 100;
-  c.host_bandwidth = 100;
-  c.recompute_keep = 0.25;
-  c.recompute_time = 0.5;
+  const CostModel c = recompute_model(100, 0.25, 0.5);
   Program prog = offload_program();
   prog.ranks[0][0].parts[0].recompute = true;
   prog.ranks[0][0].parts[0].recompute_share = 0.5;
@@ -461,15 +465,9 @@ TEST(PartialSets, AHalfShareRecomputeKeepsMoreAndCostsHalfTheExtraTime) {
 // Whole shares are the figures of whole sets to the bit: kept_share(1) is recompute_keep itself
 // (1 - (1 - 0.15) is not 0.15 in doubles), and an explicit share of 1 changes nothing.
 TEST(PartialSets, ShareOneIsBitIdenticalToAWholeSet) {
-  CostModel c;
-  for (double keep : {0.15, 0.1, 0.3, 0.7}) {
-    c.recompute_keep = keep;
-    EXPECT_EQ(kept_share(c, 1.0), keep);
-  }
-  c.act_bytes = 100;
-  c.host_bandwidth = 70;
-  c.recompute_keep = 0.15;
-  c.recompute_time = 0.3;
+  for (double keep : {0.15, 0.1, 0.3, 0.7})
+    EXPECT_EQ(kept_share(recompute_model(1, keep, 1), 1.0), keep);
+  const CostModel c = recompute_model(70, 0.15, 0.3);
   Program whole = offload_program();
   whole.ranks[0][0].parts[0].recompute = true;
   Program one = whole;
