@@ -46,7 +46,9 @@
 //    the budget holds (lower_shares; inside the local search it multiplied the passes until
 //    the floor plan of stp p=4 m=16 ran out of max_simulations). Descents and minimum_budget()
 //    use the same repair moves, so the floor they report is still one plan_offload() reaches.
-//    PlanOptions::partial_sets = false plans whole sets only.
+//    With recompute kAuto a third start, taken only where offload alone does not fit, has
+//    every set re-running half its layers (many sets recomputed in part is a plan no single
+//    move reaches from none or all). PlanOptions::partial_sets = false plans whole sets only.
 //  * Infeasible: the smallest budget the planner can reach (minimum_budget()) is the lowest
 //    peak of descents that push the peak down one set at a time (greedy, then repaired) from
 //    both starts, or of everything offloaded; with recompute, of those with every set marked
