@@ -378,7 +378,8 @@ PeakMoment peak_moment(const Program& program, const CostModel& costs) {
   for (const auto& [key, list_of] : changes) {
     const Change* now = nullptr;
     for (const Change& c : list_of)
-      if (c.time <= out.time) now = &c;
+      // A backward's start is end - duration here: within rounding of the simulator's.
+      if (c.time <= out.time + 1e-12 * std::max(1.0, out.time)) now = &c;
     if (now == nullptr || now->share <= 0 || now->state.empty()) continue;
     HeldSet h;
     h.stage = key.first;
