@@ -567,6 +567,32 @@ TEST(PartialSets, ManySetsRecomputedInPartBelowWhatOffloadAloneReaches) {
   expect_shares_consistent(plan, cm);
 }
 
+// peak_moment with sets recomputed in part: the held sets add up to the peak (a backward that
+// starts at the peak counts its rebuilt bytes), and the text names the share re-run.
+TEST(PartialSets, ThePeakMomentAccountsForPartialSets) {
+  const schedule::CostModel cm = recompute_costs();
+  for (const Case& c : {Case{"stp", 4, 16}, Case{"zb-v", 2, 6}, Case{"1f1b-i", 2, 4}}) {
+    SCOPED_TRACE(c.kind);
+    schedule::Program prog = schedule::make(c.kind, c.p, c.m);
+    for (double g : {0.25, 0.5, 0.875}) {
+      schedule::mark_recompute_all(prog, g);
+      const PeakMoment m = peak_moment(prog, cm);
+      EXPECT_EQ(m.bytes, schedule::simulate(prog, cm).max_peak_bytes());
+      double sum = 0;
+      for (const HeldSet& h : m.sets) sum += h.bytes;
+      EXPECT_NEAR(sum, m.bytes, 1e-6 * m.bytes) << to_text(m);
+    }
+  }
+  // The floor of stp p=4 m=16, where rank 0's peak is a partially recomputed set's backward
+  // starting the instant its reload lands (end - duration is a rounding off that instant).
+  schedule::Program prog = schedule::make("stp", 4, 16);
+  const PeakMoment m =
+      peak_moment(plan_offload(prog, cm, kGiB, with(Recompute::kAuto)).program, cm);
+  double sum = 0;
+  for (const HeldSet& h : m.sets) sum += h.bytes;
+  EXPECT_NEAR(sum, m.bytes, 1e-6 * m.bytes) << to_text(m);
+}
+
 // The target of issue 15 (a benchmark, not timed): STP p=4 m=16 with `stp plan`'s default
 // costs fits 4 GiB (p sets, what 1F1B holds) at <= 3 % and 3 GiB at all. The search before
 // the local search: +17.81 % at 4 GiB, 3 GiB infeasible.
