@@ -71,7 +71,9 @@ double Search::whole_bytes(const Candidate& k, const Choice& choice) const {
 }
 
 double Search::bytes(const Candidate& k, const Choice& choice) const {
-  const int share = choice.share[&k - cands_.data()];
+  const std::ptrdiff_t c = &k - cands_.data();  // k is one of candidates()
+  STP_ASSERT(c >= 0 && c < static_cast<std::ptrdiff_t>(cands_.size()), "not a candidate");
+  const int share = choice.share[c];
   const double whole = whole_bytes(k, choice);
   return share >= kShareSteps ? whole : whole * share / kShareSteps;
 }

@@ -82,7 +82,7 @@ class Search {
   double recompute_share(const Choice& choice, int set) const;
 
   // Bytes the trip moves under `choice` (a recomputed set's first trip moves from what it
-  // keeps; a partial trip its share of that).
+  // keeps; a partial trip its share of that). REQUIRES: k is an element of candidates().
   double bytes(const Candidate& k, const Choice& choice) const;
   // The same with the whole trip (share 1).
   double whole_bytes(const Candidate& k, const Choice& choice) const;
