@@ -55,12 +55,14 @@ std::string plan_json(const offload::Plan& p) {
     j["trip"] = s.w_held ? "b_to_w" : "f_to_b";
     j["bytes"] = json_number(s.bytes);
     j["recompute"] = s.recompute;
+    j["share"] = s.share;
     sets.push_back(std::move(j));
   }
   Json again = Json::array();
   for (const offload::RecomputedSet& s : p.recomputed) {
     Json j = set_json(s);
     j["bytes"] = json_number(s.bytes);
+    j["share"] = s.share;
     again.push_back(std::move(j));
   }
   return Json{{"budget_bytes", json_number(p.budget_bytes)},
@@ -190,15 +192,15 @@ std::string answer_first(const schedule::Program& program, const schedule::CostM
   std::string out;
   char line[512];
   const offload::SetChoices n = offload::count_choices(plan);
-  std::snprintf(line, sizeof line,
-                "fits in %s per rank at %+.2f %% predicted: %d sets offloaded, %d recomputed "
-                "(without offload: %s, %.4f s); host pool %s per rank\n"
-                "choice per set: %d keep, %d offload, %d recompute, %d both (recompute and "
-                "offload what it keeps)\n",
-                format_bytes(plan.peak_bytes_after).c_str(), 100 * plan.slowdown(),
-                n.offload + n.both, n.recompute + n.both,
-                format_bytes(plan.peak_bytes_before).c_str(), plan.step_before,
-                format_bytes(plan.host_bytes).c_str(), n.keep, n.offload, n.recompute, n.both);
+  std::snprintf(
+      line, sizeof line,
+      "fits in %s per rank at %+.2f %% predicted: %d sets offloaded, %d recomputed "
+      "(without offload: %s, %.4f s); host pool %s per rank\n"
+      "choice per set: %d keep, %d offload, %d recompute, %d both (recompute and "
+      "offload what it keeps); %d of them partial\n",
+      format_bytes(plan.peak_bytes_after).c_str(), 100 * plan.slowdown(), n.offload + n.both,
+      n.recompute + n.both, format_bytes(plan.peak_bytes_before).c_str(), plan.step_before,
+      format_bytes(plan.host_bytes).c_str(), n.keep, n.offload, n.recompute, n.both, n.partial);
   out += line;
   const double floor = offload::minimum_budget(program, costs, options);
   const offload::Plan at_floor = offload::plan_offload(program, costs, floor, options);

@@ -70,6 +70,9 @@ constexpr std::pair<Recompute, const char*> kRecomputeNames[] = {
 
 offload::PlanOptions plan_options(Recompute recompute) {
   offload::PlanOptions o;
+  // Whole sets until the executor moves part of a set and re-runs part of a chunk (Note
+  // [Partial sets]): a whole trip through a pinned pool sized for its share would exhaust it.
+  o.partial_sets = false;
   switch (recompute) {
     case Recompute::kOff: o.recompute = offload::PlanOptions::Recompute::kOff; break;
     case Recompute::kAuto: o.recompute = offload::PlanOptions::Recompute::kAuto; break;

@@ -39,6 +39,7 @@ Sweep sweep_budgets(const schedule::Program& program, const schedule::CostModel&
       pt.offloaded_bytes = plan.offloaded_bytes;
       pt.recomputed_bytes = plan.recomputed_bytes;
       pt.recomputed = static_cast<int>(plan.recomputed.size());
+      pt.partial = count_choices(plan).partial;
       pt.simulations = plan.simulations;
     } catch (const std::invalid_argument&) {
       pt.feasible = false;  // below the smallest feasible budget
@@ -54,7 +55,10 @@ std::string to_table(const Sweep& sw) {
   std::string out =
       "budget        feasible  sets  peak          step (s)   slowdown  host pool     "
       "kept/step     offloaded/step";
-  out += again ? "  recomputed  recomputed/step\n" : "\n";
+  const bool partial = std::any_of(sw.points.begin(), sw.points.end(),
+                                   [](const SweepPoint& p) { return p.partial > 0; });
+  out += again ? "  recomputed  recomputed/step" : "";
+  out += partial ? "  partial\n" : "\n";
   char line[256];
   for (const SweepPoint& p : sw.points) {
     if (!p.feasible) {
@@ -69,11 +73,14 @@ std::string to_table(const Sweep& sw) {
                   format_bytes(p.kept_bytes).c_str());
     out += line;
     if (again)
-      std::snprintf(line, sizeof line, "%-16s%-12d%s\n", format_bytes(p.offloaded_bytes).c_str(),
+      std::snprintf(line, sizeof line, "%-16s%-12d%-16s", format_bytes(p.offloaded_bytes).c_str(),
                     p.recomputed, format_bytes(p.recomputed_bytes).c_str());
     else
-      std::snprintf(line, sizeof line, "%s\n", format_bytes(p.offloaded_bytes).c_str());
+      std::snprintf(line, sizeof line, "%-16s", format_bytes(p.offloaded_bytes).c_str());
     out += line;
+    if (partial) out += std::to_string(p.partial);
+    while (!out.empty() && out.back() == ' ') out.pop_back();
+    out += "\n";
   }
   return out;
 }

@@ -24,6 +24,7 @@ struct SweepPoint {
   double offloaded_bytes = 0;   // Plan::offloaded_bytes: per step, all ranks, go to host
   double recomputed_bytes = 0;  // Plan::recomputed_bytes: per step, all ranks, not held
   int recomputed = 0;           // recomputed sets
+  int partial = 0;              // SetChoices::partial: sets offloaded or recomputed in part
   int simulations = 0;          // the planner's simulate() calls for this point
 };
 
@@ -39,7 +40,8 @@ struct Sweep {
 Sweep sweep_budgets(const schedule::Program& program, const schedule::CostModel& costs, int points,
                     const PlanOptions& options = {});
 
-// Fixed-width table, one row per point (the recompute columns when any point recomputes).
+// Fixed-width table, one row per point (the recompute columns when any point recomputes, a
+// partial column when any point takes part of a set).
 std::string to_table(const Sweep& sweep);
 // An SVG chart of step time against budget; infeasible budgets shaded.
 std::string to_svg(const Sweep& sweep, const std::string& title);

@@ -33,6 +33,16 @@ using Recompute = PlanOptions::Recompute;
 
 std::string bytes_text(double b) { return format_bytes(b); }
 
+// What a partial trip or recompute leaves where (Note [Partial sets] in schedule/program.h), in
+// words a user can act on.
+constexpr const char* kShareMark = "\u00b7";  // "c0[6]·5/8": the set, then its share
+constexpr const char* kPartialTripText =
+    "a trip of share k/8 moves the fields its backward reads last (the first layers' fields) "
+    "until k/8 of the set is on host; the rest stays on the device";
+constexpr const char* kPartialRecomputeText =
+    "a recompute of share k/8 re-runs the first k/8 of the chunk's layers; the others keep "
+    "their fields";
+
 void check_inputs(const Program& program, const CostModel& costs) {
   schedule::verify(program);
   schedule::validate(costs, program.stages());
@@ -66,14 +76,14 @@ void polish(Search& search, Choice& choice, double budget, const std::vector<dou
   detail::prune(search, choice, budget, idle);
   detail::reload_earlier(search, choice, budget);
   detail::improve(search, choice, budget, allow_recompute);
+  detail::lower_shares(search, choice, budget, allow_recompute);
 }
 
-// The plans that fit `budget` from two starts, every set recomputed or none (all_recomputed):
-// the greedy from nothing offloaded, and everything offloaded with its copies hidden; each
-// repaired by local search where it does not fit.
-void attempt(Search& search, bool all_recomputed, bool allow_recompute, double budget,
+// The plans that fit `budget` from `none` (nothing offloaded; some sets recomputed or none):
+// the greedy from it, and everything offloaded with its copies hidden; each repaired by local
+// search where it does not fit.
+void attempt(Search& search, const Choice& none, bool allow_recompute, double budget,
              const std::vector<double>& idle, std::vector<Choice>& fitting) {
-  const Choice none = search.initial(all_recomputed);
   if (fits_all(search.simulate(none), budget)) {
     fitting.push_back(none);
     return;
@@ -131,16 +141,22 @@ void fill(Plan& plan, Search& search, const Choice& choice, double budget) {
     const double bytes = search.bytes(k, choice);
     plan.offloaded_bytes += bytes;
     plan.sets.push_back({k.rank, k.chunk, k.stage, k.mb, k.w_held, choice.lead[c], idle[c], bytes,
-                         !k.w_held && choice.recompute[k.set] != 0});
+                         !k.w_held && search.recompute_share(choice, k.set) > 0,
+                         choice.share[c] >= kShareSteps
+                             ? 1.0
+                             : static_cast<double>(choice.share[c]) / kShareSteps});
   }
   std::sort(plan.sets.begin(), plan.sets.end(), [](const PlannedSet& a, const PlannedSet& b) {
     return std::tie(a.rank, a.stage, a.mb, a.w_held) < std::tie(b.rank, b.stage, b.mb, b.w_held);
   });
   for (int st = 0; st < program.stages(); ++st)
     for (int mb = 0; mb < program.m; ++mb) {
-      if (!choice.recompute[static_cast<std::size_t>(st) * program.m + mb]) continue;
-      const double bytes = schedule::set_bytes(costs, st) * (1 - costs.recompute_keep);
-      plan.recomputed.push_back({program.stage_rank[st], program.stage_chunk[st], st, mb, bytes});
+      const double g = search.recompute_share(choice, st * program.m + mb);
+      if (g <= 0) continue;
+      const double whole = schedule::set_bytes(costs, st) * (1 - costs.recompute_keep);
+      const double bytes = g >= 1 ? whole : whole * g;
+      plan.recomputed.push_back(
+          {program.stage_rank[st], program.stage_chunk[st], st, mb, bytes, g});
       plan.recomputed_bytes += bytes;
     }
   std::sort(plan.recomputed.begin(), plan.recomputed.end(),
@@ -181,10 +197,25 @@ Plan plan_offload(const Program& program, const CostModel& costs, double budget,
     starts = {false, true};
   else
     starts = {helps};
+  std::vector<Choice> from;
+  for (bool all : starts) from.push_back(search.initial(all));
+  // With partial sets kAuto also starts, where offload alone does not fit, from every set
+  // re-running half its layers: between offload alone and everything recomputed, many sets
+  // recomputed in part is a plan no single move reaches (stp p=4 m=16 at 2.5 GiB: +27.84 %
+  // without this start, +17.52 % with it).
+  if (auto_choice && options.partial_sets) {
+    Choice half = search.initial(true);
+    for (std::size_t s = 0; s < half.recompute.size(); ++s)
+      if (!search.fixed_recompute(static_cast<int>(s))) half.recompute[s] = kShareSteps / 2;
+    from.push_back(half);
+  }
   std::vector<Choice> fitting;
-  for (bool all : starts) {
-    attempt(search, all, auto_choice, budget, idle, fitting);
-    if (!fitting.empty() && fitting.front() == search.initial(starts.front())) break;  // ample
+  std::size_t without_recompute = 0;  // plans found from the first start
+  for (std::size_t i = 0; i < from.size(); ++i) {
+    if (i == 2 && without_recompute > 0) break;  // the half start only where offload alone fails
+    attempt(search, from[i], auto_choice, budget, idle, fitting);
+    if (i == 0) without_recompute = fitting.size();
+    if (!fitting.empty() && fitting.front() == from.front()) break;  // ample
   }
   double floor = std::numeric_limits<double>::infinity();
   if (fitting.empty())
@@ -226,14 +257,21 @@ Plan plan_offload(const Program& program, const CostModel& costs, double budget,
 SetChoices count_choices(const Plan& plan) {
   const int m = plan.program.m;
   std::vector<char> offloaded(static_cast<std::size_t>(plan.program.stages()) * m, 0);
-  std::vector<char> again(offloaded);
+  std::vector<char> again(offloaded), partial(offloaded);
   for (const PlannedSet& s : plan.sets)
-    if (!s.w_held) offloaded[static_cast<std::size_t>(s.stage) * m + s.mb] = 1;
-  for (const RecomputedSet& s : plan.recomputed)
+    if (!s.w_held) {
+      offloaded[static_cast<std::size_t>(s.stage) * m + s.mb] = 1;
+      if (s.share < 1) partial[static_cast<std::size_t>(s.stage) * m + s.mb] = 1;
+    }
+  for (const RecomputedSet& s : plan.recomputed) {
     again[static_cast<std::size_t>(s.stage) * m + s.mb] = 1;
+    if (s.share < 1) partial[static_cast<std::size_t>(s.stage) * m + s.mb] = 1;
+  }
   SetChoices n;
-  for (std::size_t k = 0; k < offloaded.size(); ++k)
+  for (std::size_t k = 0; k < offloaded.size(); ++k) {
     ++(offloaded[k] ? (again[k] ? n.both : n.offload) : (again[k] ? n.recompute : n.keep));
+    n.partial += partial[k];
+  }
   return n;
 }
 
@@ -267,29 +305,36 @@ PeakMoment peak_moment(const Program& program, const CostModel& costs) {
   // One entry per set: its state changes (time, state, resident share of the set), in order.
   struct Change {
     double time;
-    const char* state;
+    std::string state;
     double share;
   };
   std::map<std::pair<int, int>, std::vector<Change>> changes;  // (stage, mb)
-  std::map<std::pair<int, int>, bool> after_b, recomputed;
-  double clock = 0;  // when the rank issues the next instruction
+  std::map<std::pair<int, int>, bool> after_b;
+  std::map<std::pair<int, int>, double> recomputed;  // recompute share, 0: none
+  double clock = 0;                                  // when the rank issues the next instruction
   const double off = 1 - costs.offload_fraction, held = costs.w_held_fraction;
   for (std::size_t i = 0; i < list.size(); ++i) {
     const Instr& in = list[i];
     if (in.is_compute()) {
-      std::array<bool, 2> rebuilt{};  // per part: the backward of a recomputed set
+      std::array<double, 2> rebuilt{};  // per part: the recompute share of a backward's set
       for (std::size_t j = 0; j < in.parts.size() && j < 2; ++j)
-        rebuilt[j] = (in.parts[j].pass == Pass::kB || in.parts[j].pass == Pass::kBW) &&
-                     recomputed[{in.parts[j].stage, in.parts[j].mb}];
+        if (in.parts[j].pass == Pass::kB || in.parts[j].pass == Pass::kBW)
+          rebuilt[j] = recomputed[{in.parts[j].stage, in.parts[j].mb}];
       for (const schedule::Part& part : in.parts) {
         auto& c = changes[{part.stage, part.mb}];
         const double begin = end[i] - schedule::instr_cost(in, costs, rebuilt).duration;
         switch (part.pass) {
-          case Pass::kF:
-            recomputed[{part.stage, part.mb}] = part.recompute;
-            c.push_back({end[i], part.recompute ? "saved for B, recomputed" : "saved for B",
-                         part.recompute ? costs.recompute_keep : 1});
+          case Pass::kF: {
+            const double g = part.recompute ? part.recompute_share : 0.0;
+            recomputed[{part.stage, part.mb}] = g;
+            c.push_back({end[i],
+                         g <= 0   ? "saved for B"
+                         : g >= 1 ? "saved for B, recomputed"
+                                  : str_cat("saved for B, the first ", share_text(g),
+                                            " of its layers recomputed"),
+                         g > 0 ? schedule::kept_share(costs, g) : 1});
             break;
+          }
           case Pass::kB:
             c.push_back({begin, "in B", 1});
             c.push_back({end[i], "held for W", held});
@@ -312,8 +357,18 @@ PeakMoment peak_moment(const Program& program, const CostModel& costs) {
     const int stage = program.stage_of(out.rank, in.ref.chunk);
     auto& c = changes[{stage, in.ref.mb}];
     const bool w = after_b[{stage, in.ref.mb}];
-    const double share = w ? held : recomputed[{stage, in.ref.mb}] ? costs.recompute_keep : 1;
-    if (in.op == Op::kOffload) {
+    const double g = recomputed[{stage, in.ref.mb}];
+    const double share = w ? held : g > 0 ? schedule::kept_share(costs, g) : 1;
+    if (in.op == Op::kOffload && in.share < 1) {
+      // Note [Partial sets]: what the backward reads last leaves; the rest stays.
+      const std::string part =
+          str_cat(share_text(in.share), " on host (",
+                  w ? "the fields its W reads last"
+                    : "the first layers' fields, which its backward reads last",
+                  "), on the device the rest");
+      c.push_back({clock, "offloading " + share_text(in.share), share});
+      c.push_back({end[i], part, share * (1 - costs.offload_fraction * in.share)});
+    } else if (in.op == Op::kOffload) {
       c.push_back({clock, "offloading", share});
       c.push_back({end[i], "on host", share * off});
     } else {
@@ -323,8 +378,9 @@ PeakMoment peak_moment(const Program& program, const CostModel& costs) {
   for (const auto& [key, list_of] : changes) {
     const Change* now = nullptr;
     for (const Change& c : list_of)
-      if (c.time <= out.time) now = &c;
-    if (now == nullptr || now->share <= 0 || now->state[0] == '\0') continue;
+      // A backward's start is end - duration here: within rounding of the simulator's.
+      if (c.time <= out.time + 1e-12 * std::max(1.0, out.time)) now = &c;
+    if (now == nullptr || now->share <= 0 || now->state.empty()) continue;
     HeldSet h;
     h.stage = key.first;
     h.mb = key.second;
@@ -334,6 +390,15 @@ PeakMoment peak_moment(const Program& program, const CostModel& costs) {
     out.sets.push_back(h);
   }
   return out;
+}
+
+std::string share_text(double share) {
+  const double steps = share * kShareSteps;
+  if (share >= 1) return "1";
+  if (steps == std::round(steps)) return str_cat(std::llround(steps), "/", kShareSteps);
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2f", share);
+  return text;
 }
 
 std::string to_text(const PeakMoment& m) {
@@ -379,18 +444,27 @@ std::string to_text(const Plan& p) {
     std::string sets;
     for (const PlannedSet& s : p.sets)
       if (s.rank == static_cast<int>(r))
-        sets += str_cat(sets.empty() ? "" : " ", "c", s.chunk, "[", s.mb, "]", s.w_held ? "w" : "");
+        sets += str_cat(sets.empty() ? "" : " ", "c", s.chunk, "[", s.mb, "]", s.w_held ? "w" : "",
+                        s.share < 1 ? kShareMark + share_text(s.share) : "");
     std::snprintf(line, sizeof line, "%-5zu %-13s %-13s ", r,
                   bytes_text(p.rank_peak_before[r]).c_str(),
                   bytes_text(p.rank_peak_after[r]).c_str());
     std::string again;
     for (const RecomputedSet& s : p.recomputed)
       if (s.rank == static_cast<int>(r))
-        again += str_cat(again.empty() ? "" : " ", "c", s.chunk, "[", s.mb, "]");
+        again += str_cat(again.empty() ? "" : " ", "c", s.chunk, "[", s.mb, "]",
+                         s.share < 1 ? kShareMark + share_text(s.share) : "");
     out += line + (sets.empty() ? std::string("-") : sets);
     if (!p.recomputed.empty()) out += "; " + (again.empty() ? std::string("-") : again);
     out += "\n";
   }
+  const bool partial_trip =
+      std::any_of(p.sets.begin(), p.sets.end(), [](const PlannedSet& s) { return s.share < 1; });
+  const bool partial_again = std::any_of(p.recomputed.begin(), p.recomputed.end(),
+                                         [](const RecomputedSet& s) { return s.share < 1; });
+  if (partial_trip) out += str_cat("partial       ", kShareMark, "k/8: ", kPartialTripText, "\n");
+  if (partial_again)
+    out += str_cat("partial       ", kShareMark, "k/8 recomputed: ", kPartialRecomputeText, "\n");
   return out;
 }
 

@@ -37,6 +37,18 @@
 //    never recomputes; kAll marks every forward, then offloads; kAuto searches from none and
 //    from all marked, free to change either, and keeps the faster plan. With recompute_keep = 1
 //    kAuto is kOff. Forwards marked in the input stay marked (a fixed choice).
+//  * Partial sets (Note [Partial sets] in schedule/program.h): each trip carries a share and
+//    each recomputed set a recompute share, multiples of 1/kShareSteps. Over budget, the repair
+//    moves also offer to offload / recompute only the share the excess over the set's resident
+//    span needs (rounded up), and to raise a partial share by that much; the rating (excess
+//    removed per second added) decides between part and whole. The finish of a fitting plan
+//    then lowers each share one step (1/kShareSteps) at a time while the step gets shorter and
+//    the budget holds (lower_shares; inside the local search it multiplied the passes until
+//    the floor plan of stp p=4 m=16 ran out of max_simulations). Descents and minimum_budget()
+//    use the same repair moves, so the floor they report is still one plan_offload() reaches.
+//    With recompute kAuto a third start, taken only where offload alone does not fit, has
+//    every set re-running half its layers (many sets recomputed in part is a plan no single
+//    move reaches from none or all). PlanOptions::partial_sets = false plans whole sets only.
 //  * Infeasible: the smallest budget the planner can reach (minimum_budget()) is the lowest
 //    peak of descents that push the peak down one set at a time (greedy, then repaired) from
 //    both starts, or of everything offloaded; with recompute, of those with every set marked
@@ -58,6 +70,12 @@
 namespace stp::offload {
 
 inline constexpr double kUnlimitedBudget = std::numeric_limits<double>::infinity();
+// Shares the planner chooses (Note [Partial sets] in schedule/program.h) are multiples of
+// 1 / kShareSteps: a trip moves, a recompute re-runs, k / kShareSteps of the set, k in
+// [1, kShareSteps].
+inline constexpr int kShareSteps = 8;
+// "5/8" for a share k / kShareSteps ("1" for a whole set), else "0.37".
+std::string share_text(double share);
 
 // One planned trip of a set to host and back.
 struct PlannedSet {
@@ -69,13 +87,15 @@ struct PlannedSet {
   int lead = 0;            // compute instructions between its RELOAD and its consumer
   double idle = 0;         // seconds from its producer's end to its consumer's start, no offload
   double bytes = 0;        // bytes the trip moves
-  bool recompute = false;  // a first trip of a recomputed set: it moves recompute_keep of it
+  bool recompute = false;  // a first trip of a recomputed set: it moves from what it keeps
+  double share = 1;        // Instr::share: the share of the trip it moves (1: all of it)
 };
 
 // A set whose forward the plan recomputes (Note [Recompute] in schedule/program.h).
 struct RecomputedSet {
   int rank = 0, chunk = 0, stage = 0, mb = 0;
-  double bytes = 0;  // bytes not held from its forward to its backward: (1 - recompute_keep)
+  double bytes = 0;  // bytes not held from its forward to its backward: 1 - kept_share of it
+  double share = 1;  // Part::recompute_share: the leading share of its layers re-run
 };
 
 struct Plan {
@@ -110,13 +130,18 @@ struct PlanOptions {
   // kAuto where it lowers the predicted step under the budget, kAll on every set.
   enum class Recompute { kOff, kAuto, kAll };
   Recompute recompute = Recompute::kAuto;
+  // Let trips and recomputes take part of a set (Note [Partial sets]); false: whole sets only,
+  // the planner before partial sets.
+  bool partial_sets = true;
 };
 
 // What a plan does with each activation set (stage, mb) of a step, summed over ranks: keep it,
 // offload it (its forward-to-backward trip), recompute it, or both (offload what a recomputed
-// set keeps).
+// set keeps). partial: of the offload, recompute and both sets, those whose forward-to-backward
+// trip or recompute takes a share below 1 (Note [Partial sets]).
 struct SetChoices {
   int keep = 0, offload = 0, recompute = 0, both = 0;
+  int partial = 0;
 };
 SetChoices count_choices(const Plan& plan);
 

@@ -44,8 +44,10 @@ Search::Search(const Program& program, const schedule::CostModel& costs, const P
 Choice Search::initial(bool all) const {
   Choice c;
   c.lead.assign(cands_.size(), kNotOffloaded);
-  c.recompute = fixed_;
-  if (all) c.recompute.assign(fixed_.size(), 1);
+  c.share.assign(cands_.size(), kShareSteps);
+  c.recompute.assign(fixed_.size(), 0);
+  for (std::size_t s = 0; s < fixed_.size(); ++s)
+    if (all || fixed_[s]) c.recompute[s] = kShareSteps;
   return c;
 }
 
@@ -57,8 +59,23 @@ Choice Search::all_offloaded(const Choice& from) {
   return out;
 }
 
+double Search::recompute_share(const Choice& choice, int set) const {
+  if (fixed_[set]) return fixed_share_[set];
+  const int g = choice.recompute[set];
+  return g >= kShareSteps ? 1.0 : static_cast<double>(g) / kShareSteps;
+}
+
+double Search::whole_bytes(const Candidate& k, const Choice& choice) const {
+  const double g = k.w_held ? 0.0 : recompute_share(choice, k.set);
+  return g > 0 ? k.bytes * schedule::kept_share(costs_, g) : k.bytes;
+}
+
 double Search::bytes(const Candidate& k, const Choice& choice) const {
-  return !k.w_held && choice.recompute[k.set] ? k.bytes * costs_.recompute_keep : k.bytes;
+  const std::ptrdiff_t c = &k - cands_.data();  // k is one of candidates()
+  STP_ASSERT(c >= 0 && c < static_cast<std::ptrdiff_t>(cands_.size()), "not a candidate");
+  const int share = choice.share[c];
+  const double whole = whole_bytes(k, choice);
+  return share >= kShareSteps ? whole : whole * share / kShareSteps;
 }
 
 double Search::transfer(const Candidate& k, const Choice& choice) const {
@@ -84,7 +101,10 @@ Program Search::build(const Choice& choice, std::vector<std::vector<int>>* new_i
   if (copy_of) copy_of->assign(prog_.p, {});
   auto push_copy = [&](std::vector<Instr>& list, int r, Op op, int c) {
     const Candidate& k = cands_[c];
-    list.push_back(schedule::transfer_instr(op, schedule::Part{Pass::kF, k.chunk, k.stage, k.mb}));
+    const int share = choice.share[c];
+    list.push_back(schedule::offload_instr(
+        op, schedule::Part{Pass::kF, k.chunk, k.stage, k.mb},
+        share >= kShareSteps ? 1.0 : static_cast<double>(share) / kShareSteps));
     if (!copy_of) return;
     (*copy_of)[r].resize(list.size(), -1);
     (*copy_of)[r].back() = c;
@@ -97,9 +117,11 @@ Program Search::build(const Choice& choice, std::vector<std::vector<int>>* new_i
       if (new_index) (*new_index)[r][i] = static_cast<int>(list.size());
       list.push_back(prog_.ranks[r][i]);
       for (schedule::Part& part : list.back().parts)
-        if (part.pass == Pass::kF)
-          part.recompute =
-              choice.recompute[static_cast<std::size_t>(part.stage) * prog_.m + part.mb] != 0;
+        if (part.pass == Pass::kF) {
+          const double g = recompute_share(choice, part.stage * prog_.m + part.mb);
+          part.recompute = g > 0;
+          part.recompute_share = g > 0 ? g : 1.0;
+        }
       for (int c : offloads[r][i]) push_copy(list, r, Op::kOffload, c);
       // The reload needed first goes first on the H2D channel.
       std::vector<int>& rl = reloads[r][i];
@@ -177,6 +199,7 @@ void Search::find_candidates() {
   compute_.assign(prog_.p, {});
   spans_.assign(static_cast<std::size_t>(S) * m, {});
   fixed_.assign(spans_.size(), 0);
+  fixed_share_.assign(spans_.size(), 0);
   std::vector<int> f_pos(spans_.size(), -1), b_pos(f_pos), w_instr(f_pos), w_pos(f_pos);
   for (int r = 0; r < prog_.p; ++r) {
     const auto& list = prog_.ranks[r];
@@ -195,6 +218,7 @@ void Search::find_candidates() {
           spans_[k].f_instr = static_cast<int>(i);
           f_pos[k] = pos;
           fixed_[k] = part.recompute;
+          fixed_share_[k] = part.recompute ? part.recompute_share : 0.0;
         } else if (part.pass == Pass::kB || part.pass == Pass::kBW) {
           spans_[k].b_instr = static_cast<int>(i);
           b_pos[k] = pos;
@@ -397,14 +421,52 @@ Score score_of(const SimResult& sim, double budget) {
 struct Move {
   enum Kind { kLead, kRecompute } kind = kLead;
   int index = 0;  // candidate (kLead) or set (kRecompute)
-  int value = 0;  // the new lead (kNotOffloaded: drop) or recompute flag
+  int value = 0;  // the new lead (kNotOffloaded: drop) or recompute share in steps (0: none)
+  int share = 0;  // kLead: the trip's new share in steps; 0 leaves it
+  // One step less of the trip's share or of the set's recompute share than the choice has
+  // (value and share unused); a no-op where there is no step to take.
+  bool lower = false;
 };
 
+// Whether `m` changes `choice` (a `lower` move may find nothing to lower).
+bool changes(const Choice& choice, const Move& m) {
+  if (!m.lower) return true;
+  return m.kind == Move::kRecompute
+             ? choice.recompute[m.index] > 1
+             : choice.lead[m.index] != kNotOffloaded && choice.share[m.index] > 1;
+}
+
 void apply(Choice& choice, const Move& m) {
-  if (m.kind == Move::kLead)
-    choice.lead[m.index] = m.value;
-  else
+  if (m.lower) {
+    --(m.kind == Move::kRecompute ? choice.recompute : choice.share)[m.index];
+    return;
+  }
+  if (m.kind == Move::kRecompute) {
     choice.recompute[m.index] = static_cast<char>(m.value);
+    return;
+  }
+  choice.lead[m.index] = m.value;
+  if (m.share > 0) choice.share[m.index] = static_cast<char>(m.share);
+  if (m.value == kNotOffloaded) choice.share[m.index] = kShareSteps;  // a later offload: whole
+}
+
+// The steps of share (of `whole` bytes) that remove `over` bytes, rounded up, in
+// [1, kShareSteps].
+int steps_for(double over, double whole) {
+  if (whole <= 0) return kShareSteps;
+  const double steps = std::ceil(over / whole * kShareSteps * (1 - 1e-12));
+  return static_cast<int>(std::clamp(steps, 1.0, static_cast<double>(kShareSteps)));
+}
+
+// Most bytes rank r holds above `level` in [from, to): what one set resident then could cure.
+double excess_within(const schedule::RankStats& rs, double level, double from, double to) {
+  double most = 0;
+  for (std::size_t i = 0; i < rs.memory.size(); ++i) {
+    const double begin = rs.memory[i].time;
+    const double end = i + 1 < rs.memory.size() ? rs.memory[i + 1].time : begin;
+    if (end > from && begin < to) most = std::max(most, rs.memory[i].bytes - level);
+  }
+  return most;
 }
 
 // Moves that lower the excess: at each over-budget rank's first excess, offload a resident
@@ -415,23 +477,46 @@ std::vector<Move> repair_moves(const Search& search, const Choice& choice, const
   const auto& cands = search.candidates();
   for (int r = 0; r < static_cast<int>(sim.ranks.size()); ++r) {
     if (fits(sim.ranks[r].peak_bytes, budget)) continue;
-    const double when = first_above(sim.ranks[r], level_of(budget));
+    const double level = level_of(budget);
+    const double when = first_above(sim.ranks[r], level);
     for (std::size_t c = 0; c < cands.size(); ++c) {
       const Candidate& k = cands[c];
       if (k.rank != r) continue;
       const double f_end = t.end[r][k.f_instr], b_start = t.start[r][k.b_instr];
       if (f_end > when || b_start <= when) continue;  // not held for this trip then
-      if (choice.lead[c] == kNotOffloaded)
-        moves.push_back({Move::kLead, static_cast<int>(c), search.initial_lead(k, choice, t)});
-      else if (choice.lead[c] > 0)
-        moves.push_back({Move::kLead, static_cast<int>(c), choice.lead[c] - 1});
+      // The share of the trip the excess over its span needs (Note [Partial sets]).
+      const int need = steps_for(excess_within(sim.ranks[r], level, f_end, b_start),
+                                 search.whole_bytes(k, choice));
+      const int id = static_cast<int>(c);
+      if (choice.lead[c] == kNotOffloaded) {
+        const int lead = search.initial_lead(k, choice, t);
+        moves.push_back({Move::kLead, id, lead, kShareSteps});
+        if (need < kShareSteps && search.partial_sets())
+          moves.push_back({Move::kLead, id, lead, need});
+        continue;
+      }
+      if (choice.lead[c] > 0) moves.push_back({Move::kLead, id, choice.lead[c] - 1});
+      if (choice.share[c] < kShareSteps)  // only partial trips: raise by what is needed
+        moves.push_back(
+            {Move::kLead, id, choice.lead[c], std::min(kShareSteps, choice.share[c] + need)});
     }
     if (!allow_recompute) continue;
     for (std::size_t s = 0; s < search.sets().size(); ++s) {
       const SetSpan& span = search.sets()[s];
-      if (span.rank != r || choice.recompute[s] || span.f_instr < 0 || span.b_instr < 0) continue;
-      if (t.end[r][span.f_instr] <= when && t.start[r][span.b_instr] > when)
-        moves.push_back({Move::kRecompute, static_cast<int>(s), 1});
+      if (span.rank != r || search.fixed_recompute(static_cast<int>(s)) ||
+          choice.recompute[s] >= kShareSteps || span.f_instr < 0 || span.b_instr < 0)
+        continue;
+      const double f_end = t.end[r][span.f_instr], b_start = t.start[r][span.b_instr];
+      if (f_end > when || b_start <= when) continue;
+      const int id = static_cast<int>(s);
+      const double saved = schedule::set_bytes(search.costs(), id / search.program().m) *
+                           (1 - search.costs().recompute_keep);
+      const int need = std::min(
+          kShareSteps, choice.recompute[s] +
+                           steps_for(excess_within(sim.ranks[r], level, f_end, b_start), saved));
+      moves.push_back({Move::kRecompute, id, kShareSteps});
+      if (need < kShareSteps && search.partial_sets())
+        moves.push_back({Move::kRecompute, id, need});
     }
   }
   return moves;
@@ -440,20 +525,26 @@ std::vector<Move> repair_moves(const Search& search, const Choice& choice, const
 // Moves that may shorten a fitting plan: reload earlier where a consumer waits, drop an
 // offload, undo a recompute the search chose.
 std::vector<Move> speed_moves(const Search& search, const Choice& choice, const Times& t,
-                              bool allow_recompute) {
+                              bool allow_recompute, bool lower) {
   std::vector<Move> moves;
   const auto& cands = search.candidates();
   for (std::size_t c = 0; c < cands.size(); ++c) {
     if (choice.lead[c] == kNotOffloaded) continue;
     const Candidate& k = cands[c];
+    const int id = static_cast<int>(c);
     if (choice.lead[c] < k.max_lead() && t.reload_wait[k.rank][k.b_instr] > 0)
-      moves.push_back({Move::kLead, static_cast<int>(c), choice.lead[c] + 1});
-    moves.push_back({Move::kLead, static_cast<int>(c), kNotOffloaded});
+      moves.push_back({Move::kLead, id, choice.lead[c] + 1});
+    moves.push_back({Move::kLead, id, kNotOffloaded});
+    if (lower && choice.share[c] > 1)  // move one step less of it
+      moves.push_back({Move::kLead, id, 0, 0, true});
   }
   if (allow_recompute)
     for (std::size_t s = 0; s < choice.recompute.size(); ++s)
-      if (choice.recompute[s] && !search.fixed_recompute(static_cast<int>(s)))
+      if (choice.recompute[s] && !search.fixed_recompute(static_cast<int>(s))) {
         moves.push_back({Move::kRecompute, static_cast<int>(s), 0});
+        if (lower && choice.recompute[s] > 1)  // re-run a step fewer of its layers
+          moves.push_back({Move::kRecompute, static_cast<int>(s), 0, 0, true});
+      }
   return moves;
 }
 
@@ -549,14 +640,39 @@ bool repair(Search& search, Choice& choice, double budget, bool allow_recompute,
   return fits_all(search.simulate(choice), budget);
 }
 
+// One pass over the speed moves from `choice` (fitting, scored `now`), taking each that shortens
+// the step; a reload moved earlier that breaks the budget gets two repair moves to fit again
+// (moving one reload usually needs room that another set's offload or a later reload makes),
+// and a share lowered by one step that helps is lowered again at once. Whether any was taken.
+bool speed_pass(Search& search, Choice& choice, Score& now, const Times& t, double budget,
+                bool allow_recompute, bool lower) {
+  constexpr int kRepairSteps = 2;
+  bool changed = false;
+  for (const Move& m : speed_moves(search, choice, t, allow_recompute, lower)) {
+    for (bool again = true; again && search.budget_left() && changes(choice, m);) {
+      again = false;
+      Choice next = choice;
+      apply(next, m);
+      Score s = score_of(search.simulate(next), budget);
+      const bool earlier = m.kind == Move::kLead && m.value != kNotOffloaded && !m.lower;
+      if (s.excess > 0 && earlier && s.step < now.step * (1 - 1e-12) &&
+          repair(search, next, budget, allow_recompute, kRepairSteps))
+        s = score_of(search.simulate(next), budget);
+      if (!better(s, now)) continue;
+      choice = next;
+      now = s;
+      changed = true;
+      again = m.lower;
+    }
+  }
+  return changed;
+}
+
 }  // namespace
 
-// Over budget: repair moves, steepest by excess removed per second added. Fitting: one pass
-// over the speed moves taking each that shortens the step; a reload moved earlier that breaks
-// the budget gets two repair moves to fit again (moving one reload usually needs room that
-// another set's offload or a later reload makes).
+// Over budget: repair moves, steepest by excess removed per second added. Fitting: passes over
+// the speed moves (speed_pass) until one takes none.
 void improve(Search& search, Choice& choice, double budget, bool allow_recompute) {
-  constexpr int kRepairSteps = 2;
   Times t;
   while (search.budget_left()) {
     SimResult sim = search.simulate(choice, &t);
@@ -565,23 +681,16 @@ void improve(Search& search, Choice& choice, double budget, bool allow_recompute
       if (!repair_step(search, choice, sim, t, budget, allow_recompute)) return;
       continue;
     }
-    bool changed = false;
-    for (const Move& m : speed_moves(search, choice, t, allow_recompute)) {
-      if (!search.budget_left()) break;
-      Choice next = choice;
-      apply(next, m);
-      Score s = score_of(search.simulate(next), budget);
-      const bool earlier = m.kind == Move::kLead && m.value != kNotOffloaded;
-      if (s.excess > 0 && earlier && s.step < now.step * (1 - 1e-12) &&
-          repair(search, next, budget, allow_recompute, kRepairSteps))
-        s = score_of(search.simulate(next), budget);
-      if (!better(s, now)) continue;
-      choice = next;
-      now = s;
-      changed = true;
-    }
-    if (!changed) return;
+    if (!speed_pass(search, choice, now, t, budget, allow_recompute, false)) return;
   }
+}
+
+void lower_shares(Search& search, Choice& choice, double budget, bool allow_recompute) {
+  if (!search.partial_sets() || !search.budget_left()) return;
+  Times t;
+  SimResult sim = search.simulate(choice, &t);
+  Score now = score_of(sim, budget);
+  if (now.excess == 0) speed_pass(search, choice, now, t, budget, allow_recompute, true);
 }
 
 double host_footprint(const Search& search, const Choice& choice, const SimResult& sim,

@@ -40,11 +40,14 @@ struct SetSpan {
   int rank = 0, f_instr = -1, b_instr = -1;
 };
 
-// What a plan does: per candidate a reload lead or kNotOffloaded; per set (stage * m + mb)
-// whether its forward is recomputed (Note [Recompute] in schedule/program.h).
+// What a plan does: per candidate a reload lead or kNotOffloaded and the share of the trip it
+// moves; per set (stage * m + mb) the share of its layers its backward recomputes (Note
+// [Recompute], Note [Partial sets] in schedule/program.h). Shares are counted in steps of
+// 1/kShareSteps: kShareSteps is the whole, 0 (recompute) none.
 struct Choice {
   std::vector<int> lead;
-  std::vector<char> recompute;
+  std::vector<char> share;      // per candidate, in [1, kShareSteps]
+  std::vector<char> recompute;  // per set, in [0, kShareSteps]
   friend bool operator==(const Choice&, const Choice&) = default;
 };
 
@@ -64,6 +67,7 @@ class Search {
   const schedule::CostModel& costs() const { return costs_; }
   int simulations() const { return sims_; }
   bool budget_left() const { return sims_ < options_.max_simulations; }
+  bool partial_sets() const { return options_.partial_sets; }
 
   // Nothing offloaded; the sets marked recompute in the input stay marked, and `all` marks
   // every other one too.
@@ -73,9 +77,15 @@ class Search {
   Choice all_offloaded(const Choice& from);
   // The input's own recompute marks (a fixed choice).
   bool fixed_recompute(int set) const { return fixed_[set] != 0; }
+  // The share of the set's layers recomputed under `choice` (0: none; the input's own share
+  // for a fixed mark).
+  double recompute_share(const Choice& choice, int set) const;
 
-  // Bytes the trip moves under `choice` (a recomputed set's first trip moves recompute_keep).
+  // Bytes the trip moves under `choice` (a recomputed set's first trip moves from what it
+  // keeps; a partial trip its share of that). REQUIRES: k is an element of candidates().
   double bytes(const Candidate& k, const Choice& choice) const;
+  // The same with the whole trip (share 1).
+  double whole_bytes(const Candidate& k, const Choice& choice) const;
   double transfer(const Candidate& k, const Choice& choice) const;  // seconds of one copy
 
   // The input with the choice applied; new_index maps [rank][input index] to the index in the
@@ -99,8 +109,9 @@ class Search {
   const PlanOptions options_;
   std::vector<std::vector<int>> compute_;  // [rank] input indices of compute instructions
   std::vector<Candidate> cands_;
-  std::vector<SetSpan> spans_;  // (S*m)
-  std::vector<char> fixed_;     // (S*m) marked recompute in the input
+  std::vector<SetSpan> spans_;       // (S*m)
+  std::vector<char> fixed_;          // (S*m) marked recompute in the input
+  std::vector<double> fixed_share_;  // (S*m) their Part::recompute_share
   int sims_ = 0;
 };
 
@@ -130,6 +141,11 @@ void reload_earlier(Search& search, Choice& choice, double budget);
 // single moves judged in simulation (see Note [Offload planning]). allow_recompute adds the
 // recompute moves (mark a set, unmark one the search marked).
 void improve(Search& search, Choice& choice, double budget, bool allow_recompute);
+
+// Within budget (Note [Partial sets]): one pass lowering each partial-capable share (a trip's,
+// a recomputed set's) one step at a time while the step gets shorter and the budget holds.
+// Kept out of improve(): lowering shares there multiplies its passes.
+void lower_shares(Search& search, Choice& choice, double budget, bool allow_recompute);
 
 // Most bytes a rank holds on host at once (the pinned pool to reserve).
 double host_footprint(const Search& search, const Choice& choice, const schedule::SimResult& sim,

@@ -17,10 +17,11 @@ double scale(const CostModel& c, int stage) {
   return c.stage_scale.empty() ? 1.0 : c.stage_scale[stage];
 }
 
-// Compute of a part; the backward of a recomputed set re-runs its forward units as well.
-double compute(const CostModel& c, const Part& part, bool recomputed) {
+// Compute of a part; the backward of a recomputed set re-runs (the leading `share` of) its
+// forward units as well.
+double compute(const CostModel& c, const Part& part, double share) {
   const double s = scale(c, part.stage);
-  const double again = recomputed ? c.recompute_time * c.t_f * s : 0.0;
+  const double again = share > 0 ? share * c.recompute_time * c.t_f * s : 0.0;
   switch (part.pass) {
     case Pass::kF: return c.t_f * s;
     case Pass::kB: return c.t_b * s + again;
@@ -78,7 +79,16 @@ double set_bytes(const CostModel& c, int stage) {
   return c.stage_act_bytes.empty() ? c.act_bytes : c.stage_act_bytes[stage];
 }
 
+double kept_share(const CostModel& c, double share) {
+  return share >= 1 ? c.recompute_keep : 1 - share * (1 - c.recompute_keep);
+}
+
 InstrCost instr_cost(const Instr& in, const CostModel& c, std::array<bool, 2> recomputed) {
+  return instr_cost(in, c,
+                    std::array<double, 2>{recomputed[0] ? 1.0 : 0.0, recomputed[1] ? 1.0 : 0.0});
+}
+
+InstrCost instr_cost(const Instr& in, const CostModel& c, std::array<double, 2> recomputed) {
   InstrCost cost;
   if (in.parts.size() == 1) {
     const Part& part = in.parts[0];

@@ -14,8 +14,9 @@
 // at least a/u: the table's figures assume u = 0 (every braided collective hidden).
 //
 // Recompute (Note [Recompute] in program.h): the backward (B or BW) of a set whose forward was
-// recomputed adds recompute_time * t_f (stage-scaled) to c_B. In a braided block that compute
-// covers the other pass's collectives like any other; a standalone B's own all-reduce stays
+// recomputed adds g * recompute_time * t_f (stage-scaled) to c_B, g the set's recompute_share
+// (Note [Partial sets]: the leading g of the layers re-run; 1: all). In a braided block that
+// compute covers the other pass's collectives like any other; a standalone B's own all-reduce stays
 // exposed (conservative: the engine may overlap it with the next unit's re-run).
 //
 // Thread-safety: values; no shared state.
@@ -57,11 +58,14 @@ struct CostModel {
 
   // Recompute (Note [Recompute] in schedule/program.h): a set whose F part has recompute keeps
   // recompute_keep of its bytes from its forward to its backward, and that backward (B or BW)
-  // also runs recompute_time * t_f of compute (the forward units again).
+  // also runs recompute_time * t_f of compute (the forward units again). With recompute_share
+  // g < 1 (Note [Partial sets]) it keeps kept_share() = 1 - g * (1 - recompute_keep) and runs
+  // g * recompute_time * t_f more.
   double recompute_keep = 1;  // in [0, 1]; 1: recompute saves nothing (never chosen)
   double recompute_time = 1;  // >= 0, a multiple of t_f
 
-  // Host offload: one D2H and one H2D channel per rank, each copying one set at a time.
+  // Host offload: one D2H and one H2D channel per rank, each copying one set at a time. An
+  // OFFLOAD / RELOAD with Instr::share s (Note [Partial sets]) moves s of what it would move.
   double offload_fraction = 1;  // share of a set's bytes an OFFLOAD moves, in [0, 1]
   double host_bandwidth = 0;    // bytes/s of each channel, >= 0; 0 = unlimited
   double host_latency = 0;      // seconds per copy, >= 0
@@ -76,11 +80,19 @@ struct InstrCost {
   double busy = 0;        // compute seconds
   double exposed_tp = 0;  // TP collective seconds not covered by compute
 };
-// recomputed[i]: parts[i] is the backward (B or BW) of a recomputed set; the Instr cannot say
-// so itself, since the flag rides on the set's F part (simulate() tracks it per set).
+// recompute_share[i] > 0: parts[i] is the backward (B or BW) of a recomputed set that re-runs
+// that share of its layers (Note [Partial sets]); the Instr cannot say so itself, since the flag
+// rides on the set's F part (simulate() tracks it per set). 0: not recomputed.
 // REQUIRES: instr.is_compute(), validate(costs, S) passed, parts' stages < S.
 InstrCost instr_cost(const Instr& instr, const CostModel& costs,
-                     std::array<bool, 2> recomputed = {});
+                     std::array<double, 2> recompute_share = {});
+// The same with whole sets: recomputed[i] is recompute_share 1.
+InstrCost instr_cost(const Instr& instr, const CostModel& costs, std::array<bool, 2> recomputed);
+
+// The share of a set's bytes a recomputed set holds from its forward to its backward when it
+// re-runs `recompute_share` g of its layers: 1 - g * (1 - recompute_keep); recompute_keep
+// exactly when g = 1.
+double kept_share(const CostModel& costs, double recompute_share);
 
 double set_bytes(const CostModel& costs, int stage);  // bytes of one activation set of `stage`
 

@@ -76,16 +76,16 @@ class Simulator final : public Interpreter::Observer {
     RankState& st = state_[r];
     RankStats& rs = result_.ranks[r];
     double ready_p2p = st.clock, ready_reload = st.clock;
-    std::array<bool, 2> recomputed{};  // per part: the backward of a recomputed set
+    std::array<double, 2> recomputed{};  // per part: the recompute share of a backward's set
     for (std::size_t i = 0; i < in.parts.size(); ++i) {
       const Part& part = in.parts[i];
       const std::size_t k = at(part.stage, part.mb);
       if (part.pass == Pass::kF) {
-        recomputed_[k] = part.recompute;
+        recomputed_[k] = part.recompute ? part.recompute_share : 0.0;
         if (part.stage > 0 && prog_.stage_rank[part.stage - 1] != r)
           ready_p2p = std::max(ready_p2p, f_in_[k]);
       } else if (part.pass == Pass::kB || part.pass == Pass::kBW) {
-        if (i < recomputed.size()) recomputed[i] = recomputed_[k] != 0;
+        if (i < recomputed.size()) recomputed[i] = recomputed_[k];
         if (part.stage < S_ - 1 && prog_.stage_rank[part.stage + 1] != r)
           ready_p2p = std::max(ready_p2p, b_in_[k]);
         if (reload_end_[k] >= 0) ready_reload = std::max(ready_reload, reload_end_[k]);
@@ -108,11 +108,14 @@ class Simulator final : public Interpreter::Observer {
     rs.reload_wait += reload_wait;
 
     // Memory at the instruction's end (Note [Activation memory convention]); a recomputed
-    // set holds recompute_keep of its bytes until its backward starts, all of them during it.
+    // set holds kept_share of its bytes until its backward starts, all of them during it.
     for (const Part& part : in.parts) {
       const std::size_t k = at(part.stage, part.mb);
       const double bytes = set_bytes(c_, part.stage);
-      const double rebuilt = recomputed_[k] ? bytes * (1 - c_.recompute_keep) : 0.0;
+      const double g = recomputed_[k];
+      const double rebuilt = g <= 0   ? 0.0
+                             : g >= 1 ? bytes * (1 - c_.recompute_keep)
+                                      : bytes * g * (1 - c_.recompute_keep);
       if (part.pass == Pass::kB) b_done_[k] = 1;
       if ((part.pass == Pass::kB || part.pass == Pass::kBW) && rebuilt > 0)
         mem_[r].push_back({begin, true, rebuilt, 0, 0});
@@ -173,11 +176,16 @@ class Simulator final : public Interpreter::Observer {
               to_string(in), "; run verify() first");
     const std::size_t k = at(s, in.ref.mb);
     // After its B the set holds what its deferred W reads (the second trip); before it a
-    // recomputed set holds recompute_keep of its bytes.
+    // recomputed set holds kept_share of its bytes. A partial trip moves in.share of that and
+    // leaves the set counted as resident (the rest of it stays).
     const bool w_trip = b_done_[k] != 0;
-    const double share = w_trip ? c_.w_held_fraction : recomputed_[k] ? c_.recompute_keep : 1.0;
-    const double bytes = set_bytes(c_, s) * share * c_.offload_fraction;
-    const int sets = w_trip ? 0 : 1;  // the main convention no longer counts a set after B
+    const double held = w_trip               ? c_.w_held_fraction
+                        : recomputed_[k] > 0 ? kept_share(c_, recomputed_[k])
+                                             : 1.0;
+    const double bytes = set_bytes(c_, s) * held * c_.offload_fraction * in.share;
+    const bool whole = in.share >= 1;
+    const int sets =
+        w_trip || !whole ? 0 : 1;  // the main convention no longer counts a set after B
     const double wire = transfer(bytes, c_.host_bandwidth);
     double start, end;
     if (in.op == Op::kOffload) {
@@ -185,7 +193,7 @@ class Simulator final : public Interpreter::Observer {
       st.d2h_free = start + wire;
       end = start + wire + c_.host_latency;
       offload_end_[k] = end;
-      mem_[r].push_back({end, false, -bytes, -sets, -1});
+      mem_[r].push_back({end, false, -bytes, -sets, whole ? -1 : 0});
       result_.ranks[r].offloaded_bytes += bytes;
     } else {
       start = std::max({st.clock, st.h2d_free, offload_end_[k]});
@@ -194,7 +202,7 @@ class Simulator final : public Interpreter::Observer {
       (w_trip ? w_reload_end_ : reload_end_)[k] = end;
       // The destination is allocated when the RELOAD is issued (as the engine does), even if
       // the H2D channel only starts the copy later.
-      mem_[r].push_back({st.clock, true, bytes, sets, 1});
+      mem_[r].push_back({st.clock, true, bytes, sets, whole ? 1 : 0});
     }
     if (opt_.record_timeline)
       result_.timeline.events.push_back(event(
@@ -273,7 +281,7 @@ class Simulator final : public Interpreter::Observer {
   std::vector<double> reload_end_;    // (S*m) when its RELOAD copy completes, -1 if none
   std::vector<double> w_reload_end_;  // (S*m) the same for the second trip (before W)
   std::vector<char> b_done_;          // (S*m) its B ran: a copy now is the second trip
-  std::vector<char> recomputed_;      // (S*m) its F part carries recompute
+  std::vector<double> recomputed_;    // (S*m) its F part's recompute_share, 0 without recompute
   std::vector<std::vector<double>> arrival_;        // [rank][instr] when a SEND's message arrives
   std::vector<double> link_free_;                   // (p*p) when the directed link is free
   std::vector<std::vector<int>> rank_chunk_stage_;  // [rank][chunk] -> stage

@@ -28,6 +28,12 @@
 // never frees a rebuilt unit early). Its OFFLOAD and RELOAD move recompute_keep *
 // offload_fraction of the set; the B-to-W trip is unchanged. Its backward costs recompute_time *
 // t_f more compute (instr_cost).
+// Partial sets (Note [Partial sets] in program.h): a set recomputing the leading share g of its
+// layers holds kept_share = 1 - g * (1 - recompute_keep) of its bytes until its backward (and
+// its first trip moves from that), its backward costs g * recompute_time * t_f more; an OFFLOAD
+// / RELOAD with share s moves s of what the whole trip would (bytes and copy time), the rest
+// stays resident, and the set stays counted in peak_sets / peak_sets_until_w. Shares of 1 give
+// exactly the figures above.
 //
 // Thread-safety: pure function.
 #pragma once

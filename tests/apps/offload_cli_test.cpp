@@ -15,6 +15,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::MatchesRegex;
+using ::testing::Not;
 using ::testing::StartsWith;
 
 std::string read_file(const std::string& path) {
@@ -46,6 +47,22 @@ TEST(PlanCli, JsonFormatListsTheSets) {
   EXPECT_THAT(r.output, StartsWith("{\"budget_bytes\":5368709120,"));
   EXPECT_THAT(r.output, HasSubstr("\"peak_bytes_after\":"));
   EXPECT_THAT(r.output, HasSubstr("\"sets\":[{\"rank\":"));
+}
+
+// Note [Partial sets]: at 5 GB/s whole sets stop at 11 GiB; 10.5 GiB takes part of some sets,
+// and the output counts them, marks their shares and says which fields move.
+TEST(PlanCli, PartialChoicesAreCountedAndNamed) {
+  CliResult r =
+      run_cli("plan --kind stp --pp 4 -m 16 --pcie-gbps 5 --recompute off --budget 10752MiB");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  expect_contains(r.output, {"fits in 10.50 GiB per rank", " of them partial\n", "\u00b7", "/8",
+                             "the first layers' fields"});
+  EXPECT_THAT(r.output, Not(HasSubstr("; 0 of them partial"))) << r.output;
+  CliResult j = run_cli(
+      "plan --kind stp --pp 4 -m 16 --pcie-gbps 5 --recompute off --budget 10752MiB "
+      "--format json");
+  ASSERT_EQ(j.exit_code, 0) << j.output;
+  EXPECT_THAT(j.output, HasSubstr("\"share\":0.5"));
 }
 
 TEST(PlanCli, BudgetBelowTheMinimumNamesItInOneLine) {

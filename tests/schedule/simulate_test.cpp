@@ -391,6 +391,110 @@ TEST(Offload, ARecomputedSetHoldsAndMovesItsKeptShare) {
   EXPECT_DOUBLE_EQ(k.ranks[0].peak_bytes, 225.0);  // F0's 25 + F1 + F2 at 3
 }
 
+// Resident bytes of rank 0 as (time, bytes) samples, recorded with the timeline.
+std::vector<std::pair<double, double>> memory_of(const SimResult& s) {
+  std::vector<std::pair<double, double>> out;
+  for (const MemorySample& m : s.ranks[0].memory) out.push_back({m.time, m.bytes});
+  return out;
+}
+
+// Note [Partial sets]: a trip with share 0.5 moves half of the set, in half the copy time, and
+// the other half stays resident (the set stays counted).
+TEST(PartialSets, AHalfShareTripFreesHalfTheBytesInHalfTheTime) {
+  Program prog = offload_program();
+  for (Instr& in : prog.ranks[0])
+    if (in.op == Op::kOffload || in.op == Op::kReload) in.share = 0.5;
+  CostModel c;
+  c.act_bytes = c.host_bandwidth = 100;  // a whole set copies in 1 s
+  const SimResult s = simulate(prog, c, {.record_timeline = true, .record_memory = true});
+  // F0 [0,1]; D2H of 50 [1,1.5]; F1 [1,2]; F2 [2,3]; BW2 [3,5]; BW1 [5,7]; H2D of 50 [7,7.5];
+  // BW0 [7.5,9.5]. Resident: 100 @1, 50 @1.5, 150 @2, 250 @3, 150 @5, 100 @7 (BW1 frees 100,
+  // the reload's destination takes 50), 0 @9.5.
+  EXPECT_DOUBLE_EQ(s.makespan, 9.5);
+  EXPECT_DOUBLE_EQ(s.ranks[0].reload_wait, 0.5);
+  EXPECT_DOUBLE_EQ(s.ranks[0].offloaded_bytes, 50.0);
+  EXPECT_EQ(s.ranks[0].peak_sets, 3);  // set 0 is still partly resident
+  const std::vector<std::pair<double, double>> want = {{1, 100}, {1.5, 50}, {2, 150}, {3, 250},
+                                                       {5, 150}, {7, 100},  {9.5, 0}};
+  EXPECT_EQ(memory_of(s), want);
+  int copies = 0;
+  for (const TimelineEvent& ev : s.timeline.events)
+    if (ev.category == kCategoryOffload || ev.category == kCategoryReload) {
+      ++copies;
+      EXPECT_DOUBLE_EQ(ev.end - ev.start, 0.5);
+    }
+  EXPECT_EQ(copies, 2);
+}
+
+// 100-byte sets over a link of `bandwidth` bytes/s; a recomputed set keeps `keep` and re-runs
+// `time` forwards.
+CostModel recompute_model(double bandwidth, double keep, double time) {
+  CostModel c;
+  c.act_bytes = 100;
+  c.host_bandwidth = bandwidth;
+  c.recompute_keep = keep;
+  c.recompute_time = time;
+  return c;
+}
+
+// A set recomputing half its layers keeps 1 - 0.5 (1 - keep) of its bytes until its backward,
+// moves that share on its trip, and its backward runs half the extra compute.
+TEST(PartialSets, AHalfShareRecomputeKeepsMoreAndCostsHalfTheExtraTime) {
+  const CostModel c = recompute_model(100, 0.25, 0.5);
+  Program prog = offload_program();
+  prog.ranks[0][0].parts[0].recompute = true;
+  prog.ranks[0][0].parts[0].recompute_share = 0.5;
+  ASSERT_EQ(find_error(prog), "");
+  SimOptions opt;
+  opt.record_memory = true;
+  Program kept = prog;
+  std::erase_if(kept.ranks[0], [](const Instr& in) { return !in.is_compute(); });
+  // F0 keeps 62.5; F1 [1,2]; F2 [2,3]; BW2 [3,5]; BW1 [5,7]; BW0 [7, 7 + 2 + 0.25].
+  const SimResult k = simulate(kept, c, opt);
+  EXPECT_DOUBLE_EQ(k.makespan, 9.25);
+  EXPECT_DOUBLE_EQ(k.ranks[0].busy, 3 * 1.0 + 3 * 2.0 + 0.25);
+  EXPECT_DOUBLE_EQ(k.ranks[0].peak_bytes, 262.5);
+  // The trip moves the kept 62.5: D2H [1,1.625]; H2D [7,7.625]; BW0 [7.625, 9.875].
+  const SimResult s = simulate(prog, c, opt);
+  EXPECT_DOUBLE_EQ(s.ranks[0].offloaded_bytes, 62.5);
+  EXPECT_DOUBLE_EQ(s.makespan, 9.875);
+  EXPECT_DOUBLE_EQ(s.ranks[0].peak_bytes, 200.0);
+  EXPECT_DOUBLE_EQ(kept_share(c, 0.5), 0.625);
+}
+
+// Whole shares are the figures of whole sets to the bit: kept_share(1) is recompute_keep itself
+// (1 - (1 - 0.15) is not 0.15 in doubles), and an explicit share of 1 changes nothing.
+TEST(PartialSets, ShareOneIsBitIdenticalToAWholeSet) {
+  for (double keep : {0.15, 0.1, 0.3, 0.7})
+    EXPECT_EQ(kept_share(recompute_model(1, keep, 1), 1.0), keep);
+  const CostModel c = recompute_model(70, 0.15, 0.3);
+  Program whole = offload_program();
+  whole.ranks[0][0].parts[0].recompute = true;
+  Program one = whole;
+  one.ranks[0][0].parts[0].recompute_share = 1;
+  for (Instr& in : one.ranks[0])
+    if (in.op == Op::kOffload || in.op == Op::kReload) in.share = 1;
+  SimOptions opt;
+  opt.record_memory = true;
+  const SimResult a = simulate(whole, c, opt), b = simulate(one, c, opt);
+  EXPECT_EQ(a.makespan, b.makespan);
+  EXPECT_EQ(a.ranks[0].offloaded_bytes, 100 * 0.15);
+  ASSERT_EQ(a.ranks[0].memory.size(), b.ranks[0].memory.size());
+  for (std::size_t i = 0; i < a.ranks[0].memory.size(); ++i)
+    EXPECT_EQ(a.ranks[0].memory[i].bytes, b.ranks[0].memory[i].bytes) << i;
+}
+
+// A recomputed backward with share g runs g * recompute_time * t_f more.
+TEST(CostModel, APartiallyRecomputedBackwardRunsThatShareOfTheForwardAgain) {
+  CostModel c;  // t_f = t_b = t_w = 1
+  c.recompute_time = 0.5;
+  const Part b{Pass::kB, 0, 0, 1};
+  const Instr in = compute(Op::kB, {b});
+  EXPECT_DOUBLE_EQ(instr_cost(in, c, std::array<double, 2>{0.25, 0}).busy, 1 + 0.125);
+  EXPECT_DOUBLE_EQ(instr_cost(in, c, std::array<double, 2>{1, 0}).busy, 1.5);
+  EXPECT_DOUBLE_EQ(instr_cost(in, c, std::array<double, 2>{}).busy, 1.0);
+}
+
 TEST(Offload, PartialOffloadKeepsTheRestResident) {
   CostModel c;
   c.act_bytes = 100;
