@@ -4,7 +4,6 @@
 // for bit, as without offload, holding less than without offload and more than with whole
 // trips at the same points. And what the reports say about those trips.
 #include <ATen/ATen.h>
-#include <c10/core/Storage.h>
 #include <gtest/gtest.h>
 
 #include <map>
@@ -23,12 +22,12 @@
 #include "models/gpt.h"
 #include "schedule/generators.h"
 #include "schedule/verify.h"
+#include "tests/engine/fake_cuda_step.h"
 #include "tests/offload/fake_cuda_device.h"
 
 namespace stp::engine {
 namespace {
 
-using offload::Direction;
 using schedule::Instr;
 using schedule::Op;
 using schedule::Part;
@@ -67,13 +66,6 @@ struct StepResult {
   StepStats stats;
 };
 
-// The fake allocator keeps a recorded storage alive, as the caching allocator keeps a block.
-testing::Retained keep_storage(void* storage) {
-  auto holder = std::make_shared<c10::Storage>(
-      c10::intrusive_ptr<c10::StorageImpl>::reclaim_copy(static_cast<c10::StorageImpl*>(storage)));
-  return {holder, static_cast<const char*>(holder->data()), holder->nbytes()};
-}
-
 enum class Path {
   kNone,      // no offloader
   kHost,      // PooledActivationOffload on the host copy engine (worker threads)
@@ -87,15 +79,8 @@ StepResult run_step(const models::GptConfig& cfg, const schedule::Program& prog,
   std::vector<MicroBatch> mbs;
   for (int i = 0; i < prog.m; ++i)
     mbs.push_back(testing::random_microbatch(cfg, 2, cfg.seq_len, 70 + i));
-  FakeCudaDevice device(keep_storage);
-  offload::DeviceOps ops = device.ops();
-  // The compute stream reaching a wait for a copy: the copy streams run until it is done.
-  ops.wait = [inner = ops.wait, &device](const offload::CopyEvent& e, offload::StreamHandle s) {
-    inner(e, s);
-    if (s == FakeCudaDevice::compute())
-      while (!e.query() && (device.run_one(Direction::kD2H) || device.run_one(Direction::kH2D))) {
-      }
-  };
+  FakeCudaDevice device(testing::keep_storage);
+  offload::DeviceOps ops = testing::ops_running_copies_at_waits(device);
   std::unique_ptr<PooledActivationOffload> offload;
   if (path == Path::kHost) offload = std::make_unique<PooledActivationOffload>(64 << 20, -1);
   if (path == Path::kFakeCuda)
