@@ -174,6 +174,7 @@ TEST_P(PartialOffload, SameNumbersBitForBitAndAPeakBetweenNoneAndWhole) {
   }
   EXPECT_EQ(saw_after_b, deferred_w) << kind;
   EXPECT_TRUE(all.stats.partial_trips.empty());
+  std::printf("%s", describe_partial_trips(part.stats.partial_trips, 4, "  ").c_str());
 
   // The copy events are simply smaller: one per OFFLOAD / RELOAD, the bytes of the trip.
   int offload_events = 0;
