@@ -7,6 +7,7 @@
 #include "common/bytes.h"
 #include "common/check.h"
 #include "engine/comm_options.h"
+#include "engine/offload_plan.h"
 #include "train/verify_layout.h"
 
 namespace stp::apps {
@@ -63,6 +64,9 @@ int verify(const std::vector<std::string>& args) {
   std::printf("  activation peak %s per rank (measured), %s offloaded and reloaded\n",
               format_bytes(static_cast<double>(r.peak_bytes)).c_str(),
               format_bytes(static_cast<double>(r.offloaded_bytes)).c_str());
+  if (!r.partial_trips.empty())  // Note [Partial sets]: which fields those trips moved
+    std::printf("  partial offloads on rank 0 (chunk[microbatches] share: fields moved):\n%s",
+                engine::describe_partial_trips(r.partial_trips, 8, "    ").c_str());
   std::printf("  loss %.15f   reference %.15f   |diff| %.3e\n", r.loss, r.reference_loss,
               r.loss_diff);
   std::printf("  max relative gradient error %.3e%s%s\n", r.max_rel, r.worst.empty() ? "" : " at ",

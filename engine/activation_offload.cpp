@@ -136,13 +136,14 @@ PooledActivationOffload::~PooledActivationOffload() {
   }
 }
 
-void PooledActivationOffload::start_offload(ActivationSet& set) {
+ActivationSet::Selection PooledActivationOffload::start_offload(ActivationSet& set, double share) {
   const auto key = key_of(set);
+  ActivationSet::Selection moved = set.select_leading(share);
   std::vector<offload::SavedBuffer> buffers;
   auto& meta = impl_->meta[key];
-  for (auto& [name, t] : set.fields()) {
-    if (!t.defined() || t.nbytes() == 0) continue;
-    if (!t.is_contiguous()) t = t.contiguous();
+  for (const std::string& name : moved.fields) {
+    at::Tensor& t = set.fields().at(name);
+    if (!t.is_contiguous()) t = t.contiguous();  // same nbytes: a dense copy of the same shape
     meta[name] = FieldMeta{t.sizes().vec(), t.options()};
     // The storage lets a stream-ordered release record the D2H stream on it (Note [Offload
     // lifetime]); the release closure only drops the field's reference.
@@ -155,6 +156,7 @@ void PooledActivationOffload::start_offload(ActivationSet& set) {
   allocator::CopyEvent ready;
   if (impl_->cuda) ready = impl_->ops.record(impl_->compute_stream(), impl_->device);
   impl_->offloader->offload(key, std::move(buffers), ready);
+  return moved;
 }
 
 void PooledActivationOffload::start_reload(ActivationSet& set) {

@@ -26,10 +26,12 @@ namespace stp::engine {
 class ActivationOffload {
  public:
   virtual ~ActivationOffload() = default;
-  // Starts copying every field of `set` to host. The set keeps the field names; its device
-  // memory is released when the copy completed.
-  virtual void start_offload(ActivationSet& set) = 0;
-  // Starts copying the fields back into fresh device tensors.
+  // Starts copying `share` of `set` to host (Note [Partial sets] in schedule/program.h): the
+  // fields set.select_leading(share) names, whose selection it returns; share 1 moves every
+  // field. The set keeps the field names; a moved field's device memory is released when its
+  // copy completed; the other fields stay as they are, readable. REQUIRES: share in (0, 1].
+  virtual ActivationSet::Selection start_offload(ActivationSet& set, double share) = 0;
+  // Starts copying the moved fields back into fresh device tensors (exactly those).
   virtual void start_reload(ActivationSet& set) = 0;
   // Blocks (CPU) or orders the compute stream (CUDA: a stream wait, the host does not block)
   // until `set`'s reload completed, and restores its fields. Returns the seconds the calling
@@ -63,9 +65,10 @@ offload::DeviceOps torch_device_ops();
 //
 // A field is moved whole: its bytes go to a pool block and come back into a new contiguous
 // tensor of the same shape, dtype and device. While a set is away its fields keep their names:
-// a field holds its original tensor until the D2H completed, an undefined tensor while on host,
-// and the reload's new tensor from start_reload() on (read only after wait_reload()). So
-// ActivationSet::bytes() is always exactly the device memory the set holds.
+// a moved field holds its original tensor until the D2H completed, an undefined tensor while on
+// host, and the reload's new tensor from start_reload() on (read only after wait_reload()); a
+// field a partial offload did not move keeps its tensor throughout. So ActivationSet::bytes() is
+// always exactly the device memory the set holds.
 //
 // On CUDA every event is recorded on, and every wait made by, the current stream of the
 // model's device `device` (ops.current_stream(device)), whichever device the calling thread
@@ -82,7 +85,7 @@ class PooledActivationOffload final : public ActivationOffload {
                           std::unique_ptr<offload::CopyEngine> copies);
   ~PooledActivationOffload() override;
 
-  void start_offload(ActivationSet& set) override;
+  ActivationSet::Selection start_offload(ActivationSet& set, double share) override;
   void start_reload(ActivationSet& set) override;
   double wait_reload(ActivationSet& set) override;
   void poll() override;

@@ -55,6 +55,16 @@ class ActivationSet {
   // into fields() are not in it; an offload moves those last.
   const std::vector<std::string>& saved_order() const { return order_; }
 
+  // What an offload of `share` of the set moves (Note [Partial sets]): whole fields, first
+  // those of saved_order(), then any other field by name, until `bytes` reaches share * bytes();
+  // undefined and empty fields are skipped. share >= 1 moves every field that holds bytes.
+  // REQUIRES: share in (0, 1] (std::invalid_argument naming it otherwise).
+  struct Selection {
+    std::vector<std::string> fields;  // in the order they move
+    std::int64_t bytes = 0;           // their bytes
+  };
+  Selection select_leading(double share) const;
+
   std::map<std::string, at::Tensor>& fields() { return fields_; }
   const std::map<std::string, at::Tensor>& fields() const { return fields_; }
 

@@ -13,18 +13,21 @@
 // [Offload lifetime]); the store sees them only through ActivationSet::bytes():
 //
 //   create()            ─►  kDevice    resident: the forward fills the fields, B and W read them
-//   offload()           ─►  kHost      start_offload() queued the D2H of every field. On CUDA
-//                                      the fields are dropped at once (stream-ordered release:
-//                                      the names stay, the fields are undefined, bytes() is 0).
-//                                      On CPU two offloader states hide here: kToHost (the copy
-//                                      runs; the fields still hold their tensors, which still
-//                                      count) and kOnHost (a poll() saw the D2H complete and
-//                                      dropped the tensors)
-//   reload()            ─►  kToDevice  start_reload() allocated new tensors at once (they count)
-//                                      and queued the H2D into them: not to be read yet. On CPU,
-//                                      if the D2H was still running, the offloader cancels the
-//                                      round trip instead and the fields keep their original
-//                                      tensors
+//   offload(share)      ─►  kHost      start_offload() queued the D2H of the moved fields:
+//                                      every field (share 1), or the leading ones of
+//                                      saved_order() up to share of the bytes (Note [Partial
+//                                      sets]); the others stay resident, readable, and count.
+//                                      On CUDA the moved fields are dropped at once (stream-
+//                                      ordered release: the names stay, the fields are
+//                                      undefined). On CPU two offloader states hide here:
+//                                      kToHost (the copy runs; the moved fields still hold their
+//                                      tensors, which still count) and kOnHost (a poll() saw the
+//                                      D2H complete and dropped them)
+//   reload()            ─►  kToDevice  start_reload() allocated new tensors for the moved fields
+//                                      at once (they count) and queued the H2D into them: not to
+//                                      be read yet. On CPU, if the D2H was still running, the
+//                                      offloader cancels the round trip instead and the fields
+//                                      keep their original tensors
 //   acquire()           ─►  kDevice    wait_reload() returned: the H2D completed (CPU) or the
 //                                      compute stream waits for it (CUDA)
 //   release_if_empty()  ─►  (gone)     only from kDevice, once B/W erased every field
@@ -56,13 +59,16 @@
 //
 // The device budget (set_budget). A limit on the bytes the sets hold, enforced only with an
 // offloader attached and budget_bytes > 0, and only for chunks given an expected set size.
-// make_room() counts current_bytes() (bytes() of every live set after a poll(): resident sets,
-// offloads not yet released, reloads' new tensors) plus pending_bytes_ (the expected size of
-// every set created or reloaded since the last account(): a new set is empty until its forward
-// runs, and a braided FF creates two before either runs) plus the expected size of the set
-// about to be created or reloaded (or, in acquire(), one set's worth for the backward about to
-// grow it: B writes what W reads and a recomputed set rebuilds its fields, growth the
-// planner's copy timing cannot promise is covered on a loaded host). If that exceeds the budget:
+// make_room() counts current_bytes() (bytes() of every live set after a poll(): resident sets
+// and the fields a partial offload left, offloads not yet released, reloads' new tensors) plus
+// pending_bytes_ (the expected size of every set created or reloaded since the last account():
+// a new set is empty until its forward runs, and a braided FF creates two before either runs)
+// plus the expected size of what is about to be created or reloaded: a new set is expected at
+// set_bytes[c]; a reload at the bytes its offload moved (exact: what start_reload() allocates;
+// share * the set, rounded up to whole fields, for a partial trip; for the trip between B and
+// W, what W reads); in acquire(), one set's worth for the backward about to grow it (B writes
+// what W reads and a recomputed set rebuilds its fields, growth the planner's copy timing
+// cannot promise is covered on a loaded host). If that exceeds the budget:
 //   CUDA (stream-ordered release): nothing to wait for. Every offload left the count when its
 //     D2H was queued, and the allocator hands its memory to later allocations as soon as the
 //     copy ran, in stream order; a host synchronisation could free nothing more.
@@ -89,10 +95,12 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "engine/activation_set.h"
+#include "engine/step_stats.h"
 
 namespace stp::engine {
 
@@ -123,14 +131,23 @@ class ActivationStore {
   // Drops the set when its passes emptied it.
   void release_if_empty(int chunk, int mb);
 
-  void offload(int chunk, int mb);
+  // Starts moving `share` of the set to host (Note [Partial sets] in schedule/program.h): the
+  // fields its backward reads last, at least share of its bytes; share 1 moves the whole set.
+  // REQUIRES: share in (0, 1].
+  void offload(int chunk, int mb, double share = 1);
+  // Starts bringing back what the set's offload moved.
   void reload(int chunk, int mb);
+
+  // The trips of this step that moved part of a set (engine/step_stats.h), in program order;
+  // reset_step() clears them.
+  const std::vector<PartialTrip>& partial_trips() const { return partial_trips_; }
 
   // Call after every compute: refreshes resident bytes from the sets and updates the peaks.
   void account();
   std::int64_t resident_bytes() const { return resident_bytes_; }
   std::int64_t peak_bytes() const { return peak_bytes_; }
   int peak_sets() const { return peak_sets_; }
+  // Bytes the offloads of this step moved to host (a partial trip counts what it moved).
   std::int64_t offloaded_bytes() const { return offloaded_bytes_; }
   int live_sets() const { return static_cast<int>(sets_.size()); }
   // Starts a new step's peaks. REQUIRES: no live sets.
@@ -141,11 +158,16 @@ class ActivationStore {
   struct Entry {
     ActivationSet set;
     Where where = Where::kDevice;
+    std::int64_t moved_bytes = 0;  // what its last offload moved: what its reload allocates
+    bool acquired = false;         // a backward (B / BW) read it: a later trip is B -> W
   };
   using Key = std::pair<int, int>;
 
-  // Waits for in-flight copies when a new set of `chunk` would exceed the budget.
-  double make_room(int chunk);
+  // Waits for in-flight copies when `expected` more bytes would exceed the budget (expected < 0:
+  // not budgeted).
+  double make_room(std::int64_t expected);
+  // set_bytes[chunk], or -1 for a chunk given no expected size.
+  std::int64_t expected_set_bytes(int chunk) const;
   std::int64_t current_bytes() const;  // device bytes the sets hold now (after a poll)
 
   std::map<Key, Entry> sets_;
@@ -158,6 +180,7 @@ class ActivationStore {
   std::int64_t peak_bytes_ = 0;
   int peak_sets_ = 0;
   std::int64_t offloaded_bytes_ = 0;
+  std::vector<PartialTrip> partial_trips_;
 };
 
 }  // namespace stp::engine

@@ -84,6 +84,7 @@ class Executor::StepRun {
     stats_.peak_activation_bytes = ex_.store_.peak_bytes();
     stats_.peak_activation_sets = ex_.store_.peak_sets();
     stats_.offloaded_bytes = ex_.store_.offloaded_bytes();
+    stats_.partial_trips = ex_.store_.partial_trips();
     if (on_device && ex_.ops_.memory_stats) {
       const offload::DeviceMemoryStats m = ex_.ops_.memory_stats(ex_.device_);
       stats_.device_allocated_peak_bytes = m.allocated_peak_bytes;
@@ -301,7 +302,7 @@ class Executor::StepRun {
                    ") could not be posted: its tensor does not exist");
         return;
       case Op::kOffload:
-        copy_instr(in, pc, [&] { ex_.store_.offload(in.ref.chunk, in.ref.mb); });
+        copy_instr(in, pc, [&] { ex_.store_.offload(in.ref.chunk, in.ref.mb, in.share); });
         return;
       case Op::kReload:
         copy_instr(in, pc, [&] { ex_.store_.reload(in.ref.chunk, in.ref.mb); });

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <utility>
 
 #include "common/bytes.h"
@@ -149,6 +150,93 @@ OffloadPlan plan_activation_offload(const schedule::Program& program,
   // (<= 12.5 %, Note [Pinned pool design]) and a slab's rounding.
   out.host_bytes_per_rank = static_cast<std::int64_t>(plan.host_bytes * 1.15) + (4 << 20);
   out.slowdown = plan.slowdown();
+  return out;
+}
+
+namespace {
+
+// "5/8" for a multiple of 1/8 (what the planner emits), else "0.3".
+std::string share_text(double share) {
+  const double eighths = share * 8;
+  if (std::abs(eighths - std::round(eighths)) < 1e-9) {
+    int n = static_cast<int>(std::round(eighths)), d = 8;
+    while (n % 2 == 0 && d > 1) n /= 2, d /= 2;
+    return str_cat(n, '/', d);
+  }
+  return str_cat(share);
+}
+
+// "0-3,5": sorted integers with runs merged.
+std::string ranges_text(std::vector<long> v) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  std::string out;
+  for (std::size_t i = 0; i < v.size();) {
+    std::size_t j = i;
+    while (j + 1 < v.size() && v[j + 1] == v[j] + 1) ++j;
+    out += str_cat(out.empty() ? "" : ",", v[i], j > i ? str_cat('-', v[j]) : std::string());
+    i = j + 1;
+  }
+  return out;
+}
+
+// "layers.0-2, emb": the units the field names belong to, in the order they first appear.
+std::string units_text(const std::vector<std::string>& fields) {
+  std::vector<std::string> units;                     // in order of first appearance
+  std::map<std::string, std::vector<long>> numbered;  // "layers" -> its numbers
+  for (const std::string& f : fields) {
+    const std::size_t a = f.find('.');
+    const std::string head = f.substr(0, a);
+    std::string unit = head;
+    if (a != std::string::npos) {
+      const std::size_t b = f.find('.', a + 1);
+      const std::string n = f.substr(a + 1, b == std::string::npos ? b : b - a - 1);
+      if (!n.empty() && n.size() < 10 &&
+          std::all_of(n.begin(), n.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        numbered[head].push_back(std::stol(n));
+        unit = head + ".";
+      }
+    }
+    if (std::find(units.begin(), units.end(), unit) == units.end()) units.push_back(unit);
+  }
+  std::string out;
+  for (const std::string& u : units) {
+    const bool is_numbered = u.back() == '.';
+    out += str_cat(out.empty() ? "" : ", ", u,
+                   is_numbered ? ranges_text(numbered.at(u.substr(0, u.size() - 1))) : "");
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string describe_partial_trips(const std::vector<PartialTrip>& trips, int max_lines,
+                                   const std::string& indent) {
+  // One line per (chunk, kind, share, fields moved); the microbatches that made it together.
+  struct Line {
+    std::string what;  // everything after the chunk and microbatches
+    int chunk;
+    std::vector<long> mbs;
+  };
+  std::vector<Line> lines;
+  for (const PartialTrip& t : trips) {
+    const std::string what = str_cat(
+        t.after_backward ? " after B " : " ", share_text(t.share), ": ", units_text(t.fields), " (",
+        t.fields.size(), t.fields.size() == 1 ? " field, " : " fields, ",
+        format_bytes(static_cast<double>(t.moved_bytes)), " of ",
+        format_bytes(static_cast<double>(t.set_bytes)),
+        t.after_backward ? ", of what its W reads)" : ": what its backward reads last)");
+    auto it = std::find_if(lines.begin(), lines.end(),
+                           [&](const Line& l) { return l.chunk == t.chunk && l.what == what; });
+    if (it == lines.end()) it = lines.insert(lines.end(), Line{what, t.chunk, {}});
+    it->mbs.push_back(t.mb);
+  }
+  std::string out;
+  for (std::size_t i = 0; i < lines.size() && static_cast<int>(i) < max_lines; ++i)
+    out += str_cat(indent, 'c', lines[i].chunk, '[', ranges_text(lines[i].mbs), ']', lines[i].what,
+                   '\n');
+  if (static_cast<int>(lines.size()) > max_lines)
+    out += str_cat(indent, "... and ", lines.size() - max_lines, " more\n");
   return out;
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/step_stats.h"
 #include "schedule/program.h"
 
 namespace stp::engine {
@@ -89,6 +90,17 @@ OffloadPlan plan_activation_offload(const schedule::Program& program,
                                     const std::vector<double>& stage_forward_seconds,
                                     double w_held_fraction, const OffloadBudget& budget,
                                     double host_gbps, const RecomputeCosts& recompute = {});
+
+// What the partial trips of a step moved, for `stp train` and `stp verify` (Note [Partial sets]
+// in schedule/program.h): one line per chunk, kind of trip, share and fields, the microbatches
+// that made it listed together, e.g.
+//   c0[0-7] 5/8: layers.0-2 (9 fields, 1.50 MiB of 2.25 MiB: what its backward reads last)
+//   c1[0-3] after B 1/2: layers.3 (2 fields, 96.00 KiB of 160.00 KiB, of what its W reads)
+// A field name "<unit>.<n>.<rest>" is shown as its "<unit>.<n>", runs of n merged ("layers.0-2");
+// other names as their first component ("emb", "head"). Each line starts with `indent`; past
+// `max_lines` one more says how many were left out. Empty when there were none.
+std::string describe_partial_trips(const std::vector<PartialTrip>& trips, int max_lines = 8,
+                                   const std::string& indent = "");
 
 // Note [Planner timing]
 // ~~~~~~~~~~~~~~~~~~~~~

@@ -3,11 +3,23 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "schedule/timeline.h"
 
 namespace stp::engine {
+
+// An OFFLOAD that moved part of a set (share < 1, Note [Partial sets] in schedule/program.h):
+// which fields went, for the reports (offload_plan.h: describe_partial_trips).
+struct PartialTrip {
+  int chunk = 0, mb = 0;
+  double share = 1;
+  bool after_backward = false;      // the trip between B and W (what W reads)
+  std::vector<std::string> fields;  // moved, in the order they went
+  std::int64_t moved_bytes = 0;
+  std::int64_t set_bytes = 0;  // the set's device bytes when the trip began
+};
 
 // What one step measured on this rank.
 struct StepStats {
@@ -21,6 +33,7 @@ struct StepStats {
   std::int64_t peak_activation_bytes = 0;  // resident ActivationSet bytes, peak over the step
   int peak_activation_sets = 0;            // resident (non-offloaded) sets, peak over the step
   std::int64_t offloaded_bytes = 0;        // bytes moved to host this step
+  std::vector<PartialTrip> partial_trips;  // this step's partial offloads, in program order
   // The device allocator's peaks over the program (CUDA: the caching allocator's
   // allocated_bytes and reserved_bytes, reset when the executor started it, read at its end: the
   // optimizer after it is not included); -1 where no allocator tells (the CPU).

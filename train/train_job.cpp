@@ -423,6 +423,10 @@ TrainJobResult run_train_job(const TrainConfig& cfg, const TrainJobOptions& opts
                   plan.peak_bytes_before, " -> ", plan.peak_bytes_after, " bytes, ", pct,
                   " step time\n"));
     }
+    if (first && !trainer.last_stats().exec.partial_trips.empty())  // Note [Partial sets]
+      say(str_cat(
+          "offload: partial sets (chunk[microbatches] share: fields moved):\n",
+          engine::describe_partial_trips(trainer.last_stats().exec.partial_trips, 8, "  ")));
     first = false;
     StepMetrics m = gather_metrics(trainer, step, lr, step_tokens);
     if (result.first_loss == 0) result.first_loss = m.loss;

@@ -198,6 +198,7 @@ void run_launched(const VerifyOptions& a, const VerifyPlacement& place,
   errors.max_rel = wg.all_reduce_max(errors.max_rel);
   if (errors.max_rel > 0 && errors.worst.empty()) errors.worst = "(another rank's shard)";
   errors.lead = t.world().rank() == 0;
+  errors.partial_trips = t.last_stats().exec.partial_trips;
 }
 
 // The whole job as threads of this process (engine::run_in_process).
@@ -221,6 +222,7 @@ void run_as_threads(const VerifyOptions& a, const VerifyPlacement& place,
     compare_shards(t, ref, mine);
     std::lock_guard<std::mutex> lock(mu);
     if (r == 0) errors.loss = l;
+    if (r == 0) errors.partial_trips = t.last_stats().exec.partial_trips;
     if (!(mine.max_rel <= errors.max_rel)) {
       errors.max_rel = mine.max_rel;
       errors.worst = mine.worst;

@@ -25,8 +25,10 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "engine/comm_options.h"
+#include "engine/step_stats.h"
 
 namespace stp::train {
 
@@ -68,9 +70,10 @@ struct VerifyReport {
   bool lead = true;  // this process prints (rank 0, or the only process)
   int microbatches = 0;
   std::int64_t layers = 0;
-  std::int64_t kv_heads = 0;         // llama: the key/value heads it ran with
-  std::int64_t peak_bytes = 0;       // measured activation peak, max over ranks
-  std::int64_t offloaded_bytes = 0;  // measured, sum over ranks
+  std::int64_t kv_heads = 0;                       // llama: the key/value heads it ran with
+  std::int64_t peak_bytes = 0;                     // measured activation peak, max over ranks
+  std::int64_t offloaded_bytes = 0;                // measured, sum over ranks
+  std::vector<engine::PartialTrip> partial_trips;  // rank 0's trips that moved part of a set
   double loss = 0, reference_loss = 0, loss_diff = 0;
   double max_rel = 0;  // largest relative gradient error
   std::string worst;   // the parameter it was found at

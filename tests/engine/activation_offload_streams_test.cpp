@@ -148,6 +148,45 @@ TEST_F(ActivationOffloadCudaPath, AnOffloadedTensorLivesUntilItsD2HRan) {
   store_.release_if_empty(0, 0);
 }
 
+// A partial trip on the CUDA path (Note [Partial sets]): only the moved fields' storage is
+// recorded on the D2H stream and dropped; the others stay, readable, and count; the reload
+// brings back exactly the moved fields and the compute stream waits for it as before.
+TEST_F(ActivationOffloadCudaPath, APartialTripRecordsAndDropsOnlyTheMovedFields) {
+  ActivationSet& set = store_.create(0, 1);
+  std::vector<at::Tensor> want;
+  const char* names[] = {"layers.0.a", "layers.0.b", "layers.1.a", "layers.1.b"};
+  for (int i = 0; i < 4; ++i) {  // 1 MiB each, saved in this order
+    want.push_back(random_floats(kMiB, 20 + i));
+    set.put(names[i], want.back().clone());
+  }
+  const void* kept = set.get("layers.1.b").data_ptr();
+  store_.account();
+  store_.offload(0, 1, 0.375);  // 1.5 MiB: the first two fields go
+  EXPECT_EQ(device_.count(Op::kRecordStream), 2);
+  EXPECT_FALSE(set.get("layers.0.a").defined());
+  EXPECT_FALSE(set.get("layers.0.b").defined());
+  EXPECT_EQ(set.get("layers.1.b").data_ptr(), kept);
+  EXPECT_TRUE(at::equal(set.get("layers.1.a"), want[2]));
+  store_.account();
+  EXPECT_EQ(store_.resident_bytes(), 2 * kMiB);
+  EXPECT_EQ(store_.offloaded_bytes(), 2 * kMiB);
+  device_.run_all();
+  store_.reload(0, 1);
+  store_.account();
+  EXPECT_EQ(store_.resident_bytes(), 4 * kMiB) << "the reload allocated the two moved fields";
+  const ActivationSet& back = store_.acquire(0, 1);
+  ASSERT_EQ(device_.compute_waits.size(), 1u);
+  EXPECT_FALSE(device_.compute_waits.back().query()) << "the H2D is still queued";
+  device_.run_all();
+  EXPECT_TRUE(device_.compute_waits.back().query());
+  for (int i = 0; i < 4; ++i) EXPECT_TRUE(at::equal(back.get(names[i]), want[i])) << names[i];
+  EXPECT_EQ(back.get("layers.1.b").data_ptr(), kept);
+  EXPECT_EQ(device_.host_syncs, 0);
+  EXPECT_TRUE(device_.violations.empty());
+  store_.acquire(0, 1).clear();
+  store_.release_if_empty(0, 1);
+}
+
 // RELOAD right after OFFLOAD: the H2D must not read the host blocks before the D2H filled
 // them. It waits for the D2H's event on the H2D stream (no cancellation on CUDA: the originals
 // are already the allocator's).

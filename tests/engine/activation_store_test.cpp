@@ -112,12 +112,13 @@ void expect_error(F&& f, const std::string& what) {
 // fields keep their tensors), as the Offloader does.
 class FakeOffload final : public ActivationOffload {
  public:
-  void start_offload(ActivationSet& set) override {
+  ActivationSet::Selection start_offload(ActivationSet& set, double share) override {
     ++offloads;
+    ActivationSet::Selection moved = set.select_leading(share);
     auto& parked = parked_[key(set)];
-    for (const auto& [name, t] : set.fields())
-      if (t.defined()) parked[name] = t.clone();
+    for (const std::string& name : moved.fields) parked[name] = set.get(name).clone();
     in_flight_[key(set)] = &set;
+    return moved;
   }
   void start_reload(ActivationSet& set) override {
     ++reloads;
@@ -150,9 +151,9 @@ class FakeOffload final : public ActivationOffload {
  private:
   using Key = std::pair<int, int>;
   static Key key(const ActivationSet& set) { return {set.chunk(), set.mb()}; }
-  void complete() {
+  void complete() {  // drops the moved fields (those parked)
     for (auto& [k, set] : in_flight_)
-      for (auto& [name, t] : set->fields()) t = at::Tensor();
+      for (const auto& [name, t] : parked_.at(k)) set->fields()[name] = at::Tensor();
     in_flight_.clear();
   }
   std::map<Key, std::map<std::string, at::Tensor>> parked_;
@@ -472,6 +473,99 @@ TEST_F(ActivationStoreOffloadStep, PeakNeverExceedsTheBudgetThePlanAllows) {
   }
 }
 
+// ---- partial sets (Note [Partial sets] in schedule/program.h) ---------------------------------
+
+// Fields of 100, 300, 200 and 400 bytes put in the order a, b, c, d (not the names' order), an
+// empty and an undefined one between them.
+ActivationSet four_fields() {
+  ActivationSet set(0, 0);
+  set.put("d_first", random_tensor(at::kFloat, {25}, 1));
+  set.put("empty", at::empty({0}, at::kFloat));
+  set.put("c_second", random_tensor(at::kFloat, {75}, 2));
+  set.put("unset", at::Tensor());
+  set.put("b_third", random_tensor(at::kFloat, {50}, 3));
+  set.put("a_fourth", random_tensor(at::kFloat, {100}, 4));
+  return set;
+}
+
+TEST(ActivationSetSelection, WholeFieldsInSavedOrderUntilTheShareIsReached) {
+  ActivationSet set = four_fields();
+  ASSERT_EQ(set.bytes(), 1000);
+  using Names = std::vector<std::string>;
+  // Half (500 bytes): 100 + 300 < 500, + 200 = 600 >= 500.
+  auto half = set.select_leading(0.5);
+  EXPECT_EQ(half.fields, (Names{"d_first", "c_second", "b_third"}));
+  EXPECT_EQ(half.bytes, 600);
+  EXPECT_EQ(set.select_leading(0.1).fields, (Names{"d_first"}));  // exactly 100 = 0.1
+  EXPECT_EQ(set.select_leading(0.101).fields, (Names{"d_first", "c_second"}));
+  auto all = set.select_leading(1);
+  EXPECT_EQ(all.fields, (Names{"d_first", "c_second", "b_third", "a_fourth"}));
+  EXPECT_EQ(all.bytes, 1000);
+  // A field put into fields() directly moves last, after every saved one.
+  set.fields()["0_direct"] = random_tensor(at::kFloat, {10}, 5);
+  EXPECT_EQ(set.select_leading(1).fields,
+            (Names{"d_first", "c_second", "b_third", "a_fourth", "0_direct"}));
+  EXPECT_EQ(set.select_leading(0.95).fields, (Names{"d_first", "c_second", "b_third", "a_fourth"}));
+  // A field erased (either way) is not selected.
+  set.erase("c_second");
+  set.fields().erase("a_fourth");
+  EXPECT_EQ(set.select_leading(1).fields, (Names{"d_first", "b_third", "0_direct"}));
+  expect_error<std::invalid_argument>([&] { set.select_leading(0); }, "must be in (0, 1]");
+  expect_error<std::invalid_argument>([&] { set.select_leading(1.5); }, "offload share 1.5");
+}
+
+// Half of a set over the real host path: the fields saved first go and come back bit for bit;
+// the others never leave (the same tensors throughout); the store counts what moved.
+TEST_F(ActivationStoreOffload, APartialTripMovesTheLeadingFieldsAndKeepsTheRest) {
+  ActivationSet& set = store_.create(0, 2);
+  const ActivationSet proto = four_fields();
+  for (const std::string& name : proto.saved_order()) set.put(name, snapshot(proto.fields())[name]);
+  std::map<std::string, at::Tensor> want = snapshot(set.fields());
+  const void* kept_ptr = set.get("a_fourth").data_ptr();
+  store_.account();
+  store_.offload(0, 2, 0.5);
+  EXPECT_EQ(store_.offloaded_bytes(), 600);
+  offload_.drain();
+  store_.account();
+  EXPECT_EQ(store_.resident_bytes(), 400) << "what the trip left on the device still counts";
+  EXPECT_EQ(offload_.host_bytes(), 600);
+  for (const char* moved : {"d_first", "c_second", "b_third"})
+    EXPECT_FALSE(set.get(moved).defined()) << moved;
+  EXPECT_EQ(set.get("a_fourth").data_ptr(), kept_ptr);  // readable, untouched
+  EXPECT_TRUE(bytes_equal(set.get("a_fourth"), want.at("a_fourth")));
+  ASSERT_EQ(store_.partial_trips().size(), 1u);
+  const PartialTrip& t = store_.partial_trips()[0];
+  EXPECT_EQ(t.fields, (std::vector<std::string>{"d_first", "c_second", "b_third"}));
+  EXPECT_EQ(t.moved_bytes, 600);
+  EXPECT_EQ(t.set_bytes, 1000);
+  EXPECT_FALSE(t.after_backward);
+
+  store_.reload(0, 2);
+  const ActivationSet& back = store_.acquire(0, 2);
+  expect_fields(back, want);
+  EXPECT_EQ(back.get("a_fourth").data_ptr(), kept_ptr);
+  EXPECT_EQ(offload_.host_bytes(), 0);
+  store_.account();
+  EXPECT_EQ(store_.resident_bytes(), 1000);
+  EXPECT_EQ(store_.peak_bytes(), 1000);
+}
+
+// Share 1 moves every field, as before partial sets: no partial trip is recorded.
+TEST_F(ActivationStoreOffload, ShareOneMovesTheWholeSet) {
+  ActivationSet& set = store_.create(0, 0);
+  const ActivationSet proto = four_fields();
+  for (const std::string& name : proto.saved_order()) set.put(name, snapshot(proto.fields())[name]);
+  store_.offload(0, 0, 1);
+  EXPECT_EQ(store_.offloaded_bytes(), 1000);
+  offload_.drain();
+  store_.account();
+  EXPECT_EQ(store_.resident_bytes(), 0);
+  EXPECT_TRUE(store_.partial_trips().empty());
+  store_.reload(0, 0);
+  store_.acquire(0, 0).clear();
+  store_.release_if_empty(0, 0);
+}
+
 // ---- the budget, deterministic (FakeOffload) ---------------------------------------------
 
 class ActivationStoreBudget : public ::testing::Test {
@@ -613,6 +707,73 @@ TEST_F(ActivationStoreBudget, AStreamOrderedReleaseIsNeverDrained) {
   store_.acquire(0, 1, &waited);
   EXPECT_EQ(fake_.drains, 0);
   EXPECT_EQ(waited, 0);
+}
+
+// A partial trip frees only what it moved, and its RELOAD expects only that back: with two
+// sets resident, half of a third on host and a budget of 2.5 sets, the reload fits (2 + 0.5)
+// without a drain, where a whole set expected would not (2 + 1). The trip between B and W is
+// recorded as such.
+TEST_F(ActivationStoreBudget, APartialReloadExpectsWhatItsOffloadMoved) {
+  store_.set_budget(5 * kSet / 2, {kSet});
+  auto forward4 = [&](int mb) {  // F(mb): four fields of a quarter set each
+    ActivationSet& s = store_.create(0, mb);
+    for (const char* f : {"u0", "u1", "u2", "u3"})
+      s.put(f, at::full({kSet / 32}, static_cast<double>(mb + 1), at::kDouble));
+    store_.account();
+    return &s;
+  };
+  ActivationSet* a = forward4(0);
+  store_.offload(0, 0, 0.5);
+  EXPECT_EQ(store_.offloaded_bytes(), kSet / 2);
+  forward4(1);  // 1.5 in flight or resident + 1 expected = 2.5: fits
+  EXPECT_EQ(fake_.drains, 0);
+  forward4(2);  // 2.5 + 1 > 2.5: waits for the half in flight
+  EXPECT_EQ(fake_.drains, 1);
+  EXPECT_EQ(store_.resident_bytes(), 5 * kSet / 2) << "the half left of set 0 still counts";
+  EXPECT_TRUE(a->get("u2").defined());
+  EXPECT_FALSE(a->get("u0").defined());
+  store_.account();
+  store_.reload(0, 0);  // 2.5 resident + 0.5 expected > 2.5: but the drain has nothing left
+  EXPECT_EQ(fake_.drains, 2);
+  ActivationSet& b = store_.acquire(0, 0);
+  EXPECT_TRUE(at::equal(b.get("u0"), at::full({kSet / 32}, 1.0, at::kDouble)));
+  store_.account();
+  EXPECT_EQ(store_.peak_bytes(), 3 * kSet);
+
+  // B of mb 2 leaves two fields; the trip between B and W moves one of them.
+  ActivationSet& c = store_.acquire(0, 2);
+  c.erase("u0");
+  c.erase("u1");
+  store_.account();
+  store_.offload(0, 2, 0.5);
+  ASSERT_EQ(store_.partial_trips().size(), 2u);
+  EXPECT_FALSE(store_.partial_trips()[0].after_backward);
+  EXPECT_TRUE(store_.partial_trips()[1].after_backward);
+  EXPECT_EQ(store_.partial_trips()[1].fields, (std::vector<std::string>{"u2"}));
+  EXPECT_EQ(store_.partial_trips()[1].set_bytes, kSet / 2);
+  EXPECT_EQ(store_.offloaded_bytes(), kSet / 2 + kSet / 4);
+}
+
+// Two sets and the half a partial trip left resident (2.5 sets) under a budget of 3: the
+// RELOAD of the half that went fits (2.5 + 0.5) without a drain; a whole set expected back
+// (2.5 + 1) would have drained.
+TEST_F(ActivationStoreBudget, AReloadOfHalfASetFitsWhereAWholeOneWouldWait) {
+  store_.set_budget(3 * kSet, {kSet});
+  ActivationSet& s = store_.create(0, 0);
+  for (const char* f : {"u0", "u1", "u2", "u3"}) s.put(f, at::full({kSet / 32}, 1.0, at::kDouble));
+  store_.account();
+  store_.offload(0, 0, 0.5);
+  fake_.copies_done = true;  // the D2H ran; a poll() frees the half
+  forward(0, 1);
+  forward(0, 2);
+  EXPECT_EQ(store_.resident_bytes(), 2 * kSet + kSet / 2);
+  store_.reload(0, 0);
+  EXPECT_EQ(fake_.drains, 0) << "the reload expected more than its offload moved";
+  double waited = 0;
+  store_.acquire(0, 0, &waited);
+  EXPECT_EQ(waited, fake_.wait_seconds + fake_.drain_seconds) << "B's growth: one more set";
+  store_.account();
+  EXPECT_EQ(store_.peak_bytes(), 3 * kSet);
 }
 
 TEST_F(ActivationStoreBudget, NoBudgetOrAnUnsizedChunkIsNotLimited) {

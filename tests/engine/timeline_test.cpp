@@ -24,6 +24,7 @@
 #include "models/gpt.h"
 #include "schedule/generators.h"
 #include "schedule/trace.h"
+#include "tests/engine/fake_cuda_step.h"
 #include "tests/offload/fake_cuda_device.h"
 
 namespace stp::engine {
@@ -227,13 +228,6 @@ schedule::Program with_round_trips(schedule::Program prog) {
   return prog;
 }
 
-// The fake allocator keeps a recorded storage alive, as the caching allocator keeps a block.
-testing::Retained keep_storage(void* storage) {
-  auto holder = std::make_shared<c10::Storage>(
-      c10::intrusive_ptr<c10::StorageImpl>::reclaim_copy(static_cast<c10::StorageImpl*>(storage)));
-  return {holder, static_cast<const char*>(holder->data()), holder->nbytes()};
-}
-
 // On CUDA (the fake device): each copy's start and end are a pair of marks on its copy stream,
 // every compute time a mark on the model device's current stream, and nothing waits on the
 // host until the step's instructions are done; then the marks are resolved, and the
@@ -242,16 +236,8 @@ TEST(MeasuredTimeline, OnCudaTimesAreEventPairsResolvedOnceAfterTheStep) {
   models::GptConfig cfg = tiny_config(2);
   auto mbs = microbatches(cfg, 4);
   const schedule::Program prog = with_round_trips(schedule::make(schedule::Kind::kSTP, 1, 4));
-  FakeCudaDevice device(keep_storage);
-  offload::DeviceOps ops = device.ops();
-  // The compute stream reaching a wait for a copy: the copy streams run until it is done
-  // (the device does it; the host does not wait).
-  ops.wait = [inner = ops.wait, &device](const offload::CopyEvent& e, offload::StreamHandle s) {
-    inner(e, s);
-    if (s == FakeCudaDevice::compute())
-      while (!e.query() && (device.run_one(Direction::kD2H) || device.run_one(Direction::kH2D))) {
-      }
-  };
+  FakeCudaDevice device(testing::keep_storage);
+  offload::DeviceOps ops = testing::ops_running_copies_at_waits(device);
   std::vector<std::string> memory_calls;
   ops.reset_peak_memory = [&](int dev) {
     EXPECT_EQ(dev, FakeCudaDevice::kDevice);
