@@ -27,6 +27,9 @@ int verify(const std::vector<std::string>& args) {
   app.add_option("--recompute", a.recompute,
                  "auto (default: the offload planner chooses), off, or all (every activation "
                  "set recomputed in its backward)");
+  app.add_option("--recompute-share", a.recompute_share,
+                 "with --recompute all: the leading share of each chunk's layers a set "
+                 "recomputes, in (0, 1] (default 1: every layer)");
   app.add_option("--tolerance", a.tolerance, "largest accepted relative error");
   app.add_option("--seed", a.seed, "model and data seed");
   app.add_option("--model", a.model, "gpt (default) or llama");
@@ -55,7 +58,8 @@ int verify(const std::vector<std::string>& args) {
         str_printf("model=llama kv_heads=%lld rope_theta=%g%s ", static_cast<long long>(r.kv_heads),
                    a.rope_theta, a.tie_embeddings ? " tied_embeddings" : "");
   const std::string where = r.where == "cpu" ? "" : ", " + r.where;  // the CPU line is unchanged
-  const std::string recompute = a.recompute == "auto" ? "" : " recompute=" + a.recompute;
+  std::string recompute = a.recompute == "auto" ? "" : " recompute=" + a.recompute;
+  if (a.recompute_share < 1) recompute += str_printf(" share=%g", a.recompute_share);
   std::printf(
       "stp verify: %sschedule=%s tp=%d pp=%d microbatches=%d offload=%s%s (float64, %lld "
       "layers%s)\n",

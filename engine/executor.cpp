@@ -346,7 +346,7 @@ class Executor::StepRun {
         double waited = 0;
         ActivationSet& set = ex_.store_.create(part.chunk, mb, &waited);
         if (cur_ >= 0) timed_[cur_].store_waited += waited;
-        set.set_recompute(part.recompute);  // Note [Recompute] in schedule/program.h
+        set.set_recompute(part.recompute, part.recompute_share);  // Note [Partial sets]
         lane.pass = c.forward(set, mbs_.at(mb), input);
         lane.on_finish = [this, &c, &set, s, mb, lane_pass = lane.pass.get()] {
           if (c.is_last_stage()) {

@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #endif
 
+#include <algorithm>
 #include <chrono>
 #include <optional>
 
@@ -27,6 +28,11 @@ void TrainerOptions::validate() const {
   STP_CHECK(microbatches >= 1, "microbatches=", microbatches, " must be >= 1");
   STP_CHECK(chunks >= 0, "chunks=", chunks, " must be >= 0 (0: the schedule's default)");
   STP_CHECK(host_gbps > 0, "host_gbps=", host_gbps, " must be > 0");
+  STP_CHECK(recompute_share > 0 && recompute_share <= 1, "recompute_share=", recompute_share,
+            " must be in (0, 1]");
+  STP_CHECK(recompute_share == 1 || recompute == Recompute::kAll,
+            "recompute_share=", recompute_share, " needs recompute=all (recompute is ",
+            to_string(recompute), ")");
   STP_CHECK(device >= -1, "device=", device, " must be a CUDA device index >= 0, or -1 (CPU)");
   STP_CHECK(grad_bucket_bytes >= 1, "grad_bucket_bytes=", grad_bucket_bytes, " must be >= 1");
   STP_CHECK(comm_timeout.count() >= 1, "comm_timeout=", comm_timeout.count(), " ms must be >= 1");
@@ -173,14 +179,29 @@ void Trainer::reduce_gradients() {
 // plan the whole pipeline: the set's bytes after F, the forward's seconds (after a warm-up
 // forward, Note [Planner timing]), the share a deferred W still holds, and the bytes a
 // recomputed set keeps after F (one more forward, Note [Recompute] in schedule/program.h).
-// The recomputed backward's extra time is not timed: it re-runs the forward's units (all but
-// the embedding and the head), so recompute_time is 1 forward, a slight overestimate.
+// Unless recompute is off, also what recompute costs (Note [Recompute probe]).
+//
+// Note [Recompute probe]
+// ~~~~~~~~~~~~~~~~~~~~~~
+// recompute_time is the recomputed backward's extra time over the forward's: per stage, a
+// backward of a recomputed set (whole: the cost model charges a share g of it) timed against a
+// backward of a kept one, each on device-synchronised clocks as the forward is (Note [Planner
+// timing]). The first backward above (the W-held measurement) warms the backward's kernels;
+// the recomputed backward re-runs the forward's, warm too. Each is timed twice, interleaved
+// (kept, recomputed, kept, recomputed), and the faster of each pair taken, so a spike on a
+// loaded host does not land in one side only; each timed backward reads a set from a fresh
+// untimed forward. Then (recomputed - kept) / forward, the largest over stages, clamped to
+// [0, 2]: the re-run is the forward's units less the embedding and the head, so about 1. Cost:
+// 4 more forwards and 4 more backwards per stage, in the first step only. With recompute off
+// nothing is timed and recompute_time stays 1 (unused).
 void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
   const int S = program_.stages();
   // Per stage: set bytes after F, forward seconds, bytes a deferred W still holds after B,
-  // bytes a recomputed set keeps after F.
-  at::Tensor bytes = at::zeros({4 * S}, at::kDouble);
+  // bytes a recomputed set keeps after F, the recomputed backward's extra time over the
+  // forward's (Note [Recompute probe]).
+  at::Tensor bytes = at::zeros({5 * S}, at::kDouble);
   const bool contributor = world_->tp_rank() == 0 && world_->dp_rank() == 0;
+  const bool time_recompute = options_.recompute != Recompute::kOff;
   for (int s = 0; s < S; ++s) {
     if (program_.stage_rank[s] != world_->pp_rank()) continue;
     Chunk& c = *chunks_[program_.stage_chunk[s]];
@@ -191,34 +212,51 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
     // A warm-up forward, then a timed one on device-synchronised clocks (Note [Planner
     // timing]); the backward below reads the timed forward's set.
     std::unique_ptr<Pass> pass;
-    const double forward_seconds = time_after_warmup(
-        [&] {
-          pass.reset();  // drop the warm-up's pass before its set is replaced
-          set = ActivationSet(program_.stage_chunk[s], 0);
-          pass = c.forward(set, mbs[0], input);
-          for (int k = 0; k < pass->size(); ++k) pass->run(k);
-          pass->finish();
-        },
-        probe_timer_);
+    auto run_forward = [&](bool recompute) {
+      pass.reset();  // drop the previous pass before its set is replaced
+      set = ActivationSet(program_.stage_chunk[s], 0);
+      set.set_recompute(recompute);
+      pass = c.forward(set, mbs[0], input);
+      for (int k = 0; k < pass->size(); ++k) pass->run(k);
+      pass->finish();
+    };
+    const double forward_seconds = time_after_warmup([&] { run_forward(false); }, probe_timer_);
     const double full = static_cast<double>(set.bytes());
     at::Tensor grad;
     if (!c.is_last_stage()) grad = at::zeros_like(pass->output());
-    auto back = c.backward(set, grad);
-    for (int k = 0; k < back->size(); ++k) back->run(k);
-    back->finish();
+    auto run_backward = [&] {
+      auto back = c.backward(set, grad);
+      for (int k = 0; k < back->size(); ++k) back->run(k);
+      back->finish();
+    };
+    run_backward();
     const double w_held = static_cast<double>(set.bytes());
-    back.reset();
+    run_forward(true);
+    const double kept_by_recompute = static_cast<double>(set.bytes());
+    double extra = 0;
+    if (time_recompute) {
+      double kept_b = 0, recomputed_b = 0;  // the faster of two timed backwards each
+      for (int i = 0; i < 4; ++i) {
+        const bool recompute = i % 2 == 1;
+        run_forward(recompute);
+        probe_timer_.device_sync();
+        const double t0 = probe_timer_.now();
+        run_backward();
+        probe_timer_.device_sync();
+        const double t = probe_timer_.now() - t0;
+        double& best = recompute ? recomputed_b : kept_b;
+        best = i < 2 ? t : std::min(best, t);
+      }
+      extra = forward_seconds > 0 ? (recomputed_b - kept_b) / forward_seconds : 1;
+    }
     pass.reset();
     set = ActivationSet(program_.stage_chunk[s], 0);
-    set.set_recompute(true);
-    pass = c.forward(set, mbs[0], input);
-    for (int k = 0; k < pass->size(); ++k) pass->run(k);
-    pass->finish();
     if (contributor) {
       bytes[s] = full;
       bytes[S + s] = forward_seconds;
       bytes[2 * S + s] = w_held;
-      bytes[3 * S + s] = static_cast<double>(set.bytes());
+      bytes[3 * S + s] = kept_by_recompute;
+      bytes[4 * S + s] = std::clamp(extra, 0.0, 2.0);
     }
   }
   auto& wg = world_->world_group();
@@ -229,7 +267,7 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
   stage_bytes_.assign(S, 0);
   stage_seconds_.assign(S, 0);
   w_held_fraction_ = 0;
-  recompute_ = RecomputeCosts{options_.recompute, 0, 1};
+  recompute_ = RecomputeCosts{options_.recompute, 0, time_recompute ? 0.0 : 1.0};
   for (int s = 0; s < S; ++s) {
     stage_bytes_[s] = static_cast<std::int64_t>(bytes[s].item<double>());
     stage_seconds_[s] = bytes[S + s].item<double>();
@@ -239,6 +277,8 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
       recompute_.keep =
           std::max(recompute_.keep, bytes[3 * S + s].item<double>() / stage_bytes_[s]);
     }
+    if (time_recompute)
+      recompute_.time = std::max(recompute_.time, bytes[4 * S + s].item<double>());
   }
   recompute_.keep = std::min(recompute_.keep, 1.0);
 }
@@ -246,7 +286,8 @@ void Trainer::probe_activation_bytes(const std::vector<MicroBatch>& mbs) {
 void Trainer::plan_offload() {
   // Every set recomputed: marked before planning, so the plan keeps the marks (and runs them
   // with offload off too).
-  if (options_.recompute == Recompute::kAll) schedule::mark_recompute_all(program_);
+  if (options_.recompute == Recompute::kAll)
+    schedule::mark_recompute_all(program_, options_.recompute_share);
   plan_ = plan_activation_offload(program_, stage_bytes_, stage_seconds_, w_held_fraction_,
                                   options_.offload_budget, options_.host_gbps, recompute_);
   budget_bytes_ = plan_.budget_bytes;

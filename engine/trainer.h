@@ -47,6 +47,9 @@ struct TrainerOptions {
   // per set, all recomputes every set (also with offload off), off never; config text:
   // parse_recompute ("auto", "off", "all").
   Recompute recompute = Recompute::kAuto;
+  // With recompute all (Note [Partial sets]): the leading share of each chunk's layers every set
+  // re-runs, in (0, 1]; 1 (default) recomputes whole sets. Below 1 needs recompute all.
+  double recompute_share = 1;
   bool braid = true;  // interleave braided instructions (false: back to back)
   AdamWOptions optimizer;
   std::chrono::milliseconds comm_timeout{120000};
@@ -99,7 +102,8 @@ class Trainer {
   const std::vector<double>& stage_forward_seconds() const { return stage_seconds_; }
   // What the probe measured of recompute (offload_plan.h: RecomputeCosts; its mode is
   // TrainerOptions::recompute): the largest share over stages of a set's bytes a recomputed set
-  // keeps after F, and the backward's extra compute as a multiple of the forward's.
+  // keeps after F, and the backward's extra time as a multiple of the forward's, timed
+  // (Note [Recompute probe] in trainer.cpp; 1 untimed with recompute off).
   const RecomputeCosts& recompute_costs() const { return recompute_; }
   std::int64_t offload_budget_bytes() const { return budget_bytes_; }
   // The offload plan's figures (simulated; its program is program()), set by the first step.

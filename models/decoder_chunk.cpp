@@ -201,6 +201,17 @@ void DecoderChunk::head_weight_grad(engine::ActivationSet& s) {
 
 // ---- recompute (Note [Decoder units]) ------------------------------------------------------
 
+std::int64_t DecoderChunk::recomputed_layers(double share, std::int64_t layers) {
+  STP_CHECK(share > 0 && share <= 1, "recompute share ", share, " must be in (0, 1]");
+  // ceil(share * layers), forgiving a share written in decimal (0.3 * 10 is 3, not 3 + ulp).
+  const auto n = static_cast<std::int64_t>(std::ceil(share * static_cast<double>(layers) - 1e-9));
+  return std::clamp<std::int64_t>(n, 1, layers);
+}
+
+bool DecoderChunk::recomputes(const engine::ActivationSet& s, std::int64_t l) const {
+  return s.recompute() && l - layers_.first < recomputed_layers(s.recompute_share(), layers_.count);
+}
+
 std::string DecoderChunk::unit_input_field(std::int64_t l, bool mlp) {
   return layer_field(l, mlp ? "mlp.in" : "attn.in");
 }
@@ -299,8 +310,8 @@ class DecoderForwardPass final : public DecoderPass {
     const std::int64_t l = first_layer() + k / 2;
     if (k == 0 && c_.is_first_stage()) x_ = c_.embed_forward(tokens_, s_);
     const bool mlp = k % 2 == 1;
-    x_ = s_.recompute() ? c_.forward_unit_keeping_input(l, mlp, x_, s_)
-                        : c_.forward_unit(l, mlp, x_, s_);
+    x_ = c_.recomputes(s_, l) ? c_.forward_unit_keeping_input(l, mlp, x_, s_)
+                              : c_.forward_unit(l, mlp, x_, s_);
     return x_;
   }
   void finish() override {
@@ -334,7 +345,7 @@ class DecoderBackwardPass final : public DecoderPass {
     const std::int64_t l = layer_of(k);
     if (k == 0 && c_.is_last_stage()) dres_ = c_.head_backward(s_);
     if (k > 0) reduced(k - 1);
-    if (s_.recompute()) c_.recompute_unit(l, k % 2 == 0, s_);
+    if (c_.recomputes(s_, l)) c_.recompute_unit(l, k % 2 == 0, s_);
     pending_ = (k % 2 == 0) ? c_.mlp_backward(l, dres_, s_) : c_.attn_backward(l, dres_, s_);
     return pending_;
   }
@@ -419,9 +430,10 @@ std::unique_ptr<engine::Pass> DecoderChunk::backward(engine::ActivationSet& set,
                                                      at::Tensor grad_output) {
   if (!is_last_stage()) {
     const std::int64_t last = layers_.first + layers_.count - 1;
-    // The last unit's input has the output's shape, as ln2's xhat does.
+    // The last unit's input has the output's shape, as ln2's xhat does (with a share below 1
+    // the last layer may keep its fields: Note [Decoder units]).
     const std::string like =
-        set.recompute() ? unit_input_field(last, /*mlp=*/true) : ln2(last).field + ".xhat";
+        recomputes(set, last) ? unit_input_field(last, /*mlp=*/true) : ln2(last).field + ".xhat";
     check_grad_output(*this, grad_output, set.get(like), shape_.dtype);
   }
   return std::make_unique<DecoderBackwardPass>(*this, set, std::move(grad_output));

@@ -60,6 +60,14 @@
 // that precedes them, so from then on the set holds exactly what it would without recompute:
 // after B what W needs, the same bits (same kernels on the same inputs).
 //
+// Partial recompute (Note [Partial sets]): with s.recompute_share() g < 1 only the leading
+// r = ceil(g * n) layers of the chunk recompute (recomputes(s, l); both units of each, so a
+// layer's norm fields come from its own units either way); the other n - r layers run as
+// without recompute and keep their fields. Layers are alike, so the set after F holds the
+// whole-recompute bytes plus (n - r) layers' kept fields: at most 1 - g * (1 - keep) of the set,
+// keep being the whole-recompute share. The backward re-runs only the recomputing layers; the
+// B units of the others find their fields as without recompute. g = 1 is the whole set.
+//
 // The set may keep references to the `input` and `grad_output` tensors given to forward() and
 // backward(): the caller must not modify those in place while the set lives.
 //
@@ -119,6 +127,13 @@ class DecoderChunk : public engine::Chunk {
   LayerRange layers() const { return layers_; }
   // Units per pass: 2 per layer.
   int units() const { return static_cast<int>(2 * layers_.count); }
+  // Partial recompute (Note [Decoder units]): how many of a chunk's `layers` layers, the
+  // leading ones, a set with recompute share `share` re-runs: ceil(share * layers), at least 1.
+  // Throws std::invalid_argument for a share outside (0, 1].
+  static std::int64_t recomputed_layers(double share, std::int64_t layers);
+  // Whether layer l (held by this chunk) of set s recomputes: s.recompute() and l is among the
+  // leading recomputed_layers(s.recompute_share(), n) of the chunk's n layers.
+  bool recomputes(const engine::ActivationSet& s, std::int64_t l) const;
   // The parameter with this name; throws std::invalid_argument when the chunk has none.
   engine::Param& param(const std::string& name);
 

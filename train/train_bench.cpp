@@ -231,6 +231,7 @@ Outcome measure(BenchJob& job, TrainConfig cfg, const std::string& budget, int w
           if (part.pass == schedule::Pass::kF) {
             ++r.sets;
             r.recomputed_sets += part.recompute ? 1 : 0;
+            r.recomputed_share += part.recompute ? part.recompute_share : 0;
           }
     predict(cfg, t, read_rank_events(dir + "/events", w.pp()), r);
     write_timelines(
@@ -295,6 +296,7 @@ json run_json(const BenchRun& r) {
           {"predicted_offloaded_bytes", r.predicted_offloaded_bytes},
           {"planned_peak_bytes", r.planned_peak_bytes},
           {"recomputed_sets", r.recomputed_sets},
+          {"recomputed_share", r.recomputed_share},
           {"sets", r.sets},
           {"planned_slowdown", r.planned_slowdown},
           {"fitted_costs", r.costs}};
@@ -506,14 +508,15 @@ std::string budget_sweep_table(const BudgetSweepResult& res) {
           str_printf("%-10s infeasible: below the smallest feasible budget %s\n", r.budget.c_str(),
                      format_bytes(static_cast<double>(pt.floor_bytes)).c_str());
     } else {
-      out += str_printf("%-10s %10s %10s %10s %10s %7.3f %7.3f %7.3f %6.1f %7s%s\n",
-                        r.budget.c_str(), format_bytes(static_cast<double>(r.budget_bytes)).c_str(),
-                        format_bytes(static_cast<double>(r.peak_activation_bytes)).c_str(),
-                        format_bytes(static_cast<double>(r.planned_peak_bytes)).c_str(),
-                        format_bytes(static_cast<double>(r.offloaded_bytes)).c_str(),
-                        r.program_seconds, r.predicted_seconds, pt.planner_seconds,
-                        100 * r.reload_wait, str_cat(r.recomputed_sets, '/', r.sets).c_str(),
-                        pt.minimum ? "  <- smallest feasible" : "");
+      out +=
+          str_printf("%-10s %10s %10s %10s %10s %7.3f %7.3f %7.3f %6.1f %7s%s\n", r.budget.c_str(),
+                     format_bytes(static_cast<double>(r.budget_bytes)).c_str(),
+                     format_bytes(static_cast<double>(r.peak_activation_bytes)).c_str(),
+                     format_bytes(static_cast<double>(r.planned_peak_bytes)).c_str(),
+                     format_bytes(static_cast<double>(r.offloaded_bytes)).c_str(),
+                     r.program_seconds, r.predicted_seconds, pt.planner_seconds,
+                     100 * r.reload_wait, str_printf("%.1f/%d", r.recomputed_share, r.sets).c_str(),
+                     pt.minimum ? "  <- smallest feasible" : "");
     }
   }
   out += str_cat(
@@ -522,7 +525,8 @@ std::string budget_sweep_table(const BudgetSweepResult& res) {
       ", smallest feasible budget ", format_bytes(static_cast<double>(res.minimum_budget_bytes)),
       " per rank.\nact peak, offloaded (per step), prog s, reload%: measured, worst rank; "
       "plan s: the unconstrained run's measured program time x (1 + the planner's simulated "
-      "slowdown); recomp: sets per step the plan recomputes (offload.recompute), of all.\n",
+      "slowdown); recomp: sets' worth per step the plan recomputes (offload.recompute; a set "
+      "re-running g of its layers counts g), of all.\n",
       kPredictionNote);
   return out;
 }

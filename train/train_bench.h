@@ -50,8 +50,10 @@ struct BenchRun {
   double reload_wait = 0;                  // fraction blocked on the host link
   std::int64_t peak_activation_bytes = 0;  // resident activation bytes, peak
   int peak_activation_sets = 0;
-  std::int64_t offloaded_bytes = 0;      // per step
-  int recomputed_sets = 0;               // sets per step the plan recomputes (every rank)
+  std::int64_t offloaded_bytes = 0;  // per step
+  int recomputed_sets = 0;           // sets per step the plan recomputes (every rank)
+  // The sets' worth of that: a set re-running g of its layers counts g (Note [Partial sets]).
+  double recomputed_share = 0;
   int sets = 0;                          // sets per step (every rank): stages x microbatches
   double first_loss = 0, last_loss = 0;  // over warm-up and measured steps
   // predicted

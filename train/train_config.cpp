@@ -192,6 +192,9 @@ const std::vector<Field>& fields() {
                    "recompute a set's activations in its backward instead of keeping them "
                    "(docs/offload.md): auto lets the planner choose per set, all recomputes every "
                    "set (also with budget off), off never"),
+      real_field("offload", "recompute_share", M(offload.recompute_share), 0.01, 1, "-",
+                 "with recompute all: the leading share of each chunk's layers every set "
+                 "recomputes, the others kept (1: whole sets; auto chooses shares itself)"),
       real_field("optimizer", "lr", M(optimizer.lr), 0, 10, "-", "peak learning rate"),
       real_field("optimizer", "min_lr", M(optimizer.min_lr), 0, 10, "-",
                  "learning rate at the end of the cosine decay"),
@@ -356,6 +359,9 @@ void TrainConfig::validate() const {
             " is not accepted by the ", schedule.kind, " schedule with pp=", pp,
             "; the smallest it accepts from ", m, " up is ",
             stp::schedule::min_microbatches(kind, pp, 0, m));
+  STP_CHECK(offload.recompute_share == 1 || offload.recompute == "all",
+            "offload.recompute_share=", offload.recompute_share,
+            " needs offload.recompute=all (it is ", offload.recompute, ")");
   STP_CHECK(optimizer.min_lr <= optimizer.lr, "optimizer.min_lr=", optimizer.min_lr,
             " must be <= optimizer.lr=", optimizer.lr);
   if (data.format == "bytes") {

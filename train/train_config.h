@@ -50,6 +50,7 @@ struct OffloadSection {
   std::string budget = "auto";     // off, auto, bytes ("512MiB") or % of the unconstrained peak
   double host_gbps = 20.0;         // host link bandwidth the planner assumes, GB/s
   std::string recompute = "auto";  // auto, off or all (engine::parse_recompute)
+  double recompute_share = 1;      // with recompute all: the leading share of each chunk's layers
 };
 
 struct OptimizerSection {

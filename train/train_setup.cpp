@@ -56,6 +56,7 @@ engine::TrainerOptions trainer_options(const TrainConfig& c, const at::Device& d
   to.offload_budget = engine::parse_offload_budget(c.offload.budget);
   to.host_gbps = c.offload.host_gbps;
   to.recompute = engine::parse_recompute(c.offload.recompute);
+  to.recompute_share = c.offload.recompute_share;
   to.braid = c.schedule.braid;
   to.optimizer.lr = c.optimizer.lr;
   to.optimizer.beta1 = c.optimizer.beta1;

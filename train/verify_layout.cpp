@@ -174,6 +174,7 @@ engine::TrainerOptions verify_trainer_options(const VerifyOptions& a,
   o.microbatches = a.microbatches;
   o.offload_budget = engine::parse_offload_budget(a.budget);
   o.recompute = engine::parse_recompute(a.recompute);
+  o.recompute_share = a.recompute_share;
   // The check reads each shard's gradient after the step; clipping would scale it in place
   // (Note [Fused step]) and the optimizer's tests cover clipping.
   o.optimizer.max_grad_norm = 0;
@@ -285,6 +286,10 @@ VerifyReport verify_layout(const VerifyOptions& options, const engine::LaunchEnv
   STP_CHECK(a.tolerance > 0, "--tolerance=", a.tolerance, " must be > 0");
   STP_CHECK(a.recompute == "auto" || a.recompute == "off" || a.recompute == "all", "--recompute='",
             a.recompute, "' is unknown; use auto, off or all");
+  STP_CHECK(a.recompute_share > 0 && a.recompute_share <= 1,
+            "--recompute-share=", a.recompute_share, " is out of range (0, 1]");
+  STP_CHECK(a.recompute_share == 1 || a.recompute == "all", "--recompute-share=", a.recompute_share,
+            " needs --recompute all (got --recompute ", a.recompute, ")");
   if (a.microbatches == 0)
     a.microbatches = schedule::min_microbatches(kind, a.pp, 0, kMinDefaultMicrobatches);
   STP_CHECK(a.model == "gpt" || a.model == "llama", "--model='", a.model,

@@ -39,7 +39,10 @@ struct VerifyOptions {
   std::string schedule = "stp";    // schedule::kind_from_string
   std::string budget = "off";      // engine::parse_offload_budget
   std::string recompute = "auto";  // engine::parse_recompute: auto, off or all
-  double tolerance = 1e-9;         // > 0
+  // With recompute all: the leading share of each chunk's layers every set re-runs (Note
+  // [Partial sets] in schedule/program.h), in (0, 1]; below 1 needs recompute all.
+  double recompute_share = 1;
+  double tolerance = 1e-9;  // > 0
   std::uint64_t seed = 1;
   int threads = 0;            // CPU intra-op threads per rank; 0: cpu_threads' default
   std::string model = "gpt";  // gpt or llama

@@ -56,16 +56,21 @@ TEST(VerifyCli, ThreadsIsCheckedAndUsed) {
   EXPECT_NE(r.output.find("\nOK (tolerance 1.0e-09)"), std::string::npos) << r.output;
 }
 
-// Every set recomputed in its backward (Note [Recompute] in schedule/program.h) still matches
-// the float64 reference, for every schedule family, also with the smaller sets offloaded; and
-// the measured peak falls.
+// Every set recomputed in its backward (Note [Recompute] in schedule/program.h), whole or the
+// leading half of each chunk's layers (Note [Partial sets]), still matches the float64
+// reference, for every schedule family, also with the smaller sets offloaded; and the measured
+// peak falls.
 TEST(VerifyCli, RecomputeAllMatchesTheReferenceOnEverySchedule) {
-  for (const char* kind : {"stp", "zb-v", "1f1b-i", "1f1b"}) {
-    const std::string base = std::string("verify --tp 2 --pp 2 --schedule ") + kind;
-    CliResult r = run_cli(base + " --recompute all");
-    EXPECT_EQ(r.exit_code, 0) << r.output;
-    EXPECT_NE(r.output.find(" offload=off recompute=all (float64"), std::string::npos) << r.output;
-    EXPECT_NE(r.output.find("\nOK (tolerance 1.0e-09)"), std::string::npos) << r.output;
+  for (const char* share : {"", " --recompute-share 0.5"}) {
+    for (const char* kind : {"stp", "zb-v", "1f1b-i", "1f1b"}) {
+      const std::string base = std::string("verify --tp 2 --pp 2 --schedule ") + kind;
+      CliResult r = run_cli(base + " --recompute all" + share);
+      EXPECT_EQ(r.exit_code, 0) << r.output;
+      const std::string line = std::string(" offload=off recompute=all") +
+                               (*share != 0 ? " share=0.5" : "") + " (float64";
+      EXPECT_NE(r.output.find(line), std::string::npos) << r.output;
+      EXPECT_NE(r.output.find("\nOK (tolerance 1.0e-09)"), std::string::npos) << r.output;
+    }
   }
   CliResult r = run_cli("verify --tp 2 --pp 2 --schedule stp --recompute all --offload-budget 85%");
   EXPECT_EQ(r.exit_code, 0) << r.output;
@@ -80,6 +85,16 @@ TEST(VerifyCli, BadRecomputeIsOneLine) {
   CliResult r = run_cli("verify --tp 1 --pp 1 --schedule 1f1b --recompute some");
   EXPECT_EQ(r.exit_code, 2) << r.output;
   EXPECT_EQ(r.output, "stp verify: error: --recompute='some' is unknown; use auto, off or all\n");
+  r = run_cli("verify --tp 1 --pp 1 --schedule 1f1b --recompute all --recompute-share 1.5");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(r.output, "stp verify: error: --recompute-share=1.5 is out of range (0, 1]\n");
+  r = run_cli("verify --tp 1 --pp 1 --schedule 1f1b --recompute all --recompute-share 0");
+  EXPECT_EQ(r.output, "stp verify: error: --recompute-share=0 is out of range (0, 1]\n");
+  r = run_cli("verify --tp 1 --pp 1 --schedule 1f1b --recompute-share 0.5");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_EQ(r.output,
+            "stp verify: error: --recompute-share=0.5 needs --recompute all (got --recompute "
+            "auto)\n");
 }
 
 }  // namespace

@@ -248,11 +248,15 @@ TEST(PlannerTiming, TheTrainersProbeTimesEachStageThroughTheTimer) {
     t.step(mbs);
     const int stages = t.program().stages();
     ASSERT_EQ(stages, 2);
+    // Per stage: the forward, then four backwards (kept, recomputed, twice: Note [Recompute
+    // probe]); the fake clock times each 0.25 s, so the recompute costs nothing extra.
     std::vector<std::string> want;
     for (int s = 0; s < stages; ++s)
-      for (const char* e : {"sync", "now", "sync", "now"}) want.push_back(e);
+      for (int timed = 0; timed < 5; ++timed)
+        for (const char* e : {"sync", "now", "sync", "now"}) want.push_back(e);
     EXPECT_EQ(log.events, want) << "each clock reading must follow a device synchronisation";
     EXPECT_EQ(t.stage_forward_seconds(), (std::vector<double>(stages, 0.25)));
+    EXPECT_EQ(t.recompute_costs().time, 0);
     EXPECT_THROW(t.set_probe_timer(log.timer()), std::invalid_argument);
   });
 }

@@ -49,6 +49,7 @@ struct JobResult {
   std::vector<std::int64_t> stage_bytes;
   std::int64_t budget = 0;
   double recompute_keep = 0;  // the probe's (Trainer::recompute_costs)
+  double recompute_time = 0;  // the probe's, timed (Note [Recompute probe])
   int max_live_sends = -1;    // FIFO transports: FifoFabric::max_live_sends
 };
 
@@ -131,6 +132,7 @@ JobResult run_job(const models::GptConfig& cfg, const ParamMap& full, const Job&
           result.stage_bytes = t->stage_activation_bytes();
           result.budget = t->offload_budget_bytes();
           result.recompute_keep = t->recompute_costs().keep;
+          result.recompute_time = t->recompute_costs().time;
         }
         trainers[r] = std::move(t);
       },
@@ -425,6 +427,8 @@ TEST(Executor, RecomputeAllGivesTheSameBits) {
       testing::expect_grads_equal(got.grads, want.grads);
       EXPECT_GT(got.recompute_keep, 0) << what;
       EXPECT_LT(got.recompute_keep, 0.6) << what;
+      EXPECT_GE(got.recompute_time, 0) << what;  // clamped to [0, 2]
+      EXPECT_LE(got.recompute_time, 2) << what;
       std::int64_t offloaded = 0;
       for (int r = 0; r < tp * pp; ++r) {
         EXPECT_LT(got.stats[r].peak_activation_bytes, want.stats[r].peak_activation_bytes)
@@ -434,9 +438,12 @@ TEST(Executor, RecomputeAllGivesTheSameBits) {
       if (std::string(budget) != "off") {
         EXPECT_GT(offloaded, 0) << what;
       }
-      std::printf("%s recompute all, offload %s: peak %lld of %lld bytes on rank 0\n", kind, budget,
-                  static_cast<long long>(got.stats[0].peak_activation_bytes),
-                  static_cast<long long>(want.stats[0].peak_activation_bytes));
+      std::printf(
+          "%s recompute all, offload %s: peak %lld of %lld bytes on rank 0; probed keep %.3f, "
+          "time %.3f forwards\n",
+          kind, budget, static_cast<long long>(got.stats[0].peak_activation_bytes),
+          static_cast<long long>(want.stats[0].peak_activation_bytes), got.recompute_keep,
+          got.recompute_time);
     }
   }
 }
@@ -581,9 +588,10 @@ TEST(Executor, ARankThatFailsMakesTheOthersFailWithinTheTimeout) {
     EXPECT_LT(failed_after[r], 3.9) << "rank " << r << " outlived the timeout";
 }
 
-// Any mix of recomputed and kept sets (Part::recompute per F part: neither, either, both) in a
-// braided FB at TP 2, with W fused or deferred, gives the loss and every gradient of the
-// program without recompute, bit for bit: the re-runs happen inside the B units of the braid.
+// Any mix of recomputed and kept sets (Part::recompute per F part: neither, either, both, each
+// whole or half its layers: Part::recompute_share, Note [Partial sets]) in a braided FB at TP 2,
+// with W fused or deferred, gives the loss and every gradient of the program without
+// recompute, bit for bit: the re-runs happen inside the B units of the braid.
 TEST(Executor, AnyMixOfRecomputedSetsGivesTheSameBits) {
   models::GptConfig cfg = testing::make_config(23, 8, 16, 4, 2);
   std::vector<MicroBatch> mbs;
@@ -592,12 +600,17 @@ TEST(Executor, AnyMixOfRecomputedSetsGivesTheSameBits) {
   for (bool deferred : {false, true}) {
     std::map<std::string, at::Tensor> want;  // "rank/name" -> gradient, mask 0
     double want_loss = 0;
-    std::int64_t want_peak = 0;
-    for (int mask = 0; mask < 4; ++mask) {
+    std::int64_t want_peak = 0, whole_peak = 0;
+    // mask: per microbatch a base-3 digit, 0 kept, 1 recomputed, 2 half its layers recomputed.
+    for (int mask = 0; mask < 9; ++mask) {
       schedule::Program prog = fb_program(deferred);
       for (auto& in : prog.ranks[0])
         for (auto& part : in.parts)
-          if (part.pass == schedule::Pass::kF) part.recompute = ((mask >> part.mb) & 1) != 0;
+          if (part.pass == schedule::Pass::kF) {
+            const int digit = part.mb == 0 ? mask % 3 : mask / 3;
+            part.recompute = digit != 0;
+            part.recompute_share = digit == 2 ? 0.5 : 1;
+          }
       std::map<std::string, at::Tensor> got;
       double loss = 0;
       std::int64_t peak = 0;
@@ -629,9 +642,15 @@ TEST(Executor, AnyMixOfRecomputedSetsGivesTheSameBits) {
       testing::expect_grads_equal(got, want);
       // Fused: the peak holds forward sets, which recompute shrinks. (Deferred: the peak is
       // what both deferred Ws hold after their Bs, the same either way.)
-      if (mask == 3 && !deferred) {
+      if (mask == 4 && !deferred) {
         EXPECT_LT(peak, want_peak) << what << ": nothing was recomputed";
       }
+      // Half the layers recomputed holds more than all of them, less than none.
+      if (mask == 8 && !deferred) {
+        EXPECT_LT(peak, want_peak) << what << ": nothing was recomputed";
+        EXPECT_GT(peak, whole_peak) << what << ": every layer was recomputed";
+      }
+      if (mask == 4) whole_peak = peak;
     }
   }
 }

@@ -148,9 +148,10 @@ TEST(BudgetSweep, DescendsToTheSmallestFeasibleBudget) {
   for (const BudgetPoint& pt : res.points) {
     EXPECT_GT(pt.run.sets, 0) << pt.run.budget;
     EXPECT_LE(pt.run.recomputed_sets, pt.run.sets) << pt.run.budget;
+    EXPECT_LE(pt.run.recomputed_share, pt.run.recomputed_sets) << pt.run.budget;
   }
   EXPECT_EQ(res.points[0].run.recomputed_sets, 0) << "100% of the peak needs no recompute";
-  EXPECT_NE(budget_sweep_table(res).find(" 0/" + std::to_string(res.points[0].run.sets)),
+  EXPECT_NE(budget_sweep_table(res).find(" 0.0/" + std::to_string(res.points[0].run.sets)),
             std::string::npos);
   EXPECT_FALSE(res.points[0].run.offloads) << "100% of the peak needs no offload";
   EXPECT_EQ(res.points[0].run.offloaded_bytes, 0);

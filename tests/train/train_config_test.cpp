@@ -85,6 +85,16 @@ TEST(TrainConfig, RecomputeTakesAutoOffOrAll) {
   EXPECT_EQ(c.offload.recompute, "off");
   EXPECT_EQ(error_of([&] { c.apply_override("offload.recompute=some"); }),
             "--set offload.recompute='some' must be one of auto | off | all");
+  // offload.recompute_share (Note [Partial sets]): 1 by default, in [0.01, 1], only with all.
+  EXPECT_EQ(c.offload.recompute_share, 1);
+  EXPECT_NE(error_of([&] { c.apply_override("offload.recompute_share=1.5"); }).find("[0.01, 1]"),
+            std::string::npos);
+  c.apply_override("offload.recompute_share=0.5");
+  EXPECT_EQ(c.offload.recompute_share, 0.5);
+  EXPECT_EQ(error_of([&] { c.validate(); }),
+            "offload.recompute_share=0.5 needs offload.recompute=all (it is off)");
+  c.apply_override("offload.recompute=all");
+  c.validate();
 }
 
 TEST(TrainConfig, CrossFieldChecks) {

@@ -14,6 +14,9 @@ TEST(TrainSetup, OffloadRecomputeReachesTheTrainer) {
   EXPECT_EQ(trainer_options(c, at::kCPU).recompute, engine::Recompute::kAuto);
   c.apply_override("offload.recompute=all");
   EXPECT_EQ(trainer_options(c, at::kCPU).recompute, engine::Recompute::kAll);
+  EXPECT_EQ(trainer_options(c, at::kCPU).recompute_share, 1);
+  c.apply_override("offload.recompute_share=0.25");
+  EXPECT_EQ(trainer_options(c, at::kCPU).recompute_share, 0.25);
   c.apply_override("offload.recompute=off");
   EXPECT_EQ(trainer_options(c, at::kCPU).recompute, engine::Recompute::kOff);
   c.apply_override("offload.budget=60%");
