@@ -71,9 +71,6 @@ constexpr std::pair<Recompute, const char*> kRecomputeNames[] = {
 
 offload::PlanOptions plan_options(Recompute recompute) {
   offload::PlanOptions o;
-  // Whole sets until the executor moves part of a set and re-runs part of a chunk (Note
-  // [Partial sets]): a whole trip through a pinned pool sized for its share would exhaust it.
-  o.partial_sets = false;
   switch (recompute) {
     case Recompute::kOff: o.recompute = offload::PlanOptions::Recompute::kOff; break;
     case Recompute::kAuto: o.recompute = offload::PlanOptions::Recompute::kAuto; break;
@@ -147,8 +144,9 @@ OffloadPlan plan_activation_offload(const schedule::Program& program,
   out.offloads = !plan.sets.empty();
   out.peak_bytes_after = static_cast<std::int64_t>(plan.peak_bytes_after);
   // The pool holds the most bytes a rank parks at once, plus the size classes' bounded waste
-  // (<= 12.5 %, Note [Pinned pool design]) and a slab's rounding.
-  out.host_bytes_per_rank = static_cast<std::int64_t>(plan.host_bytes * 1.15) + (4 << 20);
+  // (<= 12.5 %, Note [Pinned pool design]) and a slab's rounding. A partial trip moves whole
+  // fields, at least its share and at most its set (Note [Partial sets]): counted whole.
+  out.host_bytes_per_rank = static_cast<std::int64_t>(plan.host_bytes_whole * 1.15) + (4 << 20);
   out.slowdown = plan.slowdown();
   return out;
 }

@@ -127,6 +127,7 @@ void fill(Plan& plan, Search& search, const Choice& choice, double budget) {
   plan.peak_bytes_after = sim.max_peak_bytes();
   for (const auto& r : sim.ranks) plan.rank_peak_after.push_back(r.peak_bytes);
   plan.host_bytes = detail::host_footprint(search, choice, sim, copy_of);
+  plan.host_bytes_whole = detail::host_footprint(search, choice, sim, copy_of, true);
   for (int st = 0; st < program.stages(); ++st)
     plan.kept_bytes += program.m * schedule::set_bytes(costs, st);
   for (const auto& rank : program.ranks)

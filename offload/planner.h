@@ -109,6 +109,9 @@ struct Plan {
   double step_before = 0;                // simulated step time (makespan), seconds
   double step_after = 0;
   double host_bytes = 0;  // most bytes one rank keeps on host at once: the pool size
+  // The same if every partial trip moved its whole set (Note [Partial sets]: an executor moves
+  // whole fields, at least a trip's share and at most all of it): the pool an executor sizes.
+  double host_bytes_whole = 0;
   // Per step, summed over ranks: activation bytes the sets hold (a forward's set, plus what a
   // deferred W holds after its B), split into those that stay on the device and those moved.
   // recomputed_bytes: not held at all because the plan recomputes them (marked in the input or

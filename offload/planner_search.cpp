@@ -694,7 +694,7 @@ void lower_shares(Search& search, Choice& choice, double budget, bool allow_reco
 }
 
 double host_footprint(const Search& search, const Choice& choice, const SimResult& sim,
-                      const std::vector<std::vector<int>>& copy_of) {
+                      const std::vector<std::vector<int>>& copy_of, bool whole_trips) {
   const auto& cands = search.candidates();
   double most = 0;
   for (int r = 0; r < search.program().p; ++r) {
@@ -703,7 +703,8 @@ double host_footprint(const Search& search, const Choice& choice, const SimResul
       if (ev.rank != r || ev.index < 0 || ev.index >= static_cast<int>(copy_of[r].size()) ||
           copy_of[r][ev.index] < 0)
         continue;
-      const double bytes = search.bytes(cands[copy_of[r][ev.index]], choice);
+      const Candidate& k = cands[copy_of[r][ev.index]];
+      const double bytes = whole_trips ? search.whole_bytes(k, choice) : search.bytes(k, choice);
       if (ev.category == std::string(schedule::kCategoryOffload))
         changes.push_back({ev.start, bytes});
       if (ev.category == std::string(schedule::kCategoryReload))

@@ -147,8 +147,10 @@ void improve(Search& search, Choice& choice, double budget, bool allow_recompute
 // Kept out of improve(): lowering shares there multiplies its passes.
 void lower_shares(Search& search, Choice& choice, double budget, bool allow_recompute);
 
-// Most bytes a rank holds on host at once (the pinned pool to reserve).
+// Most bytes a rank holds on host at once (the pinned pool to reserve); with whole_trips, as if
+// each partial trip moved its whole set at the same times (an executor moves whole fields, so
+// at least the share and at most the whole: Note [Partial sets]).
 double host_footprint(const Search& search, const Choice& choice, const schedule::SimResult& sim,
-                      const std::vector<std::vector<int>>& copy_of);
+                      const std::vector<std::vector<int>>& copy_of, bool whole_trips = false);
 
 }  // namespace stp::offload::detail
