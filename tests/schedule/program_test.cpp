@@ -112,13 +112,19 @@ TEST(ProgramJson, OffloadInstructionsRoundTrip) {
   EXPECT_EQ(from_json(to_json(prog)), prog);
 }
 
+// 1F1B on one rank, m = 2, with a trip of (stage 0, mb 0) after its forward: the OFFLOAD moves
+// `offload_share`, the RELOAD says `reload_share`.
+Program with_partial_trip(double offload_share, double reload_share) {
+  Program prog = compute_only(make_1f1b(1, 2));
+  const Part ref{Pass::kF, 0, 0, 0};
+  prog.ranks[0].insert(prog.ranks[0].begin() + 1, offload_instr(Op::kOffload, ref, offload_share));
+  prog.ranks[0].insert(prog.ranks[0].begin() + 2, offload_instr(Op::kReload, ref, reload_share));
+  return prog;
+}
+
 // Shares below 1 are written and read back; a whole set writes neither key (Note [Partial sets]).
 TEST(ProgramJson, PartialSharesRoundTripAndAreWrittenOnlyBelowOne) {
-  Program prog = compute_only(make_1f1b(1, 2));
-  prog.ranks[0].insert(prog.ranks[0].begin() + 1,
-                       offload_instr(Op::kOffload, {Pass::kF, 0, 0, 0}, 0.375));
-  prog.ranks[0].insert(prog.ranks[0].begin() + 2,
-                       offload_instr(Op::kReload, {Pass::kF, 0, 0, 0}, 0.375));
+  Program prog = with_partial_trip(0.375, 0.375);
   prog.ranks[0][0].parts[0].recompute = true;
   prog.ranks[0][0].parts[0].recompute_share = 0.5;
   ASSERT_EQ(find_error(prog), "");
@@ -131,11 +137,7 @@ TEST(ProgramJson, PartialSharesRoundTripAndAreWrittenOnlyBelowOne) {
 
 // verify() holds shares to (0, 1], to OFFLOAD / RELOAD, and a RELOAD to its OFFLOAD's share.
 TEST(ProgramJson, VerifyRefusesBadShares) {
-  Program prog = compute_only(make_1f1b(1, 2));
-  prog.ranks[0].insert(prog.ranks[0].begin() + 1,
-                       offload_instr(Op::kOffload, {Pass::kF, 0, 0, 0}, 0.5));
-  prog.ranks[0].insert(prog.ranks[0].begin() + 2,
-                       offload_instr(Op::kReload, {Pass::kF, 0, 0, 0}, 0.25));
+  Program prog = with_partial_trip(0.5, 0.25);
   EXPECT_NE(find_error(prog).find("reloads share 0.25 of"), std::string::npos) << find_error(prog);
   prog.ranks[0][2].share = 0.5;
   ASSERT_EQ(find_error(prog), "");
